@@ -1,0 +1,34 @@
+# One command per habit; CI calls these verbatim (.ci/run).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[all,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with aimesh, every runtime and the dev tools
+
+run: $(STAMP)  ## the demo on the embedded defaults (bus, registry, the fraud model)
+	$(BIN)/aimesh demo
+
+test: $(STAMP)  ## the whole test suite
+	$(BIN)/pytest
+
+lint: $(STAMP)  ## ruff and mypy --strict
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+clean:  ## stop the embedded bus of ./.aimesh and remove the venv and the home
+	-$(BIN)/aimesh bus stop
+	rm -rf $(VENV) .aimesh

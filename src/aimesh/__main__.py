@@ -1,0 +1,5 @@
+"""``python -m aimesh`` runs the CLI."""
+
+from aimesh.cli import main
+
+main()

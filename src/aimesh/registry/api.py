@@ -1,0 +1,194 @@
+"""The registry's REST adapter: decode, call :class:`LocalRegistry`, encode. Nothing else.
+
+Every route lives under ``/api/registry`` so that the gateway can proxy it unchanged.
+Errors are ``{"error": message, "code": code}`` with the status from :data:`HTTP_STATUS`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import FileResponse
+
+from aimesh.errors import ArtifactTooLarge, InvalidRequest
+from aimesh.registry.service import LocalRegistry
+from aimesh.registry.types import (
+    Alias,
+    AliasMove,
+    ArtifactInfo,
+    HistoryEntry,
+    ModelCreate,
+    ModelInfo,
+    ModelUpdate,
+    ModelVersion,
+    VersionCreate,
+    check_sha256,
+)
+
+PREFIX = "/api/registry"
+ACTOR_HEADER = "X-Aimesh-Actor"
+SHA256_HEADER = "X-Aimesh-Sha256"
+
+HTTP_STATUS: dict[str, int] = {
+    "invalid_request": 400,
+    "invalid_name": 400,
+    "artifact_digest_mismatch": 400,
+    "not_found": 404,
+    "model_not_found": 404,
+    "version_not_found": 404,
+    "alias_not_found": 404,
+    "artifact_not_found": 404,
+    "conflict": 409,
+    "model_exists": 409,
+    "metric_exists": 409,
+    "version_archived": 409,
+    "artifact_too_large": 413,
+    "artifact_invalid": 422,
+    "unsafe_artifact": 422,
+    "untrusted_types": 422,
+    "runtime_unavailable": 422,
+    "artifact_tampered": 500,
+    "bus_unavailable": 503,
+    "store_unavailable": 503,
+}
+"""From an error's code to the HTTP status the registry answers with."""
+
+
+def registry(request: Request) -> LocalRegistry:
+    """The registry this app serves (set up by the app's lifespan)."""
+    found: LocalRegistry = request.app.state.registry
+    return found
+
+
+Reg = Annotated[LocalRegistry, Depends(registry)]
+Actor = Annotated[str | None, Header(alias=ACTOR_HEADER, max_length=256)]
+
+router = APIRouter(prefix=PREFIX, tags=["registry"])
+
+
+@router.get("/models", summary="List models")
+def list_models(reg: Reg) -> list[ModelInfo]:
+    return reg.list_models()
+
+
+@router.post("/models", status_code=201, summary="Create a model")
+def create_model(reg: Reg, spec: ModelCreate, actor: Actor = None) -> ModelInfo:
+    return reg.create_model(spec, actor=actor)
+
+
+@router.get("/models/{name}", summary="Show a model")
+def get_model(reg: Reg, name: str) -> ModelInfo:
+    return reg.get_model(name)
+
+
+@router.patch("/models/{name}", summary="Change a model's description or tags")
+def update_model(reg: Reg, name: str, change: ModelUpdate, actor: Actor = None) -> ModelInfo:
+    return reg.update_model(name, change, actor=actor)
+
+
+@router.get("/models/{name}/versions", summary="List a model's versions")
+def list_versions(reg: Reg, name: str) -> list[ModelVersion]:
+    return reg.list_versions(name)
+
+
+@router.post("/models/{name}/versions", status_code=201, summary="Create a version")
+def create_version(reg: Reg, name: str, spec: VersionCreate, actor: Actor = None) -> ModelVersion:
+    return reg.create_version(name, spec, actor=actor)
+
+
+@router.get(
+    "/models/{name}/versions/{ref}", summary="Show a version by number, alias or 'latest'"
+)
+def get_version(reg: Reg, name: str, ref: str) -> ModelVersion:
+    return reg.get_version(name, ref)
+
+
+@router.get(
+    "/models/{name}/versions/{ref}/artifact",
+    summary="Download a version's artifact (verified against its sha256 first)",
+    response_class=FileResponse,
+)
+def download_artifact(reg: Reg, name: str, ref: str) -> FileResponse:
+    version = reg.get_version(name, ref)
+    path = reg.fetch_artifact(version)
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"{version.model}-{version.version}",
+        headers={SHA256_HEADER: version.artifact_sha256},
+    )
+
+
+@router.post("/models/{name}/versions/{number}/archive", summary="Archive a version")
+def archive_version(reg: Reg, name: str, number: int, actor: Actor = None) -> ModelVersion:
+    return reg.archive_version(name, number, actor=actor)
+
+
+@router.post("/models/{name}/versions/{number}/metrics", summary="Add metrics to a version")
+def log_metrics(reg: Reg, name: str, number: int, metrics: dict[str, float]) -> ModelVersion:
+    return reg.log_metrics(name, number, metrics)
+
+
+@router.get("/models/{name}/aliases", summary="List a model's aliases")
+def list_aliases(reg: Reg, name: str) -> list[Alias]:
+    return reg.list_aliases(name)
+
+
+@router.put("/models/{name}/aliases/{alias}", summary="Point an alias at a version")
+def set_alias(reg: Reg, name: str, alias: str, move: AliasMove, actor: Actor = None) -> Alias:
+    return reg.set_alias(name, alias, move.version, actor=actor)
+
+
+@router.delete("/models/{name}/aliases/{alias}", status_code=204, summary="Remove an alias")
+def delete_alias(reg: Reg, name: str, alias: str, actor: Actor = None) -> None:
+    reg.delete_alias(name, alias, actor=actor)
+
+
+@router.get("/models/{name}/history", summary="A model's changes, newest first")
+def history(
+    reg: Reg, name: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[HistoryEntry]:
+    return reg.history(name, limit=limit)
+
+
+@router.post(
+    "/artifacts",
+    status_code=201,
+    summary="Upload an artifact (the raw bytes as the body, streamed)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def upload_artifact(
+    reg: Reg,
+    request: Request,
+    sha256: Annotated[
+        str | None, Query(description="The sha256 the bytes must hash to (refused otherwise).")
+    ] = None,
+) -> ArtifactInfo:
+    if sha256 is not None:
+        check_sha256(sha256)
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest("Content-Length must be a number of bytes")
+        if int(declared) > reg.max_artifact_bytes:
+            raise ArtifactTooLarge(int(declared), reg.max_artifact_bytes)
+    writer = await anyio.to_thread.run_sync(
+        lambda: reg.artifacts.writer(max_bytes=reg.max_artifact_bytes, expected_sha256=sha256)
+    )
+    with writer:
+        async for chunk in request.stream():
+            if chunk:
+                await anyio.to_thread.run_sync(writer.write, chunk)
+        return await anyio.to_thread.run_sync(writer.commit)
+
+
+@router.get("/artifacts/{sha256}", summary="Show a stored artifact (404 when absent)")
+def get_artifact(reg: Reg, sha256: str) -> ArtifactInfo:
+    return ArtifactInfo(sha256=sha256, size=reg.artifacts.size(sha256))

@@ -1,0 +1,205 @@
+"""The registry over HTTP: the same methods as :class:`LocalRegistry`, for remote use."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from aimesh.errors import AimeshError, ArtifactTampered, StoreUnavailable, error_from_body
+from aimesh.registry.api import ACTOR_HEADER, PREFIX
+from aimesh.registry.artifacts import CHUNK, file_chunks, sha256_file
+from aimesh.registry.service import default_actor
+from aimesh.registry.types import (
+    Alias,
+    AliasMove,
+    ArtifactInfo,
+    HistoryEntry,
+    ModelCreate,
+    ModelInfo,
+    ModelUpdate,
+    ModelVersion,
+    VersionCreate,
+)
+
+T = TypeVar("T")
+
+
+class RegistryClient:
+    """Talks to ``aimesh registry serve``; errors come back as the same AimeshError classes."""
+
+    def __init__(
+        self, url: str, *, timeout: float, cache_dir: Path, actor: str | None = None
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._cache = cache_dir / "artifacts"
+        self._http = httpx.Client(
+            base_url=self.url + PREFIX,
+            timeout=timeout,
+            headers={ACTOR_HEADER: actor or default_actor()},
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise StoreUnavailable(f"cannot reach the registry at {self.url}: {exc}") from exc
+        _raise_for_error(response)
+        return response
+
+    def _call(self, kind: type[T], method: str, path: str, **kwargs: Any) -> T:
+        return TypeAdapter(kind).validate_json(self._send(method, path, **kwargs).content)
+
+    # -- models ---------------------------------------------------------------------------
+
+    def create_model(self, spec: ModelCreate) -> ModelInfo:
+        """Create a model."""
+        return self._call(ModelInfo, "POST", "/models", json=_dump(spec))
+
+    def update_model(self, name: str, change: ModelUpdate) -> ModelInfo:
+        """Change a model's description or tags."""
+        return self._call(ModelInfo, "PATCH", f"/models/{name}", json=_dump(change))
+
+    def list_models(self) -> list[ModelInfo]:
+        """Every model."""
+        return self._call(list[ModelInfo], "GET", "/models")
+
+    def get_model(self, name: str) -> ModelInfo:
+        """One model."""
+        return self._call(ModelInfo, "GET", f"/models/{name}")
+
+    # -- artifacts ------------------------------------------------------------------------
+
+    def upload_artifact(self, path: Path) -> ArtifactInfo:
+        """Upload a file, declaring its sha256 so that a corrupted transfer is refused."""
+        digest = sha256_file(path)
+        try:
+            return self._call(ArtifactInfo, "GET", f"/artifacts/{digest}")
+        except AimeshError as exc:
+            if exc.code != "artifact_not_found":
+                raise
+        with path.open("rb") as f:
+            return self._call(
+                ArtifactInfo,
+                "POST",
+                "/artifacts",
+                params={"sha256": digest},
+                content=file_chunks(f),
+                headers={
+                    "content-type": "application/octet-stream",
+                    "content-length": str(path.stat().st_size),
+                },
+            )
+
+    def fetch_artifact(self, version: ModelVersion) -> Path:
+        """A local, just-verified copy of a version's artifact, cached by sha256."""
+        path = self._cache / version.artifact_sha256
+        if not path.exists():
+            self._download(version, path)
+        actual = sha256_file(path)
+        if actual != version.artifact_sha256:
+            path.unlink(missing_ok=True)
+            raise ArtifactTampered(version.artifact_sha256, actual)
+        return path
+
+    def _download(self, version: ModelVersion, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=path.parent, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in self._stream(
+                    f"/models/{version.model}/versions/{version.version}/artifact"
+                ):
+                    out.write(chunk)
+            os.replace(partial, path)
+        finally:
+            Path(partial).unlink(missing_ok=True)
+
+    def _stream(self, path: str) -> Iterator[bytes]:
+        try:
+            with self._http.stream("GET", path) as response:
+                if response.is_error:
+                    response.read()
+                    _raise_for_error(response)
+                yield from response.iter_bytes(CHUNK)
+        except httpx.TransportError as exc:
+            raise StoreUnavailable(f"cannot reach the registry at {self.url}: {exc}") from exc
+
+    def download_artifact(self, name: str, ref: str | int, dest: Path) -> ModelVersion:
+        """Write a version's verified artifact to ``dest``."""
+        version = self.get_version(name, ref)
+        shutil.copyfile(self.fetch_artifact(version), dest)
+        return version
+
+    # -- versions -------------------------------------------------------------------------
+
+    def create_version(self, name: str, spec: VersionCreate) -> ModelVersion:
+        """Register an uploaded artifact as the next version of a model."""
+        return self._call(ModelVersion, "POST", f"/models/{name}/versions", json=_dump(spec))
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        """Every version of a model."""
+        return self._call(list[ModelVersion], "GET", f"/models/{name}/versions")
+
+    def get_version(self, name: str, ref: str | int) -> ModelVersion:
+        """A version by number, alias or ``latest``."""
+        return self._call(ModelVersion, "GET", f"/models/{name}/versions/{ref}")
+
+    def archive_version(self, name: str, number: int) -> ModelVersion:
+        """Archive a version."""
+        return self._call(ModelVersion, "POST", f"/models/{name}/versions/{number}/archive")
+
+    def log_metrics(self, name: str, number: int, metrics: dict[str, float]) -> ModelVersion:
+        """Add new metrics to a version."""
+        return self._call(
+            ModelVersion, "POST", f"/models/{name}/versions/{number}/metrics", json=metrics
+        )
+
+    # -- aliases and history ----------------------------------------------------------------
+
+    def set_alias(self, name: str, alias: str, number: int) -> Alias:
+        """Point an alias at a version."""
+        body = _dump(AliasMove(version=number))
+        return self._call(Alias, "PUT", f"/models/{name}/aliases/{alias}", json=body)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Remove an alias."""
+        self._send("DELETE", f"/models/{name}/aliases/{alias}")
+
+    def list_aliases(self, name: str) -> list[Alias]:
+        """A model's aliases."""
+        return self._call(list[Alias], "GET", f"/models/{name}/aliases")
+
+    def history(self, name: str, *, limit: int = 100) -> list[HistoryEntry]:
+        """The newest changes to a model."""
+        return self._call(
+            list[HistoryEntry], "GET", f"/models/{name}/history", params={"limit": limit}
+        )
+
+
+def _dump(model: BaseModel) -> Any:
+    return model.model_dump(mode="json", exclude_unset=True)
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if not response.is_error:
+        return
+    try:
+        body = response.json()
+        code, message = str(body["code"]), str(body["error"])
+        details = body.get("details") if isinstance(body.get("details"), dict) else None
+    except (ValueError, KeyError, TypeError):
+        raise StoreUnavailable(
+            f"registry answered {response.status_code} without an error body"
+        ) from None
+    raise error_from_body(code, message, details)

@@ -1,0 +1,515 @@
+"""The registry's metadata in SQL: SQLite by default, PostgreSQL by URL, one code path.
+
+Every change writes its :class:`EventRow` in the same transaction, so history and the
+bus outbox can never disagree with the data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from aimesh.errors import (
+    AliasNotFound,
+    MetricExists,
+    ModelExists,
+    ModelNotFound,
+    StoreUnavailable,
+    VersionArchived,
+    VersionNotFound,
+)
+from aimesh.protocol import Signature
+from aimesh.registry import migrate
+from aimesh.registry.tables import AliasRow, EventRow, MetricRow, ModelRow, VersionRow, utcnow
+from aimesh.registry.types import (
+    LATEST,
+    Alias,
+    HistoryEntry,
+    Lineage,
+    ModelCreate,
+    ModelInfo,
+    ModelUpdate,
+    ModelVersion,
+    VersionCreate,
+    check_alias_name,
+    check_model_name,
+)
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine for ``url``, tuned so that several processes can share a SQLite file."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa_event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # Take the write lock when a transaction starts (BEGIN IMMEDIATE below): a deferred
+            # transaction that reads and then writes deadlocks against a concurrent writer in
+            # another process instead of waiting for it.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @sa_event.listens_for(engine, "begin")
+        def _begin_immediate(connection: sa.Connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    try:
+        return sa.create_engine(url, pool_pre_ping=True)
+    except (ImportError, sa.exc.ArgumentError) as exc:
+        raise StoreUnavailable(f"cannot use registry database {url!r}: {exc}") from exc
+
+
+class RegistryStore:
+    """Models, versions, aliases, metrics and history in a SQL database."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str) -> RegistryStore:
+        """Open (and migrate, if needed) the database at ``url``."""
+        if url.startswith("sqlite:///"):
+            from pathlib import Path
+
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url)
+        try:
+            migrate.upgrade(engine)
+        except OperationalError as exc:
+            raise StoreUnavailable(f"cannot reach the registry database: {exc.orig}") from exc
+        return cls(engine)
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except OperationalError as exc:
+            raise StoreUnavailable(f"registry database error: {exc.orig}") from exc
+
+    # -- models ---------------------------------------------------------------------------
+
+    def create_model(self, spec: ModelCreate, actor: str) -> ModelInfo:
+        """Create a model; :class:`ModelExists` if the name is taken."""
+        now = utcnow()
+        try:
+            with self._transaction() as s:
+                row = ModelRow(
+                    name=spec.name,
+                    description=spec.description,
+                    tags=dict(spec.tags),
+                    latest_version=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                s.add(row)
+                s.flush()
+                _record(s, "model", "created", spec.name, actor=actor)
+                return _model_info(s, row)
+        except IntegrityError as exc:
+            raise ModelExists(f"model {spec.name!r} already exists", name=spec.name) from exc
+
+    def update_model(self, name: str, change: ModelUpdate, actor: str) -> ModelInfo:
+        """Change a model's description or tags."""
+        with self._transaction() as s:
+            row = _model_row(s, name)
+            if change.description is not None:
+                row.description = change.description
+            if change.tags is not None:
+                row.tags = dict(change.tags)
+            row.updated_at = utcnow()
+            _record(s, "model", "updated", name, actor=actor)
+            return _model_info(s, row)
+
+    def list_models(self) -> list[ModelInfo]:
+        """Every model, by name."""
+        with self._transaction() as s:
+            rows = s.scalars(sa.select(ModelRow).order_by(ModelRow.name)).all()
+            aliases = _aliases_by_model(s, [r.id for r in rows])
+            return [_model_info(s, r, aliases.get(r.id, {})) for r in rows]
+
+    def get_model(self, name: str) -> ModelInfo:
+        """One model; :class:`ModelNotFound` if absent."""
+        with self._transaction() as s:
+            return _model_info(s, _model_row(s, name))
+
+    # -- versions -------------------------------------------------------------------------
+
+    def create_version(
+        self, name: str, spec: VersionCreate, *, size: int, signature: Signature | None, actor: str
+    ) -> ModelVersion:
+        """Add the next version of a model, and point ``spec.aliases`` at it, atomically.
+
+        The version number comes from an atomic increment of the model's counter, so that
+        concurrent pushes (several processes, SQLite or PostgreSQL) get distinct numbers.
+        """
+        now = utcnow()
+        with self._transaction() as s:
+            model = _model_row(s, name)
+            number = s.execute(
+                sa.update(ModelRow)
+                .where(ModelRow.id == model.id)
+                .values(latest_version=ModelRow.latest_version + 1, updated_at=now)
+                .returning(ModelRow.latest_version)
+            ).scalar_one()
+            row = VersionRow(
+                model_id=model.id,
+                version=number,
+                framework=spec.framework,
+                artifact_sha256=spec.artifact_sha256,
+                artifact_size=size,
+                signature=signature.model_dump() if signature else None,
+                lineage=spec.lineage.model_dump(mode="json"),
+                description=spec.description,
+                tags=dict(spec.tags),
+                trusted=spec.trusted,
+                trusted_types=list(spec.trusted_types),
+                archived=False,
+                created_at=now,
+                created_by=actor,
+            )
+            s.add(row)
+            s.flush()
+            s.add_all(MetricRow(version_id=row.id, key=k, value=v) for k, v in spec.metrics.items())
+            _record(
+                s,
+                "version",
+                "created",
+                name,
+                version=number,
+                actor=actor,
+                data={"sha256": spec.artifact_sha256, "framework": spec.framework},
+            )
+            for alias in spec.aliases:
+                _move_alias(s, model, alias, row, actor)
+            return _version(s, name, row)
+
+    def list_versions(self, name: str, *, include_archived: bool = True) -> list[ModelVersion]:
+        """Every version of a model, oldest first."""
+        with self._transaction() as s:
+            model = _model_row(s, name)
+            query = sa.select(VersionRow).where(VersionRow.model_id == model.id)
+            if not include_archived:
+                query = query.where(VersionRow.archived.is_(False))
+            rows = s.scalars(query.order_by(VersionRow.version)).all()
+            return [_version(s, name, r) for r in rows]
+
+    def get_version(self, name: str, ref: str | int) -> ModelVersion:
+        """A version by number, by alias, or ``latest``."""
+        with self._transaction() as s:
+            return _version(s, name, _resolve(s, _model_row(s, name), ref))
+
+    def archive_version(self, name: str, number: int, actor: str) -> ModelVersion:
+        """Mark a version archived; refused while an alias points at it."""
+        with self._transaction() as s:
+            model = _model_row(s, name)
+            row = _version_row(s, model, number)
+            pointing = s.scalars(sa.select(AliasRow.name).where(AliasRow.version_id == row.id)).all()
+            if pointing:
+                raise VersionArchived(
+                    f"{name}@{number} is served by alias(es) {', '.join(pointing)}: "
+                    "move them first",
+                    aliases=list(pointing),
+                )
+            if not row.archived:
+                row.archived = True
+                _record(s, "version", "archived", name, version=number, actor=actor)
+            return _version(s, name, row)
+
+    def log_metrics(self, name: str, number: int, metrics: dict[str, float]) -> ModelVersion:
+        """Add metrics to a version; an existing metric is never overwritten."""
+        with self._transaction() as s:
+            row = _version_row(s, _model_row(s, name), number)
+            existing = set(
+                s.scalars(sa.select(MetricRow.key).where(MetricRow.version_id == row.id)).all()
+            )
+            clash = sorted(existing & metrics.keys())
+            if clash:
+                raise MetricExists(
+                    f"{name}@{number} already has metric(s) {', '.join(clash)}; versions are "
+                    "immutable",
+                    metrics=clash,
+                )
+            s.add_all(MetricRow(version_id=row.id, key=k, value=v) for k, v in metrics.items())
+            s.flush()
+            return _version(s, name, row)
+
+    # -- aliases --------------------------------------------------------------------------
+
+    def set_alias(self, name: str, alias: str, number: int, actor: str) -> Alias:
+        """Point ``alias`` at version ``number``, atomically, recording who moved it."""
+        check_alias_name(alias)
+        with self._transaction() as s:
+            model = _model_row(s, name)
+            return _move_alias(s, model, alias, _version_row(s, model, number), actor)
+
+    def delete_alias(self, name: str, alias: str, actor: str) -> None:
+        """Remove an alias."""
+        with self._transaction() as s:
+            model = _model_row(s, name)
+            row = s.get(AliasRow, (model.id, alias))
+            if row is None:
+                raise AliasNotFound(f"model {name!r} has no alias {alias!r}", alias=alias)
+            number = s.get_one(VersionRow, row.version_id).version
+            s.delete(row)
+            _record(s, "alias", "deleted", name, version=number, alias=alias, actor=actor)
+
+    def list_aliases(self, name: str) -> list[Alias]:
+        """A model's aliases, by name."""
+        with self._transaction() as s:
+            model = _model_row(s, name)
+            rows = s.execute(
+                sa.select(AliasRow, VersionRow.version)
+                .join(VersionRow, VersionRow.id == AliasRow.version_id)
+                .where(AliasRow.model_id == model.id)
+                .order_by(AliasRow.name)
+            ).all()
+            return [_alias(name, a, v) for a, v in rows]
+
+    # -- history and outbox ---------------------------------------------------------------
+
+    def history(self, name: str, *, limit: int = 100) -> list[HistoryEntry]:
+        """The newest changes to a model, newest first."""
+        with self._transaction() as s:
+            _model_row(s, name)
+            rows = s.scalars(
+                sa.select(EventRow)
+                .where(EventRow.model == name)
+                .order_by(EventRow.seq.desc())
+                .limit(limit)
+            ).all()
+            return [_history(r) for r in rows]
+
+    def unpublished_events(self, *, limit: int = 500) -> list[tuple[str, HistoryEntry]]:
+        """Changes not yet published on the bus, oldest first, with their event ids."""
+        with self._transaction() as s:
+            rows = s.scalars(
+                sa.select(EventRow)
+                .where(EventRow.published_at.is_(None))
+                .order_by(EventRow.seq)
+                .limit(limit)
+            ).all()
+            return [(r.event_id, _history(r)) for r in rows]
+
+    def mark_published(self, event_ids: Sequence[str]) -> None:
+        """Record that these events reached the bus."""
+        if not event_ids:
+            return
+        with self._transaction() as s:
+            s.execute(
+                sa.update(EventRow)
+                .where(EventRow.event_id.in_(list(event_ids)))
+                .values(published_at=utcnow())
+            )
+
+    def is_artifact_referenced(self, sha256: str) -> bool:
+        """Whether any version uses the artifact (so it must be kept)."""
+        with self._transaction() as s:
+            return (
+                s.scalar(sa.select(VersionRow.id).where(VersionRow.artifact_sha256 == sha256))
+                is not None
+            )
+
+
+# -- helpers, each used inside an open transaction ------------------------------------------
+
+
+def _record(
+    s: Session,
+    kind: str,
+    action: str,
+    model: str,
+    *,
+    actor: str,
+    version: int | None = None,
+    alias: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    s.add(
+        EventRow(
+            event_id=uuid.uuid4().hex,
+            kind=kind,
+            action=action,
+            model=model,
+            version=version,
+            alias=alias,
+            actor=actor,
+            at=utcnow(),
+            data=data or {},
+        )
+    )
+
+
+def _model_row(s: Session, name: str) -> ModelRow:
+    check_model_name(name)
+    row = s.scalar(sa.select(ModelRow).where(ModelRow.name == name))
+    if row is None:
+        raise ModelNotFound(f"no model named {name!r}", name=name)
+    return row
+
+
+def _version_row(s: Session, model: ModelRow, number: int) -> VersionRow:
+    row = s.scalar(
+        sa.select(VersionRow).where(VersionRow.model_id == model.id, VersionRow.version == number)
+    )
+    if row is None:
+        raise VersionNotFound(
+            f"model {model.name!r} has no version {number}", model=model.name, version=number
+        )
+    return row
+
+
+def _resolve(s: Session, model: ModelRow, ref: str | int) -> VersionRow:
+    if isinstance(ref, int) or ref.isdigit():
+        return _version_row(s, model, int(ref))
+    if ref == LATEST:
+        row = s.scalar(
+            sa.select(VersionRow)
+            .where(VersionRow.model_id == model.id, VersionRow.archived.is_(False))
+            .order_by(VersionRow.version.desc())
+            .limit(1)
+        )
+        if row is None:
+            raise VersionNotFound(f"model {model.name!r} has no versions", model=model.name)
+        return row
+    alias = s.get(AliasRow, (model.id, ref))
+    if alias is None:
+        raise AliasNotFound(f"model {model.name!r} has no alias {ref!r}", alias=ref)
+    return s.get_one(VersionRow, alias.version_id)
+
+
+def _move_alias(s: Session, model: ModelRow, alias: str, target: VersionRow, actor: str) -> Alias:
+    if target.archived:
+        raise VersionArchived(
+            f"{model.name}@{target.version} is archived; an alias cannot point at it",
+            version=target.version,
+        )
+    now = utcnow()
+    row = s.get(AliasRow, (model.id, alias), with_for_update=True)
+    previous: int | None = None
+    if row is None:
+        row = AliasRow(
+            model_id=model.id, name=alias, version_id=target.id, updated_at=now, updated_by=actor
+        )
+        s.add(row)
+    else:
+        previous = s.get_one(VersionRow, row.version_id).version
+        row.version_id = target.id
+        row.updated_at = now
+        row.updated_by = actor
+    s.flush()
+    _record(
+        s,
+        "alias",
+        "moved",
+        model.name,
+        version=target.version,
+        alias=alias,
+        actor=actor,
+        data={"previous": previous},
+    )
+    return _alias(model.name, row, target.version)
+
+
+def _aliases_by_model(s: Session, model_ids: list[int]) -> dict[int, dict[str, int]]:
+    found: dict[int, dict[str, int]] = {}
+    if not model_ids:
+        return found
+    rows = s.execute(
+        sa.select(AliasRow.model_id, AliasRow.name, VersionRow.version)
+        .join(VersionRow, VersionRow.id == AliasRow.version_id)
+        .where(AliasRow.model_id.in_(model_ids))
+        .order_by(AliasRow.name)
+    ).all()
+    for model_id, alias, version in rows:
+        found.setdefault(model_id, {})[alias] = version
+    return found
+
+
+def _model_info(s: Session, row: ModelRow, aliases: dict[str, int] | None = None) -> ModelInfo:
+    if aliases is None:
+        aliases = _aliases_by_model(s, [row.id]).get(row.id, {})
+    return ModelInfo(
+        name=row.name,
+        description=row.description,
+        tags=row.tags,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        latest_version=row.latest_version or None,
+        aliases=aliases,
+    )
+
+
+def _version(s: Session, model: str, row: VersionRow) -> ModelVersion:
+    metrics = dict(
+        s.execute(sa.select(MetricRow.key, MetricRow.value).where(MetricRow.version_id == row.id))
+        .tuples()
+        .all()
+    )
+    aliases = s.scalars(
+        sa.select(AliasRow.name).where(AliasRow.version_id == row.id).order_by(AliasRow.name)
+    ).all()
+    return ModelVersion(
+        model=model,
+        version=row.version,
+        framework=row.framework,
+        artifact_sha256=row.artifact_sha256,
+        artifact_size=row.artifact_size,
+        signature=Signature.model_validate(row.signature) if row.signature else None,
+        metrics=metrics,
+        lineage=Lineage.model_validate(row.lineage),
+        description=row.description,
+        tags=row.tags,
+        trusted=row.trusted,
+        trusted_types=list(row.trusted_types),
+        archived=row.archived,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        aliases=list(aliases),
+    )
+
+
+def _alias(model: str, row: AliasRow, version: int) -> Alias:
+    return Alias(
+        model=model,
+        name=row.name,
+        version=version,
+        updated_at=row.updated_at,
+        updated_by=row.updated_by,
+    )
+
+
+def _history(row: EventRow) -> HistoryEntry:
+    at: datetime = row.at
+    return HistoryEntry(
+        seq=row.seq,
+        kind=row.kind,
+        action=row.action,
+        model=row.model,
+        version=row.version,
+        alias=row.alias,
+        actor=row.actor,
+        at=at,
+        data=row.data,
+    )
+
+
+__all__ = ["RegistryStore", "SQLAlchemyError", "create_engine"]

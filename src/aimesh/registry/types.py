@@ -1,0 +1,190 @@
+"""The registry's domain objects, as they cross process boundaries (REST, CLI, events)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from aimesh.errors import InvalidName
+from aimesh.protocol import Signature
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+LATEST = "latest"
+"""A reserved version reference: the highest version that is not archived."""
+
+Scalar = str | int | float | bool | None
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is a valid model name, else raise :class:`InvalidName`."""
+    if not MODEL_NAME.match(name):
+        raise InvalidName(
+            f"invalid model name {name!r}: use 1-128 letters, digits, '-' or '_', "
+            "starting with a letter or digit",
+            name=name,
+        )
+    return name
+
+
+def check_alias_name(name: str) -> str:
+    """Return ``name`` if it is a valid alias, else raise :class:`InvalidName`."""
+    if not ALIAS_NAME.match(name) or name == LATEST:
+        raise InvalidName(
+            f"invalid alias {name!r}: use 1-64 letters, digits, '-' or '_', starting with a "
+            f"letter ({LATEST!r} is reserved)",
+            name=name,
+        )
+    return name
+
+
+def check_sha256(digest: str) -> str:
+    """Return ``digest`` if it is a lowercase hex sha256, else raise :class:`InvalidName`."""
+    if not SHA256_HEX.match(digest):
+        raise InvalidName(f"invalid sha256 {digest!r}: expected 64 lowercase hex digits")
+    return digest
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Lineage(_Frozen):
+    """Where a version came from: its data, its trainer and anything else worth keeping."""
+
+    dataset: str | None = Field(default=None, description="Dataset reference, e.g. transactions@3.")
+    trainer: str | None = Field(default=None, description="Trainer, e.g. sklearn:LogisticRegression.")
+    params: dict[str, Scalar] = Field(default_factory=dict, description="Training parameters.")
+    code_version: str | None = Field(default=None, description="Git commit or package version.")
+    job_id: str | None = Field(default=None, description="The training job that made it.")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Free-form lineage.")
+
+
+class ArtifactInfo(_Frozen):
+    """A blob in the content-addressed artifact store."""
+
+    sha256: str
+    size: int
+
+
+class ModelCreate(_Frozen):
+    """What a client sends to create a model."""
+
+    name: str
+    description: str = Field(default="", max_length=10_000)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_model_name(value)
+
+
+class ModelUpdate(_Frozen):
+    """What a client sends to change a model's description or tags (None: unchanged)."""
+
+    description: str | None = Field(default=None, max_length=10_000)
+    tags: dict[str, str] | None = None
+
+
+class VersionCreate(_Frozen):
+    """What a client sends to create a version of a model from an uploaded artifact."""
+
+    artifact_sha256: str
+    framework: str = Field(min_length=1, max_length=64)
+    signature: Signature | None = Field(
+        default=None, description="Unset: read from the artifact by its runtime."
+    )
+    metrics: dict[str, float] = Field(default_factory=dict)
+    lineage: Lineage = Field(default_factory=Lineage)
+    description: str = Field(default="", max_length=10_000)
+    tags: dict[str, str] = Field(default_factory=dict)
+    trusted: bool = Field(
+        default=False, description="Allow formats that run code when loaded (pickle, Python)."
+    )
+    trusted_types: list[str] = Field(
+        default_factory=list, description="Extra types a skops artifact may hold."
+    )
+    aliases: list[str] = Field(default_factory=list, description="Aliases to point at it.")
+
+    @field_validator("artifact_sha256")
+    @classmethod
+    def _sha(cls, value: str) -> str:
+        return check_sha256(value)
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, value: list[str]) -> list[str]:
+        return [check_alias_name(a) for a in value]
+
+
+class AliasMove(_Frozen):
+    """What a client sends to point an alias at a version."""
+
+    version: int = Field(ge=1)
+
+
+class ModelVersion(_Frozen):
+    """One immutable version of a model."""
+
+    model: str
+    version: int
+    framework: str
+    artifact_sha256: str
+    artifact_size: int
+    signature: Signature | None
+    metrics: dict[str, float]
+    lineage: Lineage
+    description: str
+    tags: dict[str, str]
+    trusted: bool
+    trusted_types: list[str]
+    archived: bool
+    created_at: datetime
+    created_by: str
+    aliases: list[str] = Field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        """``name@version``, the way users write it."""
+        return f"{self.model}@{self.version}"
+
+
+class Alias(_Frozen):
+    """A name that points at one version of a model."""
+
+    model: str
+    name: str
+    version: int
+    updated_at: datetime
+    updated_by: str
+
+
+class ModelInfo(_Frozen):
+    """A model with its aliases and latest version number."""
+
+    name: str
+    description: str
+    tags: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+    latest_version: int | None
+    aliases: dict[str, int]
+
+
+class HistoryEntry(_Frozen):
+    """One recorded change to the registry."""
+
+    seq: int
+    kind: str
+    action: str
+    model: str
+    version: int | None
+    alias: str | None
+    actor: str
+    at: datetime
+    data: dict[str, Scalar]
