@@ -40,7 +40,10 @@ class BusSettings(BaseModel):
         default=2.0, gt=0, le=60, description="Seconds to wait when connecting to the bus."
     )
     start_timeout_s: float = Field(
-        default=10.0, gt=0, le=120, description="Seconds to wait for the embedded server to be ready."
+        default=10.0,
+        gt=0,
+        le=120,
+        description="Seconds to wait for the embedded server to be ready.",
     )
 
 
@@ -66,9 +69,46 @@ class RegistrySettings(BaseModel):
         default=2 * 1024**3, gt=0, description="Largest artifact accepted by an upload, in bytes."
     )
     host: str = Field(default="127.0.0.1", description="Address `aimesh registry serve` binds.")
-    port: int = Field(default=8100, ge=0, le=65535, description="Port `aimesh registry serve` binds.")
+    port: int = Field(
+        default=8100, ge=0, le=65535, description="Port `aimesh registry serve` binds."
+    )
     request_timeout_s: float = Field(
         default=30.0, gt=0, le=3600, description="Timeout of one call to a remote registry."
+    )
+
+
+class ServingSettings(BaseModel):
+    """A model service: ports, workers, batching and the limits that protect it."""
+
+    host: str = Field(default="127.0.0.1", description="Address the model service binds.")
+    http_port: int = Field(default=9000, ge=0, le=65535, description="REST port (0: any free).")
+    grpc_port: int = Field(default=9001, ge=0, le=65535, description="gRPC port (0: any free).")
+    workers: int = Field(default=1, ge=1, le=64, description="Processes sharing the ports.")
+    batching: bool = Field(default=True, description="Coalesce concurrent requests.")
+    max_batch_size: int = Field(default=64, ge=1, le=65536, description="Rows in one model call.")
+    max_latency_ms: float = Field(
+        default=2.0, ge=0, le=1000, description="Longest wait for a batch to fill, under load."
+    )
+    max_queue: int = Field(
+        default=2048, ge=1, description="Requests waiting for the model before 503s."
+    )
+    max_concurrency: int = Field(
+        default=1024, ge=1, description="Requests in flight per worker before 429s."
+    )
+    max_request_bytes: int = Field(
+        default=64 * 1024**2, gt=0, description="Largest request body accepted (413 beyond)."
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="Longest a request may wait for the model."
+    )
+    drain_timeout_s: float = Field(
+        default=20.0,
+        ge=0,
+        le=600,
+        description="On shutdown or swap, wait this long for in-flight requests.",
+    )
+    heartbeat_s: float = Field(
+        default=2.0, gt=0, le=60, description="Seconds between discovery heartbeats."
     )
 
 
@@ -95,6 +135,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(
         default_factory=RegistrySettings, description="The model registry."
     )
+    serving: ServingSettings = Field(default_factory=ServingSettings, description="Model services.")
 
     @classmethod
     def settings_customise_sources(

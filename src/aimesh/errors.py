@@ -9,7 +9,11 @@ nothing in here knows about HTTP numbers.
     AimeshError
     ├── ConfigError                  config_invalid
     ├── InvalidRequest               invalid_request
-    │   └── InvalidName              invalid_name
+    │   ├── InvalidName              invalid_name
+    │   ├── RequestTooLarge          request_too_large
+    │   ├── InputMismatch            input_mismatch
+    │   ├── DatatypeMismatch         datatype_mismatch
+    │   └── ShapeMismatch            shape_mismatch
     ├── NotFound                     not_found
     │   ├── ModelNotFound            model_not_found
     │   ├── VersionNotFound          version_not_found
@@ -26,6 +30,11 @@ nothing in here knows about HTTP numbers.
     │   ├── UnsafeArtifact           unsafe_artifact
     │   └── UntrustedTypes           untrusted_types
     ├── RuntimeUnavailable           runtime_unavailable
+    ├── Overloaded                   overloaded
+    ├── Unavailable                  unavailable
+    │   ├── QueueFull                queue_full
+    │   └── ShuttingDown             shutting_down
+    ├── DeadlineExceeded             deadline_exceeded
     ├── BusUnavailable               bus_unavailable
     └── StoreUnavailable             store_unavailable
 """
@@ -69,6 +78,37 @@ class InvalidName(InvalidRequest):
     """Raised when a model, alias or dataset name is not a safe identifier."""
 
     code = "invalid_name"
+
+
+class RequestTooLarge(InvalidRequest):
+    """Raised when a request body exceeds the configured limit."""
+
+    code = "request_too_large"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"request of {size} bytes exceeds the limit of {limit}", size=size, limit=limit
+        )
+        self.size = size
+        self.limit = limit
+
+
+class InputMismatch(InvalidRequest):
+    """Raised when a request's input or output names do not match the model's signature."""
+
+    code = "input_mismatch"
+
+
+class DatatypeMismatch(InvalidRequest):
+    """Raised when an input tensor's datatype is not the one the signature declares."""
+
+    code = "datatype_mismatch"
+
+
+class ShapeMismatch(InvalidRequest):
+    """Raised when an input tensor's shape does not fit the signature."""
+
+    code = "shape_mismatch"
 
 
 class NotFound(AimeshError):
@@ -186,7 +226,8 @@ class UntrustedTypes(ArtifactError):
 
     def __init__(self, types: list[str]) -> None:
         super().__init__(
-            "artifact holds types that are not trusted: " + ", ".join(types)
+            "artifact holds types that are not trusted: "
+            + ", ".join(types)
             + " (push with --trust-type NAME for each, after checking them)",
             types=types,
         )
@@ -197,6 +238,36 @@ class RuntimeUnavailable(AimeshError):
     """Raised when a framework is unknown or its optional dependency is not installed."""
 
     code = "runtime_unavailable"
+
+
+class Overloaded(AimeshError):
+    """Raised when a service already has as many requests in flight as it allows."""
+
+    code = "overloaded"
+
+
+class Unavailable(AimeshError):
+    """Raised when a service cannot take a request now (retry later or elsewhere)."""
+
+    code = "unavailable"
+
+
+class QueueFull(Unavailable):
+    """Raised when a model's batch queue is full."""
+
+    code = "queue_full"
+
+
+class ShuttingDown(Unavailable):
+    """Raised for requests that arrive while a service drains before it stops."""
+
+    code = "shutting_down"
+
+
+class DeadlineExceeded(AimeshError):
+    """Raised when a request's time runs out before the model answered."""
+
+    code = "deadline_exceeded"
 
 
 class BusUnavailable(AimeshError):

@@ -79,7 +79,9 @@ def fraud_data() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def fraud_skops(tmp_path_factory: pytest.TempPathFactory, fraud_data: tuple[np.ndarray, np.ndarray]) -> Path:
+def fraud_skops(
+    tmp_path_factory: pytest.TempPathFactory, fraud_data: tuple[np.ndarray, np.ndarray]
+) -> Path:
     """A logistic regression on the fraud data, saved with skops."""
     import skops.io as sio
     from sklearn.linear_model import LogisticRegression

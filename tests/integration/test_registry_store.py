@@ -37,7 +37,13 @@ def test_migrations_bring_an_empty_database_to_head(database_url: str) -> None:
         with store.engine.connect() as c:
             assert current_revision(c) == head_revision()
             tables = set(sa.inspect(c).get_table_names())
-        assert {"models", "model_versions", "aliases", "version_metrics", "registry_events"} <= tables
+        assert {
+            "models",
+            "model_versions",
+            "aliases",
+            "version_metrics",
+            "registry_events",
+        } <= tables
         RegistryStore.open(database_url).close()  # opening again is a no-op
     finally:
         store.close()

@@ -1,5 +1,14 @@
-"""Types of the Open Inference Protocol v2 shared by every service."""
+"""Types of the Open Inference Protocol v2 shared by every service (no HTTP, no gRPC here)."""
 
+from aimesh.protocol.inference import (
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    Parameters,
+    RequestedOutput,
+    ServerMetadata,
+    Tensor,
+)
 from aimesh.protocol.tensors import (
     DATATYPE_TO_NUMPY,
     Datatype,
@@ -8,4 +17,17 @@ from aimesh.protocol.tensors import (
     datatype_of,
 )
 
-__all__ = ["DATATYPE_TO_NUMPY", "Datatype", "Signature", "TensorSpec", "datatype_of"]
+__all__ = [
+    "DATATYPE_TO_NUMPY",
+    "Datatype",
+    "InferenceRequest",
+    "InferenceResponse",
+    "ModelMetadata",
+    "Parameters",
+    "RequestedOutput",
+    "ServerMetadata",
+    "Signature",
+    "Tensor",
+    "TensorSpec",
+    "datatype_of",
+]

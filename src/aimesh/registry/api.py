@@ -98,9 +98,7 @@ def create_version(reg: Reg, name: str, spec: VersionCreate, actor: Actor = None
     return reg.create_version(name, spec, actor=actor)
 
 
-@router.get(
-    "/models/{name}/versions/{ref}", summary="Show a version by number, alias or 'latest'"
-)
+@router.get("/models/{name}/versions/{ref}", summary="Show a version by number, alias or 'latest'")
 def get_version(reg: Reg, name: str, ref: str) -> ModelVersion:
     return reg.get_version(name, ref)
 
@@ -160,7 +158,9 @@ def history(
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
         }
     },
 )

@@ -112,6 +112,7 @@ class ArtifactStore:
     def fetch(self, sha256: str) -> Path:
         """A local path to the blob's bytes, verified against its sha256 just now."""
         check_sha256(sha256)
+        actual: str | None
         if self._local:
             path = Path(self._blob(sha256))
             if not path.exists():
@@ -125,7 +126,7 @@ class ArtifactStore:
                 self._download(sha256, path)
                 actual = sha256_file(path)
         if actual != sha256:
-            raise ArtifactTampered(sha256, actual)
+            raise ArtifactTampered(sha256, actual or "missing")
         return path
 
     def _download(self, sha256: str, path: Path) -> None:

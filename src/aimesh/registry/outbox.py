@@ -8,6 +8,7 @@ so two relays racing over one database (a registry service and a CLI) publish it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import anyio.to_thread
@@ -55,9 +56,7 @@ async def publish_pending(store: RegistryStore, bus: Bus) -> int:
 
 async def _flush(store: RegistryStore, settings: Settings) -> int:
     url = await anyio.to_thread.run_sync(ensure_bus, settings)
-    async with await connect(
-        url, timeout=settings.bus.connect_timeout_s, name="aimesh-cli"
-    ) as bus:
+    async with await connect(url, timeout=settings.bus.connect_timeout_s, name="aimesh-cli") as bus:
         await declare_topology(bus)
         return await publish_pending(store, bus)
 
@@ -111,8 +110,6 @@ class OutboxRelay:
                 backoff = min(backoff * 2, 10.0)
 
     async def _wait(self) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=self._idle_s)
-        except TimeoutError:
-            pass
         self._wake.clear()

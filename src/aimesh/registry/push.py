@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,7 +10,13 @@ from aimesh import runtimes
 from aimesh.errors import InvalidRequest, ModelExists, ModelNotFound
 from aimesh.protocol import Signature
 from aimesh.registry.interface import Registry
-from aimesh.registry.types import Lineage, ModelCreate, ModelVersion, VersionCreate, check_model_name
+from aimesh.registry.types import (
+    Lineage,
+    ModelCreate,
+    ModelVersion,
+    VersionCreate,
+    check_model_name,
+)
 
 
 def push_model(
@@ -40,10 +47,9 @@ def push_model(
     try:
         registry.get_model(name)
     except ModelNotFound:
-        try:
+        # Another client may create it first: fine, versions are numbered atomically.
+        with contextlib.suppress(ModelExists):
             registry.create_model(ModelCreate(name=name))
-        except ModelExists:
-            pass  # another client created it first: fine, versions are numbered atomically
     artifact = registry.upload_artifact(path)
     spec = VersionCreate(
         artifact_sha256=artifact.sha256,

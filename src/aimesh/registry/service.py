@@ -160,9 +160,7 @@ class LocalRegistry:
         """A version by number, alias or ``latest``."""
         return self.store.get_version(name, ref)
 
-    def archive_version(
-        self, name: str, number: int, *, actor: str | None = None
-    ) -> ModelVersion:
+    def archive_version(self, name: str, number: int, *, actor: str | None = None) -> ModelVersion:
         """Archive a version that no alias points at."""
         version = self.store.archive_version(name, number, actor or self.actor)
         self._changed()
@@ -174,9 +172,7 @@ class LocalRegistry:
 
     # -- aliases and history ----------------------------------------------------------------
 
-    def set_alias(
-        self, name: str, alias: str, number: int, *, actor: str | None = None
-    ) -> Alias:
+    def set_alias(self, name: str, alias: str, number: int, *, actor: str | None = None) -> Alias:
         """Point an alias at a version."""
         moved = self.store.set_alias(name, alias, number, actor or self.actor)
         self._changed()

@@ -222,7 +222,9 @@ class RegistryStore:
         with self._transaction() as s:
             model = _model_row(s, name)
             row = _version_row(s, model, number)
-            pointing = s.scalars(sa.select(AliasRow.name).where(AliasRow.version_id == row.id)).all()
+            pointing = s.scalars(
+                sa.select(AliasRow.name).where(AliasRow.version_id == row.id)
+            ).all()
             if pointing:
                 raise VersionArchived(
                     f"{name}@{number} is served by alias(es) {', '.join(pointing)}: "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -36,7 +36,11 @@ def utcnow() -> datetime:
 class Base(DeclarativeBase):
     """Declarative base of the registry's tables."""
 
-    type_annotation_map = {dict[str, Any]: sa.JSON, list[Any]: sa.JSON, datetime: UTCDateTime}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: sa.JSON,
+        list[Any]: sa.JSON,
+        datetime: UTCDateTime,
+    }
 
 
 class ModelRow(Base):
@@ -60,7 +64,9 @@ class VersionRow(Base):
     __table_args__ = (sa.UniqueConstraint("model_id", "version", name="uq_model_version"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    model_id: Mapped[int] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("models.id", ondelete="CASCADE"), index=True
+    )
     version: Mapped[int]
     framework: Mapped[str] = mapped_column(sa.String(64))
     artifact_sha256: Mapped[str] = mapped_column(sa.String(64), index=True)

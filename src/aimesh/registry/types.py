@@ -57,7 +57,9 @@ class Lineage(_Frozen):
     """Where a version came from: its data, its trainer and anything else worth keeping."""
 
     dataset: str | None = Field(default=None, description="Dataset reference, e.g. transactions@3.")
-    trainer: str | None = Field(default=None, description="Trainer, e.g. sklearn:LogisticRegression.")
+    trainer: str | None = Field(
+        default=None, description="Trainer, e.g. sklearn:LogisticRegression."
+    )
     params: dict[str, Scalar] = Field(default_factory=dict, description="Training parameters.")
     code_version: str | None = Field(default=None, description="Git commit or package version.")
     job_id: str | None = Field(default=None, description="The training job that made it.")

@@ -1,0 +1,74 @@
+"""The bus: NATS with JetStream, embedded on one machine or an existing cluster at scale.
+
+- :func:`ensure_bus` finds (or starts) the bus of a home and returns its URL;
+  :func:`connect` / :func:`open_bus` return a :class:`Bus` connection.
+- :func:`declare_topology` creates the streams and KV buckets the platform needs.
+- :func:`publish_event` / :func:`subscribe_events` move typed :class:`Event` s.
+- :class:`EmbeddedNats` runs the bundled ``nats-server`` for as long as its owner wants.
+"""
+
+from aimesh.bus.connection import Bus, connect, open_bus
+from aimesh.bus.events import (
+    REGISTRY_SUBJECTS,
+    Event,
+    EventStream,
+    PublishAck,
+    RegistryEvent,
+    decode_event,
+    encode_event,
+    publish_event,
+    subscribe_events,
+)
+from aimesh.bus.home import BusStatus, embedded_bus_status, ensure_bus, stop_embedded_bus
+from aimesh.bus.server import EmbeddedNats, nats_server_binary
+from aimesh.bus.topology import (
+    BUCKETS,
+    DISCOVERY_BUCKET,
+    DLQ_STREAM,
+    DLQ_SUBJECTS,
+    EVENTS_STREAM,
+    EVENTS_SUBJECT_PREFIX,
+    EVENTS_SUBJECTS,
+    JOBS_BUCKET,
+    JOBS_STREAM,
+    JOBS_SUBJECTS,
+    STREAMS,
+    BucketSpec,
+    StreamSpec,
+    declare_topology,
+)
+
+__all__ = [
+    "BUCKETS",
+    "DISCOVERY_BUCKET",
+    "DLQ_STREAM",
+    "DLQ_SUBJECTS",
+    "EVENTS_STREAM",
+    "EVENTS_SUBJECTS",
+    "EVENTS_SUBJECT_PREFIX",
+    "JOBS_BUCKET",
+    "JOBS_STREAM",
+    "JOBS_SUBJECTS",
+    "REGISTRY_SUBJECTS",
+    "STREAMS",
+    "BucketSpec",
+    "Bus",
+    "BusStatus",
+    "EmbeddedNats",
+    "Event",
+    "EventStream",
+    "PublishAck",
+    "RegistryEvent",
+    "StreamSpec",
+    "connect",
+    "declare_topology",
+    "decode_event",
+    "embedded_bus_status",
+    "encode_event",
+    "ensure_bus",
+    "nats_server_binary",
+    "open_bus",
+    "publish_event",
+    "stop_embedded_bus",
+    "subscribe_events",
+]

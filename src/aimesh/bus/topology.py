@@ -1,0 +1,174 @@
+"""The streams and KV buckets the platform needs, declared once, created idempotently.
+
+:func:`declare_topology` creates whatever is missing. One that exists with the same
+configuration is left alone, so every process may call it at start, even many at once.
+One that exists with a different configuration is not changed behind anyone's back (it
+may hold data, or limits an operator tuned): that raises :class:`Conflict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+
+from aimesh.bus.connection import Bus
+from aimesh.errors import BusUnavailable, Conflict
+
+__all__ = [
+    "BUCKETS",
+    "DISCOVERY_BUCKET",
+    "DLQ_STREAM",
+    "DLQ_SUBJECTS",
+    "EVENTS_STREAM",
+    "EVENTS_SUBJECTS",
+    "EVENTS_SUBJECT_PREFIX",
+    "JOBS_BUCKET",
+    "JOBS_STREAM",
+    "JOBS_SUBJECTS",
+    "STREAMS",
+    "BucketSpec",
+    "StreamSpec",
+    "declare_topology",
+]
+
+EVENTS_STREAM = "AIMESH_EVENTS"
+EVENTS_SUBJECT_PREFIX = "aimesh.events"
+EVENTS_SUBJECTS = f"{EVENTS_SUBJECT_PREFIX}.>"
+JOBS_STREAM = "AIMESH_JOBS"
+JOBS_SUBJECTS = "aimesh.jobs.>"
+DLQ_STREAM = "AIMESH_JOBS_DLQ"
+DLQ_SUBJECTS = "aimesh.dlq.>"
+DISCOVERY_BUCKET = "aimesh_discovery"
+JOBS_BUCKET = "aimesh_jobs"
+
+_DAY_S = 24 * 3600.0
+# JetStream's error code for "stream name already in use with a different configuration".
+_STREAM_EXISTS_DIFFERENTLY = 10058
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """A JetStream stream the platform needs."""
+
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+    retention: Literal["limits", "workqueue"] = "limits"
+    storage: Literal["file", "memory"] = "file"
+    max_age_s: float | None = None
+    """Messages older than this are removed; ``None`` keeps them until other limits hit."""
+    duplicate_window_s: float = 120.0
+    """Publishes with a ``Nats-Msg-Id`` already seen within this window are dropped."""
+
+    def to_config(self) -> StreamConfig:
+        """The nats-py configuration that creates this stream."""
+        return StreamConfig(
+            name=self.name,
+            description=self.description,
+            subjects=list(self.subjects),
+            retention=RetentionPolicy(self.retention),
+            storage=StorageType(self.storage),
+            max_age=self.max_age_s,
+            duplicate_window=self.duplicate_window_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSpec:
+    """A JetStream key-value bucket the platform needs."""
+
+    name: str
+    description: str
+    history: int = 1
+    storage: Literal["file", "memory"] = "file"
+    ttl_s: float | None = None
+    """A key not written for this long disappears; ``None`` keeps keys forever."""
+    expiry_markers: bool = False
+    """Leave a delete marker when a key expires, so that watchers see it go."""
+
+    def to_config(self) -> KeyValueConfig:
+        """The nats-py configuration that creates this bucket."""
+        return KeyValueConfig(
+            bucket=self.name,
+            description=self.description,
+            history=self.history,
+            storage=StorageType(self.storage),
+            ttl=self.ttl_s,
+            limit_marker_ttl=self.ttl_s if self.expiry_markers else None,
+        )
+
+
+STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec(
+        name=EVENTS_STREAM,
+        subjects=(EVENTS_SUBJECTS,),
+        description="What changed in the platform (registry, jobs, rollouts), kept a week.",
+        max_age_s=7 * _DAY_S,
+    ),
+    StreamSpec(
+        name=JOBS_STREAM,
+        subjects=(JOBS_SUBJECTS,),
+        description="Work to do; each message is removed once a worker acknowledges it.",
+        retention="workqueue",
+    ),
+    StreamSpec(
+        name=DLQ_STREAM,
+        subjects=(DLQ_SUBJECTS,),
+        description="Jobs that failed their last attempt, kept for inspection and replay.",
+        max_age_s=30 * _DAY_S,
+    ),
+)
+
+BUCKETS: tuple[BucketSpec, ...] = (
+    BucketSpec(
+        name=DISCOVERY_BUCKET,
+        description="Live service instances; each keeps its key alive with heartbeats.",
+        # Instances are facts about processes running now: none survive a bus restart.
+        storage="memory",
+        ttl_s=10.0,
+        expiry_markers=True,
+    ),
+    BucketSpec(
+        name=JOBS_BUCKET,
+        description="The state record of each asynchronous job.",
+        # A few past states, to see how a stuck job got where it is.
+        history=5,
+        # A record nobody updated for a week belongs to a job long finished or abandoned.
+        ttl_s=7 * _DAY_S,
+    ),
+)
+
+
+async def declare_topology(bus: Bus) -> None:
+    """Create the streams and buckets of :data:`STREAMS` and :data:`BUCKETS` that are missing."""
+    for stream in STREAMS:
+        await _declare(bus, stream.name, stream)
+    for bucket in BUCKETS:
+        await _declare(bus, f"KV bucket {bucket.name}", bucket)
+
+
+async def _declare(bus: Bus, what: str, spec: StreamSpec | BucketSpec) -> None:
+    try:
+        if isinstance(spec, StreamSpec):
+            await bus.js.add_stream(spec.to_config())
+        else:
+            await bus.js.create_key_value(spec.to_config())
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code == _STREAM_EXISTS_DIFFERENTLY:
+            raise Conflict(
+                f"{what} already exists on the bus with a different configuration; aimesh "
+                "does not change it in place. Align it, or remove it (for the embedded bus: "
+                "`aimesh bus stop`, then delete HOME/bus/jetstream) and start again",
+                name=spec.name,
+            ) from exc
+        raise BusUnavailable(f"the bus refused to create {what}: {exc.description}") from exc
+    except nats.js.errors.ServiceUnavailableError as exc:
+        raise BusUnavailable(
+            f"the bus at {bus.url} has no JetStream; start nats-server with -js"
+        ) from exc
+    except (TimeoutError, nats.errors.Error) as exc:
+        raise BusUnavailable(f"could not create {what} on the bus at {bus.url}: {exc}") from exc

@@ -1,0 +1,169 @@
+"""The CLI as a user runs it: local store, then against a running registry service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aimesh.bus import RegistryEvent, connect, subscribe_events
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Cli:
+    """Runs ``aimesh`` in a subprocess with its own home."""
+
+    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+        self.home = home
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
+        self.env = {**inherited, "AIMESH_HOME": str(home), **(env or {})}
+
+    def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "aimesh", *args],
+            env={**self.env, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if ok:
+            assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    runner = Cli(tmp_path / "home")
+    yield runner
+    runner("bus", "stop", ok=False)
+
+
+def test_push_list_show_alias_locally(cli: Cli, fraud_skops: Path) -> None:
+    out = cli(
+        "models",
+        "push",
+        "fraud",
+        str(fraud_skops),
+        "--alias",
+        "champion",
+        "--metric",
+        "auc=0.93",
+        "--dataset",
+        "tx@3",
+    ).stdout
+    assert "fraud@1" in out and "champion" in out
+    cli("models", "push", "fraud", str(fraud_skops))
+    assert "fraud" in cli("models", "list").stdout
+    shown = cli("models", "show", "fraud").stdout
+    assert "input-0 FP64 [-1, 30]" in shown and "auc=0.93" in shown
+    assert "tx@3" in cli("models", "show", "fraud@champion").stdout
+    assert "champion -> version 2" in cli("models", "alias", "fraud", "champion", "2").stdout
+    history = cli("models", "history", "fraud").stdout
+    assert "alias moved" in history
+    dest = cli.home / "out.skops"
+    cli("models", "download", "fraud@champion", str(dest))
+    assert dest.read_bytes() == fraud_skops.read_bytes()
+
+
+def test_bad_input_is_one_red_line_and_exit_1(cli: Cli, fraud_skops: Path, tmp_path: Path) -> None:
+    cli("models", "push", "fraud", str(fraud_skops))
+    unknown = cli("models", "show", "ghost", ok=False)
+    assert unknown.returncode == 1 and "model_not_found" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    assert cli("models", "alias", "fraud", "champion", "7", ok=False).returncode == 1
+    pkl = tmp_path / "model.pkl"
+    pkl.write_bytes(pickle.dumps({"not": "a model"}))
+    unsafe = cli("models", "push", "fraud", str(pkl), ok=False)
+    assert unsafe.returncode == 1 and "unsafe_artifact" in unsafe.stderr
+    odd = tmp_path / "model.weird"
+    odd.write_bytes(b"x")
+    assert "--framework" in cli("models", "push", "fraud", str(odd), ok=False).stderr
+    assert "version" in cli("models", "show", "fraud").stdout  # nothing else was stored
+    assert "fraud@2" not in cli("models", "show", "fraud@latest").stdout
+
+
+def test_trusted_pickle_is_recorded_and_shown(cli: Cli, tmp_path: Path) -> None:
+    from sklearn.dummy import DummyClassifier
+
+    pkl = tmp_path / "dummy.pkl"
+    pkl.write_bytes(pickle.dumps(DummyClassifier().fit([[0.0], [1.0]], [0, 1])))
+    cli("models", "push", "dummy", str(pkl), "--trust")
+    assert "code in this artifact runs" in cli("models", "show", "dummy@1").stdout
+
+
+@pytest.fixture
+def registry_service(tmp_path: Path, nats_url: str) -> Iterator[str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "AIMESH_HOME": str(tmp_path / "server-home"),
+        "AIMESH_BUS__URL": nats_url,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aimesh", "registry", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "registry service did not start"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_cli_against_a_running_registry_publishes_events(
+    registry_service: str, tmp_path: Path, fraud_skops: Path, nats_url: str
+) -> None:
+    cli = Cli(tmp_path / "client-home", env={"AIMESH_REGISTRY__URL": registry_service})
+
+    async def watch() -> list[RegistryEvent]:
+        async with await connect(nats_url, timeout=2, name="test") as bus:
+            events = await subscribe_events(bus, "aimesh.events.registry.>")
+            await asyncio.to_thread(
+                cli, "models", "push", "fraud", str(fraud_skops), "--alias", "champion"
+            )
+            seen: list[RegistryEvent] = []
+            async with events, asyncio.timeout(10):
+                async for event in events:
+                    seen.append(event)
+                    if event.kind == "alias":
+                        return seen
+        return []
+
+    seen = asyncio.run(watch())
+    assert [(e.kind, e.action) for e in seen] == [
+        ("model", "created"),
+        ("version", "created"),
+        ("alias", "moved"),
+    ]
+    assert seen[-1].model == "fraud" and seen[-1].alias == "champion" and seen[-1].version == 1
+    assert "champion" in cli("models", "list").stdout
+    # The client's home holds no registry of its own: everything went through the service.
+    assert not (tmp_path / "client-home" / "registry.db").exists()
