@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format proto bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ lint: $(STAMP)  ## ruff and mypy --strict
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+
+proto: $(STAMP)  ## regenerate the OIP gRPC stubs from proto/ (a test checks they are current)
+	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/gen_proto.sh
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench

@@ -333,7 +333,7 @@ def test_declare_topology_is_idempotent(nats_url: str) -> None:
             assert dlq.subjects == ["aimesh.dlq.>"]
 
             discovery = await (await a.js.key_value(DISCOVERY_BUCKET)).status()
-            assert discovery.ttl == 10
+            assert discovery.ttl == 6
             assert discovery.stream_info.config.storage == StorageType.MEMORY
             jobs_kv = await (await a.js.key_value(JOBS_BUCKET)).status()
             assert jobs_kv.stream_info.config.storage == StorageType.FILE
@@ -347,9 +347,30 @@ def test_declare_topology_refuses_to_change_a_stream_declared_differently(
 ) -> None:
     async def scenario(url: str) -> None:
         async with await connect(url, timeout=WAIT_S, name="test") as bus:
-            await bus.js.add_stream(name=EVENTS_STREAM, subjects=["aimesh.events.>"])
+            await bus.js.add_stream(
+                name=EVENTS_STREAM, subjects=["aimesh.events.>"], storage=StorageType.MEMORY
+            )
             with pytest.raises(Conflict, match=EVENTS_STREAM):
                 await declare_topology(bus)
+            info = await bus.js.stream_info(EVENTS_STREAM)
+            assert info.config.storage == StorageType.MEMORY  # left as it was, data kept
+
+    with EmbeddedNats(tmp_path) as server:
+        run(scenario(server.url))
+
+
+def test_declare_topology_updates_limits_in_place(tmp_path: Path) -> None:
+    async def scenario(url: str) -> None:
+        async with await connect(url, timeout=WAIT_S, name="test") as bus:
+            await bus.js.add_stream(name=EVENTS_STREAM, subjects=["aimesh.events.>"], max_age=60)
+            await bus.js.create_key_value(
+                bucket=DISCOVERY_BUCKET, ttl=60, storage=StorageType.MEMORY
+            )
+            await declare_topology(bus)
+            events = await bus.js.stream_info(EVENTS_STREAM)
+            assert events.config.max_age == 7 * 24 * 3600
+            discovery = await bus.js.stream_info(f"KV_{DISCOVERY_BUCKET}")
+            assert discovery.config.max_age == 6
 
     with EmbeddedNats(tmp_path) as server:
         run(scenario(server.url))

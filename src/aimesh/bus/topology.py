@@ -8,6 +8,7 @@ may hold data, or limits an operator tuned): that raises :class:`Conflict`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,6 +49,9 @@ JOBS_BUCKET = "aimesh_jobs"
 _DAY_S = 24 * 3600.0
 # JetStream's error code for "stream name already in use with a different configuration".
 _STREAM_EXISTS_DIFFERENTLY = 10058
+
+
+log = logging.getLogger("aimesh.bus.topology")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +133,8 @@ BUCKETS: tuple[BucketSpec, ...] = (
         description="Live service instances; each keeps its key alive with heartbeats.",
         # Instances are facts about processes running now: none survive a bus restart.
         storage="memory",
-        ttl_s=10.0,
+        # Three missed heartbeats (every 2 s by default) and a crashed instance is gone.
+        ttl_s=6.0,
         expiry_markers=True,
     ),
     BucketSpec(
@@ -158,17 +163,42 @@ async def _declare(bus: Bus, what: str, spec: StreamSpec | BucketSpec) -> None:
         else:
             await bus.js.create_key_value(spec.to_config())
     except nats.js.errors.BadRequestError as exc:
-        if exc.err_code == _STREAM_EXISTS_DIFFERENTLY:
-            raise Conflict(
-                f"{what} already exists on the bus with a different configuration; aimesh "
-                "does not change it in place. Align it, or remove it (for the embedded bus: "
-                "`aimesh bus stop`, then delete HOME/bus/jetstream) and start again",
-                name=spec.name,
-            ) from exc
-        raise BusUnavailable(f"the bus refused to create {what}: {exc.description}") from exc
+        if exc.err_code != _STREAM_EXISTS_DIFFERENTLY:
+            raise BusUnavailable(f"the bus refused to create {what}: {exc.description}") from exc
+        await _update(bus, what, spec, exc)
     except nats.js.errors.ServiceUnavailableError as exc:
         raise BusUnavailable(
             f"the bus at {bus.url} has no JetStream; start nats-server with -js"
         ) from exc
     except (TimeoutError, nats.errors.Error) as exc:
         raise BusUnavailable(f"could not create {what} on the bus at {bus.url}: {exc}") from exc
+
+
+async def _update(bus: Bus, what: str, spec: StreamSpec | BucketSpec, cause: Exception) -> None:
+    """Bring an existing stream or bucket to ``spec`` where JetStream allows it in place.
+
+    Limits (ages, TTLs, history, description, duplicate window) change in place, so a new
+    aimesh release can tune them on a running bus. What JetStream cannot change (storage,
+    retention) is refused with :class:`Conflict`, never dropped and recreated: it holds data.
+    """
+    try:
+        if isinstance(spec, StreamSpec):
+            await bus.js.update_stream(spec.to_config())
+            return
+        info = await bus.js.stream_info(f"KV_{spec.name}")
+        config = info.config
+        config.description = spec.description
+        config.storage = StorageType(spec.storage)  # JetStream refuses this change: a Conflict
+        config.max_age = spec.ttl_s or 0
+        config.max_msgs_per_subject = spec.history
+        config.duplicate_window = min(spec.ttl_s or 120.0, 120.0)
+        config.subject_delete_marker_ttl = spec.ttl_s if spec.expiry_markers else None
+        await bus.js.update_stream(config)
+    except nats.js.errors.APIError as exc:
+        raise Conflict(
+            f"{what} exists on the bus with a configuration that cannot be changed in place "
+            f"({exc.description}). Remove it (for the embedded bus: `aimesh bus stop`, then "
+            "delete HOME/bus/jetstream) and start again",
+            name=spec.name,
+        ) from cause
+    log.info("updated %s on the bus to the declared limits", what)

@@ -11,14 +11,30 @@ from aimesh.cli._app import console, handle_errors, settings
 
 @handle_errors
 def serve(
-    ref: Annotated[str, typer.Argument(help="NAME@ALIAS (followed live), NAME@VERSION, or NAME (latest).")],
-    host: Annotated[str | None, typer.Option(help="Address to bind (default: serving.host).")] = None,
-    http_port: Annotated[int | None, typer.Option(help="REST port (default 9000; 0: any free).")] = None,
-    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 9001; 0: any free).")] = None,
-    workers: Annotated[int | None, typer.Option(min=1, max=64, help="Processes sharing the ports.")] = None,
-    max_batch_size: Annotated[int | None, typer.Option(min=1, help="Rows in one model call.")] = None,
-    max_latency_ms: Annotated[float | None, typer.Option(min=0, help="Longest wait for a batch to fill.")] = None,
-    batching: Annotated[bool | None, typer.Option("--batching/--no-batching", help="Coalesce concurrent requests.")] = None,
+    ref: Annotated[
+        str, typer.Argument(help="NAME@ALIAS (followed live), NAME@VERSION, or NAME (latest).")
+    ],
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (default: serving.host).")
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="REST port (default 9000; 0: any free).")
+    ] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="gRPC port (default 9001; 0: any free).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, max=64, help="Processes sharing the ports.")
+    ] = None,
+    max_batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Rows in one model call.")
+    ] = None,
+    max_latency_ms: Annotated[
+        float | None, typer.Option(min=0, help="Longest wait for a batch to fill.")
+    ] = None,
+    batching: Annotated[
+        bool | None, typer.Option("--batching/--no-batching", help="Coalesce concurrent requests.")
+    ] = None,
 ) -> None:
     """Serve a model over the Open Inference Protocol v2 (REST and gRPC) until Ctrl-C."""
     from aimesh.observability import configure_logging

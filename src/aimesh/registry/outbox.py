@@ -15,7 +15,7 @@ import anyio.to_thread
 
 from aimesh.bus import Bus, RegistryEvent, connect, declare_topology, ensure_bus, publish_event
 from aimesh.config import Settings
-from aimesh.errors import BusUnavailable
+from aimesh.errors import AimeshError
 from aimesh.registry.store import RegistryStore
 from aimesh.registry.types import HistoryEntry
 
@@ -102,7 +102,8 @@ class OutboxRelay:
                     while True:
                         await publish_pending(self._store, bus)
                         await self._wait()
-            except BusUnavailable as exc:
+            except AimeshError as exc:
+                # Whatever goes wrong with the bus, the registry keeps serving; events wait.
                 if not warned:
                     log.warning("bus unavailable, events wait in the outbox: %s", exc.message)
                     warned = True

@@ -1,0 +1,251 @@
+"""The servers under test as subprocesses on free ports, and what the benchmark asks of them.
+
+A :class:`Server` starts its command in its own session (so that Ctrl-C reaches only the
+benchmark, which then stops every server in order), waits until an inference answers 200,
+and stops with SIGTERM, then SIGKILL after a timeout. Its output goes to a log file whose
+tail is shown if it fails to start.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import numpy as np
+from _models import ALIAS, INFER_PATH, MODEL_NAME, BenchModel
+
+FORBIDDEN_PORT = 4222
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+class ServerFailed(RuntimeError):
+    """Raised when a server exits, does not become ready, or answers wrongly."""
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now (never 4222)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port != FORBIDDEN_PORT:
+            return port
+
+
+class Server:
+    """One server process, ready once an inference over REST answers 200."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        http_port: int,
+        grpc_port: int | None = None,
+        body: bytes,
+        log: Path,
+        env: dict[str, str] | None = None,
+        start_timeout_s: float = 60.0,
+        stop_timeout_s: float = 15.0,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.body = body
+        self.log = log
+        self.env = env
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        if self._proc is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._proc.pid
+
+    def start(self) -> None:
+        """Start the process and wait until it answers an inference."""
+        with self.log.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise ServerFailed(
+                    f"{self.name} exited with {self._proc.returncode} while starting: "
+                    f"{self.tail()}"
+                )
+            try:
+                status, _ = post(self.http_port, self.body, timeout=5)
+            except OSError as exc:
+                last = repr(exc)
+            else:
+                if status == 200:
+                    return
+                last = f"HTTP {status}"
+            time.sleep(0.1)
+        raise ServerFailed(
+            f"{self.name} not ready within {self.start_timeout_s:g}s ({last}): {self.tail()}"
+        )
+
+    def tail(self, lines: int = 15) -> str:
+        """The last lines of the server's log."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM, wait, then SIGKILL; safe to call twice."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# -- the three kinds of server ----------------------------------------------------------------
+
+
+def aimesh_server(model: BenchModel, bus_url: str, log_dir: Path, *, batching: bool) -> Server:
+    """``aimesh serve fraud@champion`` with one worker, batching on or off."""
+    http_port, grpc_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
+    env |= {"AIMESH_HOME": str(model.home), "AIMESH_BUS__URL": bus_url}
+    argv = [sys.executable, "-m", "aimesh", "serve", f"{MODEL_NAME}@{ALIAS}"]
+    argv += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--workers", "1"]
+    if batching:
+        argv += ["--batching", "--max-batch-size", "64", "--max-latency-ms", "2"]
+    else:
+        argv += ["--no-batching"]
+    label = "batching" if batching else "no-batching"
+    return Server(
+        f"aimesh ({label})",
+        argv,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        body=model.json_body,
+        log=log_dir / f"aimesh-{model.kind}-{label}.log",
+        env=env,
+    )
+
+
+def baseline_server(kind: str, model: BenchModel, log_dir: Path, *, route: str) -> Server:
+    """The FastAPI baseline or the bare ASGI ceiling (``kind``: ``fastapi`` or ``bare``)."""
+    port = free_port()
+    argv = [sys.executable, str(BENCH_DIR / "_baselines.py"), kind]
+    argv += ["--model", str(model.artifact), "--port", str(port), "--route", route]
+    return Server(
+        kind,
+        argv,
+        http_port=port,
+        body=model.json_body,
+        log=log_dir / f"{kind}-{model.kind}.log",
+    )
+
+
+# -- talking to a server ----------------------------------------------------------------------
+
+
+def post(port: int, body: bytes, *, timeout: float = 10.0) -> tuple[int, bytes]:
+    """One REST inference; the status and body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", INFER_PATH, body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def check_rest(server: Server, model: BenchModel) -> None:
+    """The server's REST answer holds the probabilities the estimator gives."""
+    status, body = post(server.http_port, model.json_body)
+    if status != 200:
+        raise ServerFailed(f"{server.name}: HTTP {status}: {body[:300]!r}")
+    outputs = {o["name"]: o for o in json.loads(body)["outputs"]}
+    got = np.asarray(outputs["probabilities"]["data"], dtype=np.float64)
+    _compare(server.name, "REST", got, model.expected)
+
+
+def check_grpc(server: Server, model: BenchModel) -> None:
+    """The server's gRPC answer holds the probabilities the estimator gives."""
+    import grpc
+
+    from aimesh.protocol.grpc import ModelInferResponse, response_from_pb
+
+    assert server.grpc_port is not None
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        raw = call(model.grpc_body, timeout=10)
+    response = response_from_pb(ModelInferResponse.FromString(raw))
+    outputs = {t.name: t for t in response.outputs}
+    _compare(server.name, "gRPC", outputs["probabilities"].data, model.expected)
+
+
+def _compare(name: str, protocol: str, got: np.ndarray, expected: np.ndarray) -> None:
+    if not np.allclose(np.ravel(got), np.ravel(expected)):
+        raise ServerFailed(f"{name} over {protocol} answered {got}, expected {expected}")
+
+
+def batch_counts(port: int) -> tuple[float, float]:
+    """aimesh's batch histogram so far: (requests in all model calls, model calls)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    total = calls = 0.0
+    for line in text.splitlines():
+        if line.startswith("aimesh_batch_size_requests_sum{"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("aimesh_batch_size_requests_count{"):
+            calls += float(line.rsplit(" ", 1)[1])
+    return total, calls

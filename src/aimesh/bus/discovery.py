@@ -1,0 +1,159 @@
+"""Discovery: every running service instance keeps a key alive in a NATS KV bucket.
+
+An instance puts its :class:`ServiceInstance` under ``<kind>.<name>.<id>`` every heartbeat;
+the bucket's TTL removes the key of an instance that died without saying goodbye, and a
+clean shutdown deletes it at once. Gateways and pipelines watch the bucket rather than
+poll anything. On Kubernetes the addresses change, not this code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from aimesh.bus.connection import Bus
+from aimesh.bus.topology import DISCOVERY_BUCKET
+from aimesh.errors import BusUnavailable
+
+log = logging.getLogger("aimesh.bus.discovery")
+
+
+class ServiceInstance(msgspec.Struct, frozen=True, kw_only=True):
+    """One running service instance, as the discovery bucket records it."""
+
+    id: str
+    kind: Literal["model", "registry", "gateway", "worker", "pipeline"]
+    name: str
+    rest_url: str | None = None
+    grpc_address: str | None = None
+    model: str | None = None
+    ref: str | None = None
+    version: str | None = None
+    workers: int = 1
+    pid: int = 0
+    host: str = ""
+    started: datetime
+    heartbeat: datetime
+
+    @property
+    def key(self) -> str:
+        """Its key in the bucket."""
+        return f"{self.kind}.{self.name}.{self.id}"
+
+
+def new_instance_id() -> str:
+    """A short unique id for an instance."""
+    return uuid.uuid4().hex[:12]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def discovery_bucket(bus: Bus) -> KeyValue:
+    """The discovery KV bucket (declare the topology first)."""
+    try:
+        return await bus.js.key_value(DISCOVERY_BUCKET)
+    except (nats.js.errors.BucketNotFoundError, nats.errors.Error, TimeoutError) as exc:
+        raise BusUnavailable(f"no discovery bucket on the bus at {bus.url}: {exc}") from exc
+
+
+class Registration:
+    """Keeps one instance's key alive until :meth:`stop`, which deletes it."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        describe: Callable[[], ServiceInstance],
+        *,
+        interval_s: float,
+    ) -> None:
+        self._bus = bus
+        self._describe = describe
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._kv: KeyValue | None = None
+        self._key: str | None = None
+        self._wake = asyncio.Event()
+
+    async def start(self) -> None:
+        """Put the key now, then keep it alive in the background."""
+        self._kv = await discovery_bucket(self._bus)
+        await self._put()
+        self._task = asyncio.create_task(self._beat(), name="discovery-heartbeat")
+
+    def changed(self) -> None:
+        """Ask for an update now (e.g. after a version swap) instead of at the next beat."""
+        self._wake.set()
+
+    async def _put(self) -> None:
+        assert self._kv is not None
+        instance = msgspec.structs.replace(self._describe(), heartbeat=_now())
+        self._key = instance.key
+        await self._kv.put(instance.key, msgspec.json.encode(instance))
+
+    async def _beat(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+            self._wake.clear()
+            try:
+                await self._put()
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("discovery heartbeat failed: %s", exc)
+
+    async def stop(self) -> None:
+        """Stop the heartbeat and delete the key."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._kv is not None and self._key is not None:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await self._kv.purge(self._key)
+
+
+async def list_instances(bus: Bus, kind: str | None = None) -> list[ServiceInstance]:
+    """Every live instance in the bucket (of one kind, if given)."""
+    kv = await discovery_bucket(bus)
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return []
+    found: list[ServiceInstance] = []
+    decoder = msgspec.json.Decoder(ServiceInstance)
+    for key in keys:
+        if kind is not None and not key.startswith(f"{kind}."):
+            continue
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            continue
+        if entry.value:
+            try:
+                found.append(decoder.decode(entry.value))
+            except msgspec.DecodeError:
+                log.warning("skipping a malformed discovery entry %s", key)
+    return found
+
+
+def this_host() -> str:
+    """This machine's name, for instance records."""
+    return socket.gethostname()
+
+
+def this_pid() -> int:
+    """This process's id, for instance records."""
+    return os.getpid()
