@@ -110,6 +110,9 @@ class ServingSettings(BaseModel):
     heartbeat_s: float = Field(
         default=2.0, gt=0, le=60, description="Seconds between discovery heartbeats."
     )
+    access_log: bool = Field(
+        default=False, description="Log every request (method, path, status, ms, request id)."
+    )
 
 
 class Settings(BaseSettings):

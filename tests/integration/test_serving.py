@@ -408,3 +408,136 @@ def test_stand_alone_without_a_bus_still_serves(home: Home) -> None:
     finally:
         alone.stop()
     assert alone.log.read_text().count("stand-alone") == 1
+
+
+SLOW_MODEL = '''
+import time
+
+import numpy as np
+
+
+class Model:
+    """Sleeps x[0, 0] seconds, then doubles x."""
+
+    signature = {
+        "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 1]}],
+        "outputs": [{"name": "y", "datatype": "FP64", "shape": [-1, 1]}],
+    }
+
+    def load(self) -> None:
+        pass
+
+    def predict(self, inputs):
+        time.sleep(float(inputs["x"][0, 0]))
+        return {"y": inputs["x"] * 2}
+'''
+
+
+@pytest.fixture(scope="module")
+def slow_model(home: Home, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("slow") / "slow.py"
+    path.write_text(SLOW_MODEL)
+    registry = home.registry()
+    push_model(registry, "slow", path, trusted=True)
+    registry.close()
+    return "slow@1"
+
+
+def _sleep_body(seconds: float) -> dict[str, object]:
+    return {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [seconds]}]}
+
+
+def test_sigterm_drains_requests_in_flight(home: Home, slow_model: str) -> None:
+    service = home.serve(slow_model)
+    results: list[httpx.Response] = []
+    caller = threading.Thread(
+        target=lambda: results.append(
+            httpx.post(f"{service.http}/v2/models/slow/infer", json=_sleep_body(1.5), timeout=30)
+        )
+    )
+    caller.start()
+    time.sleep(0.5)  # the request is inside the model now
+    assert service.stop() == 0
+    caller.join()
+    assert results[0].status_code == 200
+    assert results[0].json()["outputs"][0]["data"] == [3.0]
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{service.http}/v2/health/live", timeout=2)
+
+
+def test_requests_over_the_concurrency_limit_get_429(home: Home, slow_model: str) -> None:
+    limited = Home(home.settings, {**home.env, "AIMESH_SERVING__MAX_CONCURRENCY": "1"}, home.x)
+    service = limited.serve(slow_model)
+    try:
+        first = threading.Thread(
+            target=httpx.post,
+            args=(f"{service.http}/v2/models/slow/infer",),
+            kwargs={"json": _sleep_body(1.0), "timeout": 30},
+        )
+        first.start()
+        time.sleep(0.3)
+        r = httpx.post(f"{service.http}/v2/models/slow/infer", json=_sleep_body(0.0))
+        assert (r.status_code, r.json()["code"]) == (429, "overloaded")
+        first.join()
+    finally:
+        service.stop()
+
+
+def test_two_terminals_share_the_embedded_bus_of_their_home(
+    tmp_path: Path, fraud_skops: Path, home: Home
+) -> None:
+    # No bus configured anywhere: `aimesh serve` starts the home's embedded bus, and
+    # `aimesh models alias` in another process finds it and moves the alias live.
+    settings = Settings(home=tmp_path / "home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
+    env["AIMESH_HOME"] = str(settings.home_dir)
+    registry = LocalRegistry.from_settings(settings)
+    push_model(registry, "fraud", fraud_skops, aliases=["champion"])
+    push_model(registry, "fraud", fraud_skops)
+    registry.close()
+    own = Home(settings, env, home.x)
+    service = own.serve("fraud@champion")
+    try:
+        alias = subprocess.run(
+            [sys.executable, "-m", "aimesh", "models", "alias", "fraud", "champion", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert alias.returncode == 0, alias.stderr
+
+        def version() -> str:
+            r = httpx.post(f"{service.http}/v2/models/fraud/infer", json=_body(home.x[:1]))
+            return str(r.json()["model_version"])
+
+        assert _wait_for(lambda: version() == "2")
+    finally:
+        service.stop()
+        subprocess.run(
+            [sys.executable, "-m", "aimesh", "bus", "stop"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+
+
+def test_json_access_log_carries_the_request_id(home: Home) -> None:
+    env = {**home.env, "AIMESH_LOG_FORMAT": "json", "AIMESH_SERVING__ACCESS_LOG": "true"}
+    service = Home(home.settings, env, home.x).serve("fraud@1")
+    try:
+        r = httpx.post(
+            f"{service.http}/v2/models/fraud/infer",
+            json=_body(home.x[:1]),
+            headers={"x-request-id": "trace-me-42"},
+        )
+        assert r.headers["x-request-id"] == "trace-me-42"
+    finally:
+        service.stop()
+    import json
+
+    lines = [
+        json.loads(line) for line in service.log.read_text().splitlines() if line.startswith("{")
+    ]
+    access = [line for line in lines if line.get("request_id") == "trace-me-42"]
+    assert access and access[0]["status"] == 200 and access[0]["level"] == "info"

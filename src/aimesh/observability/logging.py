@@ -45,3 +45,5 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # Alembic narrates every migration check at INFO; only its problems matter here.
+    logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))

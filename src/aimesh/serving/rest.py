@@ -73,12 +73,14 @@ class RestApp:
         metrics: ServingMetrics,
         *,
         max_request_bytes: int,
+        access_log: bool = False,
         on_startup: Callable[[], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.plane = plane
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        self.access_log = access_log
         self._on_startup = on_startup
         self._on_shutdown = on_shutdown
 
@@ -109,6 +111,8 @@ class RestApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = _header(scope, REQUEST_ID) or uuid.uuid4().hex
+        if self.access_log:
+            send = _AccessLog(scope, send, request_id)
         try:
             await self._route(scope, receive, send, request_id)
         except AimeshError as exc:
@@ -280,3 +284,28 @@ async def _respond(
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class _AccessLog:
+    """Wraps ``send`` to log one structured line per request when the response starts."""
+
+    def __init__(self, scope: Scope, send: Send, request_id: str) -> None:
+        self._scope = scope
+        self._send = send
+        self._request_id = request_id
+        self._started = time.perf_counter()
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            log.info(
+                "%s %s %d",
+                self._scope["method"],
+                self._scope["path"],
+                message["status"],
+                extra={
+                    "request_id": self._request_id,
+                    "status": message["status"],
+                    "ms": round((time.perf_counter() - self._started) * 1000, 3),
+                },
+            )
+        await self._send(message)

@@ -112,7 +112,7 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
     grpc_server, grpc_port = await start_grpc_server(
         plane, metrics, plan.host, plan.grpc_port, max_message_bytes=s.max_request_bytes
     )
-    app = RestApp(plane, metrics, max_request_bytes=s.max_request_bytes)
+    app = RestApp(plane, metrics, max_request_bytes=s.max_request_bytes, access_log=s.access_log)
     server = _Uvicorn(
         uvicorn.Config(
             app,
