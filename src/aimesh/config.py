@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -115,6 +115,70 @@ class ServingSettings(BaseModel):
     )
 
 
+class ApiKey(BaseModel):
+    """One API key the gateway accepts: stored as its sha256, never in clear."""
+
+    name: str = Field(min_length=1, max_length=64, description="Who holds the key (for logs).")
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="sha256 hex of the key (`aimesh gateway hash-key` prints it).",
+    )
+    scopes: list[Literal["infer", "admin"]] = Field(
+        default_factory=lambda: ["infer"],
+        description="infer: /v2 inference; admin: /api (registry and other services).",
+    )
+    rate_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Requests per second allowed (token bucket); unset: no limit.",
+    )
+    burst: int | None = Field(default=None, ge=1, description="Bucket size; default: 2 x rate.")
+
+
+class GatewaySettings(BaseModel):
+    """The gateway: the single entry point in front of every service."""
+
+    host: str = Field(default="127.0.0.1", description="Address the gateway binds.")
+    port: int = Field(default=8080, ge=0, le=65535, description="REST port.")
+    grpc_port: int = Field(default=8081, ge=0, le=65535, description="gRPC port.")
+    auth: bool = Field(
+        default=False, description="Require an API key (X-API-Key or Bearer) except on health."
+    )
+    keys: list[ApiKey] = Field(default_factory=list, description="Accepted API keys.")
+    max_request_bytes: int = Field(
+        default=64 * 1024**2, gt=0, description="Largest request body accepted (413 beyond)."
+    )
+    upstream_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="Longest wait for an upstream's answer."
+    )
+    max_connections_per_upstream: int = Field(
+        default=64, ge=1, le=4096, description="Pooled keep-alive connections per upstream."
+    )
+
+
+class ModelServiceSpec(BaseModel):
+    """A model service `aimesh up` runs: a model reference, replicas, workers, batching."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ref: str = Field(description="NAME@ALIAS, NAME@VERSION or NAME.")
+    replicas: int = Field(default=1, ge=1, le=32, description="Separate processes, own ports.")
+    workers: int = Field(default=1, ge=1, le=64, description="Processes per replica (one port).")
+    batching: bool | None = Field(default=None, description="Unset: serving.batching.")
+    max_batch_size: int | None = Field(default=None, ge=1, description="Unset: serving default.")
+    max_latency_ms: float | None = Field(default=None, ge=0, description="Unset: serving default.")
+
+
+class ServicesSettings(BaseModel):
+    """What `aimesh up` starts, in this order: registry, model services, gateway."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    registry: bool = Field(default=True, description="Run the registry service.")
+    gateway: bool = Field(default=True, description="Run the gateway.")
+    models: list[ModelServiceSpec] = Field(default_factory=list, description="Model services.")
+
+
 class Settings(BaseSettings):
     """All of aimesh's configuration."""
 
@@ -139,6 +203,10 @@ class Settings(BaseSettings):
         default_factory=RegistrySettings, description="The model registry."
     )
     serving: ServingSettings = Field(default_factory=ServingSettings, description="Model services.")
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="The gateway.")
+    services: ServicesSettings = Field(
+        default_factory=ServicesSettings, description="What `aimesh up` runs."
+    )
 
     @classmethod
     def settings_customise_sources(

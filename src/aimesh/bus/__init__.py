@@ -8,6 +8,13 @@
 """
 
 from aimesh.bus.connection import Bus, connect, open_bus
+from aimesh.bus.discovery import (
+    Registration,
+    ServiceInstance,
+    discovery_bucket,
+    list_instances,
+    new_instance_id,
+)
 from aimesh.bus.events import (
     REGISTRY_SUBJECTS,
     Event,
@@ -58,15 +65,20 @@ __all__ = [
     "Event",
     "EventStream",
     "PublishAck",
+    "Registration",
+    "ServiceInstance",
     "RegistryEvent",
     "StreamSpec",
     "connect",
     "declare_topology",
+    "discovery_bucket",
     "decode_event",
     "embedded_bus_status",
     "encode_event",
     "ensure_bus",
+    "list_instances",
     "nats_server_binary",
+    "new_instance_id",
     "open_bus",
     "publish_event",
     "stop_embedded_bus",

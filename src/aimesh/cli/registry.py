@@ -33,7 +33,7 @@ def serve(
     bind_port = config.registry.port if port is None else port
     console.print(f"registry on http://{bind_host}:{bind_port}  (docs: /docs)")
     uvicorn.run(
-        create_app(config),
+        create_app(config, public_url=f"http://{bind_host}:{bind_port}"),
         host=bind_host,
         port=bind_port,
         log_config=None,

@@ -4,36 +4,94 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
+from aimesh.bus import connect, declare_topology, ensure_bus
+from aimesh.bus.discovery import (
+    Registration,
+    ServiceInstance,
+    new_instance_id,
+    this_host,
+    this_pid,
+)
 from aimesh.config import Settings
+from aimesh.errors import AimeshError
 from aimesh.registry.api import HTTP_STATUS, router
 from aimesh.registry.outbox import OutboxRelay
 from aimesh.registry.service import LocalRegistry
 from aimesh.rest import install_error_handlers
 
+log = logging.getLogger("aimesh.registry")
 
-def create_app(settings: Settings, *, publish_events: bool = True) -> FastAPI:
-    """The registry's FastAPI app, opening its store when it starts and closing it after."""
+
+async def _announce(settings: Settings, public_url: str) -> None:
+    """Keep a discovery entry (kind ``registry``) so that gateways find this service."""
+    started = datetime.now(UTC)
+    instance_id = new_instance_id()
+
+    def describe() -> ServiceInstance:
+        return ServiceInstance(
+            id=instance_id,
+            kind="registry",
+            name="registry",
+            rest_url=public_url,
+            pid=this_pid(),
+            host=this_host(),
+            started=started,
+            heartbeat=started,
+        )
+
+    backoff = 0.5
+    while True:
+        try:
+            url = await asyncio.to_thread(ensure_bus, settings)
+            async with await connect(
+                url, timeout=settings.bus.connect_timeout_s, name="registry-discovery"
+            ) as bus:
+                await declare_topology(bus)
+                registration = Registration(bus, describe, interval_s=settings.serving.heartbeat_s)
+                await registration.start()
+                try:
+                    await asyncio.Event().wait()  # until cancelled
+                finally:
+                    await registration.stop()
+        except AimeshError as exc:
+            log.warning("registry not announced for discovery: %s", exc.message)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 10.0)
+
+
+def create_app(
+    settings: Settings, *, publish_events: bool = True, public_url: str | None = None
+) -> FastAPI:
+    """The registry's FastAPI app, opening its store when it starts and closing it after.
+
+    With ``public_url``, the service also keeps a discovery entry so gateways can find it.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = LocalRegistry.from_settings(settings, actor="registry-api")
         app.state.registry = registry
-        relay_task: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
         if publish_events:
             relay = OutboxRelay(registry.store, settings)
             registry.on_change = relay.kick
-            relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+            tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
+        if public_url is not None:
+            tasks.append(asyncio.create_task(_announce(settings, public_url), name="announce"))
         try:
             yield
         finally:
-            if relay_task is not None:
-                relay_task.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await relay_task
+                    await task
             registry.close()
 
     app = FastAPI(
