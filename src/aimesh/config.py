@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -22,10 +22,22 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from aimesh._project_file import Problem, ProjectFile
 from aimesh.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "aimesh.yaml"
-_config_file: ContextVar[Path | None] = ContextVar("aimesh_config_file", default=None)
+
+
+@dataclass(frozen=True)
+class _FileSource:
+    """What :meth:`Settings.settings_customise_sources` reads from the project file."""
+
+    data: dict[str, Any]
+    # False only to learn which problems the file causes by itself (see load_settings).
+    with_environment: bool = True
+
+
+_project: ContextVar[_FileSource | None] = ContextVar("aimesh_project", default=None)
 
 
 class BusSettings(BaseModel):
@@ -115,6 +127,9 @@ class ServingSettings(BaseModel):
     )
 
 
+Scope = Literal["infer", "admin"]
+
+
 class ApiKey(BaseModel):
     """One API key the gateway accepts: stored as its sha256, never in clear."""
 
@@ -123,8 +138,8 @@ class ApiKey(BaseModel):
         pattern=r"^[0-9a-f]{64}$",
         description="sha256 hex of the key (`aimesh gateway hash-key` prints it).",
     )
-    scopes: list[Literal["infer", "admin"]] = Field(
-        default_factory=lambda: ["infer"],
+    scopes: list[Scope] = Field(
+        default_factory=lambda: list[Scope](["infer"]),
         description="infer: /v2 inference; admin: /api (registry and other services).",
     )
     rate_per_s: float | None = Field(
@@ -156,6 +171,60 @@ class GatewaySettings(BaseModel):
     )
 
 
+class JobsSettings(BaseModel):
+    """Asynchronous jobs: the jobs service, the workers' consumer loop, retries and webhooks."""
+
+    host: str = Field(default="127.0.0.1", description="Address `aimesh jobs serve` binds.")
+    port: int = Field(default=8300, ge=0, le=65535, description="Port `aimesh jobs serve` binds.")
+    ack_wait_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="A job whose worker stops heartbeating for this long goes to another "
+        "worker. Workers heartbeat every third of it.",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=100, description="Attempts of a job that does not set its own."
+    )
+    backoff_s: float = Field(
+        default=1.0, ge=0, le=3600, description="Wait before the first retry; doubles after."
+    )
+    backoff_max_s: float = Field(default=60.0, ge=0, le=86400, description="Longest retry wait.")
+    concurrency: int = Field(
+        default=1, ge=1, le=1024, description="Jobs one `aimesh worker` runs at once."
+    )
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="On shutdown, wait this long for running jobs, then hand them back.",
+    )
+    progress_interval_s: float = Field(
+        default=0.5, gt=0, le=60, description="Shortest interval between two progress writes."
+    )
+    max_payload_bytes: int = Field(
+        default=256 * 1024, gt=0, le=1024**2, description="Largest job payload, as JSON."
+    )
+    max_result_bytes: int = Field(
+        default=64 * 1024,
+        gt=0,
+        le=1024**2,
+        description="Largest result kept in the job record; larger ones belong in a store, "
+        "referenced by `result_ref`.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Key of the HMAC-SHA256 signature (X-Aimesh-Signature) on webhook "
+        "calls. Unset: webhooks are sent unsigned.",
+    )
+    webhook_timeout_s: float = Field(
+        default=5.0, gt=0, le=300, description="Timeout of one webhook call."
+    )
+    webhook_attempts: int = Field(
+        default=3, ge=1, le=20, description="Calls of a webhook before giving up on it."
+    )
+
+
 class ModelServiceSpec(BaseModel):
     """A model service `aimesh up` runs: a model reference, replicas, workers, batching."""
 
@@ -177,6 +246,77 @@ class ServicesSettings(BaseModel):
     registry: bool = Field(default=True, description="Run the registry service.")
     gateway: bool = Field(default=True, description="Run the gateway.")
     models: list[ModelServiceSpec] = Field(default_factory=list, description="Model services.")
+
+
+class LakeSettings(BaseModel):
+    """The data lake: where its Delta tables live, ingest chunks, query limits, the service."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        default=None,
+        description="Folder or object-store URL (s3://bucket/lake) holding one Delta table "
+        "per dataset. Unset: HOME/lake.",
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Passed to delta-rs for an object store (e.g. AWS_REGION, "
+        "AWS_ENDPOINT_URL, AWS_ALLOW_HTTP); unset keys come from the environment.",
+    )
+    chunk_rows: int = Field(
+        default=131_072,
+        ge=1_024,
+        le=16_777_216,
+        description="Rows per chunk read from a source and per Parquet row group written: "
+        "what bounds an ingest's memory.",
+    )
+    chunk_bytes: int = Field(
+        default=8 * 1024**2,
+        ge=64 * 1024,
+        le=1024**3,
+        description="Bytes of CSV or JSON read per block (types are inferred from the first).",
+    )
+    query_rows: int = Field(
+        default=1_000, ge=1, description="Rows a query returns when it asks for no limit."
+    )
+    max_query_rows: int = Field(
+        default=100_000, ge=1, description="Most rows one query may return over REST."
+    )
+    query_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="A query still running after this is stopped."
+    )
+    query_memory_limit: str | None = Field(
+        default=None,
+        description="DuckDB memory_limit of one query (e.g. '2GB'); unset: DuckDB's default.",
+    )
+    max_upload_bytes: int = Field(
+        default=2 * 1024**3, gt=0, description="Largest file accepted by an ingest upload."
+    )
+    host: str = Field(default="127.0.0.1", description="Address `aimesh lake serve` binds.")
+    port: int = Field(default=8200, ge=0, le=65535, description="Port `aimesh lake serve` binds.")
+    sink_batch_rows: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Rows a bus sink gathers before it commits them.",
+    )
+    sink_batch_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Seconds after a batch's first row when a sink commits it anyway.",
+    )
+    sink_ack_wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="A message a sink took but did not acknowledge is redelivered after this.",
+    )
+    sink_max_age_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="Age at which a stream the sink creates for its subject drops messages.",
+    )
 
 
 class Settings(BaseSettings):
@@ -204,9 +344,11 @@ class Settings(BaseSettings):
     )
     serving: ServingSettings = Field(default_factory=ServingSettings, description="Model services.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="The gateway.")
+    jobs: JobsSettings = Field(default_factory=JobsSettings, description="Asynchronous jobs.")
     services: ServicesSettings = Field(
         default_factory=ServicesSettings, description="What `aimesh up` runs."
     )
+    lake: LakeSettings = Field(default_factory=LakeSettings, description="The data lake.")
 
     @classmethod
     def settings_customise_sources(
@@ -217,11 +359,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = _config_file.get()
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if path is not None:
-            sources.append(InitSettingsSource(settings_cls, init_kwargs=_read_yaml(path)))
-        return tuple(sources)
+        project = _project.get()
+        if project is None:
+            return init_settings, env_settings
+        from_file = InitSettingsSource(settings_cls, init_kwargs=project.data)
+        if not project.with_environment:
+            return (from_file,)
+        return init_settings, env_settings, from_file
 
     # Derived locations. Everything lives under the home unless configured elsewhere.
 
@@ -250,19 +394,10 @@ class Settings(BaseSettings):
         """Local cache of verified artifacts fetched from a remote store."""
         return self.home_dir / "cache"
 
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of settings")
-    return data
+    @property
+    def lake_url(self) -> str:
+        """Where the lake's tables live, defaulting to a folder in the home."""
+        return self.lake.url or str(self.home_dir / "lake")
 
 
 def find_config_file(explicit: Path | None = None) -> Path | None:
@@ -279,15 +414,49 @@ def find_config_file(explicit: Path | None = None) -> Path | None:
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings from defaults, the project file, the environment and overrides."""
-    token = _config_file.set(find_config_file(config_file))
+    """Build the settings from defaults, the project file, the environment and overrides.
+
+    Every problem is reported at once, one a line, those of the project file with their
+    line (``aimesh.yaml:7: gateway.prot: unknown setting (did you mean port?)``); unknown keys
+    are problems at any depth.
+    """
+    path = find_config_file(config_file)
+    project = ProjectFile.read(path) if path is not None else None
+    data, problems = project.check_keys(Settings) if project is not None else ({}, [])
+    token = _project.set(_FileSource(data) if project is not None else None)
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from exc
+        problems += _explain(exc, project, data)
     finally:
-        _config_file.reset(token)
+        _project.reset(token)
+    if problems:
+        # The file's problems first, in line order; then those of the environment.
+        lines = [str(p) for p in sorted(problems, key=lambda p: (p.line == 0, p.line, p.loc))]
+        raise ConfigError("\n".join(lines), problems=lines)
+    return settings
+
+
+def _explain(
+    exc: ValidationError, project: ProjectFile | None, data: dict[str, Any]
+) -> list[Problem]:
+    """Each validation error, at its line when the project file alone causes it."""
+    from_file: set[tuple[tuple[str | int, ...], str]] = set()
+    if project is not None:
+        # The same error from the file alone is the file's; others come from the environment
+        # or the arguments, where a line number would point at the wrong place.
+        token = _project.set(_FileSource(data, with_environment=False))
+        try:
+            Settings()
+        except ValidationError as alone:
+            from_file = {(tuple(e["loc"]), e["type"]) for e in alone.errors()}
+        finally:
+            _project.reset(token)
+    problems = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        if project is not None and (loc, error["type"]) in from_file:
+            problems.append(project.problem(loc, error["msg"]))
+        else:
+            problems.append(Problem(0, ".".join(str(p) for p in loc), error["msg"]))
+    return problems

@@ -13,16 +13,25 @@ nothing in here knows about HTTP numbers.
     │   ├── RequestTooLarge          request_too_large
     │   ├── InputMismatch            input_mismatch
     │   ├── DatatypeMismatch         datatype_mismatch
-    │   └── ShapeMismatch            shape_mismatch
+    │   ├── ShapeMismatch            shape_mismatch
+    │   ├── JobRejected              job_rejected
+    │   ├── SchemaMismatch           schema_mismatch
+    │   ├── InvalidData              invalid_data
+    │   ├── QueryRefused             query_refused
+    │   └── QueryError               invalid_query
     ├── NotFound                     not_found
     │   ├── ModelNotFound            model_not_found
     │   ├── VersionNotFound          version_not_found
     │   ├── AliasNotFound            alias_not_found
-    │   └── ArtifactNotFound         artifact_not_found
+    │   ├── ArtifactNotFound         artifact_not_found
+    │   ├── JobNotFound              job_not_found
+    │   ├── DatasetNotFound          dataset_not_found
+    │   └── DatasetVersionNotFound   dataset_version_not_found
     ├── Conflict                     conflict
     │   ├── ModelExists              model_exists
     │   ├── MetricExists             metric_exists
-    │   └── VersionArchived          version_archived
+    │   ├── VersionArchived          version_archived
+    │   └── JobFinished              job_finished
     ├── ArtifactError                artifact_invalid
     │   ├── ArtifactTooLarge         artifact_too_large
     │   ├── ArtifactDigestMismatch   artifact_digest_mismatch
@@ -30,11 +39,19 @@ nothing in here knows about HTTP numbers.
     │   ├── UnsafeArtifact           unsafe_artifact
     │   └── UntrustedTypes           untrusted_types
     ├── RuntimeUnavailable           runtime_unavailable
+    ├── Unauthorized                 unauthorized
+    ├── Forbidden                    forbidden
     ├── Overloaded                   overloaded
+    │   └── RateLimited              rate_limited
     ├── Unavailable                  unavailable
     │   ├── QueueFull                queue_full
-    │   └── ShuttingDown             shutting_down
+    │   ├── ShuttingDown             shutting_down
+    │   └── NoInstance               no_instance
+    ├── UpstreamError                upstream_error
+    │   └── UpstreamTimeout          upstream_timeout
     ├── DeadlineExceeded             deadline_exceeded
+    │   └── QueryTimeout             query_timeout
+    ├── JobFailed                    job_failed
     ├── BusUnavailable               bus_unavailable
     └── StoreUnavailable             store_unavailable
 """
@@ -111,6 +128,46 @@ class ShapeMismatch(InvalidRequest):
     code = "shape_mismatch"
 
 
+class JobRejected(InvalidRequest):
+    """Raised by a job handler when its job can never succeed (a bad payload): no retries."""
+
+    code = "job_rejected"
+
+
+class SchemaMismatch(InvalidRequest):
+    """Raised when data does not fit a dataset's schema; nothing was written."""
+
+    code = "schema_mismatch"
+
+    def __init__(self, dataset: str, problems: list[str], *, hint: str = "") -> None:
+        super().__init__(
+            f"data does not fit the schema of dataset {dataset!r}: {'; '.join(problems)}"
+            f" (nothing was written{'; ' + hint if hint else ''})",
+            dataset=dataset,
+            problems=problems,
+        )
+        self.dataset = dataset
+        self.problems = problems
+
+
+class InvalidData(InvalidRequest):
+    """Raised when a source file cannot be read as its format (a bad CSV row, broken JSON)."""
+
+    code = "invalid_data"
+
+
+class QueryRefused(InvalidRequest):
+    """Raised when a lake query is not a single read-only statement (or reaches outside)."""
+
+    code = "query_refused"
+
+
+class QueryError(InvalidRequest):
+    """Raised when the query engine rejects a query (syntax, unknown column, bad types)."""
+
+    code = "invalid_query"
+
+
 class NotFound(AimeshError):
     """Raised when a named object does not exist."""
 
@@ -141,6 +198,43 @@ class ArtifactNotFound(NotFound):
     code = "artifact_not_found"
 
 
+class JobNotFound(NotFound):
+    """Raised when no job has the given id (never submitted, or expired from the bus)."""
+
+    code = "job_not_found"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r}", job_id=job_id)
+        self.job_id = job_id
+
+
+class DatasetNotFound(NotFound):
+    """Raised when the lake has no dataset with the given name."""
+
+    code = "dataset_not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no dataset named {name!r}", name=name)
+        self.name = name
+
+
+class DatasetVersionNotFound(NotFound):
+    """Raised when a dataset has no such version (never written, or cleaned up)."""
+
+    code = "dataset_version_not_found"
+
+    def __init__(self, name: str, version: int, latest: int) -> None:
+        super().__init__(
+            f"dataset {name!r} has no version {version} (the latest is {latest})",
+            name=name,
+            version=version,
+            latest=latest,
+        )
+        self.name = name
+        self.version = version
+        self.latest = latest
+
+
 class Conflict(AimeshError):
     """Raised when a change conflicts with what is already stored."""
 
@@ -163,6 +257,17 @@ class VersionArchived(Conflict):
     """Raised when an alias would point at an archived version."""
 
     code = "version_archived"
+
+
+class JobFinished(Conflict):
+    """Raised when cancelling a job that has already succeeded or failed."""
+
+    code = "job_finished"
+
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(f"job {job_id} has already {state}", job_id=job_id, state=state)
+        self.job_id = job_id
+        self.state = state
 
 
 class ArtifactError(AimeshError):
@@ -240,10 +345,42 @@ class RuntimeUnavailable(AimeshError):
     code = "runtime_unavailable"
 
 
+class Unauthorized(AimeshError):
+    """Raised when a request needs an API key and carries none, or an unknown one."""
+
+    code = "unauthorized"
+
+
+class Forbidden(AimeshError):
+    """Raised when a known API key lacks the scope a route needs."""
+
+    code = "forbidden"
+
+    def __init__(self, key: str, scope: str) -> None:
+        super().__init__(f"key {key!r} lacks the {scope!r} scope", key=key, scope=scope)
+        self.key = key
+        self.scope = scope
+
+
 class Overloaded(AimeshError):
     """Raised when a service already has as many requests in flight as it allows."""
 
     code = "overloaded"
+
+
+class RateLimited(Overloaded):
+    """Raised when an API key has spent its request budget (token bucket) for now."""
+
+    code = "rate_limited"
+
+    def __init__(self, key: str, retry_after_s: float) -> None:
+        super().__init__(
+            f"key {key!r} is over its rate limit; retry in {retry_after_s:.3g}s",
+            key=key,
+            retry_after_s=retry_after_s,
+        )
+        self.key = key
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(AimeshError):
@@ -264,10 +401,60 @@ class ShuttingDown(Unavailable):
     code = "shutting_down"
 
 
+class NoInstance(Unavailable):
+    """Raised when the registry knows a model (version, alias) that no running instance serves."""
+
+    code = "no_instance"
+
+
+class UpstreamError(AimeshError):
+    """Raised when an upstream service fails the gateway: refused, reset, or a broken answer."""
+
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    """Raised when an upstream does not answer within the gateway's upstream timeout."""
+
+    code = "upstream_timeout"
+
+
 class DeadlineExceeded(AimeshError):
     """Raised when a request's time runs out before the model answered."""
 
     code = "deadline_exceeded"
+
+
+class QueryTimeout(DeadlineExceeded):
+    """Raised when a lake query runs longer than the query timeout; it was stopped."""
+
+    code = "query_timeout"
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"query stopped after {timeout_s:g}s", timeout_s=timeout_s)
+        self.timeout_s = timeout_s
+
+
+class JobFailed(AimeshError):
+    """Raised to a caller waiting for a job that ended failed or cancelled."""
+
+    code = "job_failed"
+
+    def __init__(
+        self, job_id: str, state: str, error_code: str | None, error_message: str | None
+    ) -> None:
+        reason = f": {error_message} ({error_code})" if error_message else ""
+        super().__init__(
+            f"job {job_id} {state}{reason}",
+            job_id=job_id,
+            state=state,
+            error_code=error_code,
+            error_message=error_message,
+        )
+        self.job_id = job_id
+        self.state = state
+        self.error_code = error_code
+        self.error_message = error_message
 
 
 class BusUnavailable(AimeshError):
@@ -277,7 +464,7 @@ class BusUnavailable(AimeshError):
 
 
 class StoreUnavailable(AimeshError):
-    """Raised when the registry database or artifact store cannot be reached."""
+    """Raised when the registry database, artifact store or lake storage cannot be reached."""
 
     code = "store_unavailable"
 

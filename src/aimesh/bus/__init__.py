@@ -3,7 +3,8 @@
 - :func:`ensure_bus` finds (or starts) the bus of a home and returns its URL;
   :func:`connect` / :func:`open_bus` return a :class:`Bus` connection.
 - :func:`declare_topology` creates the streams and KV buckets the platform needs.
-- :func:`publish_event` / :func:`subscribe_events` move typed :class:`Event` s.
+- :func:`publish_event` / :func:`subscribe_events` move typed :class:`Event` s
+  (:class:`RegistryEvent`, :class:`JobEvent`).
 - :class:`EmbeddedNats` runs the bundled ``nats-server`` for as long as its owner wants.
 """
 
@@ -11,18 +12,24 @@ from aimesh.bus.connection import Bus, connect, open_bus
 from aimesh.bus.discovery import (
     Registration,
     ServiceInstance,
+    announce,
     discovery_bucket,
     list_instances,
     new_instance_id,
 )
 from aimesh.bus.events import (
+    JOB_SUBJECTS,
     REGISTRY_SUBJECTS,
     Event,
     EventStream,
+    JobChange,
+    JobEvent,
+    JobState,
     PublishAck,
     RegistryEvent,
     decode_event,
     encode_event,
+    job_events_subject,
     publish_event,
     subscribe_events,
 )
@@ -56,6 +63,7 @@ __all__ = [
     "JOBS_BUCKET",
     "JOBS_STREAM",
     "JOBS_SUBJECTS",
+    "JOB_SUBJECTS",
     "REGISTRY_SUBJECTS",
     "STREAMS",
     "BucketSpec",
@@ -64,11 +72,15 @@ __all__ = [
     "EmbeddedNats",
     "Event",
     "EventStream",
+    "JobChange",
+    "JobEvent",
+    "JobState",
     "PublishAck",
     "Registration",
     "RegistryEvent",
     "ServiceInstance",
     "StreamSpec",
+    "announce",
     "connect",
     "declare_topology",
     "decode_event",
@@ -76,6 +88,7 @@ __all__ = [
     "embedded_bus_status",
     "encode_event",
     "ensure_bus",
+    "job_events_subject",
     "list_instances",
     "nats_server_binary",
     "new_instance_id",

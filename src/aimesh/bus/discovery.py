@@ -23,9 +23,11 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from aimesh.bus.connection import Bus
-from aimesh.bus.topology import DISCOVERY_BUCKET
-from aimesh.errors import BusUnavailable
+from aimesh.bus.connection import Bus, connect
+from aimesh.bus.home import ensure_bus
+from aimesh.bus.topology import DISCOVERY_BUCKET, declare_topology
+from aimesh.config import Settings
+from aimesh.errors import AimeshError, BusUnavailable
 
 log = logging.getLogger("aimesh.bus.discovery")
 
@@ -34,7 +36,7 @@ class ServiceInstance(msgspec.Struct, frozen=True, kw_only=True):
     """One running service instance, as the discovery bucket records it."""
 
     id: str
-    kind: Literal["model", "registry", "gateway", "worker", "pipeline"]
+    kind: Literal["model", "registry", "gateway", "worker", "pipeline", "jobs", "lake"]
     name: str
     rest_url: str | None = None
     grpc_address: str | None = None
@@ -157,3 +159,32 @@ def this_host() -> str:
 def this_pid() -> int:
     """This process's id, for instance records."""
     return os.getpid()
+
+
+async def announce(
+    settings: Settings, describe: Callable[[], ServiceInstance], *, interval_s: float
+) -> None:
+    """Keep ``describe()``'s discovery entry alive until cancelled, through outages of the bus.
+
+    For a service whose work does not need the bus (the registry, the lake): it starts
+    without one, announces itself once the bus answers, and again after losing it.
+    """
+    backoff = 0.5
+    kind = describe().kind
+    while True:
+        try:
+            url = await asyncio.to_thread(ensure_bus, settings)
+            async with await connect(
+                url, timeout=settings.bus.connect_timeout_s, name=f"{kind}-discovery"
+            ) as bus:
+                await declare_topology(bus)
+                registration = Registration(bus, describe, interval_s=interval_s)
+                await registration.start()
+                try:
+                    await asyncio.Event().wait()  # until cancelled
+                finally:
+                    await registration.stop()
+        except AimeshError as exc:
+            log.warning("%s not announced for discovery: %s", kind, exc.message)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 10.0)

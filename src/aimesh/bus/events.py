@@ -33,13 +33,18 @@ from aimesh.bus.topology import EVENTS_SUBJECT_PREFIX
 from aimesh.errors import BusUnavailable
 
 __all__ = [
+    "JOB_SUBJECTS",
     "REGISTRY_SUBJECTS",
     "Event",
     "EventStream",
+    "JobChange",
+    "JobEvent",
+    "JobState",
     "PublishAck",
     "RegistryEvent",
     "decode_event",
     "encode_event",
+    "job_events_subject",
     "publish_event",
     "subscribe_events",
 ]
@@ -47,6 +52,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 REGISTRY_SUBJECTS = f"{EVENTS_SUBJECT_PREFIX}.registry.>"
+JOB_SUBJECTS = f"{EVENTS_SUBJECT_PREFIX}.jobs.>"
 # How often the server shows an idle subscriber it is alive. nats-py rebuilds an ordered
 # consumer after two missed beats, so this bounds the gap after a bus restart (~3 s here,
 # ~20 s with nats-py's default of 5 s) for the price of one tiny message a second.
@@ -106,6 +112,49 @@ class RegistryEvent(Event, frozen=True, kw_only=True, tag="registry"):
     def subject(self) -> str:
         """``aimesh.events.registry.<kind>.<action>.<model>``."""
         return f"{EVENTS_SUBJECT_PREFIX}.registry.{self.kind}.{self.action}.{self.model}"
+
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+"""Where an asynchronous job is; the last three are terminal."""
+
+JobChange = Literal[
+    "queued", "running", "progress", "retrying", "cancel_requested", "succeeded", "failed",
+    "cancelled",
+]  # fmt: skip
+"""What happened to a job: it entered a state, made progress, will retry, was asked to stop."""
+
+
+class JobEvent(Event, frozen=True, kw_only=True, tag="job"):
+    """A change of one asynchronous job, published on ``aimesh.events.jobs.<job_id>.<change>``.
+
+    ``revision`` is the revision of the job's record (in the jobs KV bucket) that the change
+    wrote, so a reader that holds the record knows which events are news to it.
+    """
+
+    job_id: str
+    kind: str
+    change: JobChange
+    state: JobState
+    revision: int
+    attempt: int = 0
+    progress: float | None = None
+    message: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.job_id or _NOT_IN_TOKEN.search(self.job_id):
+            raise ValueError(f"job id {self.job_id!r} cannot be a subject token")
+
+    def subject(self) -> str:
+        """``aimesh.events.jobs.<job_id>.<change>``."""
+        return job_events_subject(self.job_id, self.change)
+
+
+def job_events_subject(job_id: str = "*", change: str = "*") -> str:
+    """The subject of one job's events of one change; wildcards (``*``) by default."""
+    return f"{EVENTS_SUBJECT_PREFIX}.jobs.{job_id}.{change}"
 
 
 E = TypeVar("E", bound=Event)

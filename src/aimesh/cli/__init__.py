@@ -34,13 +34,18 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `aimesh --help` stays quick and each group stays in its own module.
-    from aimesh.cli import bus, demo, models, registry, serve
+    from aimesh.cli import bus, demo, jobs, lake, local, models, registry, serve
 
     app.add_typer(models.app, name="models")
     app.add_typer(registry.app, name="registry")
     app.add_typer(bus.app, name="bus")
+    app.add_typer(jobs.app, name="jobs")
+    app.add_typer(lake.app, name="lake")
+    app.command("worker")(jobs.worker)
     app.command("serve")(serve.serve)
     app.command("demo")(demo.demo)
+    for command in (local.up, local.status, local.logs, local.down, local.init):
+        app.command()(command)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from aimesh.config import Settings, load_settings
 from aimesh.errors import AimeshError
@@ -34,10 +35,30 @@ def settings() -> Settings:
     return load_settings(_state["config_file"])
 
 
-def fail(message: str, code: str | None = None) -> typer.Exit:
-    """Print one red line and return the exit to raise."""
+def config_file() -> Path | None:
+    """The project file given with the global ``-f`` option, if any."""
+    return _state["config_file"]
+
+
+def fail(message: str, code: str | None = None, problems: list[str] | None = None) -> typer.Exit:
+    """Print one red line (one per problem, when given) and return the exit to raise.
+
+    Lines of ``message`` after its first are context (a log's tail): printed plain.
+    """
     suffix = f" [dim]({code})[/dim]" if code else ""
-    err_console.print(f"[red]error:[/red] {message}{suffix}", highlight=False)
+    # Escaped, since messages quote user input that may hold [brackets]; unwrapped, so that
+    # each problem stays one line for grep.
+    if problems:
+        for index, problem in enumerate(problems):
+            end = suffix if index == len(problems) - 1 else ""
+            err_console.print(
+                f"[red]error:[/red] {escape(problem)}{end}", highlight=False, soft_wrap=True
+            )
+        return typer.Exit(1)
+    first, *context = message.splitlines() or [message]
+    err_console.print(f"[red]error:[/red] {escape(first)}{suffix}", highlight=False, soft_wrap=True)
+    for line in context:
+        err_console.print(escape(line), highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -49,6 +70,8 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except AimeshError as exc:
-            raise fail(exc.message, exc.code) from exc
+            problems = exc.details.get("problems")
+            listed = problems if isinstance(problems, list) else None
+            raise fail(exc.message, exc.code, listed) from exc
 
     return wrapper

@@ -10,16 +10,9 @@ from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
-from aimesh.bus import connect, declare_topology, ensure_bus
-from aimesh.bus.discovery import (
-    Registration,
-    ServiceInstance,
-    new_instance_id,
-    this_host,
-    this_pid,
-)
+from aimesh.bus import ServiceInstance, announce, new_instance_id
+from aimesh.bus.discovery import this_host, this_pid
 from aimesh.config import Settings
-from aimesh.errors import AimeshError
 from aimesh.registry.api import HTTP_STATUS, router
 from aimesh.registry.outbox import OutboxRelay
 from aimesh.registry.service import LocalRegistry
@@ -45,24 +38,7 @@ async def _announce(settings: Settings, public_url: str) -> None:
             heartbeat=started,
         )
 
-    backoff = 0.5
-    while True:
-        try:
-            url = await asyncio.to_thread(ensure_bus, settings)
-            async with await connect(
-                url, timeout=settings.bus.connect_timeout_s, name="registry-discovery"
-            ) as bus:
-                await declare_topology(bus)
-                registration = Registration(bus, describe, interval_s=settings.serving.heartbeat_s)
-                await registration.start()
-                try:
-                    await asyncio.Event().wait()  # until cancelled
-                finally:
-                    await registration.stop()
-        except AimeshError as exc:
-            log.warning("registry not announced for discovery: %s", exc.message)
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, 10.0)
+    await announce(settings, describe, interval_s=settings.serving.heartbeat_s)
 
 
 def create_app(

@@ -125,11 +125,12 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
         )
     )
     started = datetime.now(UTC)
+    instance_id = plan.instance_id or new_instance_id()  # one key per service, kept alive
 
     def describe() -> ServiceInstance:
         current = host.current
         return ServiceInstance(
-            id=plan.instance_id or new_instance_id(),
+            id=instance_id,
             kind="model",
             name=plan.ref.name,
             model=plan.ref.name,

@@ -1,0 +1,297 @@
+"""Benchmark the job system against raw JetStream publish + ack, in the same run.
+
+Both sides move N no-op messages through the ``AIMESH_JOBS`` work-queue stream of a fresh
+bundled nats-server (JetStream on a temp folder), with the producer in this process and
+the consumer in a separate one, as a submitter and a worker run in a deployment (or, with
+``--single``, both on one event loop in this process):
+
+- **raw JetStream**: publish N messages (waiting for each ack, C in flight) while a
+  durable pull consumer fetches up to K at a time and acks each;
+- **aimesh jobs**: submit N ``noop`` jobs with :class:`aimesh.jobs.JobClient` (record in
+  the KV bucket, message on the stream, C in flight) while an aimesh worker (K at a time)
+  claims each one, runs it, writes it succeeded and acks it; every state change is
+  published as an event too.
+
+Throughput is N over the time from the first publish to the last completion (the last
+ack for raw, the last record written ``succeeded`` for jobs). Rounds alternate raw and
+jobs; the medians and their ratio are reported against the target (>= 0.5).
+
+    python bench/jobs.py                 # 3 rounds of 5,000 (about a minute)
+    python bench/jobs.py --quick         # 1 round of 1,000
+    python bench/jobs.py --single        # producer and consumer in one process
+    python bench/jobs.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from nats.js.api import AckPolicy, ConsumerConfig, Header
+
+from aimesh.bus import JOBS_STREAM, Bus, EmbeddedNats, connect, declare_topology
+from aimesh.config import JobsSettings
+from aimesh.jobs import JobClient, JobSpec, Worker, get_handler
+
+TARGET = 0.5
+RAW_SUBJECT = "aimesh.jobs.bench-raw"
+RAW_CONSUMER = "bench-raw"
+
+
+@dataclass(frozen=True)
+class Round:
+    """One measurement."""
+
+    system: str
+    jobs: int
+    seconds: float
+    submit_seconds: float
+
+    @property
+    def per_second(self) -> float:
+        """Messages (or jobs) per second, end to end."""
+        return self.jobs / self.seconds
+
+
+# -- the consumer side, in its own process ----------------------------------------------
+
+
+async def _raw_consumer(bus: Bus, n: int, batch: int, ready: Callable[[], None]) -> float:
+    await bus.js.add_consumer(
+        JOBS_STREAM,
+        ConsumerConfig(
+            durable_name=RAW_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30,
+            filter_subject=RAW_SUBJECT,
+        ),
+    )
+    sub = await bus.js.pull_subscribe_bind(durable=RAW_CONSUMER, stream=JOBS_STREAM)
+    ready()
+    done = 0
+    while done < n:
+        try:
+            messages = await sub.fetch(batch, timeout=1)
+        except TimeoutError:
+            continue
+        for msg in messages:
+            await msg.ack()
+            done += 1
+    await bus.nc.flush()
+    return time.time()
+
+
+async def _job_worker(bus: Bus, n: int, concurrency: int, ready: Callable[[], None]) -> float:
+    worker = Worker(
+        bus, "noop", get_handler("noop"), settings=JobsSettings(), concurrency=concurrency
+    )
+    running = asyncio.create_task(worker.run())
+    await worker.ready.wait()
+    ready()
+    while worker.stats.succeeded < n:
+        await asyncio.sleep(0.002)
+    last = time.time()
+    worker.stop()
+    await running
+    return last
+
+
+async def _consume(
+    role: str, url: str, n: int, concurrency: int, ready: Callable[[], None]
+) -> float:
+    async with await connect(url, timeout=10, name=f"bench-{role}") as bus:
+        if role == "raw":
+            return await _raw_consumer(bus, n, concurrency, ready)
+        return await _job_worker(bus, n, concurrency, ready)
+
+
+def _consumer_process(role: str, url: str, n: int, concurrency: int) -> None:
+    last = asyncio.run(_consume(role, url, n, concurrency, lambda: print("ready", flush=True)))
+    print(json.dumps({"last": last}), flush=True)
+
+
+# -- the producer side, here --------------------------------------------------------------
+
+
+def _start_consumer(role: str, url: str, n: int, concurrency: int) -> subprocess.Popen[str]:
+    argv = [sys.executable, __file__, "--role", role, "--url", url, "--jobs", str(n)]
+    argv += ["--worker-concurrency", str(concurrency)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        proc.kill()
+        raise RuntimeError(f"the {role} consumer did not start (said {line!r})")
+    return proc
+
+
+def _finish_consumer(proc: subprocess.Popen[str]) -> float:
+    out, _ = proc.communicate(timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the consumer failed with exit code {proc.returncode}")
+    last: float = json.loads(out.strip().splitlines()[-1])["last"]
+    return last
+
+
+async def _in_flight(n: int, concurrency: int, one: Callable[[int], Awaitable[object]]) -> None:
+    next_index = iter(range(n))
+
+    async def lane() -> None:
+        for index in next_index:
+            await one(index)
+
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+
+
+async def _produce(system: str, bus: Bus, client: JobClient, n: int, concurrency: int) -> float:
+    if system == "raw":
+
+        async def one(index: int) -> object:
+            headers = {Header.MSG_ID.value: f"{time.time_ns()}-{index}"}
+            return await bus.js.publish(RAW_SUBJECT, b"{}", headers=headers)
+
+    else:
+
+        async def one(index: int) -> object:
+            return await client.submit(JobSpec(kind="noop"))
+
+    await _in_flight(n, concurrency, one)
+    return time.time()
+
+
+async def _round(system: str, url: str, args: argparse.Namespace) -> Round:
+    if args.single:
+        return await _round_in_process(system, url, args)
+    proc = _start_consumer(system, url, args.jobs, args.worker_concurrency)
+    try:
+        async with await connect(url, timeout=10, name="bench-producer") as bus:
+            client = await JobClient.open(bus, JobsSettings())
+            try:
+                first = time.time()
+                submitted = await _produce(system, bus, client, args.jobs, args.concurrency)
+            finally:
+                await client.close()
+        last = await asyncio.to_thread(_finish_consumer, proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return Round(system, args.jobs, last - first, submitted - first)
+
+
+async def _round_in_process(system: str, url: str, args: argparse.Namespace) -> Round:
+    ready = asyncio.Event()
+    consumer = asyncio.create_task(
+        _consume(system, url, args.jobs, args.worker_concurrency, ready.set)
+    )
+    await ready.wait()
+    async with await connect(url, timeout=10, name="bench-producer") as bus:
+        client = await JobClient.open(bus, JobsSettings())
+        try:
+            first = time.time()
+            submitted = await _produce(system, bus, client, args.jobs, args.concurrency)
+        finally:
+            await client.close()
+    last = await consumer
+    return Round(system, args.jobs, last - first, submitted - first)
+
+
+async def _run(url: str, args: argparse.Namespace) -> list[Round]:
+    async with await connect(url, timeout=10, name="bench-setup") as bus:
+        await declare_topology(bus)
+    rounds: list[Round] = []
+    for index in range(args.rounds):
+        for system in ("raw", "jobs"):
+            result = await _round(system, url, args)
+            rounds.append(result)
+            print(
+                f"round {index + 1} {system:4}: {result.per_second:8.0f}/s "
+                f"({result.jobs} in {result.seconds:.2f}s; submitted in "
+                f"{result.submit_seconds:.2f}s)",
+                flush=True,
+            )
+    return rounds
+
+
+def _report(rounds: list[Round], args: argparse.Namespace) -> dict[str, object]:
+    raw = statistics.median(r.per_second for r in rounds if r.system == "raw")
+    jobs = statistics.median(r.per_second for r in rounds if r.system == "jobs")
+    ratio = jobs / raw
+    verdict = "met" if ratio >= TARGET else "NOT met"
+    print()
+    print(f"raw JetStream publish+ack : {raw:8.0f} msgs/s (median of {args.rounds})")
+    print(f"aimesh no-op jobs         : {jobs:8.0f} jobs/s (median of {args.rounds})")
+    print(f"ratio                     : {ratio:8.2f}  (target >= {TARGET}: {verdict})")
+    return {
+        "raw_per_s": raw,
+        "jobs_per_s": jobs,
+        "ratio": ratio,
+        "target": TARGET,
+        "met": ratio >= TARGET,
+        "jobs": args.jobs,
+        "concurrency": args.concurrency,
+        "worker_concurrency": args.worker_concurrency,
+        "single_process": args.single,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "rounds": [asdict(r) | {"per_second": r.per_second} for r in rounds],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python bench/jobs.py", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--jobs", type=int, default=5000, metavar="N", help="per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=256, help="submissions in flight")
+    parser.add_argument(
+        "--worker-concurrency", type=int, default=64, help="jobs a worker runs at once"
+    )
+    parser.add_argument("--quick", action="store_true", help="one round of 1,000")
+    parser.add_argument(
+        "--single", action="store_true", help="producer and consumer on one event loop"
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures here")
+    parser.add_argument("--check", action="store_true", help="exit 1 unless the target is met")
+    parser.add_argument("--role", choices=["raw", "jobs"], help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role is not None:
+        _consumer_process(args.role, args.url, args.jobs, args.worker_concurrency)
+        return
+    if args.quick:
+        args.jobs, args.rounds = 1000, 1
+    print(
+        f"{args.jobs} no-op messages per round, {args.concurrency} submissions in flight, "
+        f"worker concurrency {args.worker_concurrency}, {os.cpu_count()} CPUs, "
+        + (
+            "producer and consumer in one process" if args.single else "consumer in its own process"
+        ),
+        flush=True,
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="aimesh-bench-jobs-") as folder,
+        EmbeddedNats(Path(folder), start_timeout=30) as server,
+    ):
+        rounds = asyncio.run(_run(server.url, args))
+    figures = _report(rounds, args)
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2))
+    if args.check and not figures["met"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""``aimesh jobs`` and ``aimesh worker``: asynchronous jobs on the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
+
+import typer
+from rich.table import Table
+
+from aimesh.cli._app import console, err_console, handle_errors, settings
+from aimesh.config import Settings
+from aimesh.errors import InvalidRequest, JobFailed
+
+if TYPE_CHECKING:
+    from aimesh.jobs import Handler, Job, JobClient, JobState, WorkerStats
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Asynchronous jobs: submit, list, show, cancel; serve their REST API. "
+    "Workers run with `aimesh worker KIND`.",
+    no_args_is_help=True,
+)
+
+_STATE_STYLE = {
+    "queued": "cyan",
+    "running": "yellow",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "dim",
+}
+
+
+def _with_client(config: Settings, call: Callable[[JobClient], Awaitable[T]]) -> T:
+    """Run ``call`` with a job client on the bus of ``config``."""
+    from aimesh.bus import open_bus
+    from aimesh.jobs import JobClient
+
+    async def run() -> T:
+        async with await open_bus(config, name="aimesh-cli") as bus:
+            client = await JobClient.open(bus, config.jobs)
+            try:
+                return await call(client)
+            finally:
+                await client.close()
+
+    return asyncio.run(run())
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+def _state(job: Job) -> str:
+    style = _STATE_STYLE.get(job.state, "")
+    suffix = " (cancel requested)" if job.cancel_requested and job.state == "running" else ""
+    return f"[{style}]{job.state}[/{style}]{suffix}"
+
+
+def _print_job(job: Job) -> None:
+    import msgspec
+
+    rows: list[tuple[str, str]] = [
+        ("id", job.id),
+        ("kind", job.kind),
+        ("state", _state(job)),
+        ("attempts", f"{job.attempts} of {job.max_attempts}"),
+        ("progress", f"{job.progress:.0%}  {job.progress_message or ''}".rstrip()),
+        ("worker", job.worker or "-"),
+        ("created", _when(job.created)),
+        ("started", _when(job.started)),
+        ("finished", _when(job.finished)),
+    ]
+    if job.idempotency_key:
+        rows.append(("idempotency key", job.idempotency_key))
+    if job.error is not None:
+        rows.append(("error", f"[red]{job.error.message}[/red] ({job.error.code})"))
+    if job.result is not None:
+        rows.append(("result", msgspec.json.encode(job.result).decode()))
+    if job.result_ref:
+        rows.append(("result ref", job.result_ref))
+    rows.append(("payload", msgspec.json.encode(job.payload).decode()))
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+
+
+def _print_json(value: object) -> None:
+    import msgspec
+
+    typer.echo(msgspec.json.encode(value).decode())
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@app.command("list")
+@handle_errors
+def list_jobs(
+    kind: Annotated[str | None, typer.Option(help="Only jobs of this kind.")] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            help="Only jobs in this state: queued, running, succeeded, failed, cancelled."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List jobs, newest first."""
+    if state is not None and state not in _STATE_STYLE:
+        raise InvalidRequest(f"unknown state {state!r}; one of {', '.join(_STATE_STYLE)}")
+    wanted = cast("JobState | None", state)
+    jobs = _with_client(settings(), lambda c: c.list(kind=kind, state=wanted, limit=limit))
+    if as_json:
+        _print_json(jobs)
+        return
+    if not jobs:
+        console.print("no jobs", style="dim")
+        return
+    table = Table("id", "kind", "state", "attempts", "progress", "created", "finished")
+    for job in jobs:
+        table.add_row(
+            job.id,
+            job.kind,
+            _state(job),
+            f"{job.attempts}/{job.max_attempts}",
+            f"{job.progress:.0%}",
+            _when(job.created),
+            _when(job.finished),
+        )
+    console.print(table)
+
+
+@app.command()
+@handle_errors
+def show(
+    job_id: Annotated[str, typer.Argument(metavar="JOB", help="The job's id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a job: its state, progress, attempts, error or result."""
+    job = _with_client(settings(), lambda c: c.get(job_id))
+    if as_json:
+        _print_json(job)
+    else:
+        _print_job(job)
+
+
+@app.command()
+@handle_errors
+def cancel(job_id: Annotated[str, typer.Argument(metavar="JOB", help="The job's id.")]) -> None:
+    """Cancel a job: a queued one at once, a running one as soon as its worker sees it."""
+    job = _with_client(settings(), lambda c: c.cancel(job_id))
+    if job.state == "cancelled":
+        console.print(f"job {job.id} cancelled")
+    else:
+        console.print(f"job {job.id}: cancel requested; its worker stops it shortly")
+
+
+@app.command()
+@handle_errors
+def submit(
+    kind: Annotated[str, typer.Argument(help="The job's kind (noop, sleep, or a registered one).")],
+    payload: Annotated[str, typer.Option(help="The payload, a JSON object.")] = "{}",
+    key: Annotated[
+        str | None, typer.Option(help="Idempotency key: submitting again returns the same job.")
+    ] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(min=1, max=100, help="Attempts (default: jobs.max_attempts).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=0.001, help="Seconds an attempt may run.")
+    ] = None,
+    webhook: Annotated[
+        str | None, typer.Option(help="URL called (POST, signed) when the job ends.")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the job to end and show it.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Submit a job and print its id (with --wait: wait for it and show it)."""
+    from aimesh.jobs import JobSpec
+
+    try:
+        data: Any = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"--payload is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("--payload must be a JSON object")
+    spec = JobSpec(
+        kind=kind,
+        payload=data,
+        idempotency_key=key,
+        max_attempts=max_attempts,
+        timeout_s=timeout,
+        webhook_url=webhook,
+    )
+
+    async def run(client: JobClient) -> Job:
+        job = await client.submit(spec)
+        if not wait:
+            return job
+        with contextlib.suppress(JobFailed):  # shown below, with its error
+            await client.wait(job.id)
+        return await client.get(job.id)
+
+    job = _with_client(settings(), run)
+    if as_json:
+        _print_json(job)
+    elif wait:
+        _print_job(job)
+    else:
+        console.print(job.id, highlight=False)
+    if wait and job.state != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: jobs.host).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to bind (default: jobs.port, 8300).")
+    ] = None,
+) -> None:
+    """Serve the jobs REST API (/api/jobs, with SSE per job), docs at /docs."""
+    import uvicorn
+
+    from aimesh.jobs.app import create_app
+    from aimesh.observability import configure_logging
+
+    config = settings()
+    configure_logging(config.log_level, config.log_format)
+    bind_host = host or config.jobs.host
+    bind_port = config.jobs.port if port is None else port
+    console.print(f"jobs API on http://{bind_host}:{bind_port}  (docs: /docs)")
+    uvicorn.run(
+        create_app(config, public_url=f"http://{bind_host}:{bind_port}"),
+        host=bind_host,
+        port=bind_port,
+        log_config=None,
+        timeout_graceful_shutdown=5,
+    )
+
+
+@handle_errors
+def worker(
+    kind: Annotated[str, typer.Argument(help="The kind of job to run.")],
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, max=1024, help="Jobs run at once (default: jobs.concurrency)."),
+    ] = None,
+    handler: Annotated[
+        str | None,
+        typer.Option(
+            help="The handler, module:function (default: the one registered for KIND, "
+            "or a built-in one: noop, sleep)."
+        ),
+    ] = None,
+) -> None:
+    """Run jobs of one kind until Ctrl-C, then drain: finish running jobs or hand them back."""
+    from aimesh.jobs import get_handler, load_handler
+    from aimesh.observability import configure_logging
+
+    config = settings()
+    configure_logging(config.log_level, config.log_format)
+    run = load_handler(handler) if handler is not None else get_handler(kind)
+    stats = asyncio.run(_run_worker(config, kind, run, concurrency))
+    err_console.print(
+        f"worker stopped: {stats.succeeded} succeeded, {stats.failed} failed, "
+        f"{stats.retried} retried, {stats.cancelled} cancelled, {stats.released} handed back",
+        highlight=False,
+    )
+
+
+async def _run_worker(
+    config: Settings, kind: str, handler: Handler, concurrency: int | None
+) -> WorkerStats:
+    from aimesh.bus import Registration, ServiceInstance, declare_topology, open_bus
+    from aimesh.bus.discovery import this_host, this_pid
+    from aimesh.jobs import Worker
+
+    async with await open_bus(config, name=f"worker-{kind}") as bus:
+        await declare_topology(bus)
+        job_worker = Worker(bus, kind, handler, settings=config.jobs, concurrency=concurrency)
+        started = datetime.now().astimezone()
+
+        def describe() -> ServiceInstance:
+            return ServiceInstance(
+                id=job_worker.id,
+                kind="worker",
+                name=kind,
+                workers=job_worker.concurrency,
+                pid=this_pid(),
+                host=this_host(),
+                started=started,
+                heartbeat=started,
+            )
+
+        registration = Registration(bus, describe, interval_s=config.serving.heartbeat_s)
+        await registration.start()
+        loop = asyncio.get_running_loop()
+        stops = 0
+
+        def on_signal() -> None:
+            nonlocal stops
+            stops += 1
+            if stops == 1:
+                err_console.print(
+                    f"draining: finishing running jobs (up to {config.jobs.drain_timeout_s:g}s); "
+                    "Ctrl-C again to hand them back now",
+                    highlight=False,
+                )
+            job_worker.stop(hand_back=stops > 1)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        console.print(
+            f"worker {job_worker.id}: jobs of kind {kind}, {job_worker.concurrency} at a time "
+            "(Ctrl-C to stop)",
+            highlight=False,
+        )
+        try:
+            await job_worker.run()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await registration.stop()
+        return job_worker.stats

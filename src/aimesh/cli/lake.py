@@ -1,0 +1,375 @@
+"""``aimesh lake``: ingest files or a bus subject, list, show, query, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from aimesh.cli._app import console, err_console, handle_errors, settings
+from aimesh.config import Settings
+from aimesh.errors import InvalidRequest
+
+app = typer.Typer(
+    help="The data lake: versioned datasets (Delta Lake), ingest, SQL.", no_args_is_help=True
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@app.command()
+@handle_errors
+def ingest(
+    name: Annotated[str, typer.Argument(help="Dataset name (created on its first ingest).")],
+    sources: Annotated[
+        list[str] | None,
+        typer.Argument(help="Files, folders or globs: .csv .tsv .parquet .json .jsonl (.gz)."),
+    ] = None,
+    from_subject: Annotated[
+        str | None,
+        typer.Option(
+            "--from-subject",
+            help="Consume this bus subject into the dataset until Ctrl-C, instead of files.",
+        ),
+    ] = None,
+    format: Annotated[
+        str | None,
+        typer.Option("--format", help="csv, parquet, json or jsonl (default: by extension)."),
+    ] = None,
+    evolve: Annotated[
+        bool, typer.Option("--evolve", help="Add columns the dataset lacks (missing ones: nulls).")
+    ] = False,
+    partition_by: Annotated[
+        list[str] | None,
+        typer.Option("--partition-by", help="Partition column (repeatable; first ingest only)."),
+    ] = None,
+    chunk_rows: Annotated[
+        int | None,
+        typer.Option(min=1024, help="Rows per chunk and row group (default: lake.chunk_rows)."),
+    ] = None,
+    batch_rows: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --from-subject: rows per commit (lake.sink_batch_rows)."),
+    ] = None,
+    batch_seconds: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01, help="With --from-subject: seconds per commit (lake.sink_batch_seconds)."
+        ),
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Append files to dataset NAME as one new version, or sink a bus subject into it."""
+    from aimesh.lake import open_lake
+
+    config = settings()
+    if from_subject is not None:
+        if sources:
+            raise InvalidRequest("give source files or --from-subject, not both")
+        _run_sink(config, name, from_subject, batch_rows, batch_seconds, evolve)
+        return
+    if not sources:
+        raise InvalidRequest("give the files to ingest (or --from-subject SUBJECT)")
+    lake = open_lake(config)
+    with _progress() as progress:
+        task = progress.add_task(f"ingest {name}", total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        result = lake.ingest(
+            name,
+            sources,
+            format=format,
+            evolve=evolve,
+            partition_by=partition_by,
+            chunk_rows=chunk_rows,
+            on_progress=report,
+        )
+    if json_out:
+        console.print_json(result.model_dump_json())
+        return
+    what = "new dataset" if result.created else "appended"
+    added = f"; new columns: {', '.join(result.new_columns)}" if result.new_columns else ""
+    rate = result.rows / result.seconds if result.seconds > 0 else 0.0
+    console.print(
+        f"[bold]{result.dataset}@{result.version}[/bold]  {what}: {result.rows:,} rows from "
+        f"{result.sources} file(s), {_size(result.bytes_read)} in {result.seconds:.1f}s "
+        f"({rate:,.0f} rows/s){added}"
+    )
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )
+
+
+def _run_sink(
+    config: Settings,
+    name: str,
+    subject: str,
+    batch_rows: int | None,
+    batch_seconds: float | None,
+    evolve: bool,
+) -> None:
+    from aimesh.observability import configure_logging
+
+    configure_logging(config.log_level, config.log_format)
+    asyncio.run(_sink(config, name, subject, batch_rows, batch_seconds, evolve))
+
+
+async def _sink(
+    config: Settings,
+    name: str,
+    subject: str,
+    batch_rows: int | None,
+    batch_seconds: float | None,
+    evolve: bool,
+) -> None:
+    from aimesh.bus import open_bus
+    from aimesh.lake import LakeSink, SinkCommit, open_lake, sink_names
+
+    names = sink_names(name, subject)
+    lake = open_lake(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second Ctrl-C: stop now, without the batch in hand
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            raise KeyboardInterrupt
+        err_console.print("stopping: committing the batch in hand (Ctrl-C again to quit now)")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+    def on_commit(commit: SinkCommit) -> None:
+        dead = f", {commit.dead_letters} dead-lettered" if commit.dead_letters else ""
+        where = f"{name}@{commit.version}" if commit.version >= 0 else "no rows"
+        console.print(
+            f"{where}: +{commit.rows:,} rows from {commit.messages:,} messages "
+            f"(stream sequence <= {commit.last_seq}){dead}",
+            highlight=False,
+        )
+
+    async with await open_bus(config, name=f"lake-sink-{name}") as bus:
+        sink = LakeSink(
+            lake,
+            bus,
+            name,
+            subject,
+            batch_rows=batch_rows or config.lake.sink_batch_rows,
+            batch_seconds=batch_seconds or config.lake.sink_batch_seconds,
+            ack_wait_s=config.lake.sink_ack_wait_s,
+            max_age_s=config.lake.sink_max_age_s,
+            evolve=evolve,
+            on_commit=on_commit,
+        )
+        console.print(
+            f"sinking {escape(subject)} into dataset {name} (consumer {names.durable}, "
+            f"dead letters on {names.dead_letters}); Ctrl-C to stop",
+            highlight=False,
+        )
+        await sink.run(stop)
+    console.print("sink stopped")
+
+
+@app.command("list")
+@handle_errors
+def list_datasets(json_out: JsonFlag = False) -> None:
+    """List every dataset: latest version, rows, size, last change."""
+    from aimesh.lake import open_lake
+
+    datasets = open_lake(settings()).list_datasets()
+    if json_out:
+        console.print_json(json.dumps([d.model_dump(mode="json") for d in datasets]))
+        return
+    table = Table("dataset", "version", "rows", "size", "files", "updated", title="datasets")
+    for d in datasets:
+        table.add_row(
+            d.name,
+            str(d.version),
+            f"{d.rows:,}",
+            _size(d.size_bytes),
+            str(d.files),
+            d.updated.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    console.print(table)
+
+
+@app.command()
+@handle_errors
+def show(
+    ref: Annotated[str, typer.Argument(help="NAME, or NAME@VERSION.")],
+    version: Annotated[
+        int | None, typer.Option("--version", "-v", min=0, help="The version to show.")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Show a dataset: its schema, size and every version (time travel with --version)."""
+    from aimesh.lake import DatasetRef, open_lake
+
+    parsed = DatasetRef.parse(ref)
+    info = open_lake(settings()).describe(
+        parsed.name, version if version is not None else parsed.version
+    )
+    if json_out:
+        console.print_json(info.model_dump_json())
+        return
+    at = "" if info.version == info.latest_version else f" (latest: {info.latest_version})"
+    console.print(
+        f"[bold]{info.name}@{info.version}[/bold]{at}  {info.rows:,} rows, "
+        f"{_size(info.size_bytes)} in {info.files} file(s)  {escape(info.location)}",
+        highlight=False,
+    )
+    if info.partition_by:
+        console.print("partitioned by " + ", ".join(info.partition_by))
+    schema = Table("column", "type", "nullable", title="schema")
+    for c in info.columns:
+        schema.add_row(escape(c.name), escape(c.type), "yes" if c.nullable else "no")
+    console.print(schema)
+    history = Table("version", "when", "operation", "rows added", "source", title="versions")
+    for v in info.versions:
+        source = v.metadata.get("aimesh.source") or v.metadata.get("aimesh.sink.subject", "")
+        history.add_row(
+            str(v.version),
+            v.timestamp.strftime("%Y-%m-%d %H:%M:%S"),
+            v.operation + (f" ({v.mode})" if v.mode else ""),
+            "" if v.rows_added is None else f"{v.rows_added:,}",
+            escape(source),
+        )
+    console.print(history)
+
+
+@app.command()
+@handle_errors
+def query(
+    sql: Annotated[str, typer.Argument(help="One read-only SQL statement; datasets are tables.")],
+    version: Annotated[
+        int | None,
+        typer.Option("--version", "-v", min=0, help="Read the one dataset named at this version."),
+    ] = None,
+    at: Annotated[
+        list[str] | None,
+        typer.Option("--at", help="NAME=VERSION: read that dataset at that version (repeatable)."),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="Most rows (default: lake.query_rows; none with --output)."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the whole result to a .parquet or .csv file."),
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Run SQL over the datasets (DuckDB), e.g. "select label, count(*) from tx group by 1"."""
+    from aimesh.lake import open_lake
+
+    lake = open_lake(settings())
+    versions = _versions(at or [])
+    if output is not None:
+        rows = lake.export(sql, output, version=version, versions=versions, limit=limit)
+        console.print(f"wrote {rows:,} rows to {escape(str(output))}", highlight=False)
+        return
+    result = lake.query(sql, version=version, versions=versions, limit=limit)
+    if json_out:
+        from aimesh.lake.api import answer
+
+        console.print_json(json.dumps(answer(result), default=str))
+        return
+    table = Table(*result.table.column_names, title=_read_at(result.versions))
+    for row in zip(*(c.to_pylist() for c in result.table.columns), strict=True):
+        table.add_row(*(_cell(v) for v in row))
+    console.print(table)
+    shown = f"{result.table.num_rows:,} row(s) in {result.elapsed_s * 1000:.0f} ms"
+    if result.truncated:
+        shown += (
+            f"; more rows exist beyond the limit of {result.table.num_rows:,} "
+            "(--limit N, or --output FILE for all)"
+        )
+    err_console.print(shown, highlight=False)
+
+
+@app.command()
+@handle_errors
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: lake.host).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to bind (default: lake.port, 8200).")
+    ] = None,
+) -> None:
+    """Serve the lake's REST API (/api/lake), with OpenAPI docs at /docs."""
+    import uvicorn
+
+    from aimesh.lake.app import create_app
+    from aimesh.observability import configure_logging
+
+    config = settings()
+    configure_logging(config.log_level, config.log_format)
+    bind_host = host or config.lake.host
+    bind_port = config.lake.port if port is None else port
+    console.print(f"lake on http://{bind_host}:{bind_port}  (docs: /docs)")
+    uvicorn.run(
+        create_app(config, public_url=f"http://{bind_host}:{bind_port}"),
+        host=bind_host,
+        port=bind_port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def _versions(pairs: list[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for pair in pairs:
+        name, sep, number = pair.partition("=")
+        if not sep or not number.isdigit():
+            raise InvalidRequest(f"--at {pair!r} must look like NAME=VERSION")
+        found[name] = int(number)
+    return found
+
+
+def _read_at(versions: dict[str, int]) -> str | None:
+    return ", ".join(f"{n}@{v}" for n, v in versions.items()) or None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "[dim]null[/dim]"
+    return escape(str(value))
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"

@@ -1,0 +1,161 @@
+"""The jobs REST adapter: decode, call :class:`JobClient`, encode. Nothing else.
+
+Every route lives under ``/api/jobs`` so that the gateway can proxy it unchanged. Bodies
+are the msgspec types of :mod:`aimesh.jobs.types` as JSON. Errors are
+``{"error": message, "code": code}`` with the status from :data:`HTTP_STATUS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from aimesh.bus import JobEvent, JobState
+from aimesh.errors import InvalidRequest, RequestTooLarge
+from aimesh.jobs.client import JobClient
+from aimesh.jobs.types import Job, JobSpec
+
+__all__ = ["HTTP_STATUS", "PREFIX", "openapi_components", "router"]
+
+PREFIX = "/api/jobs"
+# An SSE stream says something at least this often, so that proxies keep it open.
+KEEPALIVE_S = 15.0
+# Room in a submission's body for what surrounds the payload (kind, key, URL...).
+_SPEC_OVERHEAD_BYTES = 16 * 1024
+
+HTTP_STATUS: dict[str, int] = {
+    "invalid_request": 400,
+    "invalid_name": 400,
+    "job_not_found": 404,
+    "not_found": 404,
+    "job_finished": 409,
+    "conflict": 409,
+    "request_too_large": 413,
+    "deadline_exceeded": 504,
+    "bus_unavailable": 503,
+}
+"""From an error's code to the HTTP status the jobs service answers with."""
+
+_encoder = msgspec.json.Encoder()
+_spec_decoder = msgspec.json.Decoder(JobSpec)
+_JSON = "application/json"
+
+
+def client(request: Request) -> JobClient:
+    """The job client of this app (set up by the app's lifespan)."""
+    found: JobClient = request.app.state.jobs
+    return found
+
+
+Jobs = Annotated[JobClient, Depends(client)]
+
+
+def _json(value: object, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_encoder.encode(value), status_code, headers, media_type=_JSON)
+
+
+def _schema(name: str) -> dict[str, Any]:
+    return {"content": {_JSON: {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+
+def openapi_components() -> dict[str, Any]:
+    """The JSON schemas of the bodies, for the OpenAPI document's ``components``."""
+    _refs, components = msgspec.json.schema_components(
+        (JobSpec, Job, JobEvent), ref_template="#/components/schemas/{name}"
+    )
+    return components
+
+
+router = APIRouter(prefix=PREFIX, tags=["jobs"])
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Submit a job (an idempotency key already used returns that key's job)",
+    response_class=Response,
+    openapi_extra={"requestBody": {"required": True, **_schema("JobSpec")}},
+    responses={202: {"description": "The job's record", **_schema("Job")}},
+)
+async def submit(jobs: Jobs, request: Request) -> Response:
+    limit = jobs.settings.max_payload_bytes + _SPEC_OVERHEAD_BYTES
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(int(declared), limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestTooLarge(len(body), limit)
+    try:
+        spec = _spec_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidRequest(f"invalid job: {exc}") from exc
+    job = await jobs.submit(spec)
+    return _json(job, 202, {"Location": f"{PREFIX}/{job.id}"})
+
+
+@router.get(
+    "",
+    summary="List jobs, newest first",
+    response_class=Response,
+    responses={200: {"description": "Job records", **_schema("Job")}},
+)
+async def list_jobs(
+    jobs: Jobs,
+    kind: str | None = None,
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+) -> Response:
+    return _json(await jobs.list(kind=kind, state=state, limit=limit))
+
+
+@router.get(
+    "/{job_id}",
+    summary="Show a job",
+    response_class=Response,
+    responses={200: {"description": "The job's record", **_schema("Job")}},
+)
+async def get_job(jobs: Jobs, job_id: str) -> Response:
+    return _json(await jobs.get(job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    summary="Cancel a job (a running one stops when its worker sees the request)",
+    response_class=Response,
+    responses={200: {"description": "The job's record", **_schema("Job")}},
+)
+async def cancel_job(jobs: Jobs, job_id: str) -> Response:
+    return _json(await jobs.cancel(job_id))
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="The job's state, then each change, as server-sent events; ends with the job",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+)
+async def job_events(jobs: Jobs, job_id: str) -> StreamingResponse:
+    await jobs.get(job_id)  # a 404 now rather than an empty stream
+    return StreamingResponse(
+        _sse(jobs, job_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _sse(jobs: JobClient, job_id: str) -> AsyncIterator[bytes]:
+    async for event in jobs.watch(job_id, idle_s=KEEPALIVE_S):
+        if event is None:
+            yield b": keep-alive\n\n"
+        else:
+            yield b"id: %d\nevent: %s\ndata: %s\n\n" % (
+                event.revision,
+                event.change.encode(),
+                _encoder.encode(event),
+            )

@@ -1,0 +1,253 @@
+"""The jobs core: submit, read, list, cancel and watch jobs on the bus.
+
+:class:`JobClient` is what the REST API, the CLI and the gateway's ``?async=true`` path
+call. It needs nothing but a bus connection and the jobs settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator
+from datetime import UTC, datetime
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js.api import Header
+
+from aimesh.bus import (
+    Bus,
+    JobEvent,
+    JobState,
+    declare_topology,
+    job_events_subject,
+    subscribe_events,
+)
+from aimesh.config import JobsSettings
+from aimesh.errors import BusUnavailable, DeadlineExceeded, InvalidRequest, JobFailed, JobNotFound
+from aimesh.jobs import states
+from aimesh.jobs.events import emit, job_event
+from aimesh.jobs.store import JobStore, encode_job
+from aimesh.jobs.types import TERMINAL, Job, JobSpec, check_job_id, check_kind, new_job_id
+from aimesh.jobs.webhooks import WebhookSender
+
+__all__ = ["REVISION_HEADER", "JobClient", "job_subject"]
+
+log = logging.getLogger("aimesh.jobs")
+
+REVISION_HEADER = "Aimesh-Job-Revision"
+"""On a job's message: the revision of the record published with it."""
+# How long a duplicate submission waits for the first one's record before taking the key.
+_BOUND_RECORD_WAIT_S = 2.0
+
+
+def job_subject(kind: str) -> str:
+    """The subject a job of ``kind`` is published on: ``aimesh.jobs.<kind>``."""
+    return f"aimesh.jobs.{kind}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobClient:
+    """Submit, read, list, cancel and watch jobs."""
+
+    def __init__(self, bus: Bus, store: JobStore, settings: JobsSettings) -> None:
+        self.bus = bus
+        self.store = store
+        self.settings = settings
+        secret = settings.webhook_secret
+        self._webhooks = WebhookSender(
+            secret=secret.get_secret_value() if secret is not None else None,
+            timeout_s=settings.webhook_timeout_s,
+            attempts=settings.webhook_attempts,
+        )
+
+    @classmethod
+    async def open(cls, bus: Bus, settings: JobsSettings, *, declare: bool = True) -> JobClient:
+        """A client on ``bus``; with ``declare``, the streams and buckets are created first."""
+        if declare:
+            await declare_topology(bus)
+        return cls(bus, await JobStore.open(bus), settings)
+
+    async def close(self) -> None:
+        """Let webhook calls in flight finish (within their timeout), then stop them."""
+        await self._webhooks.close(self.settings.webhook_timeout_s)
+        await self.store.close()
+
+    # -- submit -------------------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec) -> Job:
+        """Queue a job; with an idempotency key already used, return that key's job instead.
+
+        Raises :class:`InvalidRequest` for a payload over ``jobs.max_payload_bytes``,
+        :class:`BusUnavailable` when the bus does not store the job.
+        """
+        check_kind(spec.kind)
+        size = len(msgspec.json.encode(spec.payload))
+        if size > self.settings.max_payload_bytes:
+            raise InvalidRequest(
+                f"job payload of {size} bytes exceeds the limit of "
+                f"{self.settings.max_payload_bytes}; pass large inputs by reference",
+                size=size,
+                limit=self.settings.max_payload_bytes,
+            )
+        job = Job.from_spec(spec, job_id=new_job_id(), max_attempts=self.settings.max_attempts)
+        if spec.idempotency_key is not None:
+            existing = await self._bind(spec.idempotency_key, job.id)
+            if existing is not None:
+                return existing
+        revision = await self.store.create(job)
+        await self._publish(job, revision)
+        await emit(self.bus, job, revision)
+        return job
+
+    async def _bind(self, key: str, job_id: str) -> Job | None:
+        """Bind ``key`` to ``job_id``; or the job the key is bound to (re-queued if needed)."""
+        while True:
+            bound = await self.store.bind_key(key, job_id)
+            if bound is None:
+                return None
+            other, binding = bound
+            found = await self._await_record(other)
+            if found is not None:
+                job, revision = found
+                if job.state == "queued":
+                    # The first submission may have stored its record and then lost the bus
+                    # before publishing; publishing again is deduplicated (same message id),
+                    # and a copy that outlives the dedup window is dropped by workers.
+                    await self._publish(job, revision)
+                return job
+            # The first submission died between binding the key and storing its job.
+            if await self.store.rebind_key(key, job_id, binding):
+                return None
+
+    async def _await_record(self, job_id: str) -> tuple[Job, int] | None:
+        deadline = time.monotonic() + _BOUND_RECORD_WAIT_S
+        while True:
+            try:
+                return await self.store.get(job_id)
+            except JobNotFound:
+                if time.monotonic() > deadline:
+                    return None
+                await asyncio.sleep(0.05)
+
+    async def _publish(self, job: Job, revision: int) -> None:
+        subject = job_subject(job.kind)
+        headers = {Header.MSG_ID.value: job.id, REVISION_HEADER: str(revision)}
+        try:
+            await self.store.writes.publish(subject, encode_job(job), headers)
+        except nats.js.errors.NoStreamResponseError as exc:
+            raise BusUnavailable(
+                f"no stream on the bus at {self.bus.url} stores {subject}; "
+                "declare the topology first"
+            ) from exc
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise BusUnavailable(f"job {job.id} was not queued on the bus: {exc}") from exc
+
+    # -- read ---------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        """The record of a job; :class:`JobNotFound` if there is none."""
+        job, _revision = await self.store.get(check_job_id(job_id))
+        return job
+
+    async def list(
+        self, *, kind: str | None = None, state: JobState | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Jobs, newest first (of one ``kind``, in one ``state``), at most ``limit``."""
+        if kind is not None:
+            check_kind(kind)
+        return await self.store.list(kind=kind, state=state, limit=limit)
+
+    # -- cancel -------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a job: a queued one at once; a running one when its worker sees the request.
+
+        Returns the record after the request. Cancelling a cancelled job is a no-op; a job
+        that succeeded or failed raises :class:`~aimesh.errors.JobFinished`.
+        """
+        known = await self.store.get(check_job_id(job_id))
+        job, revision = await self.store.change(
+            job_id, lambda current: states.request_cancel(current, _now()), known=known
+        )
+        if job is known[0]:
+            return job
+        if job.state == "cancelled":
+            await emit(self.bus, job, revision)
+            self._webhooks.send(job)
+        else:
+            await emit(self.bus, job, revision, "cancel_requested")
+        return job
+
+    # -- watch --------------------------------------------------------------------------
+
+    async def watch(
+        self, job_id: str, *, idle_s: float = 15.0
+    ) -> AsyncGenerator[JobEvent | None, None]:
+        """The job's current state, then each change, ending after a terminal state.
+
+        Yields ``None`` after ``idle_s`` seconds without a change (a keep-alive for
+        streams such as SSE), having read the record again in case an event was lost.
+        """
+        check_job_id(job_id)
+        events = await subscribe_events(self.bus, job_events_subject(job_id), event_type=JobEvent)
+        async with events:
+            job, seen = await self.store.get(job_id)
+            yield job_event(job, seen)
+            if job.done:
+                return
+            while True:
+                try:
+                    event = await asyncio.wait_for(anext(events), idle_s)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    job, revision = await self.store.get(job_id)
+                    if revision > seen:
+                        seen = revision
+                        yield job_event(job, revision)
+                        if job.done:
+                            return
+                    else:
+                        yield None
+                    continue
+                if event.revision <= seen:
+                    continue  # already told by the first read
+                seen = event.revision
+                yield event
+                if event.state in TERMINAL:
+                    return
+
+    async def wait(self, job_id: str, *, timeout: float | None = None) -> Job:
+        """Wait until the job ends; return it if it succeeded.
+
+        Raises :class:`JobFailed` if it failed or was cancelled, :class:`DeadlineExceeded`
+        after ``timeout`` seconds.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                stream = self.watch(job_id)
+                try:
+                    async for event in stream:
+                        if event is not None and event.state in TERMINAL:
+                            break
+                finally:
+                    await stream.aclose()
+        except TimeoutError as exc:
+            raise DeadlineExceeded(
+                f"job {job_id} did not end within {timeout:g}s", job_id=job_id
+            ) from exc
+        job = await self.get(job_id)
+        if job.state != "succeeded":
+            raise JobFailed(
+                job.id,
+                job.state,
+                job.error.code if job.error else None,
+                job.error.message if job.error else None,
+            )
+        return job

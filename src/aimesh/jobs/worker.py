@@ -1,0 +1,580 @@
+"""The one consumer loop every job kind reuses: pull, run, heartbeat, acknowledge when done.
+
+A :class:`Worker` pulls the messages of one kind from a durable JetStream consumer on the
+work-queue stream (``jobs-<kind>``, shared by every worker of that kind) and runs each
+with the kind's handler:
+
+- it marks the job running (attempt *n*) in its record, then runs the handler while a
+  heartbeat tells JetStream the message is in progress (every third of ``ack_wait``) and
+  writes the reported progress;
+- it acknowledges the message only once the outcome is in the record: succeeded, failed
+  for good (after publishing a dead letter on ``aimesh.dlq.jobs.<kind>``), or cancelled;
+- a retryable failure puts the job back in the queue and *naks* the message with a delay
+  that doubles per attempt; a worker that dies stops heartbeating, so JetStream hands
+  the message to another worker after ``ack_wait``, which starts the next attempt, or
+  fails the job when its attempts are spent;
+- a cancel request reaches the worker as an event (and on its next heartbeat) and
+  cancels the handler's task; the job ends cancelled;
+- :meth:`Worker.stop` drains: no more pulls, running jobs get ``drain_timeout_s`` to end,
+  then they are handed back (not counted as an attempt) for another worker.
+
+Records change only through :mod:`aimesh.jobs.states` under optimistic concurrency, and
+each write of an attempt is fenced by its number and worker: a job completes once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
+
+from aimesh.bus import JOBS_STREAM, Bus, JobChange, job_events_subject
+from aimesh.config import JobsSettings
+from aimesh.errors import AimeshError, BusUnavailable, DeadlineExceeded, InvalidRequest, JobNotFound
+from aimesh.jobs import states
+from aimesh.jobs.client import REVISION_HEADER, job_subject
+from aimesh.jobs.events import emit
+from aimesh.jobs.handlers import Handler, JobContext, call_handler
+from aimesh.jobs.states import Attempt, InvalidTransition, StaleAttempt
+from aimesh.jobs.store import JobStore, decode_job
+from aimesh.jobs.types import DeadLetter, Job, JobError, check_kind
+from aimesh.jobs.webhooks import WebhookSender
+
+__all__ = ["Worker", "WorkerStats", "consumer_name", "dead_letter_subject"]
+
+log = logging.getLogger("aimesh.jobs.worker")
+
+# How long one pull waits for messages: also how long a stop waits for the pull to end.
+_PULL_S = 1.0
+# After the drain timeout, how long handed-back jobs get to write their record and nak.
+_RELEASE_S = 5.0
+# How long a worker with a few free slots waits for more before pulling.
+_GATHER_S = 0.01
+
+_dead_letters = msgspec.json.Encoder()
+
+
+def consumer_name(kind: str) -> str:
+    """The durable consumer every worker of ``kind`` shares."""
+    return f"jobs-{kind}"
+
+
+def dead_letter_subject(kind: str) -> str:
+    """Where jobs of ``kind`` that failed for good are published: ``aimesh.dlq.jobs.<kind>``."""
+    return f"aimesh.dlq.jobs.{kind}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did so far."""
+
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    released: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class _Run:
+    """One attempt in progress."""
+
+    msg: Msg
+    attempt: Attempt
+    ctx: JobContext
+    job: Job
+    revision: int
+    task: asyncio.Task[object] | None = None
+    released: bool = False
+    lost: bool = False
+    """Another attempt took over (this worker's writes are fenced out): do not acknowledge."""
+    last_flush: float = 0.0
+
+
+@dataclass
+class _Outcome:
+    """How an attempt ended, as the record will say."""
+
+    change: Callable[[Job], Job]
+    ack: bool
+    dead_letter: JobError | None = None
+    nak_delay: float | None = None
+    event: JobChange | None = None
+    counter: str = ""
+
+
+class Worker:
+    """Runs the jobs of one kind with one handler, ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        kind: str,
+        handler: Handler,
+        *,
+        settings: JobsSettings,
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.bus = bus
+        self.kind = check_kind(kind)
+        self.handler = handler
+        self.settings = settings
+        self.concurrency = concurrency or settings.concurrency
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stats = WorkerStats()
+        self.ready = asyncio.Event()
+        """Set once the worker pulls (its consumer exists)."""
+        self._heartbeat_s = settings.ack_wait_s / 3
+        self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._slot = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runs: dict[str, _Run] = {}
+        self._store: JobStore | None = None
+        secret = settings.webhook_secret
+        self._webhooks = WebhookSender(
+            secret=secret.get_secret_value() if secret is not None else None,
+            timeout_s=settings.webhook_timeout_s,
+            attempts=settings.webhook_attempts,
+        )
+
+    def stop(self, *, hand_back: bool = False) -> None:
+        """Stop pulling and drain (see the module's doc); :meth:`run` returns when done.
+
+        With ``hand_back`` (or called a second time with it), running jobs are handed back
+        at once instead of being given ``drain_timeout_s`` to end.
+        """
+        self._stopping.set()
+        self._slot.set()
+        if hand_back:
+            self._hurry.set()
+
+    async def run(self) -> None:
+        """Pull and run jobs until :meth:`stop`, then drain and return."""
+        try:
+            self._store = await JobStore.open(self.bus)
+            subscription = await self._subscribe()
+            cancels = await self._watch_cancels()
+            self.ready.set()
+            log.info(
+                "worker %s runs jobs of kind %s, %d at a time", self.id, self.kind, self.concurrency
+            )
+            try:
+                await self._pull(subscription)
+            finally:
+                await self._drain()
+                for sub in (cancels, subscription):
+                    if not self.bus.nc.is_closed:
+                        try:
+                            await sub.unsubscribe()
+                        except (nats.errors.Error, TimeoutError) as exc:
+                            log.debug("unsubscribe failed: %s", exc)
+        finally:
+            await self._webhooks.close(self.settings.webhook_timeout_s)
+            if self._store is not None:
+                await self._store.close()
+
+    # -- pulling ------------------------------------------------------------------------
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        name = consumer_name(self.kind)
+        config = ConsumerConfig(
+            durable_name=name,
+            description=f"The workers of job kind {self.kind}.",
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait_s,
+            # Attempts are counted in the job's record, per job: JetStream must never give
+            # up on a message by itself (it would stay in the stream, its job stuck).
+            max_deliver=-1,
+            filter_subject=job_subject(self.kind),
+        )
+        try:
+            await self.bus.js.add_consumer(JOBS_STREAM, config)
+            return await self.bus.js.pull_subscribe_bind(durable=name, stream=JOBS_STREAM)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusUnavailable(
+                f"cannot consume jobs of kind {self.kind} on the bus at {self.bus.url}: {exc}"
+            ) from exc
+
+    async def _watch_cancels(self) -> Subscription:
+        async def cancel_requested(msg: Msg) -> None:
+            run = self._runs.get(msg.subject.split(".")[3])
+            if run is not None:
+                run.ctx._cancel()
+
+        try:
+            sub: Subscription = await self.bus.nc.subscribe(
+                job_events_subject("*", "cancel_requested"), cb=cancel_requested
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusUnavailable(f"cannot watch cancel requests: {exc}") from exc
+        return sub
+
+    async def _pull(self, subscription: JetStreamContext.PullSubscription) -> None:
+        # Pull in batches (one request per quarter of the slots freed, not one per slot)
+        # when jobs end quickly; when they do not, whatever is free after a short wait.
+        batch = max(1, self.concurrency // 4)
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._tasks)
+            if free <= 0:
+                self._slot.clear()
+                await self._slot.wait()
+                continue
+            if free < batch:
+                await asyncio.sleep(_GATHER_S)
+                free = self.concurrency - len(self._tasks)
+                if self._stopping.is_set():
+                    break
+            try:
+                messages = await subscription.fetch(free, timeout=_PULL_S)
+            except (nats.errors.TimeoutError, TimeoutError):
+                continue
+            except nats.errors.ConnectionClosedError:
+                return
+            except nats.errors.Error as exc:
+                log.warning("pulling jobs of kind %s failed: %s", self.kind, exc)
+                await asyncio.sleep(_PULL_S)
+                continue
+            for msg in messages:
+                if self._stopping.is_set():
+                    await msg.nak()
+                    continue
+                task = asyncio.create_task(self._handle(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slot.set()
+
+    async def _drain(self) -> None:
+        if self._tasks and not self._hurry.is_set():
+            hurry = asyncio.ensure_future(self._hurry.wait())
+            ended = asyncio.ensure_future(asyncio.wait(set(self._tasks)))
+            await asyncio.wait(
+                (hurry, ended),
+                timeout=self.settings.drain_timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            hurry.cancel()
+            ended.cancel()
+        for run in self._runs.values():
+            run.released = True
+            run.ctx._cancel()  # a handler in a thread sees it (ctx.cancelled)
+            if run.task is not None:
+                run.task.cancel()
+        if self._tasks:
+            _done, late = await asyncio.wait(set(self._tasks), timeout=_RELEASE_S)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+
+    # -- one message --------------------------------------------------------------------
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            await self._process(msg)
+        except (AimeshError, nats.errors.Error, TimeoutError) as exc:
+            # Not acknowledged: JetStream delivers the message again after ack_wait.
+            log.warning("job message %s left for redelivery: %s", _seq(msg), exc)
+        except Exception:
+            log.exception("unexpected error on job message %s; left for redelivery", _seq(msg))
+
+    async def _process(self, msg: Msg) -> None:
+        assert self._store is not None
+        seq = _seq(msg)
+        try:
+            copy = decode_job(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("job message %d is not a job (%s); terminated", seq, exc)
+            await msg.term()
+            return
+        revision = int((msg.headers or {}).get(REVISION_HEADER, "0"))
+        try:
+            known = (copy, revision) if revision else await self._store.get(copy.id)
+            decision, job, revision, attempt = await self._claim(copy.id, seq, known)
+        except JobNotFound:
+            log.error("job %s has no record (expired?); its message is dropped", copy.id)
+            await msg.term()
+            return
+        if decision in ("skip", "duplicate"):
+            self.stats.skipped += 1
+            await msg.ack()
+        elif decision == "cancel":
+            self.stats.cancelled += 1
+            await self._ended(msg, job, revision)
+        elif decision == "exhausted":
+            error = JobError(
+                "attempts_exhausted",
+                f"the worker of attempt {job.attempts} of {job.max_attempts} was lost",
+            )
+            await self._dead_letter(states.fail(job, error, _now()), error)
+            job, revision = await self._store.change(
+                job.id, lambda j: states.fail(j, error, _now()), known=(job, revision)
+            )
+            self.stats.failed += 1
+            await self._ended(msg, job, revision)
+        else:
+            assert attempt is not None
+            await self._attempt(msg, job, revision, attempt)
+
+    async def _claim(
+        self, job_id: str, seq: int, known: tuple[Job, int]
+    ) -> tuple[states.Delivery, Job, int, Attempt | None]:
+        """Decide what to do with the message, and start the attempt if that is the answer."""
+        assert self._store is not None
+        decision: states.Delivery = "skip"
+        attempt: Attempt | None = None
+
+        def claim(job: Job) -> Job:
+            nonlocal decision, attempt
+            decision = states.on_delivery(job, seq)
+            if decision == "start":
+                started, attempt = states.start(job, worker=self.id, seq=seq, now=_now())
+                return started
+            if decision == "cancel":
+                return states.cancel(job, _now())
+            return job
+
+        job, revision = await self._store.change(job_id, claim, known=known)
+        return decision, job, revision, attempt
+
+    async def _ended(self, msg: Msg, job: Job, revision: int) -> None:
+        await emit(self.bus, job, revision)
+        await msg.ack()
+        self._webhooks.send(job)
+
+    async def _dead_letter(self, job: Job, reason: JobError) -> None:
+        letter = DeadLetter(job=job, reason=reason, attempts=job.attempts, worker=self.id)
+        subject = dead_letter_subject(job.kind)
+        headers = {Header.MSG_ID.value: job.id, "Aimesh-Reason": reason.code}
+        assert self._store is not None
+        try:
+            await self._store.writes.publish(subject, _dead_letters.encode(letter), headers)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusUnavailable(f"dead letter of job {job.id} not stored: {exc}") from exc
+
+    # -- one attempt --------------------------------------------------------------------
+
+    async def _attempt(self, msg: Msg, job: Job, revision: int, attempt: Attempt) -> None:
+        run = _Run(msg, attempt, JobContext(job, attempt.number), job, revision)
+        self._runs[job.id] = run
+        try:
+            await emit(self.bus, job, revision)
+            if self._stopping.is_set():
+                run.released = True  # claimed while the worker began to stop: hand it back
+            else:
+                run.last_flush = time.monotonic()
+                run.task = asyncio.create_task(self._call(run.ctx, job.timeout_s))
+                await self._supervise(run)
+            await self._conclude(run)
+        finally:
+            if self._runs.get(job.id) is run:  # not a later attempt of the same job
+                del self._runs[job.id]
+            if run.task is not None and not run.task.done():
+                run.task.cancel()
+
+    async def _call(self, ctx: JobContext, timeout_s: float | None) -> object:
+        if timeout_s is None:
+            return await call_handler(self.handler, ctx)
+        deadline = asyncio.timeout(timeout_s)
+        try:
+            async with deadline:
+                return await call_handler(self.handler, ctx)
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise DeadlineExceeded(
+                    f"attempt {ctx.attempt} ran longer than the job's timeout of {timeout_s:g}s"
+                ) from exc
+            raise
+
+    async def _supervise(self, run: _Run) -> None:
+        """Wait for the handler; meanwhile heartbeat, write progress, honour a cancel."""
+        assert run.task is not None
+        await asyncio.sleep(0)  # a handler with nothing to wait for ends here, at no cost
+        interval = self.settings.progress_interval_s
+        next_beat = time.monotonic() + self._heartbeat_s
+        while not run.task.done():
+            run.ctx._wake.clear()
+            now = time.monotonic()
+            wait = next_beat - now
+            if run.ctx._reported is not None:
+                wait = min(wait, run.last_flush + interval - now)
+            waker = asyncio.ensure_future(run.ctx._wake.wait())
+            try:
+                await asyncio.wait(
+                    (run.task, waker), timeout=max(wait, 0), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                waker.cancel()
+            if run.task.done():
+                break
+            if run.ctx.cancelled or run.lost:
+                run.task.cancel()
+                continue
+            try:
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + self._heartbeat_s
+                    await self._heartbeat(run)
+                if run.ctx._reported is not None and now >= run.last_flush + interval:
+                    await self._write_progress(run)
+            except (AimeshError, nats.errors.Error, TimeoutError) as exc:
+                log.warning("heartbeat of job %s failed: %s", run.job.id, exc)
+
+    async def _heartbeat(self, run: _Run) -> None:
+        assert self._store is not None
+        await run.msg.in_progress()
+        job, revision = await self._store.get(run.job.id)
+        if job.state != "running" or job.claims != run.attempt.claim:
+            log.warning("job %s was taken over by %s; stopping attempt", job.id, job.worker)
+            run.lost = True
+        elif job.cancel_requested:
+            run.ctx._cancel()
+        run.job, run.revision = job, revision
+
+    async def _write_progress(self, run: _Run) -> None:
+        assert self._store is not None
+        reported = run.ctx._take_progress()
+        if reported is None:
+            return
+        fraction, message = reported
+        run.last_flush = time.monotonic()
+        try:
+            job, revision = await self._store.change(
+                run.job.id,
+                lambda j: states.record_progress(j, run.attempt, fraction, message, _now()),
+                known=(run.job, run.revision),
+            )
+        except StaleAttempt:
+            run.lost = True
+            return
+        run.job, run.revision = job, revision
+        await emit(self.bus, job, revision, "progress")
+        if job.cancel_requested:
+            run.ctx._cancel()
+
+    # -- the outcome --------------------------------------------------------------------
+
+    def _outcome(self, run: _Run) -> _Outcome:
+        task, attempt, now = run.task, run.attempt, _now()
+        release = _Outcome(
+            lambda j: states.release(j, attempt, now),
+            ack=False,
+            nak_delay=0.0,
+            event="queued",
+            counter="released",
+        )
+        cancel = _Outcome(lambda j: states.cancel(j, now, attempt), ack=True, counter="cancelled")
+        if task is None:
+            return release
+        if task.cancelled():
+            return release if run.released else cancel
+        error = task.exception()
+        if error is None:  # it finished, whatever it was asked meanwhile
+            return self._success(run, task.result())
+        if run.released:
+            return release
+        if run.ctx.cancelled:
+            return cancel
+        return self._failure(run, error)
+
+    def _success(self, run: _Run, result: object) -> _Outcome:
+        attempt, ref, now = run.attempt, run.ctx.result_ref, _now()
+        try:
+            size = len(msgspec.json.encode(result))
+        except (TypeError, msgspec.EncodeError) as exc:
+            return self._failure(
+                run, InvalidRequest(f"the handler's result is not JSON: {exc}"), "result_invalid"
+            )
+        if size > self.settings.max_result_bytes:
+            return self._failure(
+                run,
+                InvalidRequest(
+                    f"the result of {size} bytes exceeds {self.settings.max_result_bytes}; "
+                    "store it and set ctx.result_ref"
+                ),
+                "result_too_large",
+            )
+        return _Outcome(
+            lambda j: states.succeed(j, attempt, result=result, result_ref=ref, now=now),
+            ack=True,
+            counter="succeeded",
+        )
+
+    def _failure(self, run: _Run, exc: BaseException, code: str | None = None) -> _Outcome:
+        attempt, now = run.attempt, _now()
+        if isinstance(exc, AimeshError):
+            error = JobError(code or exc.code, exc.message)
+        else:
+            error = JobError(code or "handler_error", f"{type(exc).__name__}: {exc}")
+            log.warning("attempt %d of job %s failed", attempt.number, run.job.id, exc_info=exc)
+        permanent = isinstance(exc, InvalidRequest)
+        if permanent or attempt.number >= run.job.max_attempts:
+            return _Outcome(
+                lambda j: states.fail(j, error, now, attempt),
+                ack=True,
+                dead_letter=error,
+                counter="failed",
+            )
+        delay = min(
+            self.settings.backoff_s * 2 ** (attempt.number - 1), self.settings.backoff_max_s
+        )
+        return _Outcome(
+            lambda j: states.retry(j, attempt, error, now),
+            ack=False,
+            nak_delay=delay,
+            event="retrying",
+            counter="retried",
+        )
+
+    async def _conclude(self, run: _Run) -> None:
+        assert self._store is not None
+        if run.lost:
+            return  # the attempt that took over owns the message now
+        outcome = self._outcome(run)
+        if outcome.dead_letter is not None:
+            # Before the record says failed: a crash in between leaves the job to be failed
+            # again (same dead letter, deduplicated), never failed without its dead letter.
+            await self._dead_letter(outcome.change(run.job), outcome.dead_letter)
+        try:
+            job, revision = await self._store.change(
+                run.job.id, outcome.change, known=(run.job, run.revision)
+            )
+        except (StaleAttempt, InvalidTransition) as exc:
+            log.warning("outcome of job %s not recorded: %s", run.job.id, exc)
+            return
+        setattr(self.stats, outcome.counter, getattr(self.stats, outcome.counter) + 1)
+        await emit(self.bus, job, revision, outcome.event)
+        if outcome.ack:
+            await run.msg.ack()
+            self._webhooks.send(job)
+        else:
+            await run.msg.nak(delay=outcome.nak_delay or None)
+
+
+def _seq(msg: Msg) -> int:
+    seq: int = msg.metadata.sequence.stream
+    return seq

@@ -1,0 +1,209 @@
+"""The lake's REST adapter: decode, call :class:`Lake`, encode. Nothing else.
+
+Every route lives under ``/api/lake`` so that the gateway can proxy it unchanged. Errors
+are ``{"error": message, "code": code}`` with the status from :data:`HTTP_STATUS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio.to_thread
+import msgspec
+import pyarrow as pa
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from aimesh.errors import InvalidRequest, RequestTooLarge
+from aimesh.lake.delta import columns_of
+from aimesh.lake.lake import Lake
+from aimesh.lake.refs import check_dataset_name
+from aimesh.lake.types import (
+    Column,
+    DatasetInfo,
+    DatasetSummary,
+    DatasetVersion,
+    IngestResult,
+    QueryAnswer,
+    QueryRequest,
+    QueryResult,
+    SourceFormat,
+)
+
+__all__ = ["HTTP_STATUS", "PREFIX", "LakeService", "answer", "router"]
+
+PREFIX = "/api/lake"
+
+HTTP_STATUS: dict[str, int] = {
+    "invalid_request": 400,
+    "invalid_name": 400,
+    "invalid_query": 400,
+    "query_refused": 400,
+    "request_too_large": 413,
+    "schema_mismatch": 422,
+    "invalid_data": 422,
+    "not_found": 404,
+    "dataset_not_found": 404,
+    "dataset_version_not_found": 404,
+    "conflict": 409,
+    "query_timeout": 504,
+    "deadline_exceeded": 504,
+    "store_unavailable": 503,
+}
+"""From an error's code to the HTTP status the lake answers with."""
+
+_JSON = "application/json"
+_UPLOAD_CHUNK = 1024**2
+
+
+@dataclass(frozen=True)
+class LakeService:
+    """What the routes need: the lake and the limits of the service."""
+
+    lake: Lake
+    max_query_rows: int
+    max_upload_bytes: int
+    upload_dir: Path | None = None
+    """Where uploads wait while they are ingested (default: the system's temp folder)."""
+
+
+def service(request: Request) -> LakeService:
+    """The service this app runs (set up by :func:`aimesh.lake.app.create_app`)."""
+    found: LakeService = request.app.state.lake
+    return found
+
+
+Service = Annotated[LakeService, Depends(service)]
+Version = Annotated[int | None, Query(ge=0, description="A version (default: the latest).")]
+
+router = APIRouter(prefix=PREFIX, tags=["lake"])
+
+
+@router.get("/datasets", summary="List datasets at their latest versions")
+def list_datasets(svc: Service) -> list[DatasetSummary]:
+    return svc.lake.list_datasets()
+
+
+@router.get("/datasets/{name}", summary="A dataset's schema, size and newest versions")
+def describe(svc: Service, name: str, version: Version = None) -> DatasetInfo:
+    return svc.lake.describe(name, version)
+
+
+@router.get("/datasets/{name}/schema", summary="A dataset's columns at a version")
+def schema(svc: Service, name: str, version: Version = None) -> list[Column]:
+    return columns_of(svc.lake.schema(name, version))
+
+
+@router.get("/datasets/{name}/versions", summary="A dataset's versions, newest first")
+def versions(
+    svc: Service,
+    name: str,
+    limit: Annotated[int | None, Query(ge=1, description="The newest LIMIT versions.")] = None,
+) -> list[DatasetVersion]:
+    return svc.lake.history(name, limit)
+
+
+@router.post(
+    "/query",
+    summary="Run one read-only SQL query (each dataset is a table of its name)",
+    response_model=QueryAnswer,
+    response_class=Response,
+)
+def query(svc: Service, request: QueryRequest) -> Response:
+    limit = request.limit or min(svc.lake.query_rows, svc.max_query_rows)
+    if limit > svc.max_query_rows:
+        raise InvalidRequest(
+            f"limit {limit} is above the most this service returns ({svc.max_query_rows})",
+            limit=limit,
+            max=svc.max_query_rows,
+        )
+    result = svc.lake.query(
+        request.sql, version=request.version, versions=request.versions, limit=limit
+    )
+    return Response(msgspec.json.encode(answer(result)), media_type=_JSON)
+
+
+@router.post(
+    "/datasets/{name}/ingest",
+    status_code=201,
+    summary="Append an uploaded file (the raw body) as a new version",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def ingest(
+    svc: Service,
+    request: Request,
+    name: str,
+    format: Annotated[SourceFormat, Query(description="The body's format.")],
+    evolve: Annotated[bool, Query(description="Add columns the dataset lacks.")] = False,
+    partition_by: Annotated[
+        list[str] | None, Query(description="Partition columns (first ingest only).")
+    ] = None,
+) -> IngestResult:
+    check_dataset_name(name)
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest("Content-Length must be a number of bytes")
+        if int(declared) > svc.max_upload_bytes:
+            raise RequestTooLarge(int(declared), svc.max_upload_bytes)
+    with _upload_file(svc.upload_dir, f".{format}") as path:
+        size = 0
+        with path.open("wb") as out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > svc.max_upload_bytes:
+                    raise RequestTooLarge(size, svc.max_upload_bytes)
+                await anyio.to_thread.run_sync(out.write, chunk)
+        if size == 0:
+            raise InvalidRequest("the upload is empty: send the file as the request body")
+        result: IngestResult = await anyio.to_thread.run_sync(
+            lambda: svc.lake.ingest(
+                name, [path], format=format, evolve=evolve, partition_by=partition_by
+            )
+        )
+    return result
+
+
+@contextlib.contextmanager
+def _upload_file(folder: Path | None, suffix: str) -> Iterator[Path]:
+    fd, name = tempfile.mkstemp(prefix="aimesh-upload-", suffix=suffix, dir=folder)
+    os.close(fd)
+    path = Path(name)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def answer(result: QueryResult) -> dict[str, Any]:
+    """A query result as the JSON body of :class:`QueryAnswer` (rows as lists of values)."""
+    table = result.table
+    columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
+    rows = [list(row) for row in zip(*columns, strict=True)] if columns else []
+    return {
+        "columns": [c.model_dump() for c in columns_of(table.schema)],
+        "rows": msgspec.to_builtins(rows, enc_hook=_plain),
+        "row_count": table.num_rows,
+        "truncated": result.truncated,
+        "versions": result.versions,
+        "elapsed_ms": round(result.elapsed_s * 1000, 3),
+    }
+
+
+def _plain(value: Any) -> Any:
+    # Intervals and other values JSON has no type for travel as their text.
+    if isinstance(value, pa.Scalar):
+        return value.as_py()
+    return str(value)

@@ -1,0 +1,278 @@
+"""The lake's Delta tables: one per dataset under one root folder or object-store URL.
+
+Everything delta-rs raises is translated here, where it enters, into the nearest
+:class:`~aimesh.errors.AimeshError`; nothing above this module sees a ``DeltaError``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import (
+    ColumnProperties,
+    CommitProperties,
+    DeltaTable,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
+from deltalake.exceptions import (
+    CommitFailedError,
+    DeltaError,
+    DeltaProtocolError,
+    SchemaMismatchError,
+    TableNotFoundError,
+)
+
+from aimesh.errors import (
+    Conflict,
+    DatasetNotFound,
+    DatasetVersionNotFound,
+    InvalidRequest,
+    SchemaMismatch,
+    StoreUnavailable,
+)
+from aimesh.lake.types import Column, DatasetVersion
+
+__all__ = ["METADATA_PREFIX", "DeltaTables", "columns_of", "first_line"]
+
+METADATA_PREFIX = "aimesh."
+"""Commit metadata aimesh writes (``aimesh.source``, ``aimesh.sink.seq``...) starts so."""
+
+_WRITE_ID = "aimesh.write_id"
+# delta-rs queues the batches it is handed in a channel before its writers; by default the
+# channel is long enough that a fast source (Parquet) piles up hundreds of MiB ahead of a
+# slower encoder, so memory grows with the file, not the chunk. Two batches keep the writers
+# fed. A value set in the environment wins. (Process-wide: delta-rs reads the environment.)
+_BATCH_CHANNEL = ("DELTARS_WRITER_BATCH_CHANNEL_SIZE", "2")
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message without the Rust backtrace delta-rs appends."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def columns_of(schema: pa.Schema) -> list[Column]:
+    """A schema as :class:`Column` s."""
+    return [Column(name=f.name, type=str(f.type), nullable=f.nullable) for f in schema]
+
+
+class DeltaTables:
+    """Opens, lists and writes the Delta table of each dataset under ``root``."""
+
+    def __init__(self, root: str, storage_options: Mapping[str, str] | None = None) -> None:
+        self.root = root.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.local = "://" not in root or root.startswith("file://")
+
+    def uri(self, name: str) -> str:
+        """Where dataset ``name``'s table lives."""
+        return f"{self.root}/{name}"
+
+    def _options(self) -> dict[str, str] | None:
+        return self.storage_options or None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """The datasets under the root, sorted (folders holding a ``_delta_log``)."""
+        if self.local:
+            root = Path(self.root.removeprefix("file://"))
+            if not root.is_dir():
+                return []
+            try:
+                return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot list the lake at {self.root}: {exc}") from exc
+        return self._remote_names()
+
+    def _remote_names(self) -> list[str]:
+        import pyarrow.fs as pafs
+
+        try:
+            fs, path = pafs.FileSystem.from_uri(self.root)
+            entries = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+            folders = [e.base_name for e in entries if e.type == pafs.FileType.Directory]
+            logs = fs.get_file_info([f"{path}/{name}/_delta_log" for name in folders])
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreUnavailable(f"cannot list the lake at {self.root}: {exc}") from exc
+        return sorted(
+            name
+            for name, log in zip(folders, logs, strict=True)
+            if log.type == pafs.FileType.Directory
+        )
+
+    def exists(self, name: str) -> bool:
+        """Whether dataset ``name`` has a table."""
+        try:
+            return bool(DeltaTable.is_deltatable(self.uri(name), self._options()))
+        except (DeltaError, OSError) as exc:
+            raise StoreUnavailable(f"cannot reach the lake at {self.root}: {exc}") from exc
+
+    def open(self, name: str, version: int | None = None) -> DeltaTable:
+        """The table of ``name`` at ``version`` (default: the latest)."""
+        if version is not None and version < 0:
+            raise InvalidRequest(f"dataset version must be 0 or more, got {version}")
+        try:
+            return DeltaTable(self.uri(name), version=version, storage_options=self._options())
+        except TableNotFoundError as exc:
+            raise DatasetNotFound(name) from exc
+        except (DeltaError, OSError) as exc:
+            if version is None:
+                _storage_error(name, exc)
+            latest = self.open(name)
+            raise DatasetVersionNotFound(name, version, latest.version()) from exc
+
+    def find(self, name: str) -> DeltaTable | None:
+        """The latest table of ``name``, or ``None`` if the dataset does not exist yet."""
+        try:
+            return self.open(name)
+        except DatasetNotFound:
+            return None
+
+    @staticmethod
+    def schema(table: DeltaTable) -> pa.Schema:
+        """A table's schema as Arrow."""
+        return pa.schema(table.schema().to_arrow())
+
+    @staticmethod
+    def totals(table: DeltaTable) -> tuple[int, int, int]:
+        """``(rows, bytes, files)`` of a table's live files."""
+        actions = pa.table(table.get_add_actions(flatten=True))
+        if actions.num_rows == 0:
+            return 0, 0, 0
+        rows = pc.sum(actions.column("num_records")).as_py() or 0
+        size = pc.sum(actions.column("size_bytes")).as_py() or 0
+        return int(rows), int(size), actions.num_rows
+
+    @staticmethod
+    def created(table: DeltaTable) -> datetime:
+        """When a table was created."""
+        return datetime.fromtimestamp((table.metadata().created_time or 0) / 1000, UTC)
+
+    @staticmethod
+    def history(table: DeltaTable, limit: int | None = None) -> list[DatasetVersion]:
+        """The versions of a table up to the one it is at, newest first (``limit`` of them)."""
+        return [_version(entry) for entry in table.history(limit)]
+
+    def transaction_version(self, name: str, app_id: str) -> int | None:
+        """The last version an application committed with ``app_id`` (a Delta ``txn``)."""
+        table = self.find(name)
+        if table is None:
+            return None
+        try:
+            found = table.transaction_version(app_id)
+        except DeltaError as exc:
+            _storage_error(name, exc)
+        return None if found is None else int(found)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(
+        self,
+        name: str,
+        data: pa.RecordBatchReader,
+        *,
+        partition_by: list[str] | None,
+        merge_schema: bool,
+        row_group_rows: int,
+        metadata: Mapping[str, str],
+        app_transaction: tuple[str, int] | None = None,
+    ) -> int:
+        """Append ``data`` as one commit (creating the table if needed); the new version.
+
+        Only the commit makes the rows visible: a failure before it leaves the table as it was.
+        """
+        os.environ.setdefault(*_BATCH_CHANNEL)
+        write_id = uuid.uuid4().hex
+        properties = CommitProperties(
+            custom_metadata={**metadata, _WRITE_ID: write_id},
+            app_transactions=(
+                [Transaction(app_id=app_transaction[0], version=app_transaction[1])]
+                if app_transaction is not None
+                else None
+            ),
+        )
+        try:
+            write_deltalake(
+                self.uri(name),
+                data,
+                mode="append",
+                partition_by=partition_by or None,
+                schema_mode="merge" if merge_schema else None,
+                storage_options=self._options(),
+                writer_properties=_writer_properties(data.schema, row_group_rows),
+                commit_properties=properties,
+            )
+        except (DeltaError, OSError) as exc:
+            _storage_error(name, exc)
+        return self._version_of(name, write_id)
+
+    def _version_of(self, name: str, write_id: str) -> int:
+        """The version whose commit carries ``write_id`` (others may have committed since)."""
+        table = self.open(name)
+        try:
+            for entry in table.history(limit=100):
+                if entry.get(_WRITE_ID) == write_id:
+                    return int(entry["version"])
+        except DeltaError as exc:
+            _storage_error(name, exc)
+        return int(table.version())
+
+
+def _writer_properties(schema: pa.Schema, row_group_rows: int) -> WriterProperties:
+    # Dictionary encoding seldom pays for floating-point columns (nearly every value is
+    # distinct) and costs delta-rs about a third of its write time before it gives up on it.
+    no_dictionary = {
+        f.name: ColumnProperties(dictionary_enabled=False)
+        for f in schema
+        if pa.types.is_floating(f.type)
+    }
+    return WriterProperties(
+        max_row_group_size=row_group_rows,
+        compression="SNAPPY",
+        column_properties=no_dictionary or None,
+    )
+
+
+def _storage_error(name: str, exc: BaseException) -> NoReturn:
+    message = first_line(exc)
+    if isinstance(exc, TableNotFoundError):
+        raise DatasetNotFound(name) from exc
+    if isinstance(exc, CommitFailedError):
+        raise Conflict(
+            f"dataset {name!r} changed under this write ({message}); try again", name=name
+        ) from exc
+    if isinstance(exc, SchemaMismatchError):
+        raise SchemaMismatch(name, [message]) from exc
+    if isinstance(exc, DeltaProtocolError):
+        raise StoreUnavailable(
+            f"dataset {name!r} uses Delta features this aimesh cannot handle: {message}"
+        ) from exc
+    raise StoreUnavailable(f"dataset {name!r}: {message}", name=name) from exc
+
+
+def _version(entry: Mapping[str, Any]) -> DatasetVersion:
+    parameters = entry.get("operationParameters") or {}
+    metrics = entry.get("operationMetrics") or {}
+    rows = metrics.get("num_added_rows", metrics.get("numOutputRows"))
+    files = metrics.get("num_added_files", metrics.get("numFiles"))
+    return DatasetVersion(
+        version=int(entry["version"]),
+        timestamp=datetime.fromtimestamp(int(entry.get("timestamp", 0)) / 1000, UTC),
+        operation=str(entry.get("operation", "")),
+        mode=str(parameters["mode"]) if "mode" in parameters else None,
+        rows_added=int(rows) if rows is not None else None,
+        files_added=int(files) if files is not None else None,
+        metadata={
+            k: str(v) for k, v in entry.items() if k.startswith(METADATA_PREFIX) and k != _WRITE_ID
+        },
+    )

@@ -1,0 +1,59 @@
+"""The starter project file ``aimesh init`` writes: every section, commented."""
+
+from __future__ import annotations
+
+STARTER_PROJECT_FILE = """\
+# aimesh project file: what `aimesh up` runs, and how.
+#
+# Every setting has a default: delete what you do not need. Environment variables override
+# this file (AIMESH_ and the path with __, e.g. AIMESH_GATEWAY__PORT=9080).
+# `aimesh up` starts the stack, `aimesh status` shows it, `aimesh logs` and `aimesh down`.
+
+# Where aimesh keeps what it writes on this machine: registry database, artifacts, the
+# embedded bus, logs (HOME/logs/<service>.log) and the running stack (HOME/run).
+home: .aimesh
+log_level: info            # debug, info, warning, error
+log_format: console        # console (readable) or json (one object a line)
+
+# What `aimesh up` runs, in this order: registry, model services, gateway.
+services:
+  registry: true
+  gateway: true
+  models: []
+  # Push a model first (`aimesh models push fraud model.skops --alias champion`), then:
+  # models:
+  #   - ref: fraud@champion   # NAME@ALIAS (followed live), NAME@VERSION, or NAME (latest)
+  #     replicas: 2           # separate processes, each on its own free ports
+  #     workers: 1            # processes per replica, sharing its ports
+  #     batching: true        # coalesce concurrent requests into one model call
+  #     max_batch_size: 64
+  #     max_latency_ms: 2     # longest wait for a batch to fill, under load
+
+# The NATS bus. Unset url: the embedded server of this home, started when needed (and left
+# running by `aimesh down`; `aimesh down --bus` or `aimesh bus stop` stops it).
+bus:
+  url: null                  # e.g. nats://nats.internal:4222
+
+registry:
+  host: 127.0.0.1
+  port: 8100
+  database_url: null         # unset: SQLite in HOME; or postgresql+psycopg://user@host/db
+  artifacts_url: null        # unset: HOME/artifacts; or s3://bucket/prefix
+
+gateway:
+  host: 127.0.0.1
+  port: 8080                 # REST
+  grpc_port: 8081
+  auth: false                # require an API key (X-API-Key or Bearer) except on health
+  keys: []
+  # keys:
+  #   - name: my-app
+  #     sha256: <64 hex digits: the sha256 of the key, never the key itself>
+  #     scopes: [infer]       # infer, admin
+  #     rate_per_s: 100
+
+# Defaults of every model service (a services.models entry overrides its own).
+serving:
+  host: 127.0.0.1
+  drain_timeout_s: 20        # on shutdown, wait this long for requests in flight
+"""

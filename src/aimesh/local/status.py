@@ -1,0 +1,104 @@
+"""``aimesh status``: the recorded stack, checked now (health probes, discovery, versions)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import httpx
+import msgspec
+import nats.errors
+
+from aimesh.bus import ServiceInstance, connect
+from aimesh.errors import AimeshError
+from aimesh.local.discovery import instances_by_port
+from aimesh.local.state import ProcessState, StackState, read_state, supervisor_running
+
+log = logging.getLogger("aimesh.local")
+
+Health = Literal["ready", "not ready", "down"]
+
+
+class ProcessReport(msgspec.Struct, kw_only=True):
+    """One process as recorded, plus what a probe and the discovery bucket say now."""
+
+    process: ProcessState
+    health: Health
+    discovered: bool
+    version: str | None = None
+    uptime_s: float | None = None
+
+
+class StackReport(msgspec.Struct, kw_only=True):
+    """A home's stack: whether its supervisor runs, what it recorded, each process checked."""
+
+    running: bool
+    home: str
+    stack: StackState | None = None
+    processes: list[ProcessReport] = msgspec.field(default_factory=list)
+
+
+async def stack_report(home: Path, *, probe_timeout_s: float = 2.0) -> StackReport:
+    """The home's stack checked now (no processes when nothing was started there)."""
+    state = read_state(home)
+    running = supervisor_running(home)
+    if state is None:
+        return StackReport(running=running, home=str(home))
+    instances = await _discovered(state.bus_url)
+    now = datetime.now(UTC)
+    async with httpx.AsyncClient(timeout=probe_timeout_s, trust_env=False) as client:
+        healths = await asyncio.gather(*(_probe(client, p) for p in state.processes))
+        reports = []
+        for process, health in zip(state.processes, healths, strict=True):
+            instance = instances.get(process.http_port)
+            version = instance.version if instance is not None else None
+            if version is None and process.kind == "model" and health == "ready":
+                version = await _version_over_rest(client, process)
+            started = process.started if process.pid is not None else None
+            reports.append(
+                ProcessReport(
+                    process=process,
+                    health=health,
+                    discovered=instance is not None,
+                    version=version,
+                    uptime_s=(now - started).total_seconds() if started else None,
+                )
+            )
+    return StackReport(running=running, home=str(home), stack=state, processes=reports)
+
+
+async def _probe(client: httpx.AsyncClient, process: ProcessState) -> Health:
+    if process.pid is None:
+        return "down"
+    try:
+        response = await client.get(process.ready_url)
+    except httpx.TransportError:
+        return "down"
+    return "ready" if response.status_code == 200 else "not ready"
+
+
+async def _discovered(bus_url: str | None) -> dict[int, ServiceInstance]:
+    """This machine's discovery entries by port; empty (and a log line) without a bus."""
+    if bus_url is None:
+        return {}
+    try:
+        async with await connect(bus_url, timeout=2.0, name="aimesh-status") as bus:
+            return await instances_by_port(bus)
+    except (AimeshError, nats.errors.Error, TimeoutError) as exc:
+        log.warning("discovery not read (%s)", getattr(exc, "message", exc))
+        return {}
+
+
+async def _version_over_rest(client: httpx.AsyncClient, process: ProcessState) -> str | None:
+    """The version a replica says it serves (``GET /v2/models/NAME``), for lack of discovery."""
+    name = (process.ref or "").partition("@")[0]
+    with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+        response = await client.get(f"{process.rest_url}/v2/models/{name}")
+        if response.status_code == 200:
+            versions = response.json().get("versions") or []
+            return str(versions[0]) if versions else None
+    return None

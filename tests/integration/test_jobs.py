@@ -1,0 +1,532 @@
+"""Asynchronous jobs on a real bundled nats-server: workers in-process and as subprocesses,
+the jobs REST service with SSE, webhooks, and the ``aimesh jobs`` / ``aimesh worker`` CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import httpx
+import msgspec
+import pytest
+from _services import free_port, start
+
+from aimesh.bus import (
+    DLQ_STREAM,
+    JOBS_STREAM,
+    Bus,
+    EmbeddedNats,
+    JobEvent,
+    connect,
+    job_events_subject,
+    subscribe_events,
+)
+from aimesh.config import JobsSettings
+from aimesh.errors import JobFailed, JobFinished, JobNotFound
+from aimesh.jobs import (
+    DeadLetter,
+    Handler,
+    Job,
+    JobClient,
+    JobContext,
+    JobSpec,
+    Worker,
+    dead_letter_subject,
+    get_handler,
+    verify_signature,
+)
+
+T = TypeVar("T")
+WAIT_S = 30.0
+FAST = JobsSettings(ack_wait_s=2, backoff_s=0.05, progress_interval_s=0.1, drain_timeout_s=5)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def bus_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh bundled nats-server per test: no job, consumer or record leaks between tests."""
+    with EmbeddedNats(tmp_path / "nats", start_timeout=30) as server:
+        yield server.url
+
+
+@contextlib.asynccontextmanager
+async def jobs_on(url: str, settings: JobsSettings = FAST) -> AsyncIterator[tuple[Bus, JobClient]]:
+    async with await connect(url, timeout=10, name="test") as bus:
+        client = await JobClient.open(bus, settings)
+        try:
+            yield bus, client
+        finally:
+            await client.close()
+
+
+@contextlib.asynccontextmanager
+async def worker_running(
+    bus: Bus, kind: str, handler: Handler, settings: JobsSettings = FAST, concurrency: int = 1
+) -> AsyncIterator[Worker]:
+    worker = Worker(bus, kind, handler, settings=settings, concurrency=concurrency)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.ready.wait(), WAIT_S)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, WAIT_S)
+
+
+async def until(client: JobClient, job_id: str, check: Any, timeout: float = WAIT_S) -> Job:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = await client.get(job_id)
+        if check(job):
+            return job
+        assert time.monotonic() < deadline, f"job never got there: {job}"
+        await asyncio.sleep(0.05)
+
+
+async def stored_events(bus: Bus, job_id: str) -> list[str]:
+    """Every change stored for a job, in order."""
+    changes: list[str] = []
+    async with await subscribe_events(
+        bus, job_events_subject(job_id), event_type=JobEvent, deliver_new_only=False
+    ) as events:
+        while True:
+            try:
+                event = await asyncio.wait_for(anext(events), 1.0)
+            except TimeoutError:
+                return changes
+            changes.append(event.change)
+
+
+async def stream_messages(bus: Bus, stream: str) -> int:
+    info = await bus.js.stream_info(stream)
+    count: int = info.state.messages
+    return count
+
+
+# -- in-process workers -------------------------------------------------------------------
+
+
+def test_noop_job_runs_to_succeeded_with_its_result(bus_url: str) -> None:
+    async def main() -> None:
+        async with jobs_on(bus_url) as (bus, client):
+            async with worker_running(bus, "noop", get_handler("noop")):
+                job = await client.submit(JobSpec(kind="noop", payload={"echo": {"a": 1}}))
+                assert job.state == "queued"
+                done = await client.wait(job.id, timeout=WAIT_S)
+            assert (done.state, done.result, done.attempts, done.progress) == (
+                "succeeded",
+                {"a": 1},
+                1,
+                1.0,
+            )
+            assert done.started is not None and done.finished is not None
+            assert await stream_messages(bus, JOBS_STREAM) == 0  # acknowledged, removed
+            assert await stored_events(bus, job.id) == ["queued", "running", "succeeded"]
+            assert [j.id for j in await client.list(kind="noop", state="succeeded")] == [job.id]
+            assert await client.list(kind="sleep") == []
+
+    run(main())
+
+
+def test_poison_job_fails_after_its_attempts_and_lands_in_the_dead_letter_stream(
+    bus_url: str,
+) -> None:
+    calls: list[int] = []
+
+    async def poison(ctx: JobContext) -> object:
+        calls.append(ctx.attempt)
+        raise RuntimeError("cannot digest this")
+
+    async def main() -> None:
+        async with jobs_on(bus_url) as (bus, client):
+            async with worker_running(bus, "poison", poison):
+                job = await client.submit(JobSpec(kind="poison", max_attempts=3))
+                with pytest.raises(JobFailed) as failed:
+                    await client.wait(job.id, timeout=WAIT_S)
+            assert failed.value.error_code == "handler_error"
+            record = await client.get(job.id)
+            assert (record.state, record.attempts) == ("failed", 3)
+            assert record.error is not None and "cannot digest this" in record.error.message
+            assert calls == [1, 2, 3]
+            message = await bus.js.get_last_msg(DLQ_STREAM, dead_letter_subject("poison"))
+            letter = msgspec.json.decode(message.data, type=DeadLetter)
+            assert letter.job.id == job.id and letter.attempts == 3
+            assert letter.reason.code == "handler_error"
+            assert "cannot digest this" in letter.reason.message
+            assert await stream_messages(bus, JOBS_STREAM) == 0
+            changes = await stored_events(bus, job.id)
+            assert changes.count("retrying") == 2 and changes[-1] == "failed"
+
+    run(main())
+
+
+def test_a_rejected_job_fails_at_once_and_a_flaky_one_succeeds_on_retry(bus_url: str) -> None:
+    async def flaky(ctx: JobContext) -> object:
+        if ctx.attempt == 1:
+            raise ConnectionError("transient")
+        return "second time lucky"
+
+    async def main() -> None:
+        async with jobs_on(bus_url) as (bus, client):
+            async with worker_running(bus, "sleep", get_handler("sleep")):
+                bad = await client.submit(JobSpec(kind="sleep", payload={"seconds": "soon"}))
+                with pytest.raises(JobFailed) as failed:
+                    await client.wait(bad.id, timeout=WAIT_S)
+                assert failed.value.error_code == "job_rejected"
+                assert (await client.get(bad.id)).attempts == 1
+            async with worker_running(bus, "flaky", flaky):
+                job = await client.submit(JobSpec(kind="flaky"))
+                done = await client.wait(job.id, timeout=WAIT_S)
+            assert (done.attempts, done.result, done.error) == (2, "second time lucky", None)
+
+    run(main())
+
+
+def test_an_attempt_over_its_timeout_is_stopped(bus_url: str) -> None:
+    async def main() -> None:
+        async with jobs_on(bus_url) as (bus, client):
+            async with worker_running(bus, "sleep", get_handler("sleep")):
+                spec = JobSpec(kind="sleep", payload={"seconds": 30}, timeout_s=0.3, max_attempts=1)
+                job = await client.submit(spec)
+                with pytest.raises(JobFailed) as failed:
+                    await client.wait(job.id, timeout=WAIT_S)
+            assert failed.value.error_code == "deadline_exceeded"
+
+    run(main())
+
+
+def test_duplicate_submissions_with_one_idempotency_key_make_one_job(bus_url: str) -> None:
+    async def main() -> None:
+        async with jobs_on(bus_url) as (bus, client):
+            spec = JobSpec(kind="noop", idempotency_key="order-42/charge")
+            jobs = await asyncio.gather(*(client.submit(spec) for _ in range(8)))
+            assert len({job.id for job in jobs}) == 1
+            assert await stream_messages(bus, JOBS_STREAM) == 1
+            assert len(await client.list()) == 1
+            other = await client.submit(JobSpec(kind="noop", idempotency_key="order-43/charge"))
+            assert other.id != jobs[0].id
+            async with worker_running(bus, "noop", get_handler("noop")) as worker:
+                await client.wait(jobs[0].id, timeout=WAIT_S)
+                await client.wait(other.id, timeout=WAIT_S)
+            assert worker.stats.succeeded == 2
+            again = await client.submit(spec)  # long after: still the same job, not rerun
+            assert (again.id, again.state) == (jobs[0].id, "succeeded")
+            assert await stream_messages(bus, JOBS_STREAM) == 0
+
+    run(main())
+
+
+def test_cancel_a_queued_job_and_a_running_one(bus_url: str) -> None:
+    seen: dict[str, bool] = {}
+
+    async def slow(ctx: JobContext) -> object:
+        seen["ran"] = True
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            seen["cancelled"] = True
+            raise
+        return None
+
+    async def main() -> None:
+        async with jobs_on(bus_url) as (bus, client):
+            queued = await client.submit(JobSpec(kind="slow"))
+            cancelled = await client.cancel(queued.id)
+            assert (cancelled.state, cancelled.cancel_requested) == ("cancelled", True)
+            assert await client.cancel(queued.id) == cancelled  # again: nothing changes
+            async with worker_running(bus, "slow", slow) as worker:
+                # The cancelled job's message is skipped, never run.
+                running = await client.submit(JobSpec(kind="slow"))
+                await until(client, running.id, lambda j: j.state == "running")
+                asked = await client.cancel(running.id)
+                assert (asked.state, asked.cancel_requested) == ("running", True)
+                with pytest.raises(JobFailed) as failed:
+                    await client.wait(running.id, timeout=10)
+                assert failed.value.state == "cancelled"
+            assert worker.stats.skipped == 1 and worker.stats.cancelled == 1
+            assert seen == {"ran": True, "cancelled": True}
+            assert (await client.get(queued.id)).attempts == 0
+            assert await stream_messages(bus, JOBS_STREAM) == 0
+            with pytest.raises(JobFinished):
+                done = await client.submit(JobSpec(kind="noop"))
+                async with worker_running(bus, "noop", get_handler("noop")):
+                    await client.wait(done.id, timeout=WAIT_S)
+                await client.cancel(done.id)
+            with pytest.raises(JobNotFound):
+                await client.cancel("f" * 32)
+
+    run(main())
+
+
+def test_a_draining_worker_hands_back_what_it_cannot_finish(bus_url: str) -> None:
+    async def stuck(ctx: JobContext) -> object:
+        await asyncio.sleep(60)
+        return None
+
+    async def quick(ctx: JobContext) -> object:
+        return ctx.attempt
+
+    async def main() -> None:
+        draining = FAST.model_copy(update={"drain_timeout_s": 0.2})
+        async with jobs_on(bus_url) as (bus, client):
+            async with worker_running(bus, "handoff", stuck, draining) as first:
+                job = await client.submit(JobSpec(kind="handoff"))
+                await until(client, job.id, lambda j: j.state == "running")
+            assert first.stats.released == 1
+            back = await client.get(job.id)
+            assert (back.state, back.attempts) == ("queued", 0)
+            async with worker_running(bus, "handoff", quick):
+                done = await client.wait(job.id, timeout=WAIT_S)
+            assert (done.state, done.attempts, done.result) == ("succeeded", 1, 1)
+
+    run(main())
+
+
+# -- webhooks -------------------------------------------------------------------------------
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    calls: ClassVar[list[tuple[bytes, dict[str, str]]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).calls.append((body, dict(self.headers)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[tuple[bytes, dict[str, str]]]]]:
+    """A tiny local HTTP server that records what is posted to it."""
+    _Receiver.calls = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", _Receiver.calls
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_webhook_of_a_finished_job_carries_a_valid_signature(
+    bus_url: str, receiver: tuple[str, list[tuple[bytes, dict[str, str]]]]
+) -> None:
+    url, calls = receiver
+    signed = JobsSettings.model_validate({**FAST.model_dump(), "webhook_secret": "s3cret"})
+
+    async def main() -> None:
+        async with jobs_on(bus_url, signed) as (bus, client):
+            async with worker_running(bus, "noop", get_handler("noop"), signed):
+                job = await client.submit(JobSpec(kind="noop", webhook_url=url))
+                await client.wait(job.id, timeout=WAIT_S)
+                deadline = time.monotonic() + WAIT_S
+                while not calls and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+            queued = await client.submit(JobSpec(kind="noop", webhook_url=url + "?cancelled"))
+            await client.cancel(queued.id)
+        # The client's close waited for its call.
+        assert len(calls) == 2
+        for body, headers in calls:
+            assert verify_signature(body, headers["X-Aimesh-Signature"], "s3cret")
+            assert not verify_signature(body, headers["X-Aimesh-Signature"], "other")
+        states = {msgspec.json.decode(body, type=Job).state for body, _ in calls}
+        assert states == {"succeeded", "cancelled"}
+        assert msgspec.json.decode(calls[0][0], type=Job).id == job.id
+
+    run(main())
+
+
+# -- processes: the CLI, workers killed, the REST service ----------------------------------
+
+
+def _env(url: str, home: Path) -> dict[str, str]:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
+    return {
+        **inherited,
+        "AIMESH_HOME": str(home),
+        "AIMESH_BUS__URL": url,
+        "AIMESH_JOBS__ACK_WAIT_S": "2",
+        "AIMESH_JOBS__BACKOFF_S": "0.05",
+        "AIMESH_JOBS__PROGRESS_INTERVAL_S": "0.1",
+        "COLUMNS": "200",
+    }
+
+
+def _aimesh(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "aimesh", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    if ok:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def _worker(env: dict[str, str], log: Path, kind: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "aimesh", "worker", kind],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_worker_killed_mid_job_is_redelivered_and_completes_once(
+    bus_url: str, tmp_path: Path
+) -> None:
+    env = _env(bus_url, tmp_path / "home")
+    first = _worker(env, tmp_path / "first.log", "sleep")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+
+        async def main() -> None:
+            nonlocal second
+            async with jobs_on(bus_url) as (bus, client):
+                job = await client.submit(JobSpec(kind="sleep", payload={"seconds": 2.5}))
+                running = await until(client, job.id, lambda j: j.state == "running")
+                second = _worker(env, tmp_path / "second.log", "sleep")
+                first.send_signal(signal.SIGKILL)
+                first.wait(timeout=10)
+                done = await client.wait(job.id, timeout=WAIT_S)
+                assert (done.state, done.attempts) == ("succeeded", 2)
+                assert done.worker != running.worker
+                changes = await stored_events(bus, job.id)
+                assert changes.count("running") == 2
+                assert changes.count("succeeded") == 1 and changes[-1] == "succeeded"
+                assert await stream_messages(bus, JOBS_STREAM) == 0
+                assert await stream_messages(bus, DLQ_STREAM) == 0
+
+        run(main())
+        assert second is not None
+        second.send_signal(signal.SIGTERM)  # drains (nothing running) and exits cleanly
+        assert second.wait(timeout=20) == 0
+        assert "1 succeeded" in (tmp_path / "second.log").read_text()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_cli_submits_lists_shows_and_cancels_jobs(bus_url: str, tmp_path: Path) -> None:
+    env = _env(bus_url, tmp_path / "home")
+    job_id = _aimesh(env, "jobs", "submit", "sleep", "--payload", '{"seconds": 1}', "--key", "k1")
+    job_id_text = job_id.stdout.strip()
+    assert len(job_id_text) == 32
+    listed = _aimesh(env, "jobs", "list", "--kind", "sleep")
+    assert job_id_text in listed.stdout and "queued" in listed.stdout
+    shown = _aimesh(env, "jobs", "show", job_id_text)
+    assert "queued" in shown.stdout and "0 of 3" in shown.stdout
+    cancelled = _aimesh(env, "jobs", "cancel", job_id_text)
+    assert "cancelled" in cancelled.stdout
+    as_json = json.loads(_aimesh(env, "jobs", "show", job_id_text, "--json").stdout)
+    assert as_json["state"] == "cancelled"
+    missing = _aimesh(env, "jobs", "show", "0" * 32, ok=False)
+    assert missing.returncode == 1 and "job_not_found" in missing.stderr
+    bad = _aimesh(env, "jobs", "submit", "Bad.Kind", ok=False)
+    assert bad.returncode == 1 and "invalid_name" in bad.stderr
+
+
+@pytest.fixture
+def service(bus_url: str, tmp_path: Path) -> Iterator[str]:
+    """``aimesh jobs serve`` on a free port, ready once /health answers."""
+    port = free_port()
+    proc = start(
+        ["jobs", "serve", "--port", str(port)],
+        env=_env(bus_url, tmp_path / "home"),
+        log=tmp_path / "jobs-service.log",
+        http=f"http://127.0.0.1:{port}",
+        ready_path="/health",
+    )
+    try:
+        yield proc.http
+    finally:
+        # uvicorn ends a graceful shutdown by re-raising the signal.
+        code = proc.stop()
+        assert code in (0, -signal.SIGTERM), (tmp_path / "jobs-service.log").read_text()
+
+
+async def _next_event(lines: AsyncIterator[str]) -> tuple[str, dict[str, Any]] | None:
+    name, data = "", ""
+    async for line in lines:
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif not line and name:
+            return name, json.loads(data)
+    return None
+
+
+def test_rest_api_submits_shows_lists_cancels_and_streams_events(
+    bus_url: str, service: str
+) -> None:
+    async def main() -> None:
+        async with httpx.AsyncClient(base_url=service, timeout=WAIT_S) as http:
+            created = await http.post(
+                "/api/jobs", json={"kind": "sleep", "payload": {"seconds": 0.5}}
+            )
+            assert created.status_code == 202, created.text
+            job_id = created.json()["id"]
+            assert created.headers["location"] == f"/api/jobs/{job_id}"
+            assert created.json()["state"] == "queued"
+            changes: list[str] = []
+            async with http.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                lines = stream.aiter_lines()
+                first = await _next_event(lines)
+                assert first is not None and first[0] == "queued"
+                async with (
+                    jobs_on(bus_url) as (bus, _client),
+                    worker_running(bus, "sleep", get_handler("sleep")),
+                ):
+                    while (event := await _next_event(lines)) is not None:
+                        changes.append(event[0])
+            assert changes[0] == "running" and changes[-1] == "succeeded"
+            assert set(changes[1:-1]) <= {"progress"} and "progress" in changes
+            shown = (await http.get(f"/api/jobs/{job_id}")).json()
+            assert (shown["state"], shown["result"]) == ("succeeded", {"slept_s": 0.5})
+            listed = (await http.get("/api/jobs", params={"state": "succeeded"})).json()
+            assert [j["id"] for j in listed] == [job_id]
+            # A finished job's stream is its final state, then the end.
+            async with http.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+                assert await _next_event(stream.aiter_lines()) is not None
+
+            refused = await http.post(f"/api/jobs/{job_id}/cancel")
+            assert (refused.status_code, refused.json()["code"]) == (409, "job_finished")
+            queued = (await http.post("/api/jobs", json={"kind": "sleep"})).json()
+            cancelled = await http.post(f"/api/jobs/{queued['id']}/cancel")
+            assert cancelled.json()["state"] == "cancelled"
+
+            missing = await http.get(f"/api/jobs/{'0' * 32}")
+            assert (missing.status_code, missing.json()["code"]) == (404, "job_not_found")
+            no_events = await http.get(f"/api/jobs/{'0' * 32}/events")
+            assert no_events.status_code == 404
+            bad = await http.post("/api/jobs", json={"kind": "sleep", "colour": "red"})
+            assert (bad.status_code, bad.json()["code"]) == (400, "invalid_request")
+            huge = {"kind": "noop", "payload": {"blob": "x" * 400_000}}
+            too_large = await http.post("/api/jobs", json=huge)
+            assert (too_large.status_code, too_large.json()["code"]) == (413, "request_too_large")
+            not_an_id = await http.get("/api/jobs/nope")
+            assert not_an_id.status_code == 400
+            schemas = (await http.get("/openapi.json")).json()["components"]["schemas"]
+            assert {"JobSpec", "Job", "JobEvent"} <= set(schemas)
+
+    run(main())

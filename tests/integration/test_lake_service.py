@@ -1,0 +1,124 @@
+"""`aimesh lake` as a user runs it in processes: ingest, query, and the REST service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pyarrow.parquet as pq
+
+from aimesh.bus import connect, list_instances
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _env(home: Path, nats_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
+    return {**env, "AIMESH_HOME": str(home), "AIMESH_BUS__URL": nats_url, "COLUMNS": "200"}
+
+
+def _aimesh(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "aimesh", "lake", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if ok:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_ingest_list_show_query_and_errors(tmp_path: Path, nats_url: str) -> None:
+    env = _env(tmp_path / "home", nats_url)
+    csv = tmp_path / "tx.csv"
+    csv.write_text("id,label,amount\n" + "".join(f"{i},{'ab'[i % 2]},{i}.5\n" for i in range(50)))
+    jsonl = tmp_path / "more.jsonl"
+    jsonl.write_text(json.dumps({"id": 50, "label": "a", "amount": 1.0, "note": "hi"}) + "\n")
+
+    assert (
+        "transactions@0  new dataset: 50 rows"
+        in _aimesh(env, "ingest", "transactions", str(csv)).stdout
+    )
+    refused = _aimesh(env, "ingest", "transactions", str(jsonl), ok=False)
+    assert refused.returncode == 1
+    assert "new columns 'note'" in refused.stderr and "(schema_mismatch)" in refused.stderr
+    evolved = _aimesh(env, "ingest", "transactions", str(jsonl), "--evolve").stdout
+    assert "transactions@1  appended: 1 rows" in evolved and "new columns: note" in evolved
+
+    listed = _aimesh(env, "list").stdout
+    assert "transactions" in listed and "51" in listed
+    shown = _aimesh(env, "show", "transactions@0").stdout
+    assert "transactions@0 (latest: 1)  50 rows" in shown
+    assert "amount" in shown and "double" in shown and "WRITE (Append)" in shown
+
+    cut = _aimesh(env, "query", "select * from transactions", "--limit", "3", "--version", "0")
+    assert "transactions@0" in cut.stdout
+    assert "more rows exist beyond the limit of 3" in cut.stderr
+    out = tmp_path / "out.parquet"
+    wrote = _aimesh(env, "query", "select * from transactions", "--output", str(out)).stdout
+    assert "wrote 51 rows" in wrote and pq.read_table(out).num_rows == 51
+    failed = _aimesh(env, "query", "drop table transactions", ok=False)
+    assert failed.returncode == 1
+    assert "(query_refused)" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_serve_answers_rest_and_announces_itself_for_discovery(
+    tmp_path: Path, nats_url: str
+) -> None:
+    env = _env(tmp_path / "home", nats_url)
+    csv = tmp_path / "tx.csv"
+    csv.write_text("id,label\n1,a\n2,b\n")
+    _aimesh(env, "ingest", "tx", str(csv))
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "aimesh", "lake", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "lake never answered"
+            time.sleep(0.1)
+        assert [d["name"] for d in httpx.get(f"{base}/api/lake/datasets").json()] == ["tx"]
+        got = httpx.post(f"{base}/api/lake/query", json={"sql": "select count(*) n from tx"})
+        assert got.json()["rows"] == [[2]]
+
+        async def lake_instances() -> list[str]:
+            async with await connect(nats_url, timeout=5, name="test") as bus:
+                for _ in range(100):
+                    found = [i.rest_url or "" for i in await list_instances(bus, "lake")]
+                    if base in found:
+                        return found
+                    await asyncio.sleep(0.1)
+                return []
+
+        assert base in asyncio.run(lake_instances())
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=20)
+    # uvicorn shuts down in order, then re-raises the signal it caught.
+    assert server.returncode in (0, -signal.SIGTERM), err.decode()
+    assert b"Application shutdown complete" in err
