@@ -6,101 +6,25 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from _services import WAIT_S, Home, Service
+from _services import free_port as _free_port
+from _services import push_fraud_models as _push_fraud_models
 
 from aimesh import runtimes
 from aimesh.bus import connect
 from aimesh.bus.discovery import ServiceInstance, list_instances
 from aimesh.config import Settings
-from aimesh.registry import LocalRegistry, Registry, push_model
-from aimesh.registry.outbox import flush_outbox
-
-WAIT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Service:
-    """A running ``aimesh serve`` process."""
-
-    proc: subprocess.Popen[bytes]
-    http: str
-    grpc: str
-    log: Path
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=60)
-
-
-@dataclass
-class Home:
-    """An aimesh home with the fraud model pushed, sharing the session's NATS."""
-
-    settings: Settings
-    env: dict[str, str]
-    x: np.ndarray
-
-    def registry(self) -> LocalRegistry:
-        return LocalRegistry.from_settings(self.settings, actor="test")
-
-    def publish(self, registry: LocalRegistry) -> None:
-        flush_outbox(registry.store, self.settings)
-
-    def serve(self, ref: str, *args: str) -> Service:
-        http, grpc = _free_port(), _free_port()
-        log = self.settings.home_dir / f"serve-{http}.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "aimesh", "serve", ref, "--http-port", str(http),
-             "--grpc-port", str(grpc), *args],
-            env=self.env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        service = Service(proc, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc}", log)
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"service exited early:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{service.http}/v2/health/ready", timeout=1).status_code == 200:
-                    return service
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                service.stop(signal.SIGKILL)
-                raise AssertionError(f"service not ready:\n{log.read_text()}")
-            time.sleep(0.1)
-
-
-def _push_fraud_models(registry: Registry, folder: Path, x: np.ndarray, y: np.ndarray) -> None:
-    import skops.io as sio
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-
-    v1, v2 = folder / "v1.skops", folder / "v2.skops"
-    sio.dump(LogisticRegression(max_iter=500).fit(x, y), v1)
-    sio.dump(HistGradientBoostingClassifier(max_iter=20, random_state=0).fit(x, y), v2)
-    push_model(registry, "fraud", v1, aliases=["champion"])
-    push_model(registry, "fraud", v2)
+from aimesh.registry import LocalRegistry, push_model
 
 
 @pytest.fixture(scope="module")

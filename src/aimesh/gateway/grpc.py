@@ -1,0 +1,406 @@
+"""The gateway's gRPC adapter: ``inference.GRPCInferenceService`` in front of every model.
+
+``ModelInfer`` goes to the chosen instance's REST port, transcoded: the request's tensors
+travel as OIP binary data both ways, so nothing is lost, and the instance's REST path costs
+far less CPU than a second gRPC hop (measured: about a third less per call, gateway and
+model together). ``ModelMetadata`` and ``ModelReady`` (and ``ModelInfer`` to an instance
+without a REST address) are forwarded as raw bytes to its gRPC address. Requests are parsed
+only to read the model's name and version. ``ServerLive``, ``ServerReady`` and
+``ServerMetadata`` are answered by the gateway. An upstream's error keeps its code and
+message; the gateway's own errors map by :func:`status_of`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import grpc
+from grpc import aio
+
+from aimesh.errors import (
+    AimeshError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    error_from_body,
+)
+from aimesh.gateway._asgi import model_path
+from aimesh.gateway.auth import AccessControl, key_from_headers, retry_after
+from aimesh.gateway.headers import new_request_id, traceparent_for, valid_traceparent
+from aimesh.gateway.http1 import HttpClient
+from aimesh.gateway.instances import InstancePolicy, Upstream
+from aimesh.gateway.metrics import GATEWAY, GatewayMetrics
+from aimesh.gateway.routing import Router
+from aimesh.gateway.upstream import NotSent, call_upstream
+from aimesh.protocol import grpc as pb
+from aimesh.protocol import rest_codec
+
+__all__ = ["GRPC_STATUS", "GrpcGateway", "status_of"]
+
+SERVICE = "inference.GRPCInferenceService"
+_HEADER_LENGTH = b"inference-header-content-length"
+
+GRPC_STATUS: dict[str, grpc.StatusCode] = {
+    "unauthorized": grpc.StatusCode.UNAUTHENTICATED,
+    "forbidden": grpc.StatusCode.PERMISSION_DENIED,
+    "rate_limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "request_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "upstream_error": grpc.StatusCode.UNAVAILABLE,
+    "upstream_timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+"""Codes whose gRPC status is not the one of their family (see :func:`status_of`)."""
+
+# Said by gRPC when no connection could be made: the request never left.
+_NOT_CONNECTED = ("failed to connect", "connection refused", "(shutting_down)")
+
+
+def status_of(exc: AimeshError) -> grpc.StatusCode:
+    """The gRPC status for a gateway error: by code, else by family."""
+    if exc.code in GRPC_STATUS:
+        return GRPC_STATUS[exc.code]
+    if isinstance(exc, InvalidRequest):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, NotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, Unavailable):
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.INTERNAL
+
+
+class _UpstreamStatus(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+Context: TypeAlias = "aio.ServicerContext[Any, Any]"
+
+
+class GrpcGateway:
+    """Serves OIP v2 over gRPC by forwarding model calls to the chosen instance."""
+
+    def __init__(
+        self,
+        *,
+        router: Router,
+        client: HttpClient,
+        policy: InstancePolicy,
+        access: AccessControl,
+        metrics: GatewayMetrics,
+        upstream_timeout_s: float,
+        max_message_bytes: int,
+        ready: Callable[[], bool],
+    ) -> None:
+        self.router = router
+        self.client = client
+        self.policy = policy
+        self.access = access
+        self.metrics = metrics
+        self.timeout = upstream_timeout_s
+        self.ready = ready
+        self._channel_options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self._channels: dict[str, aio.Channel] = {}
+        self._calls: dict[tuple[str, str], aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # referenced until done
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler to add to a ``grpc.aio`` server."""
+
+        def raw(method: str) -> grpc.RpcMethodHandler:
+            async def handle(request: bytes, context: Context) -> bytes:
+                return await self._model_call(method, request, context)
+
+            return grpc.unary_unary_rpc_method_handler(handle)
+
+        def typed(answer: Callable[[Any, Context], Any], req: Any, resp: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(
+                answer,
+                request_deserializer=req.FromString,
+                response_serializer=resp.SerializeToString,
+            )
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "ServerLive": typed(self._live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+                "ServerReady": typed(self._ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+                "ServerMetadata": typed(
+                    self._metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse
+                ),
+                "ModelInfer": raw("ModelInfer"),
+                "ModelMetadata": raw("ModelMetadata"),
+                "ModelReady": raw("ModelReady"),
+            },
+        )
+
+    # -- answered by the gateway ------------------------------------------------------------
+
+    async def _live(self, request: Any, context: Context) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def _ready(self, request: Any, context: Context) -> Any:
+        return pb.ServerReadyResponse(ready=self.ready())
+
+    async def _metadata(self, request: Any, context: Context) -> Any:
+        try:
+            self._check(context)
+        except AimeshError as exc:
+            await _abort(context, exc)
+        return pb.ServerMetadataResponse(
+            name="aimesh-gateway", version="0.1.0", extensions=["binary_tensor_data"]
+        )
+
+    # -- forwarded --------------------------------------------------------------------------
+
+    async def _model_call(self, method: str, request: bytes, context: Context) -> bytes:
+        started = time.perf_counter()
+        route = _ROUTES[method]
+        upstream_label = GATEWAY
+        status = "OK"
+        try:
+            metadata = self._check(context)
+            message, name, version = _parse(method, request)
+            target = await self.router.target(name, version)
+            if target.version != version:  # an alias: name the version the instance knows
+                _set_version(method, message, target.version or "")
+                request = message.SerializeToString()
+            timeout = self.timeout
+            remaining = context.time_remaining()
+            if remaining is not None:
+                timeout = min(timeout, max(remaining, 0.001))
+
+            # ModelInfer goes over REST where it can (see the module's docstring).
+            rest = _rest_request(message) if method == "ModelInfer" else None
+            path = model_path(name, target.version, b"/infer")
+
+            async def exchange(upstream: Upstream) -> bytes:
+                nonlocal upstream_label
+                upstream_label = upstream.label
+                if rest is not None and upstream.rest is not None:
+                    return await self._infer_over_rest(upstream, path, *rest, metadata, timeout)
+                return await self._send(upstream, method, request, metadata, timeout)
+
+            return await call_upstream(
+                target.candidates, exchange, policy=self.policy, on_not_sent=self._not_sent
+            )
+        except _UpstreamStatus as exc:
+            status = exc.code.name
+            await context.abort(exc.code, exc.details)
+            raise  # abort raises; this line is for the type checker
+        except AimeshError as exc:
+            status = status_of(exc).name
+            await _abort(context, exc)
+            raise
+        finally:
+            self.metrics.observe(
+                route, "grpc", upstream_label, status, time.perf_counter() - started
+            )
+
+    def _check(self, context: Context) -> list[tuple[str, str]]:
+        """Authorize the call; return the metadata to forward (request id, trace context)."""
+        api_key = authorization = request_id = traceparent = tracestate = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "x-api-key":
+                api_key = value
+            elif key == "authorization":
+                authorization = value
+            elif key == "x-request-id":
+                request_id = value
+            elif key == "traceparent":
+                traceparent = value
+            elif key == "tracestate":
+                tracestate = value
+        self.access.check(key_from_headers(api_key, authorization), "infer")
+        if not isinstance(request_id, str) or not request_id or len(request_id) > 128:
+            request_id = new_request_id()
+        if not isinstance(traceparent, str) or not valid_traceparent(traceparent):
+            traceparent = traceparent_for(request_id)
+        forward = [("x-request-id", request_id), ("traceparent", traceparent)]
+        if isinstance(tracestate, str):
+            forward.append(("tracestate", tracestate))
+        return forward
+
+    async def _send(
+        self,
+        upstream: Upstream,
+        method: str,
+        request: bytes,
+        metadata: list[tuple[str, str]],
+        timeout: float,
+    ) -> bytes:
+        address = upstream.grpc_address
+        if not address:
+            raise NotSent("the instance has no gRPC address")
+        try:
+            response: bytes = await self._call(address, method)(
+                request, timeout=timeout, metadata=metadata
+            )
+        except aio.AioRpcError as exc:
+            details = exc.details() or ""
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and any(
+                sign in details.lower() for sign in _NOT_CONNECTED
+            ):
+                raise NotSent(details) from exc
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                reason = "timeout" if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED else "broken"
+                self.metrics.upstream_error(upstream.label, reason)
+            raise _UpstreamStatus(exc.code(), details) from exc
+        return response
+
+    async def _infer_over_rest(
+        self,
+        upstream: Upstream,
+        path: bytes,
+        body: bytes,
+        header_length: int | None,
+        metadata: list[tuple[str, str]],
+        timeout: float,
+    ) -> bytes:
+        """ModelInfer through the instance's REST port: cheaper than a second gRPC hop."""
+        assert upstream.rest is not None
+        headers = [(key.encode(), value.encode()) for key, value in metadata]
+        if header_length is None:
+            headers.append((b"content-type", b"application/json"))
+        else:
+            headers.append((b"content-type", b"application/octet-stream"))
+            headers.append((_HEADER_LENGTH, str(header_length).encode()))
+        pool = self.client.pool(*upstream.rest)
+        try:
+            response = await pool.request(b"POST", path, headers, body, timeout=timeout)
+            answer = response.take() if response.complete else await response.body(timeout)
+        except UpstreamError as exc:
+            reason = "timeout" if isinstance(exc, UpstreamTimeout) else "broken"
+            self.metrics.upstream_error(upstream.label, reason)
+            raise
+        if response.status != 200:
+            error = _error_of(response.status, answer)
+            if error.code == "shutting_down":
+                raise NotSent(error.message)
+            raise error
+        length = response.header(_HEADER_LENGTH)
+        try:
+            decoded = rest_codec.decode_response(
+                answer, header_length=int(length) if length is not None else None
+            )
+        except (InvalidRequest, ValueError) as exc:
+            raise UpstreamError(f"the instance answered an unreadable response: {exc}") from exc
+        serialized: bytes = pb.response_to_pb(decoded).SerializeToString()
+        return serialized
+
+    def _call(self, address: str, method: str) -> aio.UnaryUnaryMultiCallable[bytes, bytes]:
+        call = self._calls.get((address, method))
+        if call is None:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = self._channels[address] = aio.insecure_channel(
+                    address, options=self._channel_options
+                )
+            # No serializers: bytes in, bytes out.
+            call = self._calls[(address, method)] = channel.unary_unary(f"/{SERVICE}/{method}")
+        return call
+
+    def _not_sent(self, upstream: Upstream, exc: NotSent) -> None:
+        self.metrics.upstream_error(upstream.label, "refused")
+
+    def forget(self, upstream: Upstream) -> None:
+        """Close the channel of an instance that left."""
+        address = upstream.grpc_address
+        channel = self._channels.pop(address, None) if address else None
+        if channel is not None:
+            for key in [k for k in self._calls if k[0] == address]:
+                del self._calls[key]
+            task = asyncio.get_running_loop().create_task(channel.close(grace=1.0))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Close every channel."""
+        channels, self._channels = list(self._channels.values()), {}
+        self._calls.clear()
+        for channel in channels:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+
+_ROUTES = {"ModelInfer": "infer", "ModelMetadata": "metadata", "ModelReady": "ready"}
+_REQUESTS: dict[str, Any] = {
+    "ModelInfer": pb.ModelInferRequest,
+    "ModelMetadata": pb.ModelMetadataRequest,
+    "ModelReady": pb.ModelReadyRequest,
+}
+
+
+def _parse(method: str, request: bytes) -> tuple[Any, str, str | None]:
+    try:
+        message = _REQUESTS[method].FromString(request)
+    except Exception as exc:  # protobuf's DecodeError, whichever implementation is in use
+        raise InvalidRequest(f"cannot parse the {method} request: {exc}") from exc
+    if method == "ModelInfer":
+        name, version = message.model_name, message.model_version
+    else:
+        name, version = message.name, message.version
+    if not name:
+        raise InvalidRequest("name a model")
+    return message, name, version or None
+
+
+def _rest_request(message: Any) -> tuple[bytes, int | None]:
+    """The OIP REST body for a ModelInferRequest: tensors as binary data, outputs asked so."""
+    request = pb.request_from_pb(message)
+    # Binary both ways: exact, and no JSON number formatting on either side.
+    request.parameters = {**request.parameters, "binary_data_output": True}
+    return rest_codec.encode_request(request, binary=True)
+
+
+def _error_of(status: int, body: bytes) -> AimeshError:
+    """The error an instance answered over REST, as the class the gRPC status comes from."""
+    try:
+        found = json.loads(body)
+        return error_from_body(str(found["code"]), str(found["error"]))
+    except (ValueError, KeyError, TypeError):
+        return UpstreamError(f"the instance answered HTTP {status}")
+
+
+def _set_version(method: str, message: Any, version: str) -> None:
+    if method == "ModelInfer":
+        message.model_version = version
+    else:
+        message.version = version
+
+
+async def _abort(context: Context, exc: AimeshError) -> None:
+    if isinstance(exc, RateLimited):
+        context.set_trailing_metadata((("retry-after", retry_after(exc)),))
+    await context.abort(status_of(exc), f"{exc.message} ({exc.code})")
+
+
+async def start_grpc(
+    gateway: GrpcGateway, host: str, port: int, *, max_message_bytes: int
+) -> tuple[aio.Server, int]:
+    """Serve ``gateway`` on ``host:port`` (0: a free port); return the server and its port."""
+    server = aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+    )
+    server.add_generic_rpc_handlers((gateway.handler(),))
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC to {host}:{port}")
+    await server.start()
+    return server, bound

@@ -1,0 +1,244 @@
+"""The gateway's one OpenAPI document: its own routes, merged with the registry's.
+
+The gateway's part (OIP v2 through the gateway, ``/v2/aggregate``, health, metrics) is fixed;
+the registry's part is fetched from the registry's ``/openapi.json`` (its paths are already
+under ``/api/registry``), kept, and fetched again when the registry instance changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["MergedOpenApi", "gateway_document"]
+
+log = logging.getLogger("aimesh.gateway")
+
+# After a failed fetch, serve the gateway's part alone and try again this much later.
+_RETRY_S = 5.0
+
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "datatype": {
+            "type": "string",
+            "enum": [
+                "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
+                "UINT64", "FP16", "FP32", "FP64", "BYTES",
+            ],
+        },
+        "parameters": {"type": "object"},
+        "data": {"type": "array", "items": {}},
+    },
+}  # fmt: skip
+_ERROR = {
+    "type": "object",
+    "required": ["error", "code"],
+    "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
+}
+_INFER_REQUEST = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "inputs": {"type": "array", "items": _TENSOR},
+        "outputs": {"type": "array", "items": {"type": "object"}},
+    },
+}
+_INFER_RESPONSE = {
+    "type": "object",
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+        "id": {"type": "string"},
+        "outputs": {"type": "array", "items": _TENSOR},
+    },
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): _json(_ERROR, "error with a stable code") for c in codes}
+
+
+_GUARDED = (401, 403, 429)
+_ROUTED = (404, 502, 503, 504)
+
+
+def _infer(summary: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _INFER_REQUEST},
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": "Binary tensor data extension (Inference-Header-Content-Length)",
+                },
+            },
+        },
+        "responses": {
+            "200": _json(_INFER_RESPONSE, "outputs of the version that answered"),
+            **_errors(400, 413, *_GUARDED, *_ROUTED),
+        },
+    }
+
+
+_AGGREGATE = {
+    "summary": "Run one request on several models in parallel",
+    "description": "Each model's OIP response, or its error, under its reference; "
+    "`complete` is false when any model failed.",
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    **_INFER_REQUEST,
+                    "required": ["models", "inputs"],
+                    "properties": {
+                        "models": {
+                            "type": "array",
+                            "items": {"type": "string", "description": "NAME[@VERSION|@ALIAS]"},
+                            "minItems": 1,
+                            "maxItems": 32,
+                        },
+                        **_INFER_REQUEST["properties"],  # type: ignore[dict-item]
+                    },
+                }
+            }
+        },
+    },
+    "responses": {
+        "200": _json(
+            {
+                "type": "object",
+                "properties": {
+                    "results": {"type": "object", "additionalProperties": {"type": "object"}},
+                    "complete": {"type": "boolean"},
+                },
+            },
+            "every model's answer or error",
+        ),
+        **_errors(400, 413, *_GUARDED),
+    },
+}
+_READY = {
+    "200": _json({"type": "object"}, "ready"),
+    **_errors(*_GUARDED, *_ROUTED),
+}
+_META = {"200": _json({"type": "object"}, "metadata"), **_errors(*_GUARDED, *_ROUTED)}
+_OPEN_READY = {"200": _json({"type": "object"}, "ready"), "503": _json({"type": "object"}, "not")}
+
+
+def gateway_document(*, auth: bool) -> dict[str, Any]:
+    """The gateway's own part of the document (with security requirements when ``auth``)."""
+    secured: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}] if auth else []
+
+    def guarded(operation: dict[str, Any]) -> dict[str, Any]:
+        return {**operation, "security": secured} if auth else operation
+
+    paths: dict[str, Any] = {
+        "/health": {"get": {"summary": "Gateway health", "responses": _OPEN_READY}},
+        "/v2/health/live": {"get": {"summary": "Liveness", "responses": _OPEN_READY}},
+        "/v2/health/ready": {"get": {"summary": "Readiness", "responses": _OPEN_READY}},
+        "/v2": {"get": guarded({"summary": "Server metadata", "responses": _META})},
+        "/v2/aggregate": {"post": guarded(_AGGREGATE)},
+        "/metrics": {
+            "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
+        },
+    }
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        paths[prefix] = {"get": guarded({"summary": "Model metadata", "responses": _META})}
+        paths[f"{prefix}/ready"] = {
+            "get": guarded({"summary": "Model readiness", "responses": _READY})
+        }
+        paths[f"{prefix}/infer"] = {"post": guarded(_infer("Run inference"))}
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "aimesh gateway",
+            "version": "0.1.0",
+            "description": "Open Inference Protocol v2 for every served model, aggregation, "
+            "and the platform's services under /api.",
+        },
+        "paths": paths,
+    }
+    if auth:
+        document["components"] = {
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            }
+        }
+    return document
+
+
+class MergedOpenApi:
+    """The merged document, refetching the registry's part when its source changes."""
+
+    def __init__(self, own: dict[str, Any], *, auth: bool) -> None:
+        self._own = own
+        self._auth = auth
+        self._rendered = json.dumps(own).encode()
+        self._source: str | None = None
+        self._retry_at = 0.0
+
+    def source_changed(self) -> None:
+        """Fetch the registry's part again on the next request."""
+        self._source = None
+        self._retry_at = 0.0
+
+    async def render(self, source: str | None, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The document; ``source`` names the registry instance, ``fetch`` gets its document."""
+        if source is None:
+            if self._source is not None:
+                self._source = None
+                self._rendered = json.dumps(self._own).encode()
+            return self._rendered
+        if source != self._source and time.monotonic() >= self._retry_at:
+            try:
+                self._rendered = json.dumps(self._merge(json.loads(await fetch()))).encode()
+                self._source = source
+            except Exception as exc:  # any failure: serve the gateway's part, retry later
+                log.warning("cannot merge the registry's OpenAPI document: %s", exc)
+                self._retry_at = time.monotonic() + _RETRY_S
+                self._rendered = json.dumps(self._own).encode()
+        return self._rendered
+
+    def _merge(self, other: dict[str, Any]) -> dict[str, Any]:
+        merged = copy.deepcopy(self._own)
+        security: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}]
+        for path, item in other.get("paths", {}).items():
+            if not path.startswith("/api/"):
+                continue  # the service's own routes (its /health) are not reachable here
+            if self._auth:
+                for operation in item.values():
+                    if isinstance(operation, dict):
+                        operation["security"] = security
+            merged["paths"][path] = item
+        schemas = other.get("components", {}).get("schemas")
+        if schemas:
+            merged.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+        return merged
+
+
+SWAGGER_PAGE = b"""<!doctype html>
+<html><head><title>aimesh gateway</title>
+<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
+</head><body><div id="ui"></div>
+<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
+</body></html>"""
+"""The ``/docs`` page: Swagger UI over ``/openapi.json``."""

@@ -1,0 +1,391 @@
+"""The gateway's REST adapter: a bare ASGI app in front of every service.
+
+Routes: OIP v2 model calls (``/v2/models/{name}[/versions/{v}]/{infer,ready}`` and
+metadata) to an instance chosen by :func:`call_upstream`; ``POST /v2/aggregate``;
+``/api/<service>/...`` to that service (``/api/registry`` first); and what the gateway
+answers itself (health, ``/v2``, ``/metrics``, ``/openapi.json``, ``/docs``). Bodies are
+forwarded as bytes, never decoded: JSON and the binary tensor extension alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aimesh.errors import AimeshError, NoInstance, RateLimited, UpstreamError, UpstreamTimeout
+from aimesh.gateway import aggregate
+from aimesh.gateway._asgi import (
+    HTTP_STATUS,
+    JSON,
+    REQUEST_ID,
+    ASGIScope,
+    Receive,
+    RouteNotFound,
+    Send,
+    allow,
+    error_body,
+    model_path,
+    query,
+    raw_target,
+    read_body,
+    respond,
+    status_of,
+)
+from aimesh.gateway.auth import AccessControl, Scope, key_from_headers, retry_after
+from aimesh.gateway.headers import RequestHead
+from aimesh.gateway.http1 import HttpClient, UpstreamResponse
+from aimesh.gateway.instances import InstancePolicy, Upstream
+from aimesh.gateway.metrics import GATEWAY, GatewayMetrics
+from aimesh.gateway.openapi import SWAGGER_PAGE, MergedOpenApi
+from aimesh.gateway.routing import Router
+from aimesh.gateway.upstream import NotSent, call_upstream
+
+__all__ = ["HTTP_STATUS", "GatewayApp"]
+
+log = logging.getLogger("aimesh.gateway")
+
+# Hop-by-hop or re-made by this hop: never copied from an upstream's answer.
+_DROP_FROM_RESPONSE = frozenset(
+    {b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server", REQUEST_ID}
+)
+# Answers up to this size are read whole before relaying; larger ones stream through.
+_BUFFER_LIMIT = 1 << 20
+_WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="aimesh"')
+_SERVER_METADATA = json.dumps(
+    {"name": "aimesh-gateway", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+).encode()
+
+
+class _Outcome:
+    """What the metrics say of one request; filled in as it goes."""
+
+    __slots__ = ("route", "started", "status", "upstream")
+
+    def __init__(self) -> None:
+        self.route = "unknown"
+        self.upstream = GATEWAY
+        self.status = 500
+        self.started = False
+
+
+_Answer = Callable[[Send, "RequestHead", "_Outcome", bytes], Awaitable[None]]
+
+
+class GatewayApp:
+    """The ASGI app: route, guard, forward, relay."""
+
+    def __init__(
+        self,
+        *,
+        router: Router,
+        client: HttpClient,
+        policy: InstancePolicy,
+        access: AccessControl,
+        metrics: GatewayMetrics,
+        openapi: MergedOpenApi,
+        max_request_bytes: int,
+        upstream_timeout_s: float,
+        ready: Callable[[], bool],
+        registry_fallback: Upstream | None = None,
+    ) -> None:
+        self.router = router
+        self.client = client
+        self.policy = policy
+        self.access = access
+        self.metrics = metrics
+        self.openapi = openapi
+        self.max_request_bytes = max_request_bytes
+        self.timeout = upstream_timeout_s
+        self.ready = ready
+        self.registry_fallback = registry_fallback
+        self._own: dict[str, tuple[str, str, Scope | None, _Answer]] = {
+            "/health": ("health", "GET", None, self._health),
+            "/v2/health/live": ("health", "GET", None, self._live),
+            "/v2/health/ready": ("health", "GET", None, self._ready),
+            "/v2": ("server", "GET", "infer", self._server),
+            "/v2/aggregate": ("aggregate", "POST", "infer", self._aggregate),
+            "/metrics": ("metrics", "GET", None, self._metrics),
+            "/openapi.json": ("openapi", "GET", None, self._openapi),
+            "/docs": ("docs", "GET", None, self._docs),
+        }
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        # No lifespan: the server module starts and stops everything around the app.
+
+    async def _http(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        head = RequestHead.read(scope["headers"])
+        outcome = _Outcome()
+        try:
+            await self._route(scope, receive, send, head, outcome)
+        except AimeshError as exc:
+            outcome.status = status = status_of(exc)
+            if outcome.started:
+                log.warning("response cut short: %s", exc.message)
+                return
+            if status >= 500:
+                log.warning(exc.message, extra={"code": exc.code, "request_id": head.request_id})
+            extra = [_WWW_AUTHENTICATE] if status == 401 else []
+            if isinstance(exc, RateLimited):
+                extra.append((b"retry-after", retry_after(exc).encode()))
+            await respond(send, status, error_body(exc), head.request_id, JSON, extra)
+        except Exception:
+            log.exception("unexpected error", extra={"request_id": head.request_id})
+            if not outcome.started:
+                body = b'{"error":"internal error; see the gateway log","code":"internal_error"}'
+                await respond(send, 500, body, head.request_id)
+        finally:
+            self.metrics.observe(
+                outcome.route,
+                "rest",
+                outcome.upstream,
+                str(outcome.status),
+                time.perf_counter() - started,
+            )
+
+    async def _route(
+        self, scope: ASGIScope, receive: Receive, send: Send, head: RequestHead, outcome: _Outcome
+    ) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path.startswith("/v2/models/"):
+            await self._model(scope, receive, send, head, outcome, path[11:].split("/"))
+            return
+        if path.startswith("/api/"):
+            await self._service(scope, receive, send, head, outcome)
+            return
+        own = self._own.get(path)
+        if own is None:
+            outcome.route = "unknown"
+            raise RouteNotFound(f"no route {method} {path}")
+        route, allowed, scope_needed, answer = own
+        outcome.route = route
+        allow(method, allowed)
+        self.access.check(key_from_headers(head.api_key, head.authorization), scope_needed)
+        body = await self._body(head, receive) if allowed == "POST" else b""
+        await answer(send, head, outcome, body)
+
+    async def _body(self, head: RequestHead, receive: Receive) -> bytes:
+        return await read_body(receive, head.content_length, self.max_request_bytes)
+
+    # -- model routes ---------------------------------------------------------------------
+
+    async def _model(
+        self,
+        scope: ASGIScope,
+        receive: Receive,
+        send: Send,
+        head: RequestHead,
+        outcome: _Outcome,
+        parts: list[str],
+    ) -> None:
+        name, rest = parts[0], parts[1:]
+        version: str | None = None
+        if len(rest) >= 2 and rest[0] == "versions" and rest[1]:
+            version, rest = rest[1], rest[2:]
+        if not rest:
+            outcome.route, allowed, suffix = "metadata", "GET", b""
+        elif rest == ["infer"]:
+            outcome.route, allowed, suffix = "infer", "POST", b"/infer"
+        elif rest == ["ready"]:
+            outcome.route, allowed, suffix = "ready", "GET", b"/ready"
+        else:
+            raise RouteNotFound(f"no route {scope['method']} {scope['path']}")
+        if not name:
+            raise RouteNotFound("name a model: /v2/models/{name}/...")
+        allow(scope["method"], allowed)
+        self.access.check(key_from_headers(head.api_key, head.authorization), "infer")
+        body = await self._body(head, receive) if allowed == "POST" else b""
+        target = await self.router.target(name, version)
+        if target.version == version:
+            upstream_path = raw_target(scope)
+        else:  # an alias resolved here: name the version (or none) the instance knows
+            upstream_path = model_path(name, target.version, suffix) + query(scope)
+        method = b"POST" if allowed == "POST" else b"GET"
+        response = await call_upstream(
+            target.candidates,
+            self._exchange(method, upstream_path, head.forward, body, outcome),
+            policy=self.policy,
+            on_not_sent=self._not_sent,
+        )
+        await self._relay(send, response, head, outcome)
+
+    def _exchange(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        outcome: _Outcome | None,
+    ) -> Callable[[Upstream], Awaitable[UpstreamResponse]]:
+        async def exchange(upstream: Upstream) -> UpstreamResponse:
+            address = upstream.rest
+            if address is None:
+                raise NotSent("the instance has no REST address")
+            if outcome is not None:
+                outcome.upstream = upstream.label
+            try:
+                response = await self.client.pool(address[0], address[1]).request(
+                    method, target, headers, body, timeout=self.timeout
+                )
+            except UpstreamError as exc:
+                reason = "timeout" if isinstance(exc, UpstreamTimeout) else "broken"
+                self.metrics.upstream_error(upstream.label, reason)
+                raise
+            if response.status == 503 and b'"shutting_down"' in response.peek():
+                # A draining replica refuses before doing anything: safe to send elsewhere.
+                response.abandon()
+                raise NotSent("the instance is shutting down")
+            return response
+
+        return exchange
+
+    def _not_sent(self, upstream: Upstream, exc: NotSent) -> None:
+        self.metrics.upstream_error(upstream.label, "refused")
+        log.info("instance %s did not take a request (%s); trying another", upstream.label, exc)
+
+    async def _relay(
+        self, send: Send, response: UpstreamResponse, head: RequestHead, outcome: _Outcome
+    ) -> None:
+        outcome.status = response.status
+        headers = [pair for pair in response.headers if pair[0] not in _DROP_FROM_RESPONSE]
+        headers.append((REQUEST_ID, head.request_id.encode()))
+        length = response.header(b"content-length")
+        if response.complete or (length is not None and int(length) <= _BUFFER_LIMIT):
+            # Whole before the first byte goes out: an upstream lost mid-body is still a 502.
+            body = response.take() if response.complete else await response.body(self.timeout)
+            if length is None:
+                headers.append((b"content-length", str(len(body)).encode()))
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        outcome.started = True
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        try:
+            async for chunk in response.chunks(self.timeout):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except BaseException:
+            response.abandon()
+            raise
+        await send({"type": "http.response.body", "body": b""})
+
+    # -- services under /api ----------------------------------------------------------------
+
+    async def _service(
+        self, scope: ASGIScope, receive: Receive, send: Send, head: RequestHead, outcome: _Outcome
+    ) -> None:
+        service = scope["path"].split("/", 3)[2]
+        outcome.route = "registry" if service == "registry" else "api"
+        self.access.check(key_from_headers(head.api_key, head.authorization), "admin")
+        body = await self._body(head, receive)
+        candidates = self.router.table.services(service)
+        if not candidates and service == "registry" and self.registry_fallback is not None:
+            candidates = (self.registry_fallback,)
+        if not candidates:
+            raise NoInstance(f"no {service!r} service is running", service=service)
+        method = scope["method"].encode()
+        response = await call_upstream(
+            candidates,
+            self._exchange(
+                b"GET" if method == b"HEAD" else method, raw_target(scope), head.forward, body,
+                outcome,
+            ),
+            policy=self.policy,
+            on_not_sent=self._not_sent,
+        )  # fmt: skip
+        await self._relay(send, response, head, outcome)
+
+    # -- what the gateway answers itself ----------------------------------------------------
+
+    async def _health(self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes) -> None:
+        ok = self.ready()
+        outcome.status = 200 if ok else 503
+        answer = b'{"status":"ok"}' if ok else b'{"status":"starting"}'
+        await respond(send, outcome.status, answer, head.request_id)
+
+    async def _live(self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes) -> None:
+        outcome.status = 200
+        await respond(send, 200, b'{"live":true}', head.request_id)
+
+    async def _ready(self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes) -> None:
+        ok = self.ready()
+        outcome.status = 200 if ok else 503
+        answer = b'{"ready":true}' if ok else b'{"ready":false}'
+        await respond(send, outcome.status, answer, head.request_id)
+
+    async def _server(self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes) -> None:
+        outcome.status = 200
+        await respond(send, 200, _SERVER_METADATA, head.request_id)
+
+    async def _metrics(self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes) -> None:
+        outcome.status = 200
+        text = b"text/plain; version=0.0.4; charset=utf-8"
+        await respond(send, 200, self.metrics.render(), head.request_id, text)
+
+    async def _openapi(self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes) -> None:
+        registries = self.router.table.services("registry")
+        source = registries[0] if registries else self.registry_fallback
+        document = await self.openapi.render(
+            source.label if source is not None else None,
+            lambda: self._fetch_openapi(source) if source is not None else _nothing(),
+        )
+        outcome.status = 200
+        await respond(send, 200, document, head.request_id)
+
+    async def _fetch_openapi(self, source: Upstream) -> bytes:
+        assert source.rest is not None
+        pool = self.client.pool(*source.rest)
+        try:
+            response = await pool.request(b"GET", b"/openapi.json", [], b"", timeout=self.timeout)
+        except NotSent as exc:
+            raise UpstreamError(f"cannot reach the registry at {source.label}") from exc
+        body = await response.body(self.timeout)
+        if response.status != 200:
+            raise UpstreamError(f"the registry answered {response.status} for /openapi.json")
+        return body
+
+    async def _docs(self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes) -> None:
+        outcome.status = 200
+        await respond(send, 200, SWAGGER_PAGE, head.request_id, b"text/html; charset=utf-8")
+
+    async def _aggregate(
+        self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes
+    ) -> None:
+        request = aggregate.parse_aggregate(body)
+        headers = [(b"content-type", JSON), *head.forward_tracing]
+        results = await asyncio.gather(
+            *(self._aggregate_one(m, request.body, headers) for m in request.members)
+        )
+        merged = aggregate.merge(
+            {m.label: r for m, r in zip(request.members, results, strict=True)}
+        )
+        outcome.status = 200
+        await respond(send, 200, merged, head.request_id)
+
+    async def _aggregate_one(
+        self, member: aggregate.Member, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> aggregate.Outcome:
+        try:
+            target = await self.router.target(member.name, member.version)
+            path = model_path(member.name, target.version, b"/infer")
+            response = await call_upstream(
+                target.candidates,
+                self._exchange(b"POST", path, headers, body, None),
+                policy=self.policy,
+                on_not_sent=self._not_sent,
+            )
+            answer = response.take() if response.complete else await response.body(self.timeout)
+            return aggregate.outcome_of(response.status, response.header(b"content-type"), answer)
+        except AimeshError as exc:
+            return aggregate.failure_of(exc, status_of(exc))
+
+
+async def _nothing() -> bytes:
+    raise UpstreamError("no registry")

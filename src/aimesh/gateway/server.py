@@ -1,0 +1,278 @@
+"""Running the gateway: REST (uvicorn) and gRPC (grpc.aio) in one process, fed by the bus.
+
+At start the gateway binds both ports at once (so ``/health`` answers 503 while it gets
+ready), then connects to the bus, watches the discovery bucket and follows registry events;
+``/health`` turns 200 once the discovery listing is in the routing table. Without a bus it
+keeps trying. It stops in order: leave discovery, stop accepting and let requests in flight
+finish (no longer than the upstream timeout), stop watching, close pools and channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+
+import uvicorn
+
+from aimesh.bus import (
+    Bus,
+    Registration,
+    ServiceInstance,
+    connect,
+    declare_topology,
+    ensure_bus,
+    new_instance_id,
+)
+from aimesh.config import Settings
+from aimesh.errors import AimeshError
+from aimesh.gateway.auth import AccessControl
+from aimesh.gateway.catalog import RegistryCatalog
+from aimesh.gateway.grpc import GrpcGateway, start_grpc
+from aimesh.gateway.http1 import HttpClient
+from aimesh.gateway.instances import LeastOutstanding, Upstream, address_of
+from aimesh.gateway.metrics import GatewayMetrics
+from aimesh.gateway.openapi import MergedOpenApi, gateway_document
+from aimesh.gateway.rest import GatewayApp
+from aimesh.gateway.routing import Router, RoutingTable
+from aimesh.gateway.watch import DiscoveryWatch, forget_on_registry_events
+
+__all__ = ["run_gateway", "serve"]
+
+log = logging.getLogger("aimesh.gateway")
+
+# Requests in flight cannot outlast the upstream timeout; nor should the drain.
+_MAX_DRAIN_S = 20.0
+# Longest wait to delete our discovery key at shutdown.
+_GOODBYE_S = 1.0
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the gateway decides when and how to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def serve(settings: Settings) -> None:
+    """Run the gateway until SIGTERM or SIGINT (on uvloop when it is installed)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        runner = asyncio.Runner()
+    else:
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    with runner:
+        runner.run(run_gateway(settings))
+
+
+async def run_gateway(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_listening: Callable[[int, int], None] | None = None,
+) -> None:
+    """Serve until ``stop`` is set (or a signal arrives), then stop in order."""
+    g = settings.gateway
+    drain_s = min(g.upstream_timeout_s, _MAX_DRAIN_S)
+    client = HttpClient(max_connections_per_upstream=g.max_connections_per_upstream)
+    grpc_gateway: GrpcGateway | None = None
+
+    def removed(upstream: Upstream) -> None:
+        if upstream.rest is not None:
+            client.forget(*upstream.rest)
+        if grpc_gateway is not None:
+            grpc_gateway.forget(upstream)
+
+    table = RoutingTable(on_removed=removed)
+    catalog = RegistryCatalog(settings)
+    router = Router(table, catalog)
+    policy = LeastOutstanding()
+    access = AccessControl(g.keys, required=g.auth)
+    metrics = GatewayMetrics()
+    openapi = MergedOpenApi(gateway_document(auth=g.auth), auth=g.auth)
+    registry_fallback = _configured_registry(settings)
+    ready = asyncio.Event()
+
+    app = GatewayApp(
+        router=router, client=client, policy=policy, access=access, metrics=metrics,
+        openapi=openapi, max_request_bytes=g.max_request_bytes,
+        upstream_timeout_s=g.upstream_timeout_s, ready=ready.is_set,
+        registry_fallback=registry_fallback,
+    )  # fmt: skip
+    grpc_gateway = GrpcGateway(
+        router=router, client=client, policy=policy, access=access, metrics=metrics,
+        upstream_timeout_s=g.upstream_timeout_s, max_message_bytes=g.max_request_bytes,
+        ready=ready.is_set,
+    )  # fmt: skip
+    grpc_server, grpc_port = await start_grpc(
+        grpc_gateway, g.host, g.grpc_port, max_message_bytes=g.max_request_bytes
+    )
+    sock = _listening_socket(g.host, g.port)
+    http_port: int = sock.getsockname()[1]
+    server = _Uvicorn(
+        uvicorn.Config(
+            app, lifespan="off", log_config=None, access_log=False, http="httptools",
+            loop="none", server_header=False, proxy_headers=False,
+            timeout_graceful_shutdown=int(drain_s) or None,
+        )
+    )  # fmt: skip
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name="gateway-rest")
+    log.info("gateway on http://%s:%d and gRPC %s:%d", g.host, http_port, g.host, grpc_port)
+    if on_listening is not None:
+        on_listening(http_port, grpc_port)
+
+    registry_url: list[str | None] = [None]
+
+    def changed() -> None:
+        registries = table.services("registry")
+        rest = registries[0].rest if registries else None
+        url = f"http://{rest[0]}:{rest[1]}" if rest else None
+        if url != registry_url[0]:
+            registry_url[0] = url
+            catalog.use(url)
+            openapi.source_changed()
+
+    describe = _describer(g.host, http_port, grpc_port)
+    follower = asyncio.create_task(
+        _follow_bus(settings, table, catalog, changed, ready, describe), name="gateway-bus"
+    )
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await asyncio.wait([serving, asyncio.ensure_future(stop.wait())], return_when="FIRST_COMPLETED")
+
+    # Stop in order: leave discovery (the follower), stop accepting and drain, then close.
+    # Each step runs whatever the one before it did: a failure is logged, never a reason
+    # to leave a port open.
+    follower.cancel()
+    await _step("leaving the bus", follower)
+    server.should_exit = True
+    await _step("draining gRPC", grpc_server.stop(grace=drain_s))
+    await _step("draining REST", serving)
+    await _step("closing gRPC channels", grpc_gateway.close())
+    client.close()
+    await _step("closing the registry", asyncio.to_thread(catalog.close))
+    log.info("gateway stopped")
+
+
+async def _step(what: str, awaitable: Awaitable[object]) -> None:
+    try:
+        await awaitable
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.warning("while %s", what, exc_info=True)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
+    # and without it every response waits for the client's delayed ACK (~40 ms).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _configured_registry(settings: Settings) -> Upstream | None:
+    """``registry.url`` as an upstream, for when discovery has no registry to offer."""
+    if not settings.registry.url:
+        return None
+    try:
+        host, port = address_of(settings.registry.url)
+    except ValueError:
+        log.warning("registry.url %s is not an http URL; not proxied", settings.registry.url)
+        return None
+    return Upstream(
+        key="config.registry", kind="registry", name="registry", rest=(host, port),
+        label=f"{host}:{port}",
+    )  # fmt: skip
+
+
+def _describer(host: str, http_port: int, grpc_port: int) -> Callable[[], ServiceInstance]:
+    started = datetime.now(UTC)
+    instance_id = new_instance_id()
+
+    def describe() -> ServiceInstance:
+        return ServiceInstance(
+            id=instance_id, kind="gateway", name="gateway",
+            rest_url=f"http://{host}:{http_port}", grpc_address=f"{host}:{grpc_port}",
+            pid=os.getpid(), host=socket.gethostname(), started=started, heartbeat=started,
+        )  # fmt: skip
+
+    return describe
+
+
+async def _follow_bus(
+    settings: Settings,
+    table: RoutingTable,
+    catalog: RegistryCatalog,
+    changed: Callable[[], None],
+    ready: asyncio.Event,
+    describe: Callable[[], ServiceInstance],
+) -> None:
+    """Connect to the bus (retrying), then watch discovery and registry events until cancelled."""
+    bus = await _connect_patiently(settings)
+    watch = DiscoveryWatch(bus, table, on_change=changed)
+    tasks = [
+        asyncio.create_task(watch.run(), name="discovery-watch"),
+        asyncio.create_task(forget_on_registry_events(bus, catalog), name="registry-events"),
+    ]
+    registration: Registration | None = None
+    try:
+        await watch.ready.wait()
+        ready.set()
+        log.info("gateway ready: discovery watched")
+        registration = Registration(bus, describe, interval_s=settings.serving.heartbeat_s)
+        try:
+            await registration.start()
+        except AimeshError as exc:
+            log.warning("gateway not registered for discovery: %s", exc.message)
+            registration = None
+        await asyncio.gather(*tasks)
+    finally:
+        if registration is not None:
+            # Say goodbye if the bus is there to hear it; else the key's TTL does.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(registration.stop(), _GOODBYE_S)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # nats-py flushes into a closed transport when the bus is gone, which uvloop refuses.
+        with contextlib.suppress(RuntimeError):
+            await bus.close()
+
+
+async def _connect_patiently(settings: Settings) -> Bus:
+    backoff = 0.5
+    warned = False
+    while True:
+        try:
+            url = await asyncio.to_thread(ensure_bus, settings)
+            bus = await connect(url, timeout=settings.bus.connect_timeout_s, name="gateway")
+        except AimeshError as exc:
+            if not warned:
+                log.warning("no bus yet (%s); the gateway keeps trying", exc.message)
+                warned = True
+        else:
+            try:
+                await declare_topology(bus)
+            except AimeshError as exc:
+                log.warning("cannot declare the bus topology: %s", exc.message)
+                await bus.close()
+            else:
+                return bus
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 5.0)
