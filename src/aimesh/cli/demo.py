@@ -1,23 +1,19 @@
 """``aimesh demo`` (what ``make run`` runs): the platform end to end on the embedded defaults.
 
-Starts the embedded bus and the registry service, trains the synthetic fraud model, pushes
-it through the registry's REST API as ``fraud@champion`` (the alias event arrives on the
-bus), starts a model service for ``fraud@champion``, sends predictions over REST and gRPC,
-prints them, and keeps serving until Ctrl-C (``--once`` stops after the predictions).
+Starts the embedded bus, trains the synthetic fraud model, pushes it as ``fraud@champion``
+(the alias event arrives on the bus), runs the stack of ``HOME/demo/aimesh.yaml`` with
+``aimesh up`` (the registry, two replicas of ``fraud@champion``, the gateway), sends
+predictions through the gateway over REST and gRPC, prints them, and keeps the stack
+running until Ctrl-C (``--once`` stops after the predictions).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +24,6 @@ from rich.table import Table
 
 from aimesh.cli._app import console, handle_errors, settings
 from aimesh.config import Settings
-from aimesh.errors import Unavailable
 from aimesh.registry import Registry
 
 
@@ -41,42 +36,6 @@ def _port(preferred: int) -> int:
             s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-@contextmanager
-def child_service(
-    config: Settings, name: str, args: list[str], ready_url: str, *, timeout: float = 60.0
-) -> Iterator[None]:
-    """Run ``aimesh ARGS`` as a child process until it answers ``ready_url``; stop it after."""
-    log_path = config.home_dir / "logs" / f"{name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "AIMESH_HOME": str(config.home_dir)}
-    env.pop("AIMESH_REGISTRY__URL", None)
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "aimesh", *args], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise Unavailable(f"{name} exited early; see {log_path}")
-            try:
-                if httpx.get(ready_url, timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise Unavailable(f"{name} did not become ready; see {log_path}")
-            time.sleep(0.1)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def _first_alias_event(url: str, model: str, timeout: float, ready: asyncio.Event) -> str:
@@ -96,7 +55,13 @@ async def _first_alias_event(url: str, model: str, timeout: float, ready: asynci
 
 
 async def _push_and_watch(
-    bus_url: str, client: Registry, artifact: Path, metrics: dict[str, float], rows: int
+    bus_url: str,
+    client: Registry,
+    artifact: Path,
+    metrics: dict[str, float],
+    rows: int,
+    *,
+    publish: Callable[[], object] | None = None,
 ) -> str:
     """Push the model as fraud@champion while watching the bus for the alias event."""
     from aimesh.examples import FRAUD_SEED
@@ -120,6 +85,8 @@ async def _push_and_watch(
         ),
     )
     console.print(f"[bold]pushed[/bold]    {version.ref} as fraud@champion")
+    if publish is not None:  # a local registry: publish its recorded events now
+        await asyncio.to_thread(publish)
     return await watcher
 
 
@@ -162,20 +129,58 @@ def _wait_for_ctrl_c() -> None:
     stop.wait()
 
 
+DEMO_PROJECT = """\
+# Written by `aimesh demo` (make run): the fraud model as a stack.
+home: {home}
+services:
+  registry: true
+  gateway: true
+  models:
+    - ref: fraud@champion   # follows the alias
+      replicas: 2           # two processes, each on its own ports
+registry:
+  port: {registry_port}
+gateway:
+  port: {gateway_port}
+  grpc_port: {gateway_grpc_port}
+serving:
+  drain_timeout_s: 10
+"""
+
+
+def _write_project(config: Settings) -> Path:
+    """The demo's project file in the home, on the usual ports where they are free."""
+    path = config.home_dir / "demo" / "aimesh.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        DEMO_PROJECT.format(
+            home=config.home_dir,
+            registry_port=_port(config.registry.port),
+            gateway_port=_port(config.gateway.port),
+            gateway_grpc_port=_port(config.gateway.grpc_port),
+        )
+    )
+    return path
+
+
 @handle_errors
 def demo(
     rows: Annotated[int, typer.Option(help="Rows of synthetic fraud data to train on.")] = 20_000,
     once: Annotated[
-        bool, typer.Option("--once", help="Stop after the predictions instead of serving on.")
+        bool, typer.Option("--once", help="Stop the stack after the predictions.")
     ] = False,
 ) -> None:
-    """Start the bus, the registry and a model service; train, push and query fraud@champion."""
+    """Train the fraud model, run the stack (registry, 2 replicas, gateway), predict through it."""
     import skops.io as sio
 
     from aimesh.bus import ensure_bus
+    from aimesh.cli.local import show_stack
     from aimesh.cli.models import versions_table
+    from aimesh.config import load_settings
     from aimesh.examples import make_fraud_dataset, train_fraud_model
-    from aimesh.registry.client import RegistryClient
+    from aimesh.local import STAGES, stack_report, start_detached, stop_stack
+    from aimesh.registry import LocalRegistry
+    from aimesh.registry.outbox import flush_outbox
 
     config = settings()
     bus_url = ensure_bus(config)
@@ -192,58 +197,59 @@ def demo(
         + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
     )
 
-    with ExitStack() as services:
-        registry_port = _port(config.registry.port)
-        registry_url = f"http://127.0.0.1:{registry_port}"
-        services.enter_context(
-            child_service(
-                config,
-                "registry",
-                ["registry", "serve", "--port", str(registry_port)],
-                f"{registry_url}/health",
+    registry = LocalRegistry.from_settings(config, actor="demo")
+    try:
+        event = asyncio.run(
+            _push_and_watch(
+                bus_url, registry, artifact, metrics, rows,
+                publish=lambda: flush_outbox(registry.store, config),
             )
-        )
-        console.print(f"[bold]registry[/bold]  {registry_url}  (docs: {registry_url}/docs)")
-        client = RegistryClient(
-            registry_url, timeout=config.registry.request_timeout_s, cache_dir=config.cache_dir
-        )
-        event = asyncio.run(_push_and_watch(bus_url, client, artifact, metrics, rows))
+        )  # fmt: skip
         console.print(f"[bold]event[/bold]     {event}")
-        console.print(versions_table(client.list_versions("fraud")))
-        client.close()
+        console.print(versions_table(registry.list_versions("fraud")))
+    finally:
+        registry.close()
 
-        http_port, grpc_port = _port(config.serving.http_port), _port(config.serving.grpc_port)
-        model_url = f"http://127.0.0.1:{http_port}"
-        serve_args = ["serve", "fraud@champion", "--http-port", str(http_port)]
-        serve_args += ["--grpc-port", str(grpc_port)]
-        services.enter_context(
-            child_service(config, "serve-fraud", serve_args, f"{model_url}/v2/health/ready")
+    project = _write_project(config)
+    stack = load_settings(project)
+    home = stack.home_dir
+    with console.status("starting the stack: registry, 2 replicas of fraud@champion, gateway"):
+        state = start_detached(
+            home, ["up", "--file", str(project)], timeout_s=60.0 * len(STAGES) + 60
         )
+    try:
+        show_stack(asyncio.run(stack_report(home)))
+        # Where the gateway really listens (a port of 0 in the settings means any free one).
+        front = next(p for p in state.processes if p.kind == "gateway")
+        gateway = front.rest_url
+        grpc_address = front.grpc_address or ""
         sample = np.concatenate([x[y == 1][:3], x[y == 0][:3]])
-        truth = [1, 1, 1, 0, 0, 0]
-        rest_version, rest_p = _predict_rest(model_url, sample)
-        grpc_version, grpc_p = _predict_grpc(f"127.0.0.1:{grpc_port}", sample)
+        rest_version, rest_p = _predict_rest(gateway, sample)
+        grpc_version, grpc_p = _predict_grpc(grpc_address, sample)
         table = Table(
-            "row", "true label", "p(fraud) REST", "p(fraud) gRPC", "version", title="predictions"
-        )
-        for i, label in enumerate(truth):
+            "row", "true label", "p(fraud) REST", "p(fraud) gRPC", "version",
+            title="predictions through the gateway",
+        )  # fmt: skip
+        for i, label in enumerate([1, 1, 1, 0, 0, 0]):
             table.add_row(
                 str(i), str(label), f"{rest_p[i]:.4f}", f"{grpc_p[i]:.4f}",
                 f"{rest_version} / {grpc_version}",
             )  # fmt: skip
         console.print(table)
+        console.print(f"[bold]gateway[/bold]   REST {gateway}/v2/models/fraud/infer")
         console.print(
-            f"[bold]model[/bold]     REST {model_url}/v2/models/fraud  (docs: {model_url}/docs)"
+            f"[bold]gateway[/bold]   gRPC {grpc_address} (inference.GRPCInferenceService)"
         )
-        console.print(
-            f"[bold]model[/bold]     gRPC 127.0.0.1:{grpc_port}  (inference.GRPCInferenceService)"
-        )
-        console.print(f"[bold]metrics[/bold]   {model_url}/metrics")
+        console.print(f"[bold]docs[/bold]      {gateway}/docs  (OpenAPI: {gateway}/openapi.json)")
+        console.print(f"[bold]metrics[/bold]   {gateway}/metrics")
         if once:
             return
         console.print(
-            "serving fraud@champion; try `aimesh models alias fraud champion N` in another "
-            "terminal. Ctrl-C stops."
+            "the stack runs; try `aimesh status`, `aimesh logs fraud -f`, or "
+            "`aimesh models alias fraud champion N` in another terminal. Ctrl-C stops it."
         )
         _wait_for_ctrl_c()
-        console.print("stopping")
+    finally:
+        with console.status("stopping the stack"):
+            stop_stack(home, timeout_s=30.0 * len(STAGES) + 10)
+        console.print("stopped the stack (the bus keeps running: `aimesh bus stop`)")

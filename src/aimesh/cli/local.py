@@ -86,7 +86,7 @@ def up(
         args = ["up", "--file", str(path), "--ready-timeout", f"{ready_timeout:g}"]
         with console.status("starting the stack in the background"):
             start_detached(home, args, timeout_s=ready_timeout * len(STAGES) + 60)
-        _show(asyncio.run(stack_report(home)))
+        show_stack(asyncio.run(stack_report(home)))
         console.print(
             f"running in the background; its log: {home}/logs/supervisor.log. "
             "`aimesh down` stops it.",
@@ -101,7 +101,7 @@ def up(
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     async def running(_: object) -> None:
-        _show(await stack_report(home))
+        show_stack(await stack_report(home))
         console.print("Ctrl-C (or `aimesh down` elsewhere) stops the stack.")
 
     supervisor = Supervisor(config, config_file=path, ready_timeout_s=ready_timeout)
@@ -120,10 +120,10 @@ def status(
     if as_json:
         typer.echo(msgspec.json.encode(report).decode())
     else:
-        _show(report)
+        show_stack(report)
 
 
-def _show(report: StackReport) -> None:
+def show_stack(report: StackReport) -> None:
     """The stack as a table (or a line saying nothing runs)."""
     stack, home = report.stack, report.home
     if stack is None:
