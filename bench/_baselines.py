@@ -22,9 +22,9 @@ from typing import Any
 import msgspec
 import numpy as np
 import uvicorn
+from _models import INFER_PATH, MODEL_NAME, load_estimator
 from fastapi import FastAPI
 from pydantic import BaseModel
-from _models import INFER_PATH, MODEL_NAME, load_estimator
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -52,13 +53,15 @@ class LoadResult(msgspec.Struct):
     """CPU seconds this process spent per second of the window (1.0: one core)."""
     server_cpu: float
     """The same for the server process, read from /proc (-1 when unknown)."""
+    machine_cpu: float
+    """The same for the whole machine (-1 when unknown): what is left is other processes."""
 
 
 @dataclass
 class Window:
     """The measurement window, and everything observed in it."""
 
-    opens_ns: int = 0
+    opens_ns: int = 2**63 - 1  # set when the warm-up ends
     closes_ns: int = 2**63 - 1
     stopping: bool = False
     latencies: list[int] = field(default_factory=list)
@@ -95,6 +98,7 @@ class _HttpConnection(asyncio.Protocol):
         self.expected = -1  # total bytes of the current answer, once its head is read
         self.status = 0
         self.sent_ns = 0
+        self.closed_by_us = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -139,12 +143,13 @@ class _HttpConnection(asyncio.Protocol):
     def _stop(self, error: str | None) -> None:
         if error is not None:
             self.window.fail(error)
+        self.closed_by_us = True
         if self.transport is not None:
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.window.stopping:
-            self.window.fail(f"connection lost: {exc!r}")
+        if not self.closed_by_us:
+            self.window.fail(f"the server closed the connection: {exc!r}")
         if not self.idle.done():
             self.idle.set_result(None)
 
@@ -161,7 +166,7 @@ async def _rest(
     for _ in range(concurrency):
         idle: asyncio.Future[None] = loop.create_future()
         await loop.create_connection(
-            lambda idle=idle: _HttpConnection(request, window, idle), "127.0.0.1", port
+            functools.partial(_HttpConnection, request, window, idle), "127.0.0.1", port
         )
         idles.append(idle)
     return idles
@@ -178,13 +183,15 @@ async def _grpc(
     # A few channels, each its own connection (a local subchannel pool), 16 calls apiece.
     n_channels = max(1, min(4, (concurrency + 15) // 16))
     options = [("grpc.use_local_subchannel_pool", 1)]
-    channels = [aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(n_channels)]
+    channels = [
+        aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(n_channels)
+    ]
     for channel in channels:
         await asyncio.wait_for(channel.channel_ready(), 10)
     # No serializers: the request goes as the bytes given, the answer stays bytes.
     calls = [channel.unary_unary(GRPC_METHOD) for channel in channels]
 
-    async def loop(call: aio.UnaryUnaryMultiCallable) -> None:  # type: ignore[type-arg]
+    async def loop(call: aio.UnaryUnaryMultiCallable) -> None:
         while not window.stopping:
             sent = time.perf_counter_ns()
             try:
@@ -208,6 +215,15 @@ async def _grpc(
 # -- the run ----------------------------------------------------------------------------------
 
 
+def _machine_cpu_s() -> float | None:
+    try:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait; no guest twice
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def _server_cpu_s(pid: int | None) -> float | None:
     if pid is None:
         return None
@@ -227,17 +243,29 @@ async def run(args: argparse.Namespace) -> LoadResult:
     idles = await start(args.port, body, args.concurrency, window)
     await asyncio.sleep(args.warmup)
     window.opens_ns = time.perf_counter_ns()
-    cpu0, server0 = time.process_time(), _server_cpu_s(args.server_pid)
+    cpu0, server0, machine0 = time.process_time(), _server_cpu_s(args.server_pid), _machine_cpu_s()
     await asyncio.sleep(args.duration)
     window.closes_ns = time.perf_counter_ns()
-    cpu1, server1 = time.process_time(), _server_cpu_s(args.server_pid)
+    cpu1, server1, machine1 = time.process_time(), _server_cpu_s(args.server_pid), _machine_cpu_s()
     window.stopping = True
     _, pending = await asyncio.wait(idles, timeout=DRAIN_S)
     for future in pending:
         window.fail("still waiting for an answer when the run ended")
         future.cancel()
     seconds = (window.closes_ns - window.opens_ns) / 1e9
-    return summarize(args.protocol, args.concurrency, seconds, window, cpu1 - cpu0, server0, server1)
+    return summarize(
+        args.protocol,
+        args.concurrency,
+        seconds,
+        window,
+        cpu1 - cpu0,
+        _per_second(server0, server1, seconds),
+        _per_second(machine0, machine1, seconds),
+    )
+
+
+def _per_second(before: float | None, after: float | None, seconds: float) -> float:
+    return -1.0 if before is None or after is None else (after - before) / seconds
 
 
 def summarize(
@@ -246,8 +274,8 @@ def summarize(
     seconds: float,
     window: Window,
     client_cpu_s: float,
-    server0: float | None,
-    server1: float | None,
+    server_cpu: float,
+    machine_cpu: float,
 ) -> LoadResult:
     """Percentiles (nearest rank) and rates of one window."""
     latencies = sorted(window.latencies)
@@ -258,7 +286,6 @@ def summarize(
             return float("nan")
         return latencies[min(n - 1, max(0, round(q * n) - 1))] / 1e6
 
-    server_cpu = -1.0 if server0 is None or server1 is None else (server1 - server0) / seconds
     return LoadResult(
         protocol=protocol,
         concurrency=concurrency,
@@ -274,6 +301,7 @@ def summarize(
         mean_ms=sum(latencies) / n / 1e6 if n else float("nan"),
         client_cpu=client_cpu_s / seconds,
         server_cpu=server_cpu,
+        machine_cpu=machine_cpu,
     )
 
 

@@ -100,8 +100,7 @@ class Server:
             assert self._proc is not None
             if self._proc.poll() is not None:
                 raise ServerFailed(
-                    f"{self.name} exited with {self._proc.returncode} while starting: "
-                    f"{self.tail()}"
+                    f"{self.name} exited with {self._proc.returncode} while starting: {self.tail()}"
                 )
             try:
                 status, _ = post(self.http_port, self.body, timeout=5)
@@ -153,12 +152,36 @@ class Server:
 # -- the three kinds of server ----------------------------------------------------------------
 
 
-def aimesh_server(model: BenchModel, bus_url: str, log_dir: Path, *, batching: bool) -> Server:
+def server_env(omp_threads: int) -> dict[str, str]:
+    """The environment every server runs in: ours, without AIMESH_*, OpenMP threads capped.
+
+    ``omp_threads`` 0 leaves OpenMP alone. Capping it matters for HistGradientBoosting, whose
+    predict starts an OpenMP region per call: on a small machine its spinning threads fight
+    the event loop and the load generator for the cores, and every server's tail suffers.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
+    if omp_threads > 0:
+        env["OMP_NUM_THREADS"] = str(omp_threads)
+    return env
+
+
+AIMESH_COMMAND = (sys.executable, "-m", "aimesh")
+"""How the benchmark runs aimesh, unless told another command (another build, a branch)."""
+
+
+def aimesh_server(
+    model: BenchModel,
+    bus_url: str,
+    log_dir: Path,
+    *,
+    batching: bool,
+    omp_threads: int,
+    command: Sequence[str] = AIMESH_COMMAND,
+) -> Server:
     """``aimesh serve fraud@champion`` with one worker, batching on or off."""
     http_port, grpc_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
-    env |= {"AIMESH_HOME": str(model.home), "AIMESH_BUS__URL": bus_url}
-    argv = [sys.executable, "-m", "aimesh", "serve", f"{MODEL_NAME}@{ALIAS}"]
+    env = server_env(omp_threads) | {"AIMESH_HOME": str(model.home), "AIMESH_BUS__URL": bus_url}
+    argv = [*command, "serve", f"{MODEL_NAME}@{ALIAS}"]
     argv += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--workers", "1"]
     if batching:
         argv += ["--batching", "--max-batch-size", "64", "--max-latency-ms", "2"]
@@ -176,7 +199,9 @@ def aimesh_server(model: BenchModel, bus_url: str, log_dir: Path, *, batching: b
     )
 
 
-def baseline_server(kind: str, model: BenchModel, log_dir: Path, *, route: str) -> Server:
+def baseline_server(
+    kind: str, model: BenchModel, log_dir: Path, *, route: str, omp_threads: int
+) -> Server:
     """The FastAPI baseline or the bare ASGI ceiling (``kind``: ``fastapi`` or ``bare``)."""
     port = free_port()
     argv = [sys.executable, str(BENCH_DIR / "_baselines.py"), kind]
@@ -187,6 +212,7 @@ def baseline_server(kind: str, model: BenchModel, log_dir: Path, *, route: str) 
         http_port=port,
         body=model.json_body,
         log=log_dir / f"{kind}-{model.kind}.log",
+        env=server_env(omp_threads),
     )
 
 
