@@ -25,6 +25,12 @@ lint: $(STAMP)  ## ruff and mypy --strict
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
+bench: $(STAMP)  ## every benchmark, each printing ratios against a baseline of the same run
+	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/jobs.py
+	$(BIN)/python bench/lake.py
+
 proto: $(STAMP)  ## regenerate the OIP gRPC stubs from proto/ (a test checks they are current)
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/gen_proto.sh
 

@@ -64,7 +64,7 @@ from _servers import (
 )
 from rich.console import Console
 
-RETRY_BUDGET_S = 360.0
+RETRY_BUDGET_S = 300.0
 """No cell is measured again after this many seconds, so that the run stays bounded."""
 
 # Wide enough for the tables when the output is a file or a pipe.
@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]
         default=1,
         metavar="N",
         help="measure a cell again, up to N times, when other processes disturbed it "
-        "(default 1; the quietest attempt is kept; no retries after 6 minutes)",
+        "(default 1; the quietest attempt is kept; no retries after 5 minutes)",
     )
     parser.add_argument(
         "--aimesh-command",
