@@ -26,7 +26,7 @@ from aimesh.gateway._asgi import (
     RouteNotFound,
     Send,
     allow,
-    error_body,
+    gateway_error_body,
     model_path,
     query,
     raw_target,
@@ -133,7 +133,7 @@ class GatewayApp:
             extra = [_WWW_AUTHENTICATE] if status == 401 else []
             if isinstance(exc, RateLimited):
                 extra.append((b"retry-after", retry_after(exc).encode()))
-            await respond(send, status, error_body(exc), head.request_id, JSON, extra)
+            await respond(send, status, gateway_error_body(exc), head.request_id, JSON, extra)
         except Exception:
             log.exception("unexpected error", extra={"request_id": head.request_id})
             if not outcome.started:

@@ -1,5 +1,46 @@
-"""REST plumbing every aimesh service shares: JSON error bodies with stable codes."""
+"""REST plumbing every aimesh service shares.
 
+FastAPI services (registry, lake, jobs) install :func:`install_error_handlers`; the bare-ASGI
+hot-path services (model service, gateway) use the helpers of ``asgi.py``. Either way every
+error is ``{"error": message, "code": code}``.
+"""
+
+from aimesh.rest.asgi import (
+    BASE_STATUS,
+    JSON,
+    REQUEST_ID,
+    ASGIScope,
+    Message,
+    MethodNotAllowed,
+    Receive,
+    RouteNotFound,
+    Send,
+    allow,
+    declared_length,
+    error_body,
+    header,
+    read_body,
+    respond,
+    status_of,
+)
 from aimesh.rest.errors import install_error_handlers
 
-__all__ = ["install_error_handlers"]
+__all__ = [
+    "BASE_STATUS",
+    "JSON",
+    "REQUEST_ID",
+    "ASGIScope",
+    "Message",
+    "MethodNotAllowed",
+    "Receive",
+    "RouteNotFound",
+    "Send",
+    "allow",
+    "declared_length",
+    "error_body",
+    "header",
+    "install_error_handlers",
+    "read_body",
+    "respond",
+    "status_of",
+]

@@ -7,43 +7,42 @@ This is the inference hot path; the benchmark under ``bench/`` keeps it honest.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from aimesh.errors import AimeshError, InvalidRequest, RequestTooLarge
+from aimesh.errors import AimeshError, InvalidRequest
 from aimesh.protocol import rest_codec
+from aimesh.rest import (
+    BASE_STATUS,
+    JSON,
+    REQUEST_ID,
+    ASGIScope,
+    Message,
+    Receive,
+    RouteNotFound,
+    Send,
+    allow,
+    declared_length,
+    error_body,
+    header,
+    read_body,
+    respond,
+    status_of,
+)
 from aimesh.serving.dataplane import DataPlane
 from aimesh.serving.metrics import ServingMetrics
 from aimesh.serving.openapi import OPENAPI_DOCUMENT, SWAGGER_PAGE
 
 log = logging.getLogger("aimesh.serving.rest")
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-
-class _RouteNotFound(AimeshError):
-    code = "route_not_found"
-
-
-class _MethodNotAllowed(AimeshError):
-    code = "method_not_allowed"
-
-
 HTTP_STATUS: dict[str, int] = {
-    "route_not_found": 404,
-    "method_not_allowed": 405,
+    **BASE_STATUS,
     "invalid_request": 400,
     "input_mismatch": 400,
     "datatype_mismatch": 400,
     "shape_mismatch": 400,
-    "request_too_large": 413,
     "model_not_found": 404,
     "version_not_found": 404,
     "not_found": 404,
@@ -55,13 +54,7 @@ HTTP_STATUS: dict[str, int] = {
 }
 """From an error's code to the HTTP status this service answers with."""
 
-JSON = b"application/json"
 HEADER_LENGTH = b"inference-header-content-length"
-REQUEST_ID = b"x-request-id"
-
-
-def _status_of(exc: AimeshError) -> int:
-    return HTTP_STATUS.get(exc.code, 400 if isinstance(exc, InvalidRequest) else 500)
 
 
 class RestApp:
@@ -84,7 +77,7 @@ class RestApp:
         self._on_startup = on_startup
         self._on_shutdown = on_shutdown
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, receive, send)
@@ -109,23 +102,23 @@ class RestApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = _header(scope, REQUEST_ID) or uuid.uuid4().hex
+    async def _http(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        request_id = header(scope, REQUEST_ID) or uuid.uuid4().hex
         if self.access_log:
             send = _AccessLog(scope, send, request_id)
         try:
             await self._route(scope, receive, send, request_id)
         except AimeshError as exc:
-            status = _status_of(exc)
+            status = status_of(exc, HTTP_STATUS)
             if status >= 500:
                 log.warning(exc.message, extra={"code": exc.code, "request_id": request_id})
-            await _respond(send, status, _error_body(exc.message, exc.code), request_id)
+            await respond(send, status, error_body(exc.message, exc.code), request_id)
         except Exception:
             log.exception("unexpected error", extra={"request_id": request_id})
-            body = _error_body("internal error; see the service log", "internal_error")
-            await _respond(send, 500, body, request_id)
+            body = error_body("internal error; see the service log", "internal_error")
+            await respond(send, 500, body, request_id)
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _route(self, scope: ASGIScope, receive: Receive, send: Send, request_id: str) -> None:
         method: str = scope["method"]
         parts = scope["path"].strip("/").split("/")
         if len(parts) >= 3 and parts[0] == "v2" and parts[1] == "models":
@@ -135,49 +128,49 @@ class RestApp:
                 version, rest = rest[1], rest[2:]
             action = rest[0] if len(rest) == 1 else ("" if not rest else None)
             if action == "infer":
-                _allow(method, "POST")
+                allow(method, "POST")
                 await self._infer(scope, receive, send, request_id, name, version)
                 return
             if action == "ready":
-                _allow(method, "GET")
+                allow(method, "GET")
                 ready = self.plane.model_ready(name, version)
-                await _respond(send, 200 if ready else 503, _ready(ready), request_id)
+                await respond(send, 200 if ready else 503, _ready(ready), request_id)
                 return
             if action == "":
-                _allow(method, "GET")
+                allow(method, "GET")
                 meta = self.plane.model_metadata(name, version)
-                await _respond(send, 200, rest_codec.encode_model_metadata(meta), request_id)
+                await respond(send, 200, rest_codec.encode_model_metadata(meta), request_id)
                 return
         elif parts == ["v2", "health", "live"]:
-            _allow(method, "GET")
-            await _respond(send, 200, _live(self.plane.live()), request_id)
+            allow(method, "GET")
+            await respond(send, 200, _live(self.plane.live()), request_id)
             return
         elif parts == ["v2", "health", "ready"]:
-            _allow(method, "GET")
+            allow(method, "GET")
             ready = self.plane.ready()
-            await _respond(send, 200 if ready else 503, _ready(ready), request_id)
+            await respond(send, 200 if ready else 503, _ready(ready), request_id)
             return
         elif parts == ["v2"]:
-            _allow(method, "GET")
+            allow(method, "GET")
             server = rest_codec.encode_server_metadata(self.plane.server_metadata())
-            await _respond(send, 200, server, request_id)
+            await respond(send, 200, server, request_id)
             return
         elif parts == ["metrics"]:
-            _allow(method, "GET")
+            allow(method, "GET")
             content_type = b"text/plain; version=0.0.4; charset=utf-8"
-            await _respond(send, 200, self.metrics.render(), request_id, content_type)
+            await respond(send, 200, self.metrics.render(), request_id, content_type)
             return
         elif parts == ["openapi.json"]:
-            await _respond(send, 200, OPENAPI_DOCUMENT, request_id)
+            await respond(send, 200, OPENAPI_DOCUMENT, request_id)
             return
         elif parts == ["docs"]:
-            await _respond(send, 200, SWAGGER_PAGE, request_id, b"text/html; charset=utf-8")
+            await respond(send, 200, SWAGGER_PAGE, request_id, b"text/html; charset=utf-8")
             return
-        raise _RouteNotFound(f"no route {method} {scope['path']}")
+        raise RouteNotFound(f"no route {method} {scope['path']}")
 
     async def _infer(
         self,
-        scope: Scope,
+        scope: ASGIScope,
         receive: Receive,
         send: Send,
         request_id: str,
@@ -188,8 +181,8 @@ class RestApp:
         status = "error"
         served_version = version or "?"
         try:
-            body = await self._read_body(scope, receive)
-            header_length = _header(scope, HEADER_LENGTH)
+            body = await read_body(receive, declared_length(scope), self.max_request_bytes)
+            header_length = header(scope, HEADER_LENGTH)
             request = rest_codec.decode_request(
                 body, header_length=_parse_length(header_length) if header_length else None
             )
@@ -203,7 +196,7 @@ class RestApp:
             if json_length is not None:
                 content_type = b"application/octet-stream"
                 extra.append((HEADER_LENGTH, str(json_length).encode()))
-            await _respond(send, 200, payload, request_id, content_type, extra)
+            await respond(send, 200, payload, request_id, content_type, extra)
             status = "ok"
         except AimeshError as exc:
             status = exc.code
@@ -213,47 +206,11 @@ class RestApp:
                 name, served_version, "rest", status, time.perf_counter() - started
             )
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self.max_request_bytes
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RequestTooLarge(int(declared), limit)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise InvalidRequest("the client went away before sending the whole body")
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise RequestTooLarge(size, limit)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _allow(method: str, allowed: str) -> None:
-    if method != allowed and not (allowed == "GET" and method == "HEAD"):
-        raise _MethodNotAllowed(f"use {allowed}, not {method}")
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            decoded: str = value.decode("latin-1")
-            return decoded
-    return None
-
 
 def _parse_length(value: str) -> int:
     if not value.isdigit():
         raise InvalidRequest(f"Inference-Header-Content-Length must be a number, got {value!r}")
     return int(value)
-
-
-def _error_body(message: str, code: str) -> bytes:
-    return json.dumps({"error": message, "code": code}).encode()
 
 
 _READY = {True: b'{"ready":true}', False: b'{"ready":false}'}
@@ -267,29 +224,10 @@ def _live(live: bool) -> bytes:
     return b'{"live":true}' if live else b'{"live":false}'
 
 
-async def _respond(
-    send: Send,
-    status: int,
-    body: bytes,
-    request_id: str,
-    content_type: bytes = JSON,
-    extra: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    headers = [
-        (b"content-type", content_type),
-        (b"content-length", str(len(body)).encode()),
-        (REQUEST_ID, request_id.encode()),
-    ]
-    if extra:
-        headers.extend(extra)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 class _AccessLog:
     """Wraps ``send`` to log one structured line per request when the response starts."""
 
-    def __init__(self, scope: Scope, send: Send, request_id: str) -> None:
+    def __init__(self, scope: ASGIScope, send: Send, request_id: str) -> None:
         self._scope = scope
         self._send = send
         self._request_id = request_id

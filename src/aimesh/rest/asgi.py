@@ -1,0 +1,119 @@
+"""Bare-ASGI plumbing shared by the hot-path services (the model service and the gateway).
+
+No framework: types for scope and messages, whole-body reads with a size limit, whole
+responses with the request id, method checks, and the JSON error body. FastAPI services
+(registry, lake, jobs) use :func:`aimesh.rest.install_error_handlers` instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aimesh.errors import AimeshError, InvalidRequest, NotFound, RequestTooLarge
+
+ASGIScope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON = b"application/json"
+REQUEST_ID = b"x-request-id"
+
+
+class RouteNotFound(NotFound):
+    """Raised for a path the service has no route for."""
+
+    code = "route_not_found"
+
+
+class MethodNotAllowed(AimeshError):
+    """Raised for a method the route does not take."""
+
+    code = "method_not_allowed"
+
+
+BASE_STATUS: dict[str, int] = {
+    "route_not_found": 404,
+    "method_not_allowed": 405,
+    "request_too_large": 413,
+}
+"""Statuses every bare-ASGI service shares; each adds its own table on top."""
+
+
+def status_of(exc: AimeshError, table: Mapping[str, int]) -> int:
+    """The HTTP status of an error: by code in ``table``, else by family."""
+    status = table.get(exc.code)
+    if status is not None:
+        return status
+    if isinstance(exc, InvalidRequest):
+        return 400
+    if isinstance(exc, NotFound):
+        return 404
+    return 500
+
+
+def allow(method: str, allowed: str) -> None:
+    """Refuse any method but ``allowed`` (HEAD goes where GET does)."""
+    if method != allowed and not (allowed == "GET" and method == "HEAD"):
+        raise MethodNotAllowed(f"use {allowed}, not {method}")
+
+
+def header(scope: ASGIScope, name: bytes) -> str | None:
+    """A request header's value (``name`` in lower case), or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            decoded: str = value.decode("latin-1")
+            return decoded
+    return None
+
+
+async def read_body(receive: Receive, declared: int | None, limit: int) -> bytes:
+    """The whole request body; :class:`RequestTooLarge` beyond ``limit`` (declared or read)."""
+    if declared is not None and declared > limit:
+        raise RequestTooLarge(declared, limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("the client went away before sending the whole body")
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(size, limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def declared_length(scope: ASGIScope) -> int | None:
+    """The Content-Length the client declared, if it is a number."""
+    value = header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def error_body(message: str, code: str) -> bytes:
+    """``{"error": message, "code": code}``: the OIP error body, with our stable code."""
+    return json.dumps({"error": message, "code": code}).encode()
+
+
+async def respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    request_id: str,
+    content_type: bytes = JSON,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Send a whole response with its length and the request id."""
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (REQUEST_ID, request_id.encode()),
+    ]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
