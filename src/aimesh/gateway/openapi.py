@@ -14,63 +14,19 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aimesh.protocol import (
+    INFER_REQUEST_SCHEMA,
+    INFER_RESPONSE_SCHEMA,
+    error_responses,
+    json_content,
+)
+
 __all__ = ["MergedOpenApi", "gateway_document"]
 
 log = logging.getLogger("aimesh.gateway")
 
 # After a failed fetch, serve the gateway's part alone and try again this much later.
 _RETRY_S = 5.0
-
-_TENSOR = {
-    "type": "object",
-    "required": ["name", "shape", "datatype"],
-    "properties": {
-        "name": {"type": "string"},
-        "shape": {"type": "array", "items": {"type": "integer"}},
-        "datatype": {
-            "type": "string",
-            "enum": [
-                "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
-                "UINT64", "FP16", "FP32", "FP64", "BYTES",
-            ],
-        },
-        "parameters": {"type": "object"},
-        "data": {"type": "array", "items": {}},
-    },
-}  # fmt: skip
-_ERROR = {
-    "type": "object",
-    "required": ["error", "code"],
-    "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
-}
-_INFER_REQUEST = {
-    "type": "object",
-    "required": ["inputs"],
-    "properties": {
-        "id": {"type": "string"},
-        "parameters": {"type": "object"},
-        "inputs": {"type": "array", "items": _TENSOR},
-        "outputs": {"type": "array", "items": {"type": "object"}},
-    },
-}
-_INFER_RESPONSE = {
-    "type": "object",
-    "properties": {
-        "model_name": {"type": "string"},
-        "model_version": {"type": "string"},
-        "id": {"type": "string"},
-        "outputs": {"type": "array", "items": _TENSOR},
-    },
-}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    return {str(c): _json(_ERROR, "error with a stable code") for c in codes}
-
 
 _GUARDED = (401, 403, 429)
 _ROUTED = (404, 502, 503, 504)
@@ -82,7 +38,7 @@ def _infer(summary: str) -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": _INFER_REQUEST},
+                "application/json": {"schema": INFER_REQUEST_SCHEMA},
                 "application/octet-stream": {
                     "schema": {"type": "string", "format": "binary"},
                     "description": "Binary tensor data extension (Inference-Header-Content-Length)",
@@ -90,8 +46,8 @@ def _infer(summary: str) -> dict[str, Any]:
             },
         },
         "responses": {
-            "200": _json(_INFER_RESPONSE, "outputs of the version that answered"),
-            **_errors(400, 413, *_GUARDED, *_ROUTED),
+            "200": json_content(INFER_RESPONSE_SCHEMA, "outputs of the version that answered"),
+            **error_responses(400, 413, *_GUARDED, *_ROUTED),
         },
     }
 
@@ -105,7 +61,7 @@ _AGGREGATE = {
         "content": {
             "application/json": {
                 "schema": {
-                    **_INFER_REQUEST,
+                    **INFER_REQUEST_SCHEMA,
                     "required": ["models", "inputs"],
                     "properties": {
                         "models": {
@@ -114,14 +70,14 @@ _AGGREGATE = {
                             "minItems": 1,
                             "maxItems": 32,
                         },
-                        **_INFER_REQUEST["properties"],  # type: ignore[dict-item]
+                        **INFER_REQUEST_SCHEMA["properties"],
                     },
                 }
             }
         },
     },
     "responses": {
-        "200": _json(
+        "200": json_content(
             {
                 "type": "object",
                 "properties": {
@@ -131,15 +87,21 @@ _AGGREGATE = {
             },
             "every model's answer or error",
         ),
-        **_errors(400, 413, *_GUARDED),
+        **error_responses(400, 413, *_GUARDED),
     },
 }
 _READY = {
-    "200": _json({"type": "object"}, "ready"),
-    **_errors(*_GUARDED, *_ROUTED),
+    "200": json_content({"type": "object"}, "ready"),
+    **error_responses(*_GUARDED, *_ROUTED),
 }
-_META = {"200": _json({"type": "object"}, "metadata"), **_errors(*_GUARDED, *_ROUTED)}
-_OPEN_READY = {"200": _json({"type": "object"}, "ready"), "503": _json({"type": "object"}, "not")}
+_META = {
+    "200": json_content({"type": "object"}, "metadata"),
+    **error_responses(*_GUARDED, *_ROUTED),
+}
+_OPEN_READY = {
+    "200": json_content({"type": "object"}, "ready"),
+    "503": json_content({"type": "object"}, "not"),
+}
 
 
 def gateway_document(*, auth: bool) -> dict[str, Any]:

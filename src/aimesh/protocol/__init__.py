@@ -9,6 +9,15 @@ from aimesh.protocol.inference import (
     ServerMetadata,
     Tensor,
 )
+from aimesh.protocol.openapi import (
+    ERROR_SCHEMA,
+    INFER_REQUEST_SCHEMA,
+    INFER_RESPONSE_SCHEMA,
+    TENSOR_SCHEMA,
+    error_responses,
+    infer_request_body,
+    json_content,
+)
 from aimesh.protocol.tensors import (
     DATATYPE_TO_NUMPY,
     Datatype,
@@ -19,6 +28,10 @@ from aimesh.protocol.tensors import (
 
 __all__ = [
     "DATATYPE_TO_NUMPY",
+    "ERROR_SCHEMA",
+    "INFER_REQUEST_SCHEMA",
+    "INFER_RESPONSE_SCHEMA",
+    "TENSOR_SCHEMA",
     "Datatype",
     "InferenceRequest",
     "InferenceResponse",
@@ -30,4 +43,7 @@ __all__ = [
     "Tensor",
     "TensorSpec",
     "datatype_of",
+    "error_responses",
+    "infer_request_body",
+    "json_content",
 ]

@@ -5,78 +5,26 @@ from __future__ import annotations
 import json
 from typing import Any
 
-_TENSOR = {
-    "type": "object",
-    "required": ["name", "shape", "datatype"],
-    "properties": {
-        "name": {"type": "string"},
-        "shape": {"type": "array", "items": {"type": "integer"}},
-        "datatype": {
-            "type": "string",
-            "enum": [
-                "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
-                "UINT64", "FP16", "FP32", "FP64", "BYTES",
-            ],
-        },
-        "parameters": {"type": "object"},
-        "data": {"type": "array", "items": {}},
-    },
-}  # fmt: skip
-_ERROR = {
-    "type": "object",
-    "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
-}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    return {str(c): _json(_ERROR, "error with a stable code") for c in codes}
-
+from aimesh.protocol import (
+    INFER_RESPONSE_SCHEMA,
+    error_responses,
+    infer_request_body,
+    json_content,
+)
 
 _INFER = {
     "summary": "Run inference",
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["inputs"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "parameters": {"type": "object"},
-                        "inputs": {"type": "array", "items": _TENSOR},
-                        "outputs": {"type": "array", "items": {"type": "object"}},
-                    },
-                }
-            },
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "Binary tensor data extension (Inference-Header-Content-Length)",
-            },
-        },
-    },
+    "requestBody": infer_request_body(),
     "responses": {
-        "200": _json(
-            {
-                "type": "object",
-                "properties": {
-                    "model_name": {"type": "string"},
-                    "model_version": {"type": "string"},
-                    "id": {"type": "string"},
-                    "outputs": {"type": "array", "items": _TENSOR},
-                },
-            },
-            "outputs of the version that answered",
-        ),
-        **_errors(400, 404, 413, 429, 503, 504),
+        "200": json_content(INFER_RESPONSE_SCHEMA, "outputs of the version that answered"),
+        **error_responses(400, 404, 413, 429, 503, 504),
     },
 }
-_READY = {"200": _json({"type": "object"}, "ready"), "503": _json({"type": "object"}, "not ready")}
-_META = {"200": _json({"type": "object"}, "metadata"), **_errors(404)}
+_READY = {
+    "200": json_content({"type": "object"}, "ready"),
+    "503": json_content({"type": "object"}, "not ready"),
+}
+_META = {"200": json_content({"type": "object"}, "metadata"), **error_responses(404)}
 
 _PATHS: dict[str, Any] = {
     "/v2/health/live": {"get": {"summary": "Liveness", "responses": _READY}},
