@@ -34,7 +34,7 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `aimesh --help` stays quick and each group stays in its own module.
-    from aimesh.cli import bus, demo, gateway, jobs, lake, local, models, registry, serve
+    from aimesh.cli import bus, demo, gateway, jobs, lake, local, models, registry, serve, train
 
     app.add_typer(models.app, name="models")
     app.add_typer(registry.app, name="registry")
@@ -44,6 +44,7 @@ def _register() -> None:
     app.add_typer(lake.app, name="lake")
     app.command("worker")(jobs.worker)
     app.command("serve")(serve.serve)
+    app.command("train")(train.train)
     app.command("demo")(demo.demo)
     for command in (local.up, local.status, local.logs, local.down, local.init):
         app.command()(command)

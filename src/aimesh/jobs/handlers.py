@@ -14,8 +14,8 @@ result (small JSON); it raises to fail the attempt: :class:`~aimesh.errors.Inval
 and its children (e.g. :class:`~aimesh.errors.JobRejected`) fail the job at once, anything
 else is retried until the job's attempts are spent.
 
-The built-in kinds ``noop`` and ``sleep`` (see :mod:`aimesh.jobs.kinds`) are imported when
-first asked for.
+The built-in kinds ``noop`` and ``sleep`` (see :mod:`aimesh.jobs.kinds`) and ``training``
+(see :mod:`aimesh.training`) are imported when first asked for.
 """
 
 from __future__ import annotations
@@ -41,7 +41,11 @@ __all__ = [
 Handler: TypeAlias = Callable[["JobContext"], Awaitable[object]] | Callable[["JobContext"], object]
 """What runs a job: ``async def handler(ctx) -> result``, or a plain function (in a thread)."""
 
-_BUILTIN = {"noop": "aimesh.jobs.kinds:noop", "sleep": "aimesh.jobs.kinds:sleep"}
+_BUILTIN = {
+    "noop": "aimesh.jobs.kinds:noop",
+    "sleep": "aimesh.jobs.kinds:sleep",
+    "training": "aimesh.training:train_job",
+}
 _handlers: dict[str, Handler] = {}
 
 
