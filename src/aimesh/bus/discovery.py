@@ -151,6 +151,32 @@ async def list_instances(bus: Bus, kind: str | None = None) -> list[ServiceInsta
     return found
 
 
+def describe_service(
+    kind: str,
+    name: str,
+    *,
+    rest_url: str | None = None,
+    grpc_address: str | None = None,
+    workers: int = 1,
+    instance_id: str | None = None,
+) -> Callable[[], ServiceInstance]:
+    """A ``describe`` for :class:`Registration` when the entry does not change while it runs."""
+    started = _now()
+    instance = ServiceInstance(
+        id=instance_id or new_instance_id(),
+        kind=kind,  # type: ignore[arg-type]
+        name=name,
+        rest_url=rest_url,
+        grpc_address=grpc_address,
+        workers=workers,
+        pid=this_pid(),
+        host=this_host(),
+        started=started,
+        heartbeat=started,
+    )
+    return lambda: instance
+
+
 def this_host() -> str:
     """This machine's name, for instance records."""
     return socket.gethostname()

@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
 
 import uvicorn
 
@@ -26,8 +24,8 @@ from aimesh.bus import (
     ServiceInstance,
     connect,
     declare_topology,
+    describe_service,
     ensure_bus,
-    new_instance_id,
 )
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
@@ -202,17 +200,12 @@ def _configured_registry(settings: Settings) -> Upstream | None:
 
 
 def _describer(host: str, http_port: int, grpc_port: int) -> Callable[[], ServiceInstance]:
-    started = datetime.now(UTC)
-    instance_id = new_instance_id()
-
-    def describe() -> ServiceInstance:
-        return ServiceInstance(
-            id=instance_id, kind="gateway", name="gateway",
-            rest_url=f"http://{host}:{http_port}", grpc_address=f"{host}:{grpc_port}",
-            pid=os.getpid(), host=socket.gethostname(), started=started, heartbeat=started,
-        )  # fmt: skip
-
-    return describe
+    return describe_service(
+        "gateway",
+        "gateway",
+        rest_url=f"http://{host}:{http_port}",
+        grpc_address=f"{host}:{grpc_port}",
+    )
 
 
 async def _follow_bus(

@@ -5,14 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from aimesh.bus import Bus, Registration, ServiceInstance, new_instance_id, open_bus
-from aimesh.bus.discovery import this_host, this_pid
+from aimesh.bus import Bus, Registration, describe_service, open_bus
 from aimesh.config import Settings
 from aimesh.jobs.api import HTTP_STATUS, openapi_components, router
 from aimesh.jobs.client import JobClient
@@ -25,21 +23,7 @@ log = logging.getLogger("aimesh.jobs")
 
 def _registration(settings: Settings, bus: Bus, public_url: str) -> Registration:
     """A discovery entry (kind ``jobs``, name ``jobs``) so that gateways proxy /api/jobs."""
-    started = datetime.now(UTC)
-    instance_id = new_instance_id()
-
-    def describe() -> ServiceInstance:
-        return ServiceInstance(
-            id=instance_id,
-            kind="jobs",
-            name="jobs",
-            rest_url=public_url,
-            pid=this_pid(),
-            host=this_host(),
-            started=started,
-            heartbeat=started,
-        )
-
+    describe = describe_service("jobs", "jobs", rest_url=public_url)
     return Registration(bus, describe, interval_s=settings.serving.heartbeat_s)
 
 

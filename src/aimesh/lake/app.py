@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
-from aimesh.bus import ServiceInstance, announce, new_instance_id
-from aimesh.bus.discovery import this_host, this_pid
+from aimesh.bus import announce, describe_service
 from aimesh.config import Settings
 from aimesh.lake.api import HTTP_STATUS, LakeService, router
 from aimesh.lake.lake import Lake
@@ -63,19 +61,5 @@ def create_app(
 
 
 async def _announce(settings: Settings, public_url: str) -> None:
-    started = datetime.now(UTC)
-    instance_id = new_instance_id()
-
-    def describe() -> ServiceInstance:
-        return ServiceInstance(
-            id=instance_id,
-            kind="lake",
-            name="lake",
-            rest_url=public_url,
-            pid=this_pid(),
-            host=this_host(),
-            started=started,
-            heartbeat=started,
-        )
-
+    describe = describe_service("lake", "lake", rest_url=public_url)
     await announce(settings, describe, interval_s=settings.serving.heartbeat_s)

@@ -6,12 +6,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
-from aimesh.bus import ServiceInstance, announce, new_instance_id
-from aimesh.bus.discovery import this_host, this_pid
+from aimesh.bus import announce, describe_service
 from aimesh.config import Settings
 from aimesh.registry.api import HTTP_STATUS, router
 from aimesh.registry.outbox import OutboxRelay
@@ -23,21 +21,7 @@ log = logging.getLogger("aimesh.registry")
 
 async def _announce(settings: Settings, public_url: str) -> None:
     """Keep a discovery entry (kind ``registry``) so that gateways find this service."""
-    started = datetime.now(UTC)
-    instance_id = new_instance_id()
-
-    def describe() -> ServiceInstance:
-        return ServiceInstance(
-            id=instance_id,
-            kind="registry",
-            name="registry",
-            rest_url=public_url,
-            pid=this_pid(),
-            host=this_host(),
-            started=started,
-            heartbeat=started,
-        )
-
+    describe = describe_service("registry", "registry", rest_url=public_url)
     await announce(settings, describe, interval_s=settings.serving.heartbeat_s)
 
 
