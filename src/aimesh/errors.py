@@ -208,6 +208,16 @@ class JobNotFound(NotFound):
         self.job_id = job_id
 
 
+class ResultExpired(NotFound):
+    """Raised when a job's result was kept for a while and is gone now."""
+
+    code = "result_expired"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"the result of job {job_id} has expired", job_id=job_id)
+        self.job_id = job_id
+
+
 class DatasetNotFound(NotFound):
     """Raised when the lake has no dataset with the given name."""
 
@@ -433,6 +443,20 @@ class QueryTimeout(DeadlineExceeded):
     def __init__(self, timeout_s: float) -> None:
         super().__init__(f"query stopped after {timeout_s:g}s", timeout_s=timeout_s)
         self.timeout_s = timeout_s
+
+
+class JobPending(Conflict):
+    """Raised when asking for the result of a job that has not ended yet."""
+
+    code = "job_pending"
+
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(
+            f"job {job_id} is {state}; its result comes when it succeeds", job_id=job_id,
+            state=state,
+        )  # fmt: skip
+        self.job_id = job_id
+        self.state = state
 
 
 class JobFailed(AimeshError):

@@ -27,6 +27,8 @@ from aimesh.bus import (
     DISCOVERY_BUCKET,
     DLQ_STREAM,
     EVENTS_STREAM,
+    JOB_DATA_BUCKET,
+    JOB_DATA_TTL_S,
     JOBS_BUCKET,
     JOBS_STREAM,
     EmbeddedNats,
@@ -337,7 +339,9 @@ def test_declare_topology_is_idempotent(nats_url: str) -> None:
             assert discovery.stream_info.config.storage == StorageType.MEMORY
             jobs_kv = await (await a.js.key_value(JOBS_BUCKET)).status()
             assert jobs_kv.stream_info.config.storage == StorageType.FILE
-            assert {DISCOVERY_BUCKET, JOBS_BUCKET} == {b.name for b in BUCKETS}
+            data_kv = await (await a.js.key_value(JOB_DATA_BUCKET)).status()
+            assert data_kv.ttl == JOB_DATA_TTL_S
+            assert {DISCOVERY_BUCKET, JOBS_BUCKET, JOB_DATA_BUCKET} == {b.name for b in BUCKETS}
 
     run(scenario())
 

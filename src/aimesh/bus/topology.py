@@ -30,6 +30,8 @@ __all__ = [
     "JOBS_BUCKET",
     "JOBS_STREAM",
     "JOBS_SUBJECTS",
+    "JOB_DATA_BUCKET",
+    "JOB_DATA_TTL_S",
     "STREAMS",
     "BucketSpec",
     "StreamSpec",
@@ -45,6 +47,9 @@ DLQ_STREAM = "AIMESH_JOBS_DLQ"
 DLQ_SUBJECTS = "aimesh.dlq.>"
 DISCOVERY_BUCKET = "aimesh_discovery"
 JOBS_BUCKET = "aimesh_jobs"
+JOB_DATA_BUCKET = "aimesh_job_data"
+JOB_DATA_TTL_S = 24 * 3600.0
+"""How long a job's input and result blobs are kept (e.g. an async inference's answer)."""
 
 _DAY_S = 24 * 3600.0
 # JetStream's error code for "stream name already in use with a different configuration".
@@ -144,6 +149,12 @@ BUCKETS: tuple[BucketSpec, ...] = (
         history=5,
         # A record nobody updated for a week belongs to a job long finished or abandoned.
         ttl_s=7 * _DAY_S,
+    ),
+    BucketSpec(
+        name=JOB_DATA_BUCKET,
+        description="Inputs and results of jobs too large for their record (async inference "
+        "requests and answers), kept a day.",
+        ttl_s=JOB_DATA_TTL_S,
     ),
 )
 

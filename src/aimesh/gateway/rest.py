@@ -15,7 +15,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from aimesh.errors import AimeshError, NoInstance, RateLimited, UpstreamError, UpstreamTimeout
+from aimesh.errors import (
+    AimeshError,
+    BusUnavailable,
+    NoInstance,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from aimesh.gateway import aggregate
 from aimesh.gateway._asgi import (
     HTTP_STATUS,
@@ -35,6 +42,7 @@ from aimesh.gateway._asgi import (
     status_of,
 )
 from aimesh.gateway.auth import AccessControl, Scope, key_from_headers, retry_after
+from aimesh.gateway.deferred import AsyncRequest, Deferrer, async_request
 from aimesh.gateway.headers import RequestHead
 from aimesh.gateway.http1 import HttpClient, UpstreamResponse
 from aimesh.gateway.instances import InstancePolicy, Upstream
@@ -42,6 +50,7 @@ from aimesh.gateway.metrics import GATEWAY, GatewayMetrics
 from aimesh.gateway.openapi import SWAGGER_PAGE, MergedOpenApi
 from aimesh.gateway.routing import Router
 from aimesh.gateway.upstream import NotSent, call_upstream
+from aimesh.jobs.store import encode_job
 
 __all__ = ["HTTP_STATUS", "GatewayApp"]
 
@@ -90,6 +99,7 @@ class GatewayApp:
         upstream_timeout_s: float,
         ready: Callable[[], bool],
         registry_fallback: Upstream | None = None,
+        deferrer: Deferrer | None = None,
     ) -> None:
         self.router = router
         self.client = client
@@ -101,6 +111,8 @@ class GatewayApp:
         self.timeout = upstream_timeout_s
         self.ready = ready
         self.registry_fallback = registry_fallback
+        self.deferrer = deferrer
+        """Queues ``?async=true`` model calls as jobs; ``None``: they are refused."""
         self._own: dict[str, tuple[str, str, Scope | None, _Answer]] = {
             "/health": ("health", "GET", None, self._health),
             "/v2/health/live": ("health", "GET", None, self._live),
@@ -199,13 +211,21 @@ class GatewayApp:
         if not name:
             raise RouteNotFound("name a model: /v2/models/{name}/...")
         allow(scope["method"], allowed)
+        deferred = None
+        if suffix == b"/infer":
+            deferred = async_request(scope["query_string"], head.forward)
         self.access.check(key_from_headers(head.api_key, head.authorization), "infer")
         body = await self._body(head, receive) if allowed == "POST" else b""
         target = await self.router.target(name, version)
         if target.version == version:
-            upstream_path = raw_target(scope)
+            path = scope.get("raw_path") or scope["path"].encode()
         else:  # an alias resolved here: name the version (or none) the instance knows
-            upstream_path = model_path(name, target.version, suffix) + query(scope)
+            path = model_path(name, target.version, suffix)
+        if deferred is not None:
+            routed = version if target.version is None else target.version
+            await self._defer(send, head, outcome, name, routed, path, body, deferred)
+            return
+        upstream_path = path + query(scope)
         method = b"POST" if allowed == "POST" else b"GET"
         response = await call_upstream(
             target.candidates,
@@ -214,6 +234,31 @@ class GatewayApp:
             on_not_sent=self._not_sent,
         )
         await self._relay(send, response, head, outcome)
+
+    async def _defer(
+        self,
+        send: Send,
+        head: RequestHead,
+        outcome: _Outcome,
+        name: str,
+        version: str | None,
+        path: bytes,
+        body: bytes,
+        options: AsyncRequest,
+    ) -> None:
+        """Queue the call as an ``inference`` job and answer 202 with the job's record."""
+        outcome.route = "infer_async"
+        if self.deferrer is None:
+            raise BusUnavailable("async inference needs the bus, which this gateway has not")
+        job = await self.deferrer.submit(
+            model=name, version=version, path=path, body=body, headers=head.forward,
+            options=options,
+        )  # fmt: skip
+        outcome.status = 202
+        extra = [(b"location", f"/api/jobs/{job.id}".encode())]
+        if options.prefer:
+            extra.append((b"preference-applied", b"respond-async"))
+        await respond(send, 202, encode_job(job), head.request_id, JSON, extra)
 
     def _exchange(
         self,

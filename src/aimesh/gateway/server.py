@@ -31,6 +31,7 @@ from aimesh.config import Settings
 from aimesh.errors import AimeshError
 from aimesh.gateway.auth import AccessControl
 from aimesh.gateway.catalog import RegistryCatalog
+from aimesh.gateway.deferred import Deferrer
 from aimesh.gateway.grpc import GrpcGateway, start_grpc
 from aimesh.gateway.http1 import HttpClient
 from aimesh.gateway.instances import LeastOutstanding, Upstream, address_of
@@ -97,12 +98,13 @@ async def run_gateway(
     openapi = MergedOpenApi(gateway_document(auth=g.auth), auth=g.auth)
     registry_fallback = _configured_registry(settings)
     ready = asyncio.Event()
+    deferrer = Deferrer(settings.jobs)
 
     app = GatewayApp(
         router=router, client=client, policy=policy, access=access, metrics=metrics,
         openapi=openapi, max_request_bytes=g.max_request_bytes,
         upstream_timeout_s=g.upstream_timeout_s, ready=ready.is_set,
-        registry_fallback=registry_fallback,
+        registry_fallback=registry_fallback, deferrer=deferrer,
     )  # fmt: skip
     grpc_gateway = GrpcGateway(
         router=router, client=client, policy=policy, access=access, metrics=metrics,
@@ -139,7 +141,8 @@ async def run_gateway(
 
     describe = _describer(g.host, http_port, grpc_port)
     follower = asyncio.create_task(
-        _follow_bus(settings, table, catalog, changed, ready, describe), name="gateway-bus"
+        _follow_bus(settings, table, catalog, changed, ready, describe, deferrer),
+        name="gateway-bus",
     )
 
     stop = stop or asyncio.Event()
@@ -215,9 +218,14 @@ async def _follow_bus(
     changed: Callable[[], None],
     ready: asyncio.Event,
     describe: Callable[[], ServiceInstance],
+    deferrer: Deferrer,
 ) -> None:
     """Connect to the bus (retrying), then watch discovery and registry events until cancelled."""
     bus = await _connect_patiently(settings)
+    try:
+        await deferrer.attach(bus)
+    except AimeshError as exc:
+        log.warning("async inference unavailable: %s", exc.message)
     watch = DiscoveryWatch(bus, table, on_change=changed)
     tasks = [
         asyncio.create_task(watch.run(), name="discovery-watch"),
@@ -243,6 +251,7 @@ async def _follow_bus(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await _step("closing the job client", deferrer.close())
         # nats-py flushes into a closed transport when the bus is gone, which uvloop refuses.
         with contextlib.suppress(RuntimeError):
             await bus.close()

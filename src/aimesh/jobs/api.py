@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 from aimesh.bus import JobEvent, JobState
 from aimesh.errors import InvalidRequest, RequestTooLarge
 from aimesh.jobs.client import JobClient
+from aimesh.jobs.data import JobData, job_result
 from aimesh.jobs.types import Job, JobSpec
 
 __all__ = ["HTTP_STATUS", "PREFIX", "openapi_components", "router"]
@@ -33,6 +34,9 @@ HTTP_STATUS: dict[str, int] = {
     "job_not_found": 404,
     "not_found": 404,
     "job_finished": 409,
+    "job_pending": 409,
+    "job_failed": 409,
+    "result_expired": 410,
     "conflict": 409,
     "request_too_large": 413,
     "deadline_exceeded": 504,
@@ -122,6 +126,27 @@ async def list_jobs(
 )
 async def get_job(jobs: Jobs, job_id: str) -> Response:
     return _json(await jobs.get(job_id))
+
+
+@router.get(
+    "/{job_id}/result",
+    summary="A finished job's result (an async inference: the model's answer, as it answered)",
+    response_class=Response,
+    responses={
+        200: {"description": "The result: the model's answer, or the job's JSON result"},
+        409: {"description": "The job has not succeeded (job_pending, job_failed)"},
+        410: {"description": "The result was kept a day and has expired (result_expired)"},
+    },
+)
+async def get_result(jobs: Jobs, request: Request, job_id: str) -> Response:
+    data: JobData = request.app.state.job_data
+    blob = await job_result(jobs, data, job_id)
+    return Response(
+        blob.body,
+        blob.status,
+        dict(blob.headers),
+        media_type=blob.content_type,
+    )
 
 
 @router.post(

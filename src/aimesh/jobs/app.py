@@ -14,6 +14,7 @@ from aimesh.bus import Bus, Registration, describe_service, open_bus
 from aimesh.config import Settings
 from aimesh.jobs.api import HTTP_STATUS, openapi_components, router
 from aimesh.jobs.client import JobClient
+from aimesh.jobs.data import JobData
 from aimesh.rest import install_error_handlers
 
 __all__ = ["create_app"]
@@ -38,6 +39,7 @@ def create_app(settings: Settings, *, public_url: str | None = None) -> FastAPI:
         async with await open_bus(settings, name="jobs-api") as bus:
             jobs = await JobClient.open(bus, settings.jobs)
             app.state.jobs = jobs
+            app.state.job_data = await JobData.open(bus)
             registration = None
             if public_url is not None:
                 registration = _registration(settings, bus, public_url)

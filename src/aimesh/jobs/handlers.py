@@ -14,8 +14,9 @@ result (small JSON); it raises to fail the attempt: :class:`~aimesh.errors.Inval
 and its children (e.g. :class:`~aimesh.errors.JobRejected`) fail the job at once, anything
 else is retried until the job's attempts are spent.
 
-The built-in kinds ``noop`` and ``sleep`` (see :mod:`aimesh.jobs.kinds`) and ``training``
-(see :mod:`aimesh.training`) are imported when first asked for.
+The built-in kinds ``noop`` and ``sleep`` (see :mod:`aimesh.jobs.kinds`), ``training``
+(see :mod:`aimesh.training`) and ``inference`` (see :mod:`aimesh.gateway.deferred`) are
+imported when first asked for.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
+from aimesh.bus import Bus
 from aimesh.errors import InvalidRequest, NotFound
 from aimesh.jobs.types import Job, check_kind
 
@@ -45,6 +47,7 @@ _BUILTIN = {
     "noop": "aimesh.jobs.kinds:noop",
     "sleep": "aimesh.jobs.kinds:sleep",
     "training": "aimesh.training:train_job",
+    "inference": "aimesh.gateway.deferred:inference_job",
 }
 _handlers: dict[str, Handler] = {}
 
@@ -52,16 +55,24 @@ _handlers: dict[str, Handler] = {}
 class JobContext:
     """What a handler knows of its job, and how it reports progress and sees a cancel."""
 
-    def __init__(self, job: Job, attempt: int) -> None:
+    def __init__(self, job: Job, attempt: int, bus: Bus | None = None) -> None:
         self.job = job
         self.attempt = attempt
         """The attempt this is, from 1."""
+        self._bus = bus
         self.result_ref: str | None = None
         """Set to a reference (a URI, a dataset version) when the result is too large to keep."""
         self._loop = asyncio.get_running_loop()
         self._cancelled = asyncio.Event()
         self._reported: tuple[float, str | None] | None = None
         self._wake = asyncio.Event()
+
+    @property
+    def bus(self) -> Bus:
+        """The worker's bus connection (for handlers that read or write the bus)."""
+        if self._bus is None:
+            raise RuntimeError("this job runs without a bus (a test's bare JobContext)")
+        return self._bus
 
     @property
     def payload(self) -> dict[str, Any]:

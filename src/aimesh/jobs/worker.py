@@ -379,7 +379,7 @@ class Worker:
     # -- one attempt --------------------------------------------------------------------
 
     async def _attempt(self, msg: Msg, job: Job, revision: int, attempt: Attempt) -> None:
-        run = _Run(msg, attempt, JobContext(job, attempt.number), job, revision)
+        run = _Run(msg, attempt, JobContext(job, attempt.number, self.bus), job, revision)
         self._runs[job.id] = run
         try:
             await emit(self.bus, job, revision)

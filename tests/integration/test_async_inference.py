@@ -1,0 +1,282 @@
+"""Async inference end to end: gateway ``?async=true`` -> job -> worker -> model -> result.
+
+Real processes on the session's NATS: a registry, fraud@champion and echo@1 model services,
+the jobs service, an ``aimesh worker inference`` and the gateway. Everything a client does
+goes through the gateway: submit, poll, follow events (SSE), fetch the result.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from _services import Home, Service, free_port, push_fraud_models, start, wait_for
+
+from aimesh.config import Settings
+from aimesh.registry import push_model
+
+ECHO_MODEL = '''
+import time
+
+
+class Model:
+    """Sleeps x[0, 0] seconds, then doubles x."""
+
+    signature = {
+        "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 1]}],
+        "outputs": [{"name": "y", "datatype": "FP64", "shape": [-1, 1]}],
+    }
+
+    def load(self) -> None:
+        pass
+
+    def predict(self, inputs):
+        time.sleep(float(inputs["x"][0, 0]))
+        return {"y": inputs["x"] * 2}
+'''
+
+
+@pytest.fixture(scope="module")
+def home(
+    tmp_path_factory: pytest.TempPathFactory,
+    nats_url: str,
+    fraud_data: tuple[np.ndarray, np.ndarray],
+) -> Home:
+    root = tmp_path_factory.mktemp("async")
+    settings = Settings(home=root / "home", bus={"url": nats_url})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
+    env |= {
+        "AIMESH_HOME": str(settings.home_dir),
+        "AIMESH_BUS__URL": nats_url,
+        "AIMESH_JOBS__BACKOFF_S": "0.05",
+        "AIMESH_JOBS__PROGRESS_INTERVAL_S": "0.1",
+    }
+    x, y = fraud_data
+    h = Home(settings, env, x)
+    registry = h.registry()
+    push_fraud_models(registry, root, x, y)
+    echo = root / "echo.py"
+    echo.write_text(ECHO_MODEL)
+    push_model(registry, "echo", echo, trusted=True)
+    h.publish(registry)
+    registry.close()
+    return h
+
+
+@pytest.fixture(scope="module")
+def gateway(home: Home) -> Iterator[str]:
+    """The stack; yields the gateway's URL."""
+    running: list[Service] = []
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        running.append(home.registry_service())
+        running.append(home.serve("fraud@champion"))
+        running.append(home.serve("echo@1"))
+        port = free_port()
+        running.append(
+            start(
+                ["jobs", "serve", "--port", str(port)],
+                env=home.env,
+                log=home.settings.home_dir / "jobs.log",
+                http=f"http://127.0.0.1:{port}",
+                ready_path="/health",
+            )
+        )
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "aimesh", "worker", "inference", "--concurrency", "4"],
+            env=home.env,
+            stdout=(home.settings.home_dir / "worker.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        gw = home.gateway()
+        running.append(gw)
+        assert wait_for(lambda: httpx.get(f"{gw.http}/api/jobs").status_code == 200)
+        yield gw.http
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(60)
+        for service in reversed(running):
+            service.stop()
+
+
+def _fraud_body(x: np.ndarray) -> dict[str, Any]:
+    return {
+        "id": "r-1",
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": list(x.shape),
+                "datatype": "FP64",
+                "data": x.ravel().tolist(),
+            }
+        ],
+    }
+
+
+def _echo_body(seconds: float) -> dict[str, Any]:
+    return {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [seconds]}]}
+
+
+def _until_done(gateway: str, job_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+
+    def done() -> bool:
+        found.update(httpx.get(f"{gateway}/api/jobs/{job_id}").json())
+        return found["state"] in ("succeeded", "failed", "cancelled")
+
+    assert wait_for(done), found
+    return found
+
+
+def test_an_async_call_answers_202_and_its_result_equals_the_sync_answer(
+    home: Home, gateway: str
+) -> None:
+    body = _fraud_body(home.x[:5])
+    url = f"{gateway}/v2/models/fraud/versions/champion/infer"
+    accepted = httpx.post(url, params={"async": "true"}, json=body)
+    assert accepted.status_code == 202, accepted.text
+    job = accepted.json()
+    assert (job["kind"], job["state"]) == ("inference", "queued")
+    assert accepted.headers["location"] == f"/api/jobs/{job['id']}"
+    assert "preference-applied" not in accepted.headers
+
+    done = _until_done(gateway, job["id"])
+    assert done["state"] == "succeeded", done
+    assert done["result_ref"] == f"/api/jobs/{job['id']}/result"
+    assert done["result"]["status"] == 200
+    result = httpx.get(f"{gateway}{done['result_ref']}")
+    assert result.status_code == 200
+    assert result.headers["content-type"].startswith("application/json")
+    direct = httpx.post(url, json=body)
+    assert result.json() == direct.json()
+
+
+def test_prefer_respond_async_and_an_idempotency_key(home: Home, gateway: str) -> None:
+    headers = {"Prefer": "respond-async, wait=0", "Idempotency-Key": f"k-{time.time_ns()}"}
+    url = f"{gateway}/v2/models/fraud/infer"
+    first = httpx.post(url, json=_fraud_body(home.x[:1]), headers=headers)
+    again = httpx.post(url, json=_fraud_body(home.x[:1]), headers=headers)
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert first.headers["preference-applied"] == "respond-async"
+    assert first.json()["id"] == again.json()["id"]
+    assert _until_done(gateway, first.json()["id"])["state"] == "succeeded"
+
+
+def test_binary_tensors_round_trip_as_tritonclient_encodes_them(home: Home, gateway: str) -> None:
+    x = home.x[:3].astype(np.float64)
+    tensor = triton.InferInput("input-0", list(x.shape), "FP64")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    outputs = [triton.InferRequestedOutput("label", binary_data=True)]
+    body, json_size = triton.InferenceServerClient.generate_request_body([tensor], outputs)
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(json_size),
+    }
+    url = f"{gateway}/v2/models/fraud/infer"
+    accepted = httpx.post(url + "?async=1", content=body, headers=headers)
+    assert accepted.status_code == 202, accepted.text
+    assert _until_done(gateway, accepted.json()["id"])["state"] == "succeeded"
+    result = httpx.get(f"{gateway}/api/jobs/{accepted.json()['id']}/result")
+    length = result.headers.get("inference-header-content-length")
+    assert length is not None
+    parsed = triton.InferenceServerClient.parse_response_body(
+        result.content, header_length=int(length)
+    )
+    direct = httpx.post(url, content=body, headers=headers)
+    expected = triton.InferenceServerClient.parse_response_body(
+        direct.content, header_length=int(direct.headers["inference-header-content-length"])
+    )
+    np.testing.assert_array_equal(parsed.as_numpy("label"), expected.as_numpy("label"))
+
+
+def test_bad_input_fails_the_job_with_the_models_error_code(gateway: str) -> None:
+    bad = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]}
+    accepted = httpx.post(f"{gateway}/v2/models/echo/infer?async=true", json=bad)
+    assert accepted.status_code == 202
+    job_id = accepted.json()["id"]
+    done = _until_done(gateway, job_id)
+    assert done["state"] == "failed"
+    direct = httpx.post(f"{gateway}/v2/models/echo/infer", json=bad)
+    assert done["error"]["code"] == direct.json()["code"]
+    assert done["attempts"] == 1  # a bad request is not retried
+    result = httpx.get(f"{gateway}/api/jobs/{job_id}/result")
+    assert (result.status_code, result.json()["code"]) == (409, "job_failed")
+
+
+def test_what_cannot_be_queued_is_refused_at_once(gateway: str) -> None:
+    before = len(httpx.get(f"{gateway}/api/jobs", params={"kind": "inference"}).json())
+    unknown = httpx.post(f"{gateway}/v2/models/nope/infer?async=true", json=_echo_body(0))
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "model_not_found")
+    maybe = httpx.post(f"{gateway}/v2/models/echo/infer?async=maybe", json=_echo_body(0))
+    assert (maybe.status_code, maybe.json()["code"]) == (400, "invalid_request")
+    hook = httpx.post(f"{gateway}/v2/models/echo/infer?webhook=http://x/", json=_echo_body(0))
+    assert (hook.status_code, hook.json()["code"]) == (400, "invalid_request")
+    bad_hook = httpx.post(
+        f"{gateway}/v2/models/echo/infer?async=true&webhook=ftp://x/", json=_echo_body(0)
+    )
+    assert (bad_hook.status_code, bad_hook.json()["code"]) == (400, "invalid_request")
+    after = len(httpx.get(f"{gateway}/api/jobs", params={"kind": "inference"}).json())
+    assert after == before
+
+
+def test_events_stream_through_the_gateway_as_they_happen(gateway: str) -> None:
+    accepted = httpx.post(f"{gateway}/v2/models/echo/infer?async=true", json=_echo_body(3.0))
+    job_id = accepted.json()["id"]
+    pending = httpx.get(f"{gateway}/api/jobs/{job_id}/result")
+    assert (pending.status_code, pending.json()["code"]) == (409, "job_pending")
+    seen: list[tuple[str, str]] = []  # (event, the job's state when the event arrived)
+    with httpx.stream("GET", f"{gateway}/api/jobs/{job_id}/events", timeout=60) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                state = httpx.get(f"{gateway}/api/jobs/{job_id}").json()["state"]
+                seen.append((line[7:], state))
+    # The first event reached the client while the model was still working: streamed,
+    # not buffered until the end.
+    assert seen[0][1] in ("queued", "running"), seen
+    assert seen[-1][0] == "succeeded"
+    result = httpx.get(f"{gateway}/api/jobs/{job_id}/result").json()
+    assert result["outputs"][0]["data"] == [6.0]
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    calls: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).calls.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_webhook_hears_when_the_job_ends(gateway: str) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hook = f"http://127.0.0.1:{server.server_address[1]}/done"
+        accepted = httpx.post(
+            f"{gateway}/v2/models/echo/infer", params={"async": "true", "webhook": hook},
+            json=_echo_body(0),
+        )  # fmt: skip
+        job_id = accepted.json()["id"]
+        assert wait_for(lambda: any(c["id"] == job_id for c in _Receiver.calls))
+        call = next(c for c in _Receiver.calls if c["id"] == job_id)
+        assert call["state"] == "succeeded"
+    finally:
+        server.shutdown()
+        server.server_close()
