@@ -10,8 +10,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -75,10 +73,9 @@ def home(
 
 
 @pytest.fixture(scope="module")
-def gateway(home: Home) -> Iterator[str]:
-    """The stack; yields the gateway's URL."""
+def stack(home: Home) -> Iterator[dict[str, str]]:
+    """The stack; yields the URLs of the gateway and the worker's health route."""
     running: list[Service] = []
-    worker: subprocess.Popen[bytes] | None = None
     try:
         running.append(home.registry_service())
         running.append(home.serve("fraud@champion"))
@@ -93,22 +90,27 @@ def gateway(home: Home) -> Iterator[str]:
                 ready_path="/health",
             )
         )
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "aimesh", "worker", "inference", "--concurrency", "4"],
+        port = free_port()
+        worker = start(
+            ["worker", "inference", "--concurrency", "4", "--port", str(port)],
             env=home.env,
-            stdout=(home.settings.home_dir / "worker.log").open("wb"),
-            stderr=subprocess.STDOUT,
+            log=home.settings.home_dir / "worker.log",
+            http=f"http://127.0.0.1:{port}",
+            ready_path="/health",
         )
+        running.append(worker)
         gw = home.gateway()
         running.append(gw)
         assert wait_for(lambda: httpx.get(f"{gw.http}/api/jobs").status_code == 200)
-        yield gw.http
+        yield {"gateway": gw.http, "worker": worker.http}
     finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(60)
         for service in reversed(running):
             service.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(stack: dict[str, str]) -> str:
+    return stack["gateway"]
 
 
 def _fraud_body(x: np.ndarray) -> dict[str, Any]:
@@ -280,3 +282,24 @@ def test_a_webhook_hears_when_the_job_ends(gateway: str) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_worker_says_it_is_healthy_and_counts_its_jobs(
+    stack: dict[str, str], gateway: str
+) -> None:
+    health = httpx.get(f"{stack['worker']}/health").json()
+    assert (health["status"], health["kind"]) == ("ok", "inference")
+
+    def succeeded() -> float:
+        for line in httpx.get(f"{stack['worker']}/metrics").text.splitlines():
+            if line.startswith("aimesh_worker_jobs_total{") and 'outcome="succeeded"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = succeeded()
+    job = httpx.post(f"{gateway}/v2/models/echo/infer?async=true", json=_echo_body(0)).json()
+    assert _until_done(gateway, job["id"])["state"] == "succeeded"
+    assert wait_for(lambda: succeeded() == before + 1)
+    assert "aimesh_worker_running" in httpx.get(f"{stack['worker']}/metrics").text
+    # The worker's REST address is for health, not an API the gateway proxies.
+    assert httpx.get(f"{gateway}/api/inference/health").json()["code"] == "no_instance"

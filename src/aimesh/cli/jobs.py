@@ -262,18 +262,30 @@ def worker(
         str | None,
         typer.Option(
             help="The handler, module:function (default: the one registered for KIND, "
-            "or a built-in one: noop, sleep)."
+            "or a built-in one: noop, sleep, training, inference)."
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address of --port's health and metrics routes.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="Serve /health and /metrics on this port (0: any free one)."
         ),
     ] = None,
 ) -> None:
-    """Run jobs of one kind until Ctrl-C, then drain: finish running jobs or hand them back."""
+    """Run jobs of one kind until Ctrl-C, then drain: finish running jobs or hand them back.
+
+    With --port, /health answers 200 while the worker pulls jobs and /metrics counts them.
+    """
     from aimesh.jobs import get_handler, load_handler
     from aimesh.observability import configure_logging
 
     config = settings()
     configure_logging(config.log_level, config.log_format)
     run = load_handler(handler) if handler is not None else get_handler(kind)
-    stats = asyncio.run(_run_worker(config, kind, run, concurrency))
+    stats = asyncio.run(_run_worker(config, kind, run, concurrency, (host, port)))
     err_console.print(
         f"worker stopped: {stats.succeeded} succeeded, {stats.failed} failed, "
         f"{stats.retried} retried, {stats.cancelled} cancelled, {stats.released} handed back",
@@ -282,29 +294,30 @@ def worker(
 
 
 async def _run_worker(
-    config: Settings, kind: str, handler: Handler, concurrency: int | None
+    config: Settings,
+    kind: str,
+    handler: Handler,
+    concurrency: int | None,
+    listen: tuple[str, int | None],
 ) -> WorkerStats:
-    from aimesh.bus import Registration, ServiceInstance, declare_topology, open_bus
-    from aimesh.bus.discovery import this_host, this_pid
+    from aimesh.bus import Registration, declare_topology, describe_service, open_bus
     from aimesh.jobs import Worker
+    from aimesh.jobs.health import serve_health
 
     async with await open_bus(config, name=f"worker-{kind}") as bus:
         await declare_topology(bus)
         job_worker = Worker(bus, kind, handler, settings=config.jobs, concurrency=concurrency)
-        started = datetime.now().astimezone()
-
-        def describe() -> ServiceInstance:
-            return ServiceInstance(
-                id=job_worker.id,
-                kind="worker",
-                name=kind,
-                workers=job_worker.concurrency,
-                pid=this_pid(),
-                host=this_host(),
-                started=started,
-                heartbeat=started,
-            )
-
+        health: asyncio.Task[None] | None = None
+        rest_url = None
+        host, port = listen
+        if port is not None:
+            health, bound = await serve_health(job_worker, host, port)
+            rest_url = f"http://{host}:{bound}"
+            console.print(f"health and metrics on {rest_url}", highlight=False)
+        describe = describe_service(
+            "worker", kind, rest_url=rest_url, workers=job_worker.concurrency,
+            instance_id=job_worker.id,
+        )  # fmt: skip
         registration = Registration(bus, describe, interval_s=config.serving.heartbeat_s)
         await registration.start()
         loop = asyncio.get_running_loop()
@@ -334,4 +347,7 @@ async def _run_worker(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             await registration.stop()
+            if health is not None:
+                health.cancel()
+                await asyncio.gather(health, return_exceptions=True)
         return job_worker.stats

@@ -30,8 +30,9 @@ VERSION_REF = re.compile(r"^(?:[0-9]{1,18}|[A-Za-z][A-Za-z0-9_-]{0,63})$")
 """A version number, an alias, or ``latest``."""
 
 # Every other kind with a REST address is a service under /api/<name>/... (registry, lake,
-# jobs, and those to come); models go through /v2, gateways are not proxied at all.
-_NOT_SERVICES = frozenset({"model", "gateway"})
+# jobs, and those to come); models go through /v2; gateways and workers (their REST address
+# is health and metrics) are not proxied at all.
+_NOT_SERVICES = frozenset({"model", "gateway", "worker"})
 
 
 _Place = tuple[str, str, tuple[str, int] | None, str | None]

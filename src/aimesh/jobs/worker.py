@@ -169,6 +169,16 @@ class Worker:
         if hand_back:
             self._hurry.set()
 
+    @property
+    def running(self) -> int:
+        """Jobs running now."""
+        return len(self._runs)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called (the worker drains, or has stopped)."""
+        return self._stopping.is_set()
+
     async def run(self) -> None:
         """Pull and run jobs until :meth:`stop`, then drain and return."""
         try:

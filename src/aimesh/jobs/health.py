@@ -1,0 +1,123 @@
+"""A worker's small HTTP face: ``/health`` for supervisors, ``/metrics`` for Prometheus.
+
+``aimesh worker KIND --port P`` serves it next to the consumer loop (``aimesh up`` always
+does, so that it knows when a worker is ready). ``/health`` answers 200 once the worker
+pulls from its queue, 503 before and while it drains. ``/metrics`` counts the worker's
+jobs by outcome and shows how many run now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import msgspec
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from aimesh.jobs.worker import Worker
+from aimesh.rest.asgi import ASGIScope, Receive, RouteNotFound, Send, allow, error_body, respond
+
+__all__ = ["WorkerHealth", "serve_health"]
+
+_OUTCOMES = ("succeeded", "failed", "retried", "cancelled", "released", "skipped")
+
+
+class _WorkerCollector(Collector):
+    """The worker's counters, read when scraped."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        w = self.worker
+        jobs = CounterMetricFamily(
+            "aimesh_worker_jobs",
+            "Attempts this worker ended, by outcome.",
+            labels=["kind", "outcome"],
+        )
+        for outcome in _OUTCOMES:
+            jobs.add_metric([w.kind, outcome], getattr(w.stats, outcome))
+        yield jobs
+        running = GaugeMetricFamily("aimesh_worker_running", "Jobs running now.", labels=["kind"])
+        running.add_metric([w.kind], w.running)
+        yield running
+        slots = GaugeMetricFamily(
+            "aimesh_worker_slots", "Jobs run at once, at most.", labels=["kind"]
+        )
+        slots.add_metric([w.kind], w.concurrency)
+        yield slots
+
+
+class WorkerHealth:
+    """The ASGI app of a worker's HTTP face."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.metrics = CollectorRegistry(auto_describe=True)
+        self.metrics.register(_WorkerCollector(worker))
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        try:
+            allow(scope["method"], "GET")
+            if path == "/health":
+                ok = self.worker.ready.is_set() and not self.worker.stopping
+                body = msgspec.json.encode(
+                    {"status": "ok" if ok else "unavailable", "kind": self.worker.kind,
+                     "worker": self.worker.id}
+                )  # fmt: skip
+                await respond(send, 200 if ok else 503, body, "")
+            elif path == "/metrics":
+                text = generate_latest(self.metrics)
+                await respond(send, 200, text, "", CONTENT_TYPE_LATEST.encode())
+            else:
+                raise RouteNotFound(f"no route {path}; try /health or /metrics")
+        except RouteNotFound as exc:
+            await respond(send, 404, error_body(exc.message, exc.code), "")
+        except Exception as exc:  # only allow() raises here: a method other than GET
+            await respond(send, 405, error_body(str(exc), "method_not_allowed"), "")
+
+
+class _Quiet(uvicorn.Server):
+    """uvicorn without its own signal handling: the worker's CLI decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_health(worker: Worker, host: str, port: int) -> tuple[asyncio.Task[None], int]:
+    """Serve the worker's health and metrics; returns the server's task and its port.
+
+    Cancel the task to stop it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(64)
+    server = _Quiet(
+        uvicorn.Config(
+            WorkerHealth(worker), lifespan="off", log_config=None, access_log=False,
+            server_header=False,
+        )
+    )  # fmt: skip
+    bound: int = sock.getsockname()[1]
+
+    async def run() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        except asyncio.CancelledError:
+            server.should_exit = True
+            raise
+        finally:
+            sock.close()
+
+    return asyncio.create_task(run(), name="worker-health"), bound
