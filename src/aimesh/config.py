@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -238,14 +238,51 @@ class ModelServiceSpec(BaseModel):
     max_latency_ms: float | None = Field(default=None, ge=0, description="Unset: serving default.")
 
 
+class WorkerSpec(BaseModel):
+    """Job workers `aimesh up` runs: a job kind, how many processes, jobs at once in each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(
+        pattern=r"^[a-z][a-z0-9_-]{0,63}$",
+        description="The job kind: inference (async model calls), training, or your own.",
+    )
+    replicas: int = Field(default=1, ge=1, le=64, description="Separate worker processes.")
+    concurrency: int | None = Field(
+        default=None, ge=1, le=1024, description="Jobs one process runs at once; unset: jobs."
+    )
+    handler: str | None = Field(
+        default=None, description="module:function for a kind of your own (unset: built-in)."
+    )
+
+
+def _default_workers() -> list[WorkerSpec]:
+    return [WorkerSpec(kind="inference", concurrency=8), WorkerSpec(kind="training")]
+
+
 class ServicesSettings(BaseModel):
-    """What `aimesh up` starts, in this order: registry, model services, gateway."""
+    """What `aimesh up` starts, in this order: registry, lake, jobs, models, workers, gateway."""
 
     model_config = ConfigDict(extra="forbid")
 
     registry: bool = Field(default=True, description="Run the registry service.")
+    lake: bool = Field(default=True, description="Run the lake service (/api/lake).")
+    jobs: bool = Field(default=True, description="Run the jobs service (/api/jobs).")
     gateway: bool = Field(default=True, description="Run the gateway.")
     models: list[ModelServiceSpec] = Field(default_factory=list, description="Model services.")
+    workers: list[WorkerSpec] = Field(
+        default_factory=_default_workers,
+        description="Job workers; by default one for async inference and one for training.",
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _one_entry_per_kind(cls, workers: list[WorkerSpec]) -> list[WorkerSpec]:
+        kinds = [w.kind for w in workers]
+        twice = sorted({k for k in kinds if kinds.count(k) > 1})
+        if twice:
+            raise ValueError(f"kind {twice[0]} is declared twice; give one entry more replicas")
+        return workers
 
 
 class LakeSettings(BaseModel):

@@ -113,7 +113,7 @@ def _project(home: Path, nats_url: str, folder: Path, services: dict[str, Any]) 
                 "bus": {"url": nats_url},
                 "registry": {"port": _free_port()},
                 "serving": {"drain_timeout_s": 2},
-                "services": services,
+                "services": {"lake": False, "jobs": False, "workers": [], **services},
             }
         )
     )

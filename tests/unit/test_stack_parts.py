@@ -17,27 +17,35 @@ def _settings(tmp_path: Path, **services: object) -> Settings:
     return Settings(
         home=tmp_path / "home",
         registry={"port": 0},
+        lake={"port": 0},
+        jobs={"port": 0},
         gateway={"port": 0, "grpc_port": 0},
         services=services,
     )
 
 
-def test_the_plan_starts_registry_then_replicas_then_gateway_on_distinct_ports(
-    tmp_path: Path,
-) -> None:
+def test_the_plan_starts_each_stage_in_order_on_distinct_ports(tmp_path: Path) -> None:
     settings = _settings(
         tmp_path, models=[{"ref": "fraud@champion", "replicas": 2, "batching": False}]
     )
     plan = plan_stack(settings)
     assert [(p.name, p.kind) for p in plan] == [
         ("registry", "registry"),
+        ("lake", "lake"),
+        ("jobs", "jobs"),
         ("fraud.1", "model"),
         ("fraud.2", "model"),
+        ("worker-inference.1", "worker"),
+        ("worker-training.1", "worker"),
         ("gateway", "gateway"),
     ]
     ports = [p.http_port for p in plan] + [p.grpc_port for p in plan if p.grpc_port]
     assert len(set(ports)) == len(ports) and 0 not in ports
-    replica = plan[1]
+    worker = plan[5]
+    assert worker.args[:4] == ("worker", "inference", "--concurrency", "8")
+    assert worker.ready_url == f"http://127.0.0.1:{worker.http_port}/health"
+    assert plan[1].args[:2] == ("lake", "serve") and plan[2].args[:2] == ("jobs", "serve")
+    replica = plan[3]
     assert replica.args[:2] == ("serve", "fraud@champion") and "--no-batching" in replica.args
     assert replica.ready_url == f"http://127.0.0.1:{replica.http_port}/v2/health/ready"
     assert replica.log_file == settings.home_dir / "logs" / "fraud.1.log"
@@ -47,7 +55,10 @@ def test_two_services_of_one_model_are_named_by_their_selector(tmp_path: Path) -
     settings = _settings(
         tmp_path,
         registry=False,
+        lake=False,
+        jobs=False,
         gateway=False,
+        workers=[],
         models=[{"ref": "fraud@champion"}, {"ref": "fraud@challenger"}, {"ref": "churn"}],
     )
     assert [p.name for p in plan_stack(settings)] == [
@@ -55,6 +66,21 @@ def test_two_services_of_one_model_are_named_by_their_selector(tmp_path: Path) -
         "fraud-challenger.1",
         "churn.1",
     ]
+
+
+def test_workers_scale_by_replicas_and_a_kind_is_declared_once(tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path,
+        registry=False, lake=False, jobs=False, gateway=False,
+        workers=[{"kind": "scoring", "replicas": 2, "handler": "mine:score"}],
+    )  # fmt: skip
+    plan = plan_stack(settings)
+    assert [p.name for p in plan] == ["worker-scoring.1", "worker-scoring.2"]
+    assert "--handler" in plan[0].args and plan[0].http_port != plan[1].http_port
+    with pytest.raises(ValueError, match="kind training is declared twice"):
+        _settings(tmp_path, workers=[{"kind": "training"}, {"kind": "training"}])
+    with pytest.raises(ValueError, match="kind"):
+        _settings(tmp_path, workers=[{"kind": "Bad Kind"}])
 
 
 def test_a_model_declared_twice_is_a_config_error(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """What ``aimesh up`` will run: one :class:`ProcessSpec` per process, in start order.
 
-The order is registry, model replicas, gateway: each stage needs the one before (model
-services load from the registry's store; the gateway routes to model services). Ports are
-settled here, once: the configured ones for the registry and the gateway, free ones for
-each model replica, kept across restarts so that clients find a restarted replica again.
+The order is registry, lake, jobs, model replicas, workers, gateway: each stage may need
+the ones before (model services load from the registry's store; training workers read the
+lake and push to the registry; the gateway routes to all of them). Ports are settled here,
+once: the configured ones for the registry, lake, jobs and gateway, free ones for each model
+replica and each worker's health route, kept across restarts so that clients find a
+restarted process again.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from aimesh.config import ModelServiceSpec, Settings
+from aimesh.config import ModelServiceSpec, Settings, WorkerSpec
 from aimesh.errors import ConfigError
 from aimesh.local.state import ProcessKind, ProcessState, logs_dir
 
 # The stages, in start order; stopping walks them backwards.
-STAGES: tuple[ProcessKind, ...] = ("registry", "model", "gateway")
+STAGES: tuple[ProcessKind, ...] = ("registry", "lake", "jobs", "model", "worker", "gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +99,32 @@ def plan_stack(settings: Settings) -> list[ProcessSpec]:
                 log_file=logs / "registry.log",
             )
         )
+    for kind, enabled, host, configured in (
+        ("lake", settings.services.lake, settings.lake.host, settings.lake.port),
+        ("jobs", settings.services.jobs, settings.jobs.host, settings.jobs.port),
+    ):
+        if not enabled:
+            continue
+        port = ports.fixed(f"{kind}.port", host, configured)
+        specs.append(
+            ProcessSpec(
+                name=kind,
+                service=kind,
+                replica=1,
+                kind=kind,  # type: ignore[arg-type]
+                args=(kind, "serve", "--host", host, "--port", str(port)),
+                host=host,
+                http_port=port,
+                grpc_port=None,
+                ready_path="/health",
+                log_file=logs / f"{kind}.log",
+            )
+        )
     names = _service_names(settings.services.models)
     for spec, service in zip(settings.services.models, names, strict=True):
         specs += _model_replicas(settings, spec, service, ports, logs)
+    for worker in settings.services.workers:
+        specs += _workers(worker, ports, logs)
     if settings.services.gateway:
         gateway = settings.gateway
         port = ports.fixed("gateway.port", gateway.host, gateway.port)
@@ -153,6 +178,34 @@ def _model_replicas(
             )
         )
     return replicas
+
+
+def _workers(spec: WorkerSpec, ports: _PortBook, logs: Path) -> list[ProcessSpec]:
+    host = "127.0.0.1"  # the health route is for the supervisor on this machine
+    options: list[str] = []
+    if spec.concurrency is not None:
+        options += ["--concurrency", str(spec.concurrency)]
+    if spec.handler is not None:
+        options += ["--handler", spec.handler]
+    workers = []
+    for replica in range(1, spec.replicas + 1):
+        port = ports.free(host)
+        name = f"worker-{spec.kind}.{replica}"
+        workers.append(
+            ProcessSpec(
+                name=name,
+                service=f"worker-{spec.kind}",
+                replica=replica,
+                kind="worker",
+                args=("worker", spec.kind, *options, "--host", host, "--port", str(port)),
+                host=host,
+                http_port=port,
+                grpc_port=None,
+                ready_path="/health",
+                log_file=logs / f"{name}.log",
+            )
+        )
+    return workers
 
 
 def _service_names(models: list[ModelServiceSpec]) -> list[str]:

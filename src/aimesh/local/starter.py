@@ -15,10 +15,16 @@ home: .aimesh
 log_level: info            # debug, info, warning, error
 log_format: console        # console (readable) or json (one object a line)
 
-# What `aimesh up` runs, in this order: registry, model services, gateway.
+# What `aimesh up` runs, in this order: registry, lake, jobs, model services, workers, gateway.
 services:
   registry: true
+  lake: true                 # the data lake's REST API (/api/lake through the gateway)
+  jobs: true                 # the jobs API (/api/jobs): follow, cancel, fetch results
   gateway: true
+  workers:                   # job workers: one process per replica, each with /health
+    - kind: inference        # runs ?async=true model calls
+      concurrency: 8
+    - kind: training         # runs `aimesh train` jobs
   models: []
   # Push a model first (`aimesh models push fraud model.skops --alias champion`), then:
   # models:
@@ -51,6 +57,14 @@ gateway:
   #     sha256: <64 hex digits: the sha256 of the key, never the key itself>
   #     scopes: [infer]       # infer, admin
   #     rate_per_s: 100
+
+lake:
+  port: 8200
+  url: null                  # unset: HOME/lake; or s3://bucket/lake
+
+jobs:
+  port: 8300
+  max_attempts: 3            # attempts of a job before it fails (and lands in the dead-letter stream)
 
 # Defaults of every model service (a services.models entry overrides its own).
 serving:
