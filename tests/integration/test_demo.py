@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-def test_demo_trains_pushes_runs_the_stack_and_predicts_through_the_gateway(
+def test_demo_ingests_trains_on_a_worker_runs_the_stack_and_predicts_three_ways(
     tmp_path: Path,
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
@@ -16,6 +16,8 @@ def test_demo_trains_pushes_runs_the_stack_and_predicts_through_the_gateway(
     # Port 0: any free port, so a stack someone runs on this machine is left alone.
     env |= {
         "AIMESH_REGISTRY__PORT": "0",
+        "AIMESH_LAKE__PORT": "0",
+        "AIMESH_JOBS__PORT": "0",
         "AIMESH_GATEWAY__PORT": "0",
         "AIMESH_GATEWAY__GRPC_PORT": "0",
     }
@@ -32,9 +34,13 @@ def test_demo_trains_pushes_runs_the_stack_and_predicts_through_the_gateway(
         shown = project.read_text() if project.exists() else "(no project file)"
         assert result.returncode == 0, result.stdout + result.stderr[-3000:] + shown
         out = result.stdout
+        assert "ingested 3000 rows" in out and "as transactions@0" in out
+        assert "trained   fraud@1 by a training job on a worker" in out
         assert "alias moved: fraud@champion -> 1" in out
         assert "predictions through the gateway" in out
+        assert "?async=true -> 202, job " in out
         assert out.count(" model ") >= 2  # two replicas in the stack table
+        assert out.count(" worker ") >= 2  # the inference and the training worker
         assert "stopped the stack" in out
         stack = tmp_path / "home" / "run" / "stack.json"
         assert not stack.exists()  # down removed it

@@ -1,10 +1,12 @@
 """``aimesh demo`` (what ``make run`` runs): the platform end to end on the embedded defaults.
 
-Starts the embedded bus, trains the synthetic fraud model, pushes it as ``fraud@champion``
-(the alias event arrives on the bus), runs the stack of ``HOME/demo/aimesh.yaml`` with
-``aimesh up`` (the registry, two replicas of ``fraud@champion``, the gateway), sends
-predictions through the gateway over REST and gRPC, prints them, and keeps the stack
-running until Ctrl-C (``--once`` stops after the predictions).
+Starts the embedded bus; ingests synthetic fraud data into the lake as ``transactions``;
+trains ``fraud`` through a training job that a worker runs (a pinned lake snapshot in, a
+registered version with metrics and lineage out) and aliases it ``champion`` (the alias
+event arrives on the bus); runs the stack of ``HOME/demo/aimesh.yaml`` with ``aimesh up``
+(registry, lake, jobs, two replicas of ``fraud@champion``, an inference and a training
+worker, the gateway); predicts through the gateway over REST, gRPC and as an async job;
+and keeps the stack running until Ctrl-C (``--once`` stops after the predictions).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import asyncio
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import numpy as np
@@ -24,7 +27,10 @@ from rich.table import Table
 
 from aimesh.cli._app import console, handle_errors, settings
 from aimesh.config import Settings
-from aimesh.registry import Registry
+from aimesh.errors import AimeshError
+
+DATASET = "transactions"
+TRAINER = "sklearn:HistGradientBoostingClassifier"
 
 
 def _port(preferred: int) -> int:
@@ -54,44 +60,84 @@ async def _first_alias_event(url: str, model: str, timeout: float, ready: asynci
     return "no event"
 
 
-async def _push_and_watch(
-    bus_url: str,
-    client: Registry,
-    artifact: Path,
-    metrics: dict[str, float],
-    rows: int,
-    *,
-    publish: Callable[[], object] | None = None,
-) -> str:
-    """Push the model as fraud@champion while watching the bus for the alias event."""
-    from aimesh.examples import FRAUD_SEED
-    from aimesh.registry import Lineage, push_model
+def _ingest(config: Settings, rows: int) -> tuple[str, str]:
+    """The synthetic fraud data as the lake dataset ``transactions`` (once per home).
 
-    ready = asyncio.Event()
-    watcher = asyncio.create_task(_first_alias_event(bus_url, "fraud", 10.0, ready))
-    await ready.wait()
-    version = await asyncio.to_thread(
-        push_model,
-        client,
-        "fraud",
-        artifact,
-        aliases=["champion"],
-        description="logistic regression on synthetic fraud data",
-        metrics=metrics,
-        lineage=Lineage(
-            dataset=f"synthetic-fraud(rows={rows},seed={FRAUD_SEED})",
-            trainer="sklearn:StandardScaler+LogisticRegression",
-            params={"max_iter": 1000},
-        ),
+    Returns the pinned reference (``transactions@N``) and a line saying what happened.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from aimesh.examples import make_fraud_dataset
+    from aimesh.lake import open_lake
+
+    lake = open_lake(config)
+    existing = {d.name: d for d in lake.list_datasets()}.get(DATASET)
+    if existing is not None:
+        pinned = str(lake.pin(DATASET))
+        return pinned, f"{pinned} is in the lake already ({existing.rows} rows)"
+    x, y = make_fraud_dataset(rows)
+    csv = config.home_dir / "demo" / f"{DATASET}.csv"
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    columns = {f"f{i}": x[:, i] for i in range(x.shape[1])}
+    pacsv.write_csv(pa.table({**columns, "label": y}), csv)
+    with Progress(
+        TextColumn("ingesting {task.description}"), BarColumn(), DownloadColumn(),
+        console=console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(csv.name, total=csv.stat().st_size)
+        result = lake.ingest(
+            DATASET, [csv], on_progress=lambda done, total: bar.update(task, completed=done)
+        )
+    ref = f"{DATASET}@{result.version}"
+    frauds = int(y.sum())
+    return ref, f"ingested {result.rows} rows ({frauds} frauds) from {csv.name} as {ref}"
+
+
+async def _train_on_a_worker(
+    config: Settings, bus_url: str, dataset: str, publish: Callable[[], object]
+) -> tuple[dict[str, Any], float, str]:
+    """Train ``fraud`` through a training job run by a worker; alias it champion.
+
+    Returns the job's result, how long the job took, and the alias event seen on the bus.
+    """
+    from aimesh.bus import connect, declare_topology
+    from aimesh.jobs import JobClient, JobSpec, Worker, get_handler
+    from aimesh.training import TrainRequest
+
+    request = TrainRequest(
+        model="fraud",
+        dataset=dataset,
+        trainer=TRAINER,
+        target="label",
+        params={"max_iter": 100},
+        alias="champion",
     )
-    console.print(f"[bold]pushed[/bold]    {version.ref} as fraud@champion")
-    if publish is not None:  # a local registry: publish its recorded events now
-        await asyncio.to_thread(publish)
-    return await watcher
+    ready = asyncio.Event()
+    watcher = asyncio.create_task(_first_alias_event(bus_url, "fraud", 600.0, ready))
+    await ready.wait()
+    async with await connect(bus_url, timeout=5.0, name="aimesh-demo-training") as bus:
+        await declare_topology(bus)
+        jobs = await JobClient.open(bus, config.jobs, declare=False)
+        worker = Worker(bus, "training", get_handler("training"), settings=config.jobs)
+        running = asyncio.create_task(worker.run())
+        try:
+            started = time.perf_counter()
+            job = await jobs.submit(JobSpec(kind="training", payload=request.payload()))
+            done = await jobs.wait(job.id, timeout=600)
+            took = time.perf_counter() - started
+        finally:
+            worker.stop()
+            await running
+            await jobs.close()
+    await asyncio.to_thread(publish)  # the worker wrote the registry here: publish its events
+    result: dict[str, Any] = done.result
+    return result, took, await watcher
 
 
-def _predict_rest(url: str, x: np.ndarray) -> tuple[str, np.ndarray]:
-    body = {
+def _infer_body(x: np.ndarray) -> dict[str, Any]:
+    return {
         "inputs": [
             {
                 "name": "input-0",
@@ -101,10 +147,40 @@ def _predict_rest(url: str, x: np.ndarray) -> tuple[str, np.ndarray]:
             }
         ]
     }
-    answer = httpx.post(f"{url}/v2/models/fraud/infer", json=body, timeout=10).json()
+
+
+def _fraud_probability(answer: dict[str, Any], rows: int) -> np.ndarray:
     outputs = {o["name"]: o for o in answer["outputs"]}
-    probabilities = np.array(outputs["probabilities"]["data"]).reshape(x.shape[0], -1)
-    return answer["model_version"], probabilities[:, 1]
+    probabilities = np.array(outputs["probabilities"]["data"]).reshape(rows, -1)
+    return probabilities[:, 1]
+
+
+def _predict_async(url: str, x: np.ndarray) -> tuple[str, float, np.ndarray]:
+    """One async call through the gateway: 202 and a job id, then its result once done."""
+    started = time.perf_counter()
+    accepted = httpx.post(
+        f"{url}/v2/models/fraud/infer", params={"async": "true"}, json=_infer_body(x), timeout=10
+    )
+    if accepted.status_code != 202:
+        raise AimeshError(f"async inference answered {accepted.status_code}: {accepted.text}")
+    job_id = accepted.json()["id"]
+    deadline = time.monotonic() + 60
+    while (job := httpx.get(f"{url}/api/jobs/{job_id}", timeout=10).json())["state"] in (
+        "queued",
+        "running",
+    ):
+        if time.monotonic() > deadline:
+            raise AimeshError(f"async job {job_id} still {job['state']} after 60 s")
+        time.sleep(0.02)
+    if job["state"] != "succeeded":
+        raise AimeshError(f"async job {job_id} {job['state']}: {job.get('error')}")
+    answer = httpx.get(f"{url}/api/jobs/{job_id}/result", timeout=10).json()
+    return job_id, time.perf_counter() - started, _fraud_probability(answer, x.shape[0])
+
+
+def _predict_rest(url: str, x: np.ndarray) -> tuple[str, np.ndarray]:
+    answer = httpx.post(f"{url}/v2/models/fraud/infer", json=_infer_body(x), timeout=10).json()
+    return answer["model_version"], _fraud_probability(answer, x.shape[0])
 
 
 def _predict_grpc(address: str, x: np.ndarray) -> tuple[str, np.ndarray]:
@@ -134,12 +210,22 @@ DEMO_PROJECT = """\
 home: {home}
 services:
   registry: true
+  lake: true                # /api/lake through the gateway
+  jobs: true                # /api/jobs through the gateway
   gateway: true
   models:
     - ref: fraud@champion   # follows the alias
       replicas: 2           # two processes, each on its own ports
+  workers:
+    - kind: inference       # runs ?async=true calls
+      concurrency: 8
+    - kind: training        # runs `aimesh train` jobs
 registry:
   port: {registry_port}
+lake:
+  port: {lake_port}
+jobs:
+  port: {jobs_port}
 gateway:
   port: {gateway_port}
   grpc_port: {gateway_grpc_port}
@@ -156,6 +242,8 @@ def _write_project(config: Settings) -> Path:
         DEMO_PROJECT.format(
             home=config.home_dir,
             registry_port=_port(config.registry.port),
+            lake_port=_port(config.lake.port),
+            jobs_port=_port(config.jobs.port),
             gateway_port=_port(config.gateway.port),
             gateway_grpc_port=_port(config.gateway.grpc_port),
         )
@@ -170,14 +258,17 @@ def demo(
         bool, typer.Option("--once", help="Stop the stack after the predictions.")
     ] = False,
 ) -> None:
-    """Train the fraud model, run the stack (registry, 2 replicas, gateway), predict through it."""
-    import skops.io as sio
+    """The platform end to end: lake, a training job, the stack, sync and async predictions.
 
+    Ingests synthetic fraud data into the lake, trains fraud on a worker through a training
+    job and aliases it champion, runs the stack (registry, lake, jobs, 2 replicas, workers,
+    gateway), predicts through the gateway over REST, gRPC and async REST.
+    """
     from aimesh.bus import ensure_bus
     from aimesh.cli.local import show_stack
     from aimesh.cli.models import versions_table
     from aimesh.config import load_settings
-    from aimesh.examples import make_fraud_dataset, train_fraud_model
+    from aimesh.examples import make_fraud_dataset
     from aimesh.local import STAGES, stack_report, start_detached, stop_stack
     from aimesh.registry import LocalRegistry
     from aimesh.registry.outbox import flush_outbox
@@ -186,25 +277,22 @@ def demo(
     bus_url = ensure_bus(config)
     console.print(f"[bold]bus[/bold]       {bus_url}  (embedded; stop it with `aimesh bus stop`)")
 
-    with console.status("training the fraud model on synthetic data"):
-        x, y = make_fraud_dataset(rows)
-        model, metrics = train_fraud_model(x, y)
-        artifact = config.home_dir / "demo" / "fraud.skops"
-        artifact.parent.mkdir(parents=True, exist_ok=True)
-        sio.dump(model, artifact)
-    console.print(
-        f"[bold]trained[/bold]   {rows} rows, {int(y.sum())} frauds: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-    )
+    dataset, said = _ingest(config, rows)
+    console.print(f"[bold]lake[/bold]      {said}")
 
     registry = LocalRegistry.from_settings(config, actor="demo")
     try:
-        event = asyncio.run(
-            _push_and_watch(
-                bus_url, registry, artifact, metrics, rows,
-                publish=lambda: flush_outbox(registry.store, config),
+        with console.status(f"training fraud on {dataset} ({TRAINER}) with a training job"):
+            result, took, event = asyncio.run(
+                _train_on_a_worker(
+                    config, bus_url, dataset, lambda: flush_outbox(registry.store, config)
+                )
             )
-        )  # fmt: skip
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result["metrics"].items()))
+        console.print(
+            f"[bold]trained[/bold]   fraud@{result['version']} by a training job on a worker "
+            f"in {took:.1f} s: {scores}"
+        )
         console.print(f"[bold]event[/bold]     {event}")
         console.print(versions_table(registry.list_versions("fraud")))
     finally:
@@ -213,7 +301,9 @@ def demo(
     project = _write_project(config)
     stack = load_settings(project)
     home = stack.home_dir
-    with console.status("starting the stack: registry, 2 replicas of fraud@champion, gateway"):
+    with console.status(
+        "starting the stack: registry, lake, jobs, 2 replicas of fraud@champion, workers, gateway"
+    ):
         state = start_detached(
             home, ["up", "--file", str(project)], timeout_s=60.0 * len(STAGES) + 60
         )
@@ -223,30 +313,40 @@ def demo(
         front = next(p for p in state.processes if p.kind == "gateway")
         gateway = front.rest_url
         grpc_address = front.grpc_address or ""
+        x, y = make_fraud_dataset(rows)
         sample = np.concatenate([x[y == 1][:3], x[y == 0][:3]])
         rest_version, rest_p = _predict_rest(gateway, sample)
         grpc_version, grpc_p = _predict_grpc(grpc_address, sample)
+        job_id, async_s, async_p = _predict_async(gateway, sample)
         table = Table(
-            "row", "true label", "p(fraud) REST", "p(fraud) gRPC", "version",
+            "row", "true label", "p(fraud) REST", "p(fraud) gRPC", "p(fraud) async", "version",
             title="predictions through the gateway",
         )  # fmt: skip
         for i, label in enumerate([1, 1, 1, 0, 0, 0]):
             table.add_row(
-                str(i), str(label), f"{rest_p[i]:.4f}", f"{grpc_p[i]:.4f}",
+                str(i), str(label), f"{rest_p[i]:.4f}", f"{grpc_p[i]:.4f}", f"{async_p[i]:.4f}",
                 f"{rest_version} / {grpc_version}",
             )  # fmt: skip
         console.print(table)
+        console.print(
+            f"[bold]async[/bold]     POST {gateway}/v2/models/fraud/infer?async=true -> 202, "
+            f"job {job_id}, result in {async_s * 1000:.0f} ms at {gateway}/api/jobs/{job_id}/result"
+        )
         console.print(f"[bold]gateway[/bold]   REST {gateway}/v2/models/fraud/infer")
         console.print(
             f"[bold]gateway[/bold]   gRPC {grpc_address} (inference.GRPCInferenceService)"
         )
+        console.print(f"[bold]lake[/bold]      {gateway}/api/lake/datasets  (`aimesh lake list`)")
+        console.print(f"[bold]jobs[/bold]      {gateway}/api/jobs  (`aimesh jobs list`)")
         console.print(f"[bold]docs[/bold]      {gateway}/docs  (OpenAPI: {gateway}/openapi.json)")
         console.print(f"[bold]metrics[/bold]   {gateway}/metrics")
         if once:
             return
         console.print(
-            "the stack runs; try `aimesh status`, `aimesh logs fraud -f`, or "
-            "`aimesh models alias fraud champion N` in another terminal. Ctrl-C stops it."
+            "the stack runs; try `aimesh status`, `aimesh logs fraud -f`, "
+            f"`aimesh train fraud --dataset {dataset} --trainer sklearn:LogisticRegression "
+            "--target label --wait`, or `aimesh models alias fraud champion N` in another "
+            "terminal. Ctrl-C stops it."
         )
         _wait_for_ctrl_c()
     finally:
