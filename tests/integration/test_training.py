@@ -1,5 +1,6 @@
 """Training as a job: ``aimesh train`` submits, a real ``aimesh worker training`` subprocess
-reads a lake snapshot, fits, evaluates and registers the model with lineage."""
+reads a lake snapshot, fits, evaluates and registers the model with lineage; what it
+registers loads and predicts through the aimesh runtimes without trust."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -18,9 +20,34 @@ from aimesh.config import JobsSettings, load_settings
 from aimesh.errors import JobFailed
 from aimesh.jobs import JobClient, JobSpec
 from aimesh.lake import open_lake
-from aimesh.registry import LocalRegistry
+from aimesh.registry import LocalRegistry, ModelVersion
+from aimesh.runtimes import load_runtime
 
 WAIT_S = 45.0
+SHOP_ROWS = 300
+
+# Installed on the worker's path by the operator; jobs only name these functions.
+USER_TRAINERS = """
+from lightgbm import LGBMClassifier
+from sklearn.linear_model import Ridge
+
+from aimesh.training import trainer
+
+
+@trainer
+def boosted(x, y, params):
+    assert x.dtype == "float64" and x.ndim == 2, (x.dtype, x.shape)
+    return LGBMClassifier(n_estimators=int(params["rounds"]), verbose=-1).fit(x, y)
+
+
+@trainer
+def ridge(x, y, params):
+    return Ridge(alpha=float(params.get("alpha", 1.0))).fit(x, y)
+
+
+def helper(x, y, params):
+    return Ridge().fit(x, y)
+"""
 
 
 def _env(url: str, home: Path) -> dict[str, str]:
@@ -36,20 +63,41 @@ def _env(url: str, home: Path) -> dict[str, str]:
     }
 
 
+def _shop() -> pa.Table:
+    """f0..f3, a class ``label`` (0/1), an amount to regress, and ``is_test`` on every 5th row."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(SHOP_ROWS, 4))
+    return pa.table(
+        {
+            **{f"f{i}": x[:, i] for i in range(4)},
+            "label": (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64),
+            "amount": 3 * x[:, 0] - x[:, 2] + rng.normal(scale=0.1, size=SHOP_ROWS),
+            "is_test": np.arange(SHOP_ROWS) % 5 == 0,
+        }
+    )
+
+
 @pytest.fixture
 def home(tmp_path: Path, nats_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A home with dataset ``tx`` (version 0: fraud-like, f0..f29 + label) and a worker."""
+    """A home with datasets ``tx`` (version 0: fraud-like, f0..f29 + label) and ``shop``
+    (tiny, see :func:`_shop`), and a worker with the module ``shop_trainers`` on its path."""
     from aimesh.examples import make_fraud_dataset
 
     home = tmp_path / "home"
+    code = tmp_path / "usercode"
+    code.mkdir()
+    (code / "shop_trainers.py").write_text(USER_TRAINERS)
     env = _env(nats_url, home)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
     for key in [k for k in os.environ if k.startswith("AIMESH_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("AIMESH_HOME", str(home))
     monkeypatch.setenv("AIMESH_BUS__URL", nats_url)
     x, y = make_fraud_dataset(2_000, seed=3)
     table = pa.table({**{f"f{i}": x[:, i] for i in range(x.shape[1])}, "label": y})
-    open_lake(load_settings()).write("tx", table)
+    lake = open_lake(load_settings())
+    lake.write("tx", table)
+    lake.write("shop", _shop())
 
     log = tmp_path / "worker.log"
     worker = subprocess.Popen(
@@ -103,37 +151,196 @@ def test_train_cli_registers_the_next_version_with_metrics_and_lineage(home: Pat
     assert version.signature is not None
 
 
-@pytest.mark.parametrize(
-    ("payload", "says"),
-    [
-        ({"trainer": "sklearn:NoSuchModel", "target": "label"}, "NoSuchModel"),
-        ({"trainer": "nowhere.at_all:Model", "target": "label"}, "nowhere"),
-        ({"trainer": "sklearn:LogisticRegression", "target": "fraud"}, "no target column"),
-    ],
-    ids=["unknown-sklearn", "bad-import-path", "missing-target"],
-)
-def test_bad_requests_fail_at_once_with_a_clear_error(
-    home: Path, nats_url: str, payload: dict[str, str], says: str
-) -> None:
-    async def main() -> None:
+BAD_REQUESTS: dict[str, tuple[dict[str, object], str]] = {
+    "unknown-sklearn": ({"trainer": "sklearn:NoSuchModel", "target": "label"}, "NoSuchModel"),
+    "bad-import-path": ({"trainer": "nowhere.at_all:Model", "target": "label"}, "nowhere"),
+    "missing-target": (
+        {"trainer": "sklearn:LogisticRegression", "target": "fraud"},
+        "no target column",
+    ),
+    "function-bad-module": (
+        {"trainer": "function:no_such_pkg.train:fit", "target": "label"},
+        "No module named 'no_such_pkg'",
+    ),
+    "function-bad-name": (
+        {"trainer": "function:shop_trainers:nowhere", "target": "label"},
+        "has no attribute 'nowhere'",
+    ),
+    "function-not-marked": (
+        {"trainer": "function:shop_trainers:helper", "target": "label"},
+        "shop_trainers:helper is not marked as a trainer",
+    ),
+    "function-not-a-trainer": (
+        {"trainer": "function:os:system", "target": "label"},
+        "os:system is not marked as a trainer",
+    ),
+    "metric-of-regressors": (
+        {"trainer": "sklearn:LogisticRegression", "target": "label", "metrics": ["rmse"]},
+        "metric rmse does not apply to sklearn:LogisticRegression, a classifier",
+    ),
+    "unknown-metric": (
+        {"trainer": "sklearn:LogisticRegression", "target": "label", "metrics": ["mape"]},
+        "unknown metric 'mape'",
+    ),
+    "missing-split-column": (
+        {"trainer": "sklearn:LogisticRegression", "target": "label", "split": "column:x"},
+        "no split column 'x'",
+    ),
+    "bad-split": (
+        {"trainer": "xgboost:XGBClassifier", "target": "label", "split": "random:2"},
+        "split fraction must be in (0, 1)",
+    ),
+}
+
+
+def test_bad_requests_fail_at_once_with_a_clear_error(home: Path, nats_url: str) -> None:
+    async def main() -> dict[str, tuple[JobFailed, int]]:
+        outcomes: dict[str, tuple[JobFailed, int]] = {}
         async with await connect(nats_url, timeout=10, name="test") as bus:
             client = await JobClient.open(bus, JobsSettings())
             try:
-                job = await client.submit(
-                    JobSpec(
-                        kind="training",
-                        payload={"model": "fraud", "dataset": "tx@0", **payload},
-                        max_attempts=5,
+                for case, (payload, _) in BAD_REQUESTS.items():
+                    job = await client.submit(
+                        JobSpec(
+                            kind="training",
+                            payload={"model": "fraud", "dataset": "tx@0", **payload},
+                            max_attempts=5,
+                        )
                     )
-                )
-                with pytest.raises(JobFailed) as failed:
-                    await client.wait(job.id, timeout=WAIT_S)
-                ended = await client.get(job.id)
+                    with pytest.raises(JobFailed) as failed:
+                        await client.wait(job.id, timeout=WAIT_S)
+                    outcomes[case] = (failed.value, (await client.get(job.id)).attempts)
             finally:
                 await client.close()
-        assert failed.value.state == "failed"
-        assert failed.value.error_code == "job_rejected"
-        assert says in (failed.value.error_message or "")
-        assert ended.attempts == 1  # not retried
+        return outcomes
 
-    asyncio.run(main())
+    for case, (failed, attempts) in asyncio.run(main()).items():
+        says = BAD_REQUESTS[case][1]
+        assert failed.state == "failed", case
+        assert failed.error_code == "job_rejected", (case, failed.error_message)
+        assert says in (failed.error_message or ""), (case, failed.error_message)
+        assert attempts == 1, case  # not retried
+
+
+def _served(registry: LocalRegistry, version: ModelVersion) -> dict[str, np.ndarray]:
+    """What the registered artifact predicts for the shop's rows, loaded without trust."""
+    runtime = load_runtime(version.framework, registry.fetch_artifact(version))
+    shop = _shop()
+    features = version.lineage.extra["features"]
+    rows = np.column_stack([shop.column(c).to_numpy().astype(np.float64) for c in features])
+    return runtime.predict({"input-0": rows})
+
+
+@pytest.mark.parametrize(
+    ("trainer", "target", "framework"),
+    [
+        ("xgboost:XGBClassifier", "label", "xgboost"),
+        ("lightgbm:LGBMClassifier", "label", "lightgbm"),
+        ("xgboost:XGBRegressor", "amount", "xgboost"),
+        ("lightgbm:LGBMRegressor", "amount", "lightgbm"),
+    ],
+)
+def test_boosters_are_registered_natively_and_serve_without_trust(
+    home: Path, trainer: str, target: str, framework: str
+) -> None:
+    extra = ["--param", "verbose=-1"] if framework == "lightgbm" else []
+    done = _aimesh(
+        "train", "shop", "--dataset", "shop@0", "--trainer", trainer, "--target", target,
+        "--param", "n_estimators=20", *extra, "--wait", "--timeout", str(WAIT_S),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"registered shop@1 ({framework})" in done.stdout
+
+    registry = LocalRegistry.from_settings(load_settings(), actor="test")
+    version = registry.get_version("shop", 1)
+    assert version.framework == framework
+    assert not version.trusted and version.trusted_types == []
+    assert version.lineage.trainer == trainer
+    assert version.lineage.params["n_estimators"] == 20
+    served = _served(registry, version)
+    truth = _shop().column(target).to_numpy()
+    if target == "label":
+        assert {"auc", "accuracy", "f1", "log_loss"} == set(version.metrics)
+        assert version.metrics["auc"] > 0.8
+        assert float(np.mean(served["label"] == truth)) > 0.8
+        np.testing.assert_allclose(served["probabilities"].sum(axis=1), 1.0)
+    else:
+        assert {"rmse", "mae", "r2"} == set(version.metrics)
+        assert version.metrics["r2"] > 0.7
+        assert float(np.corrcoef(served["prediction"], truth)[0, 1]) > 0.9
+
+
+@pytest.mark.parametrize(
+    ("function", "params", "framework", "metric"),
+    [
+        ("boosted", ["rounds=15"], "lightgbm", "auc"),
+        ("ridge", ["alpha=0.5"], "sklearn", "rmse"),
+    ],
+)
+def test_a_marked_function_on_the_worker_trains_and_its_model_is_saved_by_its_type(
+    home: Path, function: str, params: list[str], framework: str, metric: str
+) -> None:
+    target = "label" if metric == "auc" else "amount"
+    param_args = [arg for p in params for arg in ("--param", p)]
+    done = _aimesh(
+        "train", "shop", "--dataset", "shop@0", "--trainer", f"function:shop_trainers:{function}",
+        "--target", target, *param_args, "--metric", metric, "--wait", "--timeout", str(WAIT_S),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"registered shop@1 ({framework})" in done.stdout
+
+    registry = LocalRegistry.from_settings(load_settings(), actor="test")
+    version = registry.get_version("shop", 1)
+    assert version.framework == framework
+    assert set(version.metrics) == {metric}
+    assert version.lineage.trainer == f"function:shop_trainers:{function}"
+    assert not version.trusted
+    served = _served(registry, version)
+    assert set(served) == ({"label", "probabilities"} if metric == "auc" else {"prediction"})
+
+
+def test_a_column_split_holds_out_the_marked_rows_and_is_no_feature(home: Path) -> None:
+    done = _aimesh(
+        "train", "shop", "--dataset", "shop@0", "--trainer", "sklearn:LogisticRegression",
+        "--target", "label", "--split", "column:is_test", "--metric", "auc",
+        "--metric", "accuracy", "--wait", "--timeout", str(WAIT_S),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "auc:" in done.stdout and "f1:" not in done.stdout
+
+    version = LocalRegistry.from_settings(load_settings(), actor="test").get_version("shop", 1)
+    assert set(version.metrics) == {"auc", "accuracy"}
+    assert version.lineage.extra["split"] == "column:is_test"
+    assert version.lineage.extra["test_rows"] == SHOP_ROWS // 5
+    assert version.lineage.extra["train_rows"] == SHOP_ROWS - SHOP_ROWS // 5
+    assert version.lineage.extra["features"] == ["f0", "f1", "f2", "f3", "amount"]
+    assert version.signature is not None
+    assert version.signature.inputs[0].shape == [-1, 5]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--metric", "precision"], "unknown metric 'precision'; known: auc, accuracy"),
+        (["--split", "kfold:5"], "split 'kfold:5' must be random:FRACTION"),
+        (["--split", "random:0.3", "--test-size", "0.3"], "--split or --test-size, not both"),
+    ],
+    ids=["unknown-metric", "bad-split", "split-and-test-size"],
+)
+def test_bad_options_are_refused_before_anything_is_submitted(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    # No bus, no worker: the request is refused before the CLI connects to anything.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
+    command = [sys.executable, "-m", "aimesh", "train", "shop", "--dataset", "shop@0"]
+    command += ["--trainer", "sklearn:LogisticRegression", "--target", "label", *args]
+    done = subprocess.run(
+        command,
+        env={**env, "AIMESH_HOME": str(tmp_path / "home"), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert says in done.stderr
+    assert not (tmp_path / "home").exists()

@@ -196,9 +196,9 @@ def test_a_metric_the_held_out_rows_cannot_give_is_skipped_with_its_reason() -> 
         ("lightgbm:Booster", "lightgbm has no estimator 'Booster'"),
         ("os:system", "not an estimator class"),
         ("function:os:system", "is not marked as a trainer"),
-        ("function:test_training:unmarked_fit", "decorate it with @aimesh.training.trainer"),
+        ("function:test_training_specs:unmarked_fit", "decorate it with @aimesh.training.trainer"),
         ("function:nowhere.at_all:fit", "No module named 'nowhere'"),
-        ("function:test_training:nothing_here", "has no attribute 'nothing_here'"),
+        ("function:test_training_specs:nothing_here", "has no attribute 'nothing_here'"),
         ("function:test_training", "must be function:module.path:name"),
         ("function:import os:fit", "must be function:module.path:name"),
     ],
@@ -221,7 +221,7 @@ def test_a_missing_booster_library_names_the_pip_extra(monkeypatch: pytest.Monke
 
 
 def test_a_marked_function_gets_the_rows_and_params_and_returns_the_fitted_model() -> None:
-    resolved = resolve_trainer("function:test_training:marked_fit", {"C": 0.5})
+    resolved = resolve_trainer("function:test_training_specs:marked_fit", {"C": 0.5})
     x = np.arange(20, dtype=np.float64).reshape(10, 2)
     fitted = resolved.fit(x, np.array([0, 1] * 5))
     assert resolved.estimator is None
@@ -233,7 +233,7 @@ def test_a_marked_function_gets_the_rows_and_params_and_returns_the_fitted_model
     [("returns_unfitted", "returned an unfitted LogisticRegression"), ("returns_a_number", "int")],
 )
 def test_a_function_must_return_a_fitted_estimator(name: str, says: str) -> None:
-    resolved = resolve_trainer(f"function:test_training:{name}")
+    resolved = resolve_trainer(f"function:test_training_specs:{name}")
     with pytest.raises(JobRejected, match=re.escape(says)):
         resolved.fit(np.zeros((4, 2)), np.array([0, 1, 0, 1]))
 
