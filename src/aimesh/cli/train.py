@@ -35,7 +35,7 @@ def train(
         typer.Option(
             help="sklearn:ClassName (e.g. sklearn:LogisticRegression); xgboost:XGBClassifier, "
             "xgboost:XGBRegressor, lightgbm:LGBMClassifier, lightgbm:LGBMRegressor (saved "
-            "natively; need aimesh[xgboost] / aimesh[lightgbm] on the worker); "
+            "natively; need aimesh\\[xgboost] / aimesh\\[lightgbm] on the worker); "
             "module.path:ClassName (an estimator class); or function:module.path:name, a "
             "function installed on the worker and decorated with @aimesh.training.trainer, "
             "called as name(x, y, params) and returning a fitted estimator."
@@ -69,7 +69,7 @@ def train(
         ),
     ] = None,
     alias: Annotated[str | None, typer.Option(help="Alias to point at the new version.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed of the split (and the trainer).")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed of the split.")] = 0,
     key: Annotated[
         str | None, typer.Option(help="Idempotency key: submitting again returns the same job.")
     ] = None,

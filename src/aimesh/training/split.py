@@ -69,7 +69,7 @@ class Split:
     def __str__(self) -> str:
         if self.kind == "column":
             return f"column:{self.column}" + ("" if self.value is None else f"={self.value}")
-        return f"random:{self.fraction:g}" + ("" if self.stratify else ":unstratified")
+        return f"random:{self.fraction}" + ("" if self.stratify else ":unstratified")
 
 
 @dataclass(frozen=True)

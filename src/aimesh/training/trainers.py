@@ -47,9 +47,9 @@ _SYNTAX = (
     "or function:module.path:name"
 )
 _BOOSTERS = {
-    # library: (its estimator base class, the pip extra that installs it)
-    "xgboost": ("XGBModel", "aimesh[xgboost]"),
-    "lightgbm": ("LGBMModel", "aimesh[lightgbm]"),
+    # library: (its estimator base class, an example, the pip extra that installs it)
+    "xgboost": ("XGBModel", "XGBClassifier", "aimesh[xgboost]"),
+    "lightgbm": ("LGBMModel", "LGBMClassifier", "aimesh[lightgbm]"),
 }
 
 
@@ -158,7 +158,7 @@ def _sklearn_class(spec: str, name: str) -> type[Any]:
 
 
 def _booster_class(spec: str, library: str, name: str) -> type[Any]:
-    base_name, extra = _BOOSTERS[library]
+    base_name, example, extra = _BOOSTERS[library]
     try:
         module = importlib.import_module(library)
     except ImportError as exc:
@@ -169,7 +169,7 @@ def _booster_class(spec: str, library: str, name: str) -> type[Any]:
     if not (isinstance(found, type) and issubclass(found, getattr(module, base_name))):
         raise JobRejected(
             f"unknown trainer {spec!r}: {library} has no estimator {name!r} "
-            f"(a {base_name}, e.g. {'XGBClassifier' if library == 'xgboost' else 'LGBMClassifier'})"
+            f"(a {base_name}, e.g. {library}:{example})"
         )
     return found
 
