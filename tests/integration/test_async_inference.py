@@ -303,3 +303,17 @@ def test_the_worker_says_it_is_healthy_and_counts_its_jobs(
     assert "aimesh_worker_running" in httpx.get(f"{stack['worker']}/metrics").text
     # The worker's REST address is for health, not an API the gateway proxies.
     assert httpx.get(f"{gateway}/api/inference/health").json()["code"] == "no_instance"
+
+
+def test_the_gateways_openapi_covers_async_calls_and_every_service(gateway: str) -> None:
+    def document() -> dict[str, Any]:
+        found: dict[str, Any] = httpx.get(f"{gateway}/openapi.json").json()
+        return found
+
+    assert wait_for(lambda: "/api/jobs/{job_id}/result" in document()["paths"])
+    paths = document()["paths"]
+    assert {"/api/registry/models", "/api/jobs", "/api/jobs/{job_id}/events"} <= set(paths)
+    infer = paths["/v2/models/{name}/infer"]["post"]
+    assert "202" in infer["responses"]
+    assert {p["name"] for p in infer["parameters"]} >= {"async", "webhook", "Idempotency-Key"}
+    assert "Job" in document()["components"]["schemas"]

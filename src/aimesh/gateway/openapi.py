@@ -1,8 +1,10 @@
-"""The gateway's one OpenAPI document: its own routes, merged with the registry's.
+"""The gateway's one OpenAPI document: its own routes, merged with every service's under /api.
 
-The gateway's part (OIP v2 through the gateway, ``/v2/aggregate``, health, metrics) is fixed;
-the registry's part is fetched from the registry's ``/openapi.json`` (its paths are already
-under ``/api/registry``), kept, and fetched again when the registry instance changes.
+The gateway's part (OIP v2 through the gateway, async inference, ``/v2/aggregate``, health,
+metrics) is fixed; each service it proxies (registry, lake, jobs, and those to come) has
+its part fetched from its ``/openapi.json`` (its paths are already under ``/api/<name>``),
+kept, and fetched again when the set of service instances changes. A service that cannot
+be fetched is left out and tried again a few seconds later.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aimesh.protocol import (
@@ -32,9 +34,60 @@ _GUARDED = (401, 403, 429)
 _ROUTED = (404, 502, 503, 504)
 
 
+_ASYNC_PARAMETERS = [
+    {
+        "name": "async",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "boolean"},
+        "description": "Queue the call as a job and answer 202 at once (as Prefer: "
+        "respond-async does); the answer is kept a day at /api/jobs/{id}/result.",
+    },
+    {
+        "name": "webhook",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "format": "uri", "pattern": "^https?://"},
+        "description": "With async: called (POST, the job's record, HMAC-signed) when it ends.",
+    },
+    {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "example": "respond-async"},
+        "description": "respond-async: the same as async=true.",
+    },
+    {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "maxLength": 256},
+        "description": "With async: the same key again returns the first call's job.",
+    },
+]
+_ACCEPTED = {
+    "description": "Queued (async): the job's record; Location: /api/jobs/{id}",
+    "headers": {"Location": {"schema": {"type": "string"}}},
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["id", "kind", "state"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "kind": {"type": "string", "const": "inference"},
+                    "state": {"type": "string"},
+                },
+            }
+        }
+    },
+}
+
+
 def _infer(summary: str) -> dict[str, Any]:
     return {
         "summary": summary,
+        "parameters": _ASYNC_PARAMETERS,
         "requestBody": {
             "required": True,
             "content": {
@@ -47,6 +100,7 @@ def _infer(summary: str) -> dict[str, Any]:
         },
         "responses": {
             "200": json_content(INFER_RESPONSE_SCHEMA, "outputs of the version that answered"),
+            "202": _ACCEPTED,
             **error_responses(400, 413, *_GUARDED, *_ROUTED),
         },
     }
@@ -148,39 +202,43 @@ def gateway_document(*, auth: bool) -> dict[str, Any]:
 
 
 class MergedOpenApi:
-    """The merged document, refetching the registry's part when its source changes."""
+    """The merged document, fetched again when the services behind the gateway change."""
 
     def __init__(self, own: dict[str, Any], *, auth: bool) -> None:
         self._own = own
         self._auth = auth
         self._rendered = json.dumps(own).encode()
-        self._source: str | None = None
+        self._sources: tuple[tuple[str, str], ...] = ()
         self._retry_at = 0.0
 
     def source_changed(self) -> None:
-        """Fetch the registry's part again on the next request."""
-        self._source = None
+        """Fetch every service's part again on the next request."""
+        self._sources = (("", ""),)  # matches no real set of sources
         self._retry_at = 0.0
 
-    async def render(self, source: str | None, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
-        """The document; ``source`` names the registry instance, ``fetch`` gets its document."""
-        if source is None:
-            if self._source is not None:
-                self._source = None
-                self._rendered = json.dumps(self._own).encode()
+    async def render(
+        self, sources: Mapping[str, str], fetch: Callable[[str], Awaitable[bytes]]
+    ) -> bytes:
+        """The document; ``sources`` maps each service to its instance, ``fetch`` gets its part."""
+        key = tuple(sorted(sources.items()))
+        if key == self._sources or time.monotonic() < self._retry_at:
             return self._rendered
-        if source != self._source and time.monotonic() >= self._retry_at:
+        merged = copy.deepcopy(self._own)
+        complete = True
+        for name, _instance in key:
             try:
-                self._rendered = json.dumps(self._merge(json.loads(await fetch()))).encode()
-                self._source = source
-            except Exception as exc:  # any failure: serve the gateway's part, retry later
-                log.warning("cannot merge the registry's OpenAPI document: %s", exc)
-                self._retry_at = time.monotonic() + _RETRY_S
-                self._rendered = json.dumps(self._own).encode()
+                self._merge(merged, json.loads(await fetch(name)))
+            except Exception as exc:  # any failure: leave that service out, retry later
+                log.warning("cannot merge the OpenAPI document of %s: %s", name, exc)
+                complete = False
+        self._rendered = json.dumps(merged).encode()
+        if complete:
+            self._sources = key
+        else:
+            self._retry_at = time.monotonic() + _RETRY_S
         return self._rendered
 
-    def _merge(self, other: dict[str, Any]) -> dict[str, Any]:
-        merged = copy.deepcopy(self._own)
+    def _merge(self, merged: dict[str, Any], other: dict[str, Any]) -> None:
         security: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}]
         for path, item in other.get("paths", {}).items():
             if not path.startswith("/api/"):
@@ -193,7 +251,6 @@ class MergedOpenApi:
         schemas = other.get("components", {}).get("schemas")
         if schemas:
             merged.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
-        return merged
 
 
 SWAGGER_PAGE = b"""<!doctype html>

@@ -375,11 +375,12 @@ class GatewayApp:
         await respond(send, 200, self.metrics.render(), head.request_id, text)
 
     async def _openapi(self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes) -> None:
-        registries = self.router.table.services("registry")
-        source = registries[0] if registries else self.registry_fallback
+        services = self.router.table.api_services()
+        if "registry" not in services and self.registry_fallback is not None:
+            services["registry"] = self.registry_fallback
         document = await self.openapi.render(
-            source.label if source is not None else None,
-            lambda: self._fetch_openapi(source) if source is not None else _nothing(),
+            {name: upstream.label for name, upstream in services.items()},
+            lambda name: self._fetch_openapi(services[name]),
         )
         outcome.status = 200
         await respond(send, 200, document, head.request_id)
@@ -390,10 +391,10 @@ class GatewayApp:
         try:
             response = await pool.request(b"GET", b"/openapi.json", [], b"", timeout=self.timeout)
         except NotSent as exc:
-            raise UpstreamError(f"cannot reach the registry at {source.label}") from exc
+            raise UpstreamError(f"cannot reach {source.name} at {source.label}") from exc
         body = await response.body(self.timeout)
         if response.status != 200:
-            raise UpstreamError(f"the registry answered {response.status} for /openapi.json")
+            raise UpstreamError(f"{source.name} answered {response.status} for /openapi.json")
         return body
 
     async def _docs(self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes) -> None:
@@ -430,7 +431,3 @@ class GatewayApp:
             return aggregate.outcome_of(response.status, response.header(b"content-type"), answer)
         except AimeshError as exc:
             return aggregate.failure_of(exc, status_of(exc))
-
-
-async def _nothing() -> bytes:
-    raise UpstreamError("no registry")

@@ -197,6 +197,10 @@ class RoutingTable:
         """Instances of the service ``name`` (e.g. ``registry``) that have a REST address."""
         return self._services.get(name, ())
 
+    def api_services(self) -> dict[str, Upstream]:
+        """One instance of each service proxied under ``/api/<name>``."""
+        return {name: members[0] for name, members in self._services.items() if members}
+
     def models(self) -> dict[str, list[Upstream]]:
         """Every served model and its instances."""
         return {name: list(members) for name, members in self._models.items()}
