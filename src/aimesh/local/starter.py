@@ -64,7 +64,7 @@ lake:
 
 jobs:
   port: 8300
-  max_attempts: 3            # attempts of a job before it fails (and lands in the dead-letter stream)
+  max_attempts: 3            # attempts before a job fails (into the dead-letter stream)
 
 # Defaults of every model service (a services.models entry overrides its own).
 serving:
