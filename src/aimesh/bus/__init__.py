@@ -17,6 +17,8 @@ from aimesh.bus.discovery import (
     discovery_bucket,
     list_instances,
     new_instance_id,
+    this_host,
+    this_pid,
 )
 from aimesh.bus.events import (
     JOB_SUBJECTS,
@@ -102,4 +104,6 @@ __all__ = [
     "publish_event",
     "stop_embedded_bus",
     "subscribe_events",
+    "this_host",
+    "this_pid",
 ]

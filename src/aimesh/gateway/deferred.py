@@ -42,10 +42,7 @@ from aimesh.gateway.http1 import HttpClient
 from aimesh.gateway.instances import LeastOutstanding, Upstream
 from aimesh.gateway.routing import MODEL_NAME, VERSION_REF, RoutingTable
 from aimesh.gateway.upstream import NotSent, call_upstream
-from aimesh.jobs.client import JobClient
-from aimesh.jobs.data import Blob, JobData, input_key, result_path
-from aimesh.jobs.handlers import JobContext
-from aimesh.jobs.types import Job, JobSpec
+from aimesh.jobs import Blob, Job, JobClient, JobContext, JobData, JobSpec, input_key, result_path
 
 __all__ = [
     "KIND",

@@ -50,7 +50,7 @@ from aimesh.gateway.metrics import GATEWAY, GatewayMetrics
 from aimesh.gateway.openapi import SWAGGER_PAGE, MergedOpenApi
 from aimesh.gateway.routing import Router
 from aimesh.gateway.upstream import NotSent, call_upstream
-from aimesh.jobs.store import encode_job
+from aimesh.jobs import encode_job
 
 __all__ = ["HTTP_STATUS", "GatewayApp"]
 

@@ -11,6 +11,7 @@ server-sent events per job; webhooks are signed with HMAC-SHA256 (:func:`verify_
 """
 
 from aimesh.jobs.client import JobClient, job_subject
+from aimesh.jobs.data import Blob, JobData, input_key, job_result, result_key, result_path
 from aimesh.jobs.handlers import (
     Handler,
     JobContext,
@@ -20,6 +21,7 @@ from aimesh.jobs.handlers import (
     register_handler,
 )
 from aimesh.jobs.states import TRANSITIONS
+from aimesh.jobs.store import encode_job
 from aimesh.jobs.types import TERMINAL, DeadLetter, Job, JobError, JobSpec, JobState
 from aimesh.jobs.webhooks import SIGNATURE_HEADER, sign, verify_signature
 from aimesh.jobs.worker import Worker, WorkerStats, consumer_name, dead_letter_subject
@@ -28,11 +30,13 @@ __all__ = [
     "SIGNATURE_HEADER",
     "TERMINAL",
     "TRANSITIONS",
+    "Blob",
     "DeadLetter",
     "Handler",
     "Job",
     "JobClient",
     "JobContext",
+    "JobData",
     "JobError",
     "JobSpec",
     "JobState",
@@ -40,11 +44,16 @@ __all__ = [
     "WorkerStats",
     "consumer_name",
     "dead_letter_subject",
+    "encode_job",
     "get_handler",
     "handler_kinds",
+    "input_key",
+    "job_result",
     "job_subject",
     "load_handler",
     "register_handler",
+    "result_key",
+    "result_path",
     "sign",
     "verify_signature",
 ]

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from aimesh.jobs.worker import Worker
-from aimesh.rest.asgi import ASGIScope, Receive, RouteNotFound, Send, allow, error_body, respond
+from aimesh.rest import ASGIScope, Receive, RouteNotFound, Send, allow, error_body, respond
 
 __all__ = ["WorkerHealth", "serve_health"]
 

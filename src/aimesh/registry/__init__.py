@@ -20,6 +20,7 @@ from aimesh.registry.types import (
     ModelUpdate,
     ModelVersion,
     VersionCreate,
+    check_model_name,
 )
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "Registry",
     "RegistryStore",
     "VersionCreate",
+    "check_model_name",
     "open_registry",
     "push_model",
     "sha256_file",

@@ -19,8 +19,7 @@ import anyio.to_thread
 from aimesh import runtimes
 from aimesh.bus import Bus, RegistryEvent, subscribe_events
 from aimesh.errors import AimeshError, BusUnavailable, InvalidRequest, Unavailable
-from aimesh.registry import LATEST, ModelVersion, Registry
-from aimesh.registry.types import check_model_name
+from aimesh.registry import LATEST, ModelVersion, Registry, check_model_name
 from aimesh.serving.batching import BatchStats
 from aimesh.serving.model import BatchingOptions, ServedModel, load_model
 

@@ -20,10 +20,13 @@ from datetime import UTC, datetime
 
 import uvicorn
 
-from aimesh.bus import Bus, connect, declare_topology, ensure_bus
-from aimesh.bus.discovery import (
+from aimesh.bus import (
+    Bus,
     Registration,
     ServiceInstance,
+    connect,
+    declare_topology,
+    ensure_bus,
     new_instance_id,
     this_host,
     this_pid,

@@ -42,7 +42,7 @@ def train(
     """Run ``request`` end to end; the job's result."""
     from sklearn.base import is_classifier
 
-    from aimesh.registry.types import check_model_name
+    from aimesh.registry import check_model_name
 
     def progress(fraction: float, message: str) -> None:
         if ctx is not None:
