@@ -39,13 +39,13 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 
 from aimesh.bus import JOBS_STREAM, Bus, JobChange, job_events_subject
 from aimesh.config import JobsSettings
 from aimesh.errors import AimeshError, BusUnavailable, DeadlineExceeded, InvalidRequest, JobNotFound
 from aimesh.jobs import states
+from aimesh.jobs._wire import Pulls
 from aimesh.jobs.client import REVISION_HEADER, job_subject
 from aimesh.jobs.events import emit
 from aimesh.jobs.handlers import Handler, JobContext, call_handler
@@ -62,8 +62,6 @@ log = logging.getLogger("aimesh.jobs.worker")
 _PULL_S = 1.0
 # After the drain timeout, how long handed-back jobs get to write their record and nak.
 _RELEASE_S = 5.0
-# How long a worker with a few free slots waits for more before pulling.
-_GATHER_S = 0.01
 
 _dead_letters = msgspec.json.Encoder()
 
@@ -147,7 +145,10 @@ class Worker:
         self._heartbeat_s = settings.ack_wait_s / 3
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
-        self._slot = asyncio.Event()
+        self._wake = asyncio.Event()
+        """Set when the pull loop has something to do: slots freed, a request ended, a stop."""
+        self._batch = max(1, self.concurrency // 4)
+        self._pulls: Pulls | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._runs: dict[str, _Run] = {}
         self._store: JobStore | None = None
@@ -165,7 +166,7 @@ class Worker:
         at once instead of being given ``drain_timeout_s`` to end.
         """
         self._stopping.set()
-        self._slot.set()
+        self._wake.set()
         if hand_back:
             self._hurry.set()
 
@@ -183,22 +184,22 @@ class Worker:
         """Pull and run jobs until :meth:`stop`, then drain and return."""
         try:
             self._store = await JobStore.open(self.bus)
-            subscription = await self._subscribe()
+            pulls = await self._subscribe()
             cancels = await self._watch_cancels()
             self.ready.set()
             log.info(
                 "worker %s runs jobs of kind %s, %d at a time", self.id, self.kind, self.concurrency
             )
             try:
-                await self._pull(subscription)
+                await self._pull(pulls)
             finally:
                 await self._drain()
-                for sub in (cancels, subscription):
+                try:
+                    await pulls.close()
                     if not self.bus.nc.is_closed:
-                        try:
-                            await sub.unsubscribe()
-                        except (nats.errors.Error, TimeoutError) as exc:
-                            log.debug("unsubscribe failed: %s", exc)
+                        await cancels.unsubscribe()
+                except (nats.errors.Error, TimeoutError) as exc:
+                    log.debug("unsubscribe failed: %s", exc)
         finally:
             await self._webhooks.close(self.settings.webhook_timeout_s)
             if self._store is not None:
@@ -206,7 +207,7 @@ class Worker:
 
     # -- pulling ------------------------------------------------------------------------
 
-    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+    async def _subscribe(self) -> Pulls:
         name = consumer_name(self.kind)
         config = ConsumerConfig(
             durable_name=name,
@@ -219,9 +220,13 @@ class Worker:
             max_deliver=-1,
             filter_subject=job_subject(self.kind),
         )
+        self._pulls = Pulls(
+            self.bus, JOBS_STREAM, name, take=self._take, on_end=self._wake.set, expires_s=_PULL_S
+        )
         try:
             await self.bus.js.add_consumer(JOBS_STREAM, config)
-            return await self.bus.js.pull_subscribe_bind(durable=name, stream=JOBS_STREAM)
+            await self._pulls.start()
+            return self._pulls
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusUnavailable(
                 f"cannot consume jobs of kind {self.kind} on the bus at {self.bus.url}: {exc}"
@@ -241,42 +246,48 @@ class Worker:
             raise BusUnavailable(f"cannot watch cancel requests: {exc}") from exc
         return sub
 
-    async def _pull(self, subscription: JetStreamContext.PullSubscription) -> None:
-        # Pull in batches (one request per quarter of the slots freed, not one per slot)
-        # when jobs end quickly; when they do not, whatever is free after a short wait.
-        batch = max(1, self.concurrency // 4)
+    async def _pull(self, pulls: Pulls) -> None:
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._tasks)
-            if free <= 0:
-                self._slot.clear()
-                await self._slot.wait()
+            want = self._room()
+            if want:
+                try:
+                    await pulls.request(want)
+                except nats.errors.ConnectionClosedError:
+                    return
+                except nats.errors.Error as exc:
+                    log.warning("pulling jobs of kind %s failed: %s", self.kind, exc)
+                    await asyncio.sleep(_PULL_S)
                 continue
-            if free < batch:
-                await asyncio.sleep(_GATHER_S)
-                free = self.concurrency - len(self._tasks)
-                if self._stopping.is_set():
-                    break
+            self._wake.clear()
             try:
-                messages = await subscription.fetch(free, timeout=_PULL_S)
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue
-            except nats.errors.ConnectionClosedError:
-                return
-            except nats.errors.Error as exc:
-                log.warning("pulling jobs of kind %s failed: %s", self.kind, exc)
-                await asyncio.sleep(_PULL_S)
-                continue
-            for msg in messages:
-                if self._stopping.is_set():
-                    await msg.nak()
-                    continue
-                task = asyncio.create_task(self._handle(msg))
-                self._tasks.add(task)
-                task.add_done_callback(self._done)
+                async with asyncio.timeout(_PULL_S):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass  # look again: a request whose end was lost stops counting after a while
+
+    def _room(self) -> int:
+        """How many more messages to ask for now (0: none, or too few to be worth a request).
+
+        Requests ask for a quarter of the slots at a time when jobs end quickly, not one
+        per slot; whatever is free when nothing is asked for.
+        """
+        assert self._pulls is not None
+        owed = self._pulls.owed
+        free = self.concurrency - len(self._tasks) - owed
+        return free if free >= self._batch or (free > 0 and not owed) else 0
+
+    def _take(self, msg: Msg) -> bool:
+        if self._stopping.is_set() or len(self._tasks) >= self.concurrency:
+            return False  # handed back (a request answered as the worker began to stop)
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return True
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slot.set()
+        if not self._wake.is_set() and self._room():
+            self._wake.set()
 
     async def _drain(self) -> None:
         if self._tasks and not self._hurry.is_set():
