@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import cast
 
 import msgspec
+from _cpu import machine_cpu_s
 
 GRPC_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 INFER_PATH = "/v2/models/fraud/infer"
@@ -215,15 +216,6 @@ async def _grpc(
 # -- the run ----------------------------------------------------------------------------------
 
 
-def _machine_cpu_s() -> float | None:
-    try:
-        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait; no guest twice
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
 def _server_cpu_s(pid: int | None) -> float | None:
     if pid is None:
         return None
@@ -243,10 +235,10 @@ async def run(args: argparse.Namespace) -> LoadResult:
     idles = await start(args.port, body, args.concurrency, window)
     await asyncio.sleep(args.warmup)
     window.opens_ns = time.perf_counter_ns()
-    cpu0, server0, machine0 = time.process_time(), _server_cpu_s(args.server_pid), _machine_cpu_s()
+    cpu0, server0, machine0 = time.process_time(), _server_cpu_s(args.server_pid), machine_cpu_s()
     await asyncio.sleep(args.duration)
     window.closes_ns = time.perf_counter_ns()
-    cpu1, server1, machine1 = time.process_time(), _server_cpu_s(args.server_pid), _machine_cpu_s()
+    cpu1, server1, machine1 = time.process_time(), _server_cpu_s(args.server_pid), machine_cpu_s()
     window.stopping = True
     _, pending = await asyncio.wait(idles, timeout=DRAIN_S)
     for future in pending:

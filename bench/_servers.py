@@ -1,13 +1,16 @@
 """The servers under test as subprocesses on free ports, and what the benchmark asks of them.
 
 A :class:`Server` starts its command in its own session (so that Ctrl-C reaches only the
-benchmark, which then stops every server in order), waits until an inference answers 200,
-and stops with SIGTERM, then SIGKILL after a timeout. Its output goes to a log file whose
-tail is shown if it fails to start.
+benchmark, which then stops every server in order), waits until an inference (or, for a
+service without one, ``GET ready_path``) answers 200, and stops with SIGTERM, then SIGKILL
+after a timeout. Its output goes to a log file whose tail is shown if it fails to start.
+Also here: what every benchmark's ``main`` does first (:func:`interrupt_on_sigterm`,
+:func:`workdir`, :func:`busy`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -15,13 +18,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import numpy as np
+from _cpu import machine_cpu_s
 from _models import ALIAS, INFER_PATH, MODEL_NAME, BenchModel
 
 FORBIDDEN_PORT = 4222
@@ -53,11 +58,12 @@ class Server:
         *,
         http_port: int,
         grpc_port: int | None = None,
-        body: bytes,
+        body: bytes = b"",
         log: Path,
         env: dict[str, str] | None = None,
         start_timeout_s: float = 60.0,
         stop_timeout_s: float = 15.0,
+        ready_path: str | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -68,6 +74,8 @@ class Server:
         self.env = env
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
+        self.ready_path = ready_path
+        """Ready once ``GET`` of this answers 200; ``None``: once a POST of ``body`` does."""
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -104,7 +112,10 @@ class Server:
                     f"{self.name} exited with {self._proc.returncode} while starting: {self.tail()}"
                 )
             try:
-                status, _ = post(self.http_port, self.body, timeout=5)
+                if self.ready_path is None:
+                    status, _ = post(self.http_port, self.body, timeout=5)
+                else:
+                    status = get(self.http_port, self.ready_path, timeout=5)
             except OSError as exc:
                 last = repr(exc)
             else:
@@ -220,6 +231,18 @@ def baseline_server(
 # -- talking to a server ----------------------------------------------------------------------
 
 
+def get(port: int, path: str, *, timeout: float) -> int:
+    """``GET path`` on 127.0.0.1:port; the status."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
 def post(port: int, body: bytes, *, timeout: float = 10.0) -> tuple[int, bytes]:
     """One REST inference; the status and body."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -276,3 +299,36 @@ def batch_counts(port: int) -> tuple[float, float]:
         elif line.startswith("aimesh_batch_size_requests_count{"):
             calls += float(line.rsplit(" ", 1)[1])
     return total, calls
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM and SIGINT raise ``KeyboardInterrupt``, so every server is stopped in order."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    # A shell that starts us in the background ignores SIGINT; Ctrl-C should still work.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def workdir(keep: bool, prefix: str) -> Iterator[Path]:
+    """A scratch folder for homes and logs, removed after unless ``keep``."""
+    if keep:
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        print(f"keeping logs and homes in {path}")
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        yield Path(name)
+
+
+def busy(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy during ``seconds`` (run before a benchmark: other processes)."""
+    before, t0 = machine_cpu_s(), time.monotonic()
+    time.sleep(seconds)
+    after = machine_cpu_s()
+    if before is None or after is None:
+        return float("nan")
+    return (after - before) / (time.monotonic() - t0) / (os.cpu_count() or 1)

@@ -30,19 +30,26 @@ import asyncio
 import contextlib
 import math
 import os
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 
 import httpx
 import msgspec
+from _cpu import machine_cpu_s
 from _models import ALIAS, INFER_PATH, MODEL_NAME, BenchModel, prepare
-from _servers import Server, ServerFailed, aimesh_server, free_port, server_env
+from _servers import (
+    Server,
+    ServerFailed,
+    aimesh_server,
+    busy,
+    free_port,
+    interrupt_on_sigterm,
+    server_env,
+    workdir,
+)
 from rich.console import Console
 from rich.table import Table
 
@@ -120,28 +127,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]
 # -- the stack --------------------------------------------------------------------------------
 
 
-class HealthServer(Server):
-    """A server without an inference route: ready once ``GET /health`` answers 200."""
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout_s
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise ServerFailed(f"{self.name} exited while starting: {self.tail()}")
-            try:
-                status = httpx.get(f"http://127.0.0.1:{self.http_port}/health", timeout=5)
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            else:
-                if status.status_code == 200:
-                    return
-                last = f"HTTP {status.status_code}"
-            time.sleep(0.1)
-        raise ServerFailed(f"{self.name} not ready ({last}): {self.tail()}")
-
-
 @dataclass(frozen=True, slots=True)
 class Stack:
     """The running stack, as the client sees it."""
@@ -152,12 +137,12 @@ class Stack:
     """Every process of the stack (the bus included), for their CPU time."""
 
 
-def _service(name: str, argv: list[str], env: dict[str, str], logs: Path) -> HealthServer:
+def _service(name: str, argv: list[str], env: dict[str, str], logs: Path) -> Server:
     port = free_port()
     argv = [sys.executable, "-m", "aimesh", *argv, "--port", str(port)]
-    return HealthServer(
-        name, argv, http_port=port, body=b"", log=logs / f"{name}.log", env=env,
-        start_timeout_s=START_TIMEOUT_S,
+    return Server(
+        name, argv, http_port=port, log=logs / f"{name}.log", env=env,
+        start_timeout_s=START_TIMEOUT_S, ready_path="/health",
     )  # fmt: skip
 
 
@@ -373,13 +358,13 @@ async def measure(client: Client, stack: Stack, cell: Cell, plan: Plan) -> None:
     c = cell.concurrency
     await _lanes(call, c, max(plan.warmup, 2 * c), Cell(cell.path, c))
     before = len(cell.samples)
-    cpu0, stack0, machine0 = time.process_time(), _cpu_s(stack.pids), _machine_cpu_s()
+    cpu0, stack0, machine0 = time.process_time(), _cpu_s(stack.pids), machine_cpu_s() or 0.0
     start = time.perf_counter()
     await _lanes(call, c, plan.calls, cell)
     cell.seconds += time.perf_counter() - start
     cell.client_cpu_s += time.process_time() - cpu0
     cell.stack_cpu_s += _cpu_s(stack.pids) - stack0
-    cell.machine_cpu_s += _machine_cpu_s() - machine0
+    cell.machine_cpu_s += (machine_cpu_s() or 0.0) - machine0
     cell.round_p50_ms.append(_pct([s.total_ns for s in cell.samples[before:]], 0.5))
 
 
@@ -458,11 +443,6 @@ def _progress(index: int, cell: Cell) -> None:
 
 
 # -- CPU time ---------------------------------------------------------------------------------
-
-
-def _machine_cpu_s() -> float:
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_s(pids: list[int]) -> float:
@@ -619,51 +599,24 @@ def summary(found: list[Figures], plan: Plan) -> str:
 # -- the command ------------------------------------------------------------------------------
 
 
-def _busy(seconds: float = 1.0) -> float:
-    """Share of all CPUs busy during ``seconds`` (before the run: other processes)."""
-    before, t0 = _machine_cpu_s(), time.monotonic()
-    time.sleep(seconds)
-    return (_machine_cpu_s() - before) / (time.monotonic() - t0) / (os.cpu_count() or 1)
-
-
-def _interrupt_on_sigterm() -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-    # A shell that starts us in the background ignores SIGINT; Ctrl-C should still work.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-@contextlib.contextmanager
-def _workdir(keep: bool) -> Iterator[Path]:
-    if keep:
-        path = Path(tempfile.mkdtemp(prefix="aimesh-bench-async-"))
-        console.print(f"keeping logs in {path}")
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="aimesh-bench-async-") as name:
-        yield Path(name)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the report."""
     plan, args = parse_args(argv)
-    _interrupt_on_sigterm()
-    busy = _busy()
+    interrupt_on_sigterm()
+    busy_before = busy()
     console.print(
         f"[bold]aimesh async inference benchmark[/]: {MODEL_NAME}@{ALIAS} (logistic "
         f"regression) through the gateway; concurrency {', '.join(map(str, plan.concurrencies))}"
         f"; {plan.rounds} round(s) of {plan.calls} calls per cell after {plan.warmup} warm-up "
         f"calls; worker concurrency {plan.worker_concurrency}; {os.cpu_count()} CPUs, "
-        f"{busy:.0%} busy before the run",
+        f"{busy_before:.0%} busy before the run",
         highlight=False,
     )
-    if busy > 0.1:
+    if busy_before > 0.1:
         console.print("[yellow]other processes are using the CPUs: expect noisy figures[/]")
     started = time.monotonic()
     try:
-        with _workdir(args.keep) as folder:
+        with workdir(args.keep, "aimesh-bench-async-") as folder:
             with console.status("training the fraud model and pushing it"):
                 model = prepare("lr", folder)
             with contextlib.ExitStack() as stack:

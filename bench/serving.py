@@ -18,21 +18,17 @@ than its, and at least 0.8x the ceiling.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import os
 import platform
 import shlex
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import msgspec
 from _load import DRAIN_S, LoadResult
@@ -59,8 +55,11 @@ from _servers import (
     aimesh_server,
     baseline_server,
     batch_counts,
+    busy,
     check_grpc,
     check_rest,
+    interrupt_on_sigterm,
+    workdir,
 )
 from rich.console import Console
 
@@ -299,22 +298,6 @@ class Machine(msgspec.Struct):
     grpcio: str
 
 
-def _cpu_ticks() -> tuple[int, int]:
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def _busy(seconds: float = 1.0) -> float:
-    try:
-        busy0, total0 = _cpu_ticks()
-        time.sleep(seconds)
-        busy1, total1 = _cpu_ticks()
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-    return (busy1 - busy0) / max(1, total1 - total0)
-
-
 def _machine() -> Machine:
     import fastapi
     import grpc
@@ -324,37 +307,17 @@ def _machine() -> Machine:
         cpus=os.cpu_count() or 0,
         python=platform.python_version(),
         platform=platform.platform(),
-        busy_before=_busy(),
+        busy_before=busy(),
         uvicorn=uvicorn.__version__,
         fastapi=fastapi.__version__,
         grpcio=grpc.__version__,
     )
 
 
-def _interrupt_on_sigterm() -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-    # A shell that starts us in the background ignores SIGINT; Ctrl-C should still work.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-@contextlib.contextmanager
-def _workdir(keep: bool) -> Iterator[Path]:
-    if keep:
-        path = Path(tempfile.mkdtemp(prefix="aimesh-bench-"))
-        console.print(f"keeping logs and homes in {path}")
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="aimesh-bench-") as name:
-        yield Path(name)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the report."""
     plan, args = parse_args(argv)
-    _interrupt_on_sigterm()
+    interrupt_on_sigterm()
     machine = _machine()
     console.print(
         f"[bold]aimesh serving benchmark[/]: {', '.join(KINDS[m] for m in plan.models)}; "
@@ -373,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[yellow]other processes are using the CPUs: expect noisy figures[/]")
     started = time.monotonic()
     try:
-        with _workdir(args.keep) as folder:
+        with workdir(args.keep, "aimesh-bench-") as folder:
             cells = run(plan, folder)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; every server is stopped[/]")
