@@ -25,6 +25,27 @@ from aimesh.registry.outbox import flush_outbox
 
 WAIT_S = 60.0  # generous: a loaded 2-core machine starts processes slowly
 
+ECHO_MODEL = '''
+import time
+
+
+class Model:
+    """Sleeps x[0, 0] seconds, then doubles x: a signature unlike fraud's, slow on demand."""
+
+    signature = {
+        "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 1]}],
+        "outputs": [{"name": "y", "datatype": "FP64", "shape": [-1, 1]}],
+    }
+
+    def load(self) -> None:
+        pass
+
+    def predict(self, inputs):
+        time.sleep(float(inputs["x"][0, 0]))
+        return {"y": inputs["x"] * 2}
+'''
+"""A trusted Python model (push it with ``trusted=True``): input x [-1, 1], output y = 2x."""
+
 
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on now."""

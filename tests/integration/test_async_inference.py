@@ -19,30 +19,10 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from _services import Home, Service, free_port, push_fraud_models, start, wait_for
+from _services import ECHO_MODEL, Home, Service, free_port, push_fraud_models, start, wait_for
 
 from aimesh.config import Settings
 from aimesh.registry import push_model
-
-ECHO_MODEL = '''
-import time
-
-
-class Model:
-    """Sleeps x[0, 0] seconds, then doubles x."""
-
-    signature = {
-        "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 1]}],
-        "outputs": [{"name": "y", "datatype": "FP64", "shape": [-1, 1]}],
-    }
-
-    def load(self) -> None:
-        pass
-
-    def predict(self, inputs):
-        time.sleep(float(inputs["x"][0, 0]))
-        return {"y": inputs["x"] * 2}
-'''
 
 
 @pytest.fixture(scope="module")

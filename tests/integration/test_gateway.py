@@ -28,7 +28,7 @@ import msgspec
 import numpy as np
 import pytest
 import schemathesis
-from _services import Home, Service, free_port, push_fraud_models, wait_for
+from _services import ECHO_MODEL, Home, Service, free_port, push_fraud_models, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
@@ -52,26 +52,6 @@ AS_ADMIN = {"X-API-Key": ADMIN}
 AS_USER = {"Authorization": f"Bearer {USER}"}
 GRPC_USER = {"x-api-key": USER}  # gRPC metadata keys are lower-case
 MAX_BODY = 300_000
-
-ECHO_MODEL = '''
-import time
-
-
-class Model:
-    """Sleeps x[0, 0] seconds, then doubles x: a signature unlike fraud's, and slow on demand."""
-
-    signature = {
-        "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 1]}],
-        "outputs": [{"name": "y", "datatype": "FP64", "shape": [-1, 1]}],
-    }
-
-    def load(self) -> None:
-        pass
-
-    def predict(self, inputs):
-        time.sleep(float(inputs["x"][0, 0]))
-        return {"y": inputs["x"] * 2}
-'''
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from _services import WAIT_S, Home, Service
+from _services import ECHO_MODEL, WAIT_S, Home, Service
 from _services import free_port as _free_port
 from _services import push_fraud_models as _push_fraud_models
 
@@ -334,33 +334,10 @@ def test_stand_alone_without_a_bus_still_serves(home: Home) -> None:
     assert alone.log.read_text().count("stand-alone") == 1
 
 
-SLOW_MODEL = '''
-import time
-
-import numpy as np
-
-
-class Model:
-    """Sleeps x[0, 0] seconds, then doubles x."""
-
-    signature = {
-        "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 1]}],
-        "outputs": [{"name": "y", "datatype": "FP64", "shape": [-1, 1]}],
-    }
-
-    def load(self) -> None:
-        pass
-
-    def predict(self, inputs):
-        time.sleep(float(inputs["x"][0, 0]))
-        return {"y": inputs["x"] * 2}
-'''
-
-
 @pytest.fixture(scope="module")
 def slow_model(home: Home, tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("slow") / "slow.py"
-    path.write_text(SLOW_MODEL)
+    path.write_text(ECHO_MODEL)
     registry = home.registry()
     push_model(registry, "slow", path, trusted=True)
     registry.close()
