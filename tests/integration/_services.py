@@ -7,6 +7,7 @@ sleep). A process that exits early or never gets ready fails the test with its l
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -119,6 +120,14 @@ class Home:
     settings: Settings
     env: dict[str, str]
     x: np.ndarray
+
+    @classmethod
+    def create(cls, root: Path, nats_url: str, x: np.ndarray, **env: str) -> Home:
+        """A home under ``root`` on the session's NATS; ``env`` adds AIMESH_ variables."""
+        settings = Settings(home=root / "home", bus={"url": nats_url})
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
+        own = {"AIMESH_HOME": str(settings.home_dir), "AIMESH_BUS__URL": nats_url}
+        return cls(settings, inherited | own | env, x)
 
     def registry(self) -> LocalRegistry:
         return LocalRegistry.from_settings(self.settings, actor="test")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,6 @@ import pytest
 import tritonclient.http as triton
 from _services import ECHO_MODEL, Home, Service, free_port, push_fraud_models, start, wait_for
 
-from aimesh.config import Settings
 from aimesh.registry import push_model
 
 
@@ -32,16 +30,10 @@ def home(
     fraud_data: tuple[np.ndarray, np.ndarray],
 ) -> Home:
     root = tmp_path_factory.mktemp("async")
-    settings = Settings(home=root / "home", bus={"url": nats_url})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
-    env |= {
-        "AIMESH_HOME": str(settings.home_dir),
-        "AIMESH_BUS__URL": nats_url,
-        "AIMESH_JOBS__BACKOFF_S": "0.05",
-        "AIMESH_JOBS__PROGRESS_INTERVAL_S": "0.1",
-    }
     x, y = fraud_data
-    h = Home(settings, env, x)
+    h = Home.create(
+        root, nats_url, x, AIMESH_JOBS__BACKOFF_S="0.05", AIMESH_JOBS__PROGRESS_INTERVAL_S="0.1"
+    )
     registry = h.registry()
     push_fraud_models(registry, root, x, y)
     echo = root / "echo.py"

@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -34,7 +33,6 @@ from hypothesis.errors import Unsatisfiable
 
 from aimesh import runtimes
 from aimesh.bus import EmbeddedNats, ServiceInstance, connect, discovery_bucket
-from aimesh.config import Settings
 from aimesh.registry import push_model
 
 
@@ -61,17 +59,13 @@ def home(
     fraud_data: tuple[np.ndarray, np.ndarray],
 ) -> Home:
     root = tmp_path_factory.mktemp("gateway")
-    settings = Settings(home=root / "home", bus={"url": nats_url})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
-    env |= {
-        "AIMESH_HOME": str(settings.home_dir),
-        "AIMESH_BUS__URL": nats_url,
-        "AIMESH_GATEWAY__AUTH": "true",
-        "AIMESH_GATEWAY__KEYS": json.dumps(KEYS),
-        "AIMESH_GATEWAY__MAX_REQUEST_BYTES": str(MAX_BODY),
-    }
     x, y = fraud_data
-    h = Home(settings, env, x)
+    h = Home.create(
+        root, nats_url, x,
+        AIMESH_GATEWAY__AUTH="true",
+        AIMESH_GATEWAY__KEYS=json.dumps(KEYS),
+        AIMESH_GATEWAY__MAX_REQUEST_BYTES=str(MAX_BODY),
+    )  # fmt: skip
     registry = h.registry()
     push_fraud_models(registry, root, x, y)  # fraud 1 (champion), 2
     v1 = root / "v1.skops"

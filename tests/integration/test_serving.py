@@ -34,11 +34,8 @@ def home(
     fraud_data: tuple[np.ndarray, np.ndarray],
 ) -> Home:
     root = tmp_path_factory.mktemp("serving")
-    settings = Settings(home=root / "home", bus={"url": nats_url})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
-    env |= {"AIMESH_HOME": str(settings.home_dir), "AIMESH_BUS__URL": nats_url}
     x, y = fraud_data
-    h = Home(settings, env, x)
+    h = Home.create(root, nats_url, x)
     registry = h.registry()
     _push_fraud_models(registry, root, x, y)
     h.publish(registry)
