@@ -105,6 +105,22 @@ def test_lone_request_on_an_idle_model_does_not_wait() -> None:
     assert model.calls == [1, 1, 1]
 
 
+def test_under_steady_load_a_batch_runs_once_the_last_batchs_count_is_queued() -> None:
+    """Closed-loop clients: as many requests as the last batch held means nobody else comes."""
+    model = Model()
+    now = [0.0]
+
+    async def main() -> None:
+        # An hour of max latency and a frozen clock: only the early stop lets batches run.
+        batcher = Batcher(model, max_batch_size=64, max_latency_s=3600, clock=lambda: now[0])
+        for _ in range(3):  # three rounds of four concurrent clients
+            await asyncio.gather(*(batcher.submit({"x": _x(1)}) for _ in range(4)))
+        await batcher.close()
+
+    _run(main())
+    assert model.calls[-2:] == [4, 4]
+
+
 def test_a_bad_request_fails_alone() -> None:
     model = Model()
 

@@ -3,8 +3,10 @@
 Two parts. :func:`merge` and :func:`split` are pure functions over named arrays, tested by
 tables. :class:`Batcher` is the small timing loop around them: requests queue; whenever the
 model is free, the queue is taken up to ``max_batch_size`` rows and run as one call. Under
-load it waits up to ``max_latency_s`` for a batch to fill; a lone request on an idle model
-runs at once, so batching costs nothing at concurrency 1. A failing batch fails only the
+load it waits up to ``max_latency_s`` for a batch to fill, but no longer than until as many
+requests are queued as the last batch held (the concurrency it saw: under steady load,
+nobody else is coming); a lone request on an idle model runs at once, so batching costs
+nothing at concurrency 1. A failing batch fails only the
 requests in it. The clock is injected so that queue times can be tested without sleeping.
 """
 
@@ -153,7 +155,10 @@ class Batcher:
         if self._last_batch_requests <= 1 and len(self._queue) <= 1:
             return
         deadline = self._queue[0].enqueued + self.max_latency_s
-        while self._queued_rows() < self.max_batch_size:
+        while (
+            self._queued_rows() < self.max_batch_size
+            and len(self._queue) < self._last_batch_requests
+        ):
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return
