@@ -9,6 +9,7 @@ model service hosts one; a sidecar can host one too.
 from __future__ import annotations
 
 import asyncio
+import gc
 import contextlib
 import logging
 from collections.abc import Callable
@@ -49,6 +50,18 @@ class ModelRef:
 
     def __str__(self) -> str:
         return f"{self.name}@{self.ref}"
+
+
+def settle_heap() -> None:
+    """Collect garbage, then freeze what is left: long-lived objects out of the GC's sight.
+
+    Called once the model is loaded (so that full collections under load stay short) and
+    again after each swap: the retired version was frozen with everything else, and its
+    cycles would never be collected unless the heap is unfrozen first.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class ModelHost:
@@ -116,6 +129,8 @@ class ModelHost:
                     self.drain_timeout_s,
                 )
             await old.close()
+            del old
+            settle_heap()
 
     def _load(self, version: ModelVersion) -> ServedModel:
         path = self.registry.fetch_artifact(version)
