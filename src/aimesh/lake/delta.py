@@ -6,15 +6,18 @@ Everything delta-rs raises is translated here, where it enters, into the nearest
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from deltalake import (
     ColumnProperties,
     CommitProperties,
@@ -30,6 +33,7 @@ from deltalake.exceptions import (
     SchemaMismatchError,
     TableNotFoundError,
 )
+from deltalake.fs import DeltaStorageHandler
 
 from aimesh.errors import (
     Conflict,
@@ -52,6 +56,8 @@ _WRITE_ID = "aimesh.write_id"
 # slower encoder, so memory grows with the file, not the chunk. Two batches keep the writers
 # fed. A value set in the environment wins. (Process-wide: delta-rs reads the environment.)
 _BATCH_CHANNEL = ("DELTARS_WRITER_BATCH_CHANNEL_SIZE", "2")
+# Commit files read at once for a history: on an object store each is one request.
+_LOG_READERS = 8
 
 
 def first_line(exc: BaseException) -> str:
@@ -95,14 +101,14 @@ class DeltaTables:
         return self._remote_names()
 
     def _remote_names(self) -> list[str]:
-        import pyarrow.fs as pafs
-
         try:
-            fs, path = pafs.FileSystem.from_uri(self.root)
-            entries = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+            # delta-rs's own object store at the root: it lists with the same storage options
+            # (endpoint, keys, region) that open and write the tables.
+            fs = pafs.PyFileSystem(DeltaStorageHandler(self.root, self._options()))
+            entries = fs.get_file_info(pafs.FileSelector("", allow_not_found=True))
             folders = [e.base_name for e in entries if e.type == pafs.FileType.Directory]
-            logs = fs.get_file_info([f"{path}/{name}/_delta_log" for name in folders])
-        except (OSError, pa.ArrowException) as exc:
+            logs = fs.get_file_info([f"{name}/_delta_log" for name in folders])
+        except (DeltaError, OSError, pa.ArrowException) as exc:
             raise StoreUnavailable(f"cannot list the lake at {self.root}: {exc}") from exc
         return sorted(
             name
@@ -158,10 +164,38 @@ class DeltaTables:
         """When a table was created."""
         return datetime.fromtimestamp((table.metadata().created_time or 0) / 1000, UTC)
 
-    @staticmethod
-    def history(table: DeltaTable, limit: int | None = None) -> list[DatasetVersion]:
-        """The versions of a table up to the one it is at, newest first (``limit`` of them)."""
-        return [_version(entry) for entry in table.history(limit)]
+    def history(self, table: DeltaTable, limit: int | None = None) -> list[DatasetVersion]:
+        """The versions of a table up to the one it is at, newest first (``limit`` of them).
+
+        Read from the commit files, each at its own version. (delta-rs's ``history`` lists the
+        newest commits in storage and numbers them down from the version the table is at: once
+        another writer has committed, or for a table opened at an older version, every number
+        is wrong.) Commits cleaned up after a checkpoint end the history.
+        """
+        newest = int(table.version())
+        oldest = 0 if limit is None else max(0, newest - limit + 1)
+        versions = range(newest, oldest - 1, -1)
+        log = self._log(table)
+        try:
+            if len(versions) == 1:
+                infos = [_commit_info(log, newest)]
+            else:
+                with ThreadPoolExecutor(_LOG_READERS) as pool:
+                    infos = list(pool.map(lambda v: _commit_info(log, v), versions))
+        except (DeltaError, OSError, pa.ArrowException) as exc:
+            raise StoreUnavailable(
+                f"cannot read the history of {table.table_uri}: {first_line(exc)}"
+            ) from exc
+        history = []
+        for version, info in zip(versions, infos, strict=True):
+            if info is None:
+                break
+            history.append(_version(version, info))
+        return history
+
+    def _log(self, table: DeltaTable) -> pafs.FileSystem:
+        """The table's folder through delta-rs's object store (the same storage options)."""
+        return pafs.PyFileSystem(DeltaStorageHandler(table.table_uri, self._options()))
 
     def transaction_version(self, name: str, app_id: str) -> int | None:
         """The last version an application committed with ``app_id`` (a Delta ``txn``)."""
@@ -219,13 +253,19 @@ class DeltaTables:
     def _version_of(self, name: str, write_id: str) -> int:
         """The version whose commit carries ``write_id`` (others may have committed since)."""
         table = self.open(name)
+        newest = int(table.version())
+        log = self._log(table)
         try:
-            for entry in table.history(limit=100):
-                if entry.get(_WRITE_ID) == write_id:
-                    return int(entry["version"])
-        except DeltaError as exc:
+            # Newest first: unless others committed since, the first commit read is this one.
+            for version in range(newest, max(-1, newest - 100), -1):
+                info = _commit_info(log, version)
+                if info is None:
+                    break
+                if info.get(_WRITE_ID) == write_id:
+                    return version
+        except (DeltaError, OSError, pa.ArrowException) as exc:
             _storage_error(name, exc)
-        return int(table.version())
+        return newest
 
 
 def _writer_properties(schema: pa.Schema, row_group_rows: int) -> WriterProperties:
@@ -260,13 +300,28 @@ def _storage_error(name: str, exc: BaseException) -> NoReturn:
     raise StoreUnavailable(f"dataset {name!r}: {message}", name=name) from exc
 
 
-def _version(entry: Mapping[str, Any]) -> DatasetVersion:
+def _commit_info(log: pafs.FileSystem, version: int) -> dict[str, Any] | None:
+    """The ``commitInfo`` of commit ``version`` (empty if it has none; ``None``: no such file)."""
+    try:
+        with log.open_input_stream(f"_delta_log/{version:020d}.json") as f:
+            text = f.read().decode()
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        if '"commitInfo"' in line:
+            action = json.loads(line)
+            if isinstance(action.get("commitInfo"), dict):
+                return dict(action["commitInfo"])
+    return {}
+
+
+def _version(version: int, entry: Mapping[str, Any]) -> DatasetVersion:
     parameters = entry.get("operationParameters") or {}
     metrics = entry.get("operationMetrics") or {}
     rows = metrics.get("num_added_rows", metrics.get("numOutputRows"))
     files = metrics.get("num_added_files", metrics.get("numFiles"))
     return DatasetVersion(
-        version=int(entry["version"]),
+        version=version,
         timestamp=datetime.fromtimestamp(int(entry.get("timestamp", 0)) / 1000, UTC),
         operation=str(entry.get("operation", "")),
         mode=str(parameters["mode"]) if "mode" in parameters else None,

@@ -88,7 +88,7 @@ class Lake:
             if table is None:  # removed since the listing
                 continue
             rows, size, files = DeltaTables.totals(table)
-            latest = DeltaTables.history(table, limit=1)
+            latest = self.tables.history(table, limit=1)
             summaries.append(
                 DatasetSummary(
                     name=name,
@@ -112,10 +112,10 @@ class Lake:
         table = self.tables.open(name, version)
         latest = table if version is None else self.tables.open(name)
         rows, size, files = DeltaTables.totals(table)
-        history = DeltaTables.history(latest, history_limit)
+        history = self.tables.history(latest, history_limit)
         this = next((v for v in history if v.version == table.version()), None)
         if this is None:  # older than the history asked for
-            this = DeltaTables.history(table, 1)[0]
+            this = self.tables.history(table, 1)[0]
         return DatasetInfo(
             name=name,
             version=int(table.version()),
@@ -136,7 +136,7 @@ class Lake:
         check_dataset_name(name)
         if limit is not None and limit < 1:
             raise InvalidRequest(f"limit must be 1 or more, got {limit}")
-        return DeltaTables.history(self.tables.open(name), limit)
+        return self.tables.history(self.tables.open(name), limit)
 
     def schema(self, name: str, version: int | None = None) -> pa.Schema:
         """Dataset ``name``'s Arrow schema at ``version`` (default: latest)."""
