@@ -9,8 +9,8 @@ model service hosts one; a sidecar can host one too.
 from __future__ import annotations
 
 import asyncio
-import gc
 import contextlib
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
