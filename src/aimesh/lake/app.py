@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from aimesh.bus import announce, describe_service
 from aimesh.config import Settings
 from aimesh.lake.api import HTTP_STATUS, LakeService, router
 from aimesh.lake.lake import Lake
-from aimesh.rest import install_error_handlers
+from aimesh.rest import announced, service_app
 
 __all__ = ["create_app"]
 
@@ -28,21 +26,14 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = None
-        if public_url is not None:
-            task = asyncio.create_task(_announce(settings, public_url), name="announce")
-        try:
+        async with announced(settings, "lake", public_url):
             yield
-        finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
-    app = FastAPI(
+    app = service_app(
         title="aimesh lake",
-        version="0.1.0",
         description="Versioned datasets (Delta Lake): list, schema, versions, SQL, ingest.",
+        router=router,
+        http_status=HTTP_STATUS,
         lifespan=lifespan,
     )
     app.state.lake = LakeService(
@@ -50,16 +41,4 @@ def create_app(
         max_query_rows=settings.lake.max_query_rows,
         max_upload_bytes=settings.lake.max_upload_bytes,
     )
-    install_error_handlers(app, HTTP_STATUS)
-    app.include_router(router)
-
-    @app.get("/health", tags=["health"], summary="Liveness")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
-
     return app
-
-
-async def _announce(settings: Settings, public_url: str) -> None:
-    describe = describe_service("lake", "lake", rest_url=public_url)
-    await announce(settings, describe, interval_s=settings.serving.heartbeat_s)

@@ -24,6 +24,7 @@ from aimesh.rest.asgi import (
     status_of,
 )
 from aimesh.rest.errors import install_error_handlers
+from aimesh.rest.service import announced, service_app
 
 __all__ = [
     "BASE_STATUS",
@@ -36,11 +37,13 @@ __all__ = [
     "RouteNotFound",
     "Send",
     "allow",
+    "announced",
     "declared_length",
     "error_body",
     "header",
     "install_error_handlers",
     "read_body",
     "respond",
+    "service_app",
     "status_of",
 ]
