@@ -87,6 +87,11 @@ class RegistrySettings(BaseModel):
     request_timeout_s: float = Field(
         default=30.0, gt=0, le=3600, description="Timeout of one call to a remote registry."
     )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="Sent as X-API-Key to `url`: set it when `url` is a gateway that requires "
+        "keys (http://gateway:8080; the registry is proxied under /api/registry).",
+    )
 
 
 class ServingSettings(BaseModel):
@@ -297,8 +302,10 @@ class LakeSettings(BaseModel):
     )
     storage_options: dict[str, str] = Field(
         default_factory=dict,
-        description="Passed to delta-rs for an object store (e.g. AWS_REGION, "
-        "AWS_ENDPOINT_URL, AWS_ALLOW_HTTP); unset keys come from the environment.",
+        description="Passed to delta-rs for an object store: on S3 AWS_REGION, "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, and for an S3-compatible store "
+        "AWS_ENDPOINT_URL (and AWS_ALLOW_HTTP=true without TLS); unset keys come from the "
+        "environment. No lock service is needed: commits use S3's conditional writes.",
     )
     chunk_rows: int = Field(
         default=131_072,

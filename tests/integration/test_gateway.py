@@ -8,6 +8,7 @@ registry proxy, the merged OpenAPI document (fuzzed with schemathesis), metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
@@ -33,7 +34,9 @@ from hypothesis.errors import Unsatisfiable
 
 from aimesh import runtimes
 from aimesh.bus import EmbeddedNats, ServiceInstance, connect, discovery_bucket
-from aimesh.registry import push_model
+from aimesh.config import RegistrySettings
+from aimesh.errors import Forbidden, Unauthorized
+from aimesh.registry import Registry, open_registry, push_model
 
 
 def _sha(key: str) -> str:
@@ -448,6 +451,23 @@ def test_the_registry_api_is_proxied_with_its_errors(gateway: Service) -> None:
     assert hashlib.sha256(artifact.content).hexdigest() == artifact.headers["x-aimesh-sha256"]
     unknown = httpx.get(f"{gateway.http}/api/no-such-service/x", headers=AS_ADMIN)
     assert (unknown.status_code, unknown.json()["code"]) == (503, "no_instance")
+
+
+def test_the_registry_client_works_through_a_gateway_with_its_key(
+    home: Home, gateway: Service
+) -> None:
+    def through(**registry: str) -> Registry:
+        settings = home.settings.model_copy(
+            update={"registry": RegistrySettings(url=gateway.http, **registry)}
+        )
+        return open_registry(settings)
+
+    with contextlib.closing(through(api_key=ADMIN)) as client:
+        assert "fraud" in {m.name for m in client.list_models()}
+    with contextlib.closing(through()) as client, pytest.raises(Unauthorized):
+        client.list_models()
+    with contextlib.closing(through(api_key=USER)) as client, pytest.raises(Forbidden):
+        client.list_models()  # an infer-only key
 
 
 class _EchoHeaders(BaseHTTPRequestHandler):

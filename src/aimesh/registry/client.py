@@ -35,15 +35,20 @@ class RegistryClient:
     """Talks to ``aimesh registry serve``; errors come back as the same AimeshError classes."""
 
     def __init__(
-        self, url: str, *, timeout: float, cache_dir: Path, actor: str | None = None
+        self,
+        url: str,
+        *,
+        timeout: float,
+        cache_dir: Path,
+        actor: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._cache = cache_dir / "artifacts"
-        self._http = httpx.Client(
-            base_url=self.url + PREFIX,
-            timeout=timeout,
-            headers={ACTOR_HEADER: actor or default_actor()},
-        )
+        headers = {ACTOR_HEADER: actor or default_actor()}
+        if api_key is not None:  # through a gateway that requires keys
+            headers["X-API-Key"] = api_key
+        self._http = httpx.Client(base_url=self.url + PREFIX, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         """Close the connection pool."""

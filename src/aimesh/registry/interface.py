@@ -45,10 +45,12 @@ def open_registry(settings: Settings) -> Registry:
     if settings.registry.url:
         from aimesh.registry.client import RegistryClient
 
+        key = settings.registry.api_key
         return RegistryClient(
             settings.registry.url,
             timeout=settings.registry.request_timeout_s,
             cache_dir=settings.cache_dir,
+            api_key=key.get_secret_value() if key is not None else None,
         )
     from aimesh.registry.service import LocalRegistry
 
