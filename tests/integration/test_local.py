@@ -166,8 +166,13 @@ def test_up_status_restart_and_down(project: Project, fraud_data: tuple[np.ndarr
         replica["grpc_port"],
     )
     port = replica["http_port"]
-    entries = [i for i in project.discovered() if i.rest_url == replica["rest_url"]]
-    assert entries and {i.pid for i in entries} == {now["process"]["pid"]}
+
+    def only_the_new_entry() -> bool:
+        # The killed process could not delete its key: it expires with its TTL (6 s).
+        entries = [i for i in project.discovered() if i.rest_url == replica["rest_url"]]
+        return bool(entries) and {i.pid for i in entries} == {now["process"]["pid"]}
+
+    _wait_for(only_the_new_entry)
     x, _ = fraud_data
     body = {
         "inputs": [{"name": "input-0", "shape": [1, 30], "datatype": "FP64", "data": list(x[0])}]

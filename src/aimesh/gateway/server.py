@@ -40,6 +40,7 @@ from aimesh.gateway.openapi import MergedOpenApi, gateway_document
 from aimesh.gateway.rest import GatewayApp
 from aimesh.gateway.routing import Router, RoutingTable
 from aimesh.gateway.watch import DiscoveryWatch, forget_on_registry_events
+from aimesh.observability import run_service
 
 __all__ = ["run_gateway", "serve"]
 
@@ -61,14 +62,7 @@ class _Uvicorn(uvicorn.Server):
 
 def serve(settings: Settings) -> None:
     """Run the gateway until SIGTERM or SIGINT (on uvloop when it is installed)."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
-        runner = asyncio.Runner()
-    else:
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    with runner:
-        runner.run(run_gateway(settings))
+    run_service(run_gateway(settings))
 
 
 async def run_gateway(

@@ -189,7 +189,9 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
     await asyncio.gather(*background, return_exceptions=True)
     await host.close()
     if bus is not None:
-        await bus.close()
+        # nats-py flushes into a closed transport when the bus is gone, which uvloop refuses.
+        with contextlib.suppress(RuntimeError):
+            await bus.close()
     registry.close()
     log.info("stopped %s", plan.ref)
 

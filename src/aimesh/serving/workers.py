@@ -8,7 +8,6 @@ model; it forwards SIGTERM/SIGINT, restarts a worker that dies (with backoff), a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import os
@@ -20,6 +19,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from aimesh.config import Settings
+from aimesh.observability import run_service
 from aimesh.serving.server import WorkerPlan, run_worker
 
 log = logging.getLogger("aimesh.serving")
@@ -38,13 +38,13 @@ def _worker_main(settings_json: str, plan: WorkerPlan) -> None:
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(run_worker(settings, plan))
+    run_service(run_worker(settings, plan))
 
 
 def serve(settings: Settings, plan: WorkerPlan) -> None:
     """Serve ``plan`` with ``plan.workers`` processes; return after a clean shutdown."""
     if plan.workers == 1:
-        asyncio.run(run_worker(settings, plan))
+        run_service(run_worker(settings, plan))
         return
     plan = WorkerPlan(
         ref=plan.ref,
