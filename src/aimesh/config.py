@@ -77,6 +77,11 @@ class RegistrySettings(BaseModel):
         description="Folder or fsspec URL (s3://bucket/prefix) of the artifact store. "
         "Unset: HOME/artifacts.",
     )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options of the artifact store; for s3:// (s3fs): key, secret, "
+        "endpoint_url, client_kwargs: {region_name}. Unset: the AWS environment or ~/.aws.",
+    )
     max_artifact_bytes: int = Field(
         default=2 * 1024**3, gt=0, description="Largest artifact accepted by an upload, in bytes."
     )

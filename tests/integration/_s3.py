@@ -71,6 +71,15 @@ class S3Server:
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         }
 
+    def fsspec_options(self) -> dict[str, Any]:
+        """What s3fs needs (``registry.storage_options``) without any AWS environment."""
+        return {
+            "key": ACCESS_KEY,
+            "secret": SECRET_KEY,
+            "endpoint_url": self.endpoint,
+            "client_kwargs": {"region_name": REGION},
+        }
+
     def env(self) -> dict[str, str]:
         """The AWS environment that botocore (s3fs, the artifact store) reads."""
         return {

@@ -309,6 +309,31 @@ def test_a_model_pushed_to_s3_downloads_verified_and_loads(
     assert dest.read_bytes() == fraud_skops.read_bytes()
 
 
+def test_the_artifact_store_takes_its_credentials_from_the_settings(
+    s3: S3Server, prefix: str, tmp_path: Path, fraud_skops: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import s3fs
+
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)  # nothing from the environment: the settings say it all
+    s3fs.S3FileSystem.clear_instance_cache()
+    settings = _settings(
+        tmp_path,
+        registry=RegistrySettings(
+            database_url=f"sqlite:///{tmp_path / 'registry.db'}",
+            artifacts_url=s3.url(f"{prefix}/artifacts"),
+            storage_options=s3.fsspec_options(),
+        ),
+    )
+    registry = LocalRegistry.from_settings(settings, actor="test")
+    try:
+        version = push_model(registry, "fraud", fraud_skops)
+        assert registry.fetch_artifact(version).read_bytes() == fraud_skops.read_bytes()
+    finally:
+        registry.close()
+    assert _keys(s3, f"{prefix}/artifacts/sha256/")
+
+
 def test_an_artifact_changed_in_s3_is_refused_and_a_damaged_cache_fetched_again(
     s3: S3Server,
     s3_env: dict[str, str],

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -49,10 +49,12 @@ def file_chunks(f: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
 class ArtifactStore:
     """Blobs named by their sha256 under one root, local or remote."""
 
-    def __init__(self, url: str, *, cache_dir: Path) -> None:
+    def __init__(
+        self, url: str, *, cache_dir: Path, storage_options: Mapping[str, Any] | None = None
+    ) -> None:
         try:
-            fs, root = fsspec.core.url_to_fs(url)
-        except (ImportError, ValueError) as exc:
+            fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        except (ImportError, ValueError, TypeError) as exc:
             raise StoreUnavailable(f"cannot use artifact store {url!r}: {exc}") from exc
         self.url = url
         self._fs: Any = fs

@@ -60,7 +60,11 @@ class LocalRegistry:
         """Open the registry the settings describe, migrating its database if needed."""
         return cls(
             RegistryStore.open(settings.registry_database_url),
-            ArtifactStore(settings.artifacts_url, cache_dir=settings.cache_dir),
+            ArtifactStore(
+                settings.artifacts_url,
+                cache_dir=settings.cache_dir,
+                storage_options=settings.registry.storage_options,
+            ),
             max_artifact_bytes=settings.registry.max_artifact_bytes,
             actor=actor,
         )
