@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import http.server
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
@@ -289,3 +292,23 @@ def test_the_gateways_openapi_covers_async_calls_and_every_service(gateway: str)
     assert "202" in infer["responses"]
     assert {p["name"] for p in infer["parameters"]} >= {"async", "webhook", "Idempotency-Key"}
     assert "Job" in document()["components"]["schemas"]
+
+
+def test_the_cli_fetches_a_result_or_says_why_not(home: Home, gateway: str, tmp_path: Path) -> None:
+    def aimesh(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**home.env, "COLUMNS": "200"}
+        return subprocess.run(
+            [sys.executable, "-m", "aimesh", "jobs", *args],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    slow = httpx.post(f"{gateway}/v2/models/echo/infer?async=true", json=_echo_body(2.0)).json()
+    pending = aimesh("result", slow["id"])
+    assert pending.returncode == 1 and "job_pending" in pending.stderr
+    assert _until_done(gateway, slow["id"])["state"] == "succeeded"
+    shown = aimesh("result", slow["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["outputs"][0]["data"] == [4.0]
+    out = tmp_path / "answer.json"
+    wrote = aimesh("result", slow["id"], "--output", str(out))
+    assert wrote.returncode == 0 and json.loads(out.read_bytes())["outputs"][0]["data"] == [4.0]

@@ -8,6 +8,7 @@ import json
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
@@ -153,6 +154,38 @@ def show(
         _print_json(job)
     else:
         _print_job(job)
+
+
+@app.command()
+@handle_errors
+def result(
+    job_id: Annotated[str, typer.Argument(metavar="JOB", help="The job's id.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the result here instead of printing it."),
+    ] = None,
+) -> None:
+    """A finished job's result: an async inference's answer as the model gave it, or JSON.
+
+    Fails with job_pending while the job runs, job_failed if it failed, result_expired a
+    day after a stored result was written.
+    """
+    from aimesh.jobs import Blob, JobData, job_result
+
+    async def fetch(client: JobClient) -> Blob:
+        return await job_result(client, await JobData.open(client.bus), job_id)
+
+    blob = _with_client(settings(), fetch)
+    if output is not None:
+        output.write_bytes(blob.body)
+        console.print(f"wrote {len(blob.body)} bytes ({blob.content_type}) to {output}")
+    elif blob.content_type.startswith("application/json"):
+        console.print_json(blob.body.decode())
+    else:
+        err_console.print(
+            f"the result is {blob.content_type} ({len(blob.body)} bytes): use --output FILE"
+        )
+        raise typer.Exit(1)
 
 
 @app.command()
