@@ -18,6 +18,11 @@ with the kind's handler:
 - :meth:`Worker.stop` drains: no more pulls, running jobs get ``drain_timeout_s`` to end,
   then they are handed back (not counted as an attempt) for another worker.
 
+A job holds one of the worker's ``concurrency`` slots from its delivery until its handler
+returns; writing the outcome and acknowledging then go on beside the next job, so that
+at most ``concurrency`` handlers run at once but the bus's round trips for finished jobs
+do not keep new ones waiting (short jobs spend most of their time in those round trips).
+
 Records change only through :mod:`aimesh.jobs.states` under optimistic concurrency, and
 each write of an attempt is fenced by its number and worker: a job completes once.
 """
@@ -92,6 +97,21 @@ class WorkerStats:
     skipped: int = 0
 
 
+class _Slot:
+    """One of a worker's ``concurrency`` slots, held by one job: freed once, then no more."""
+
+    __slots__ = ("_free",)
+
+    def __init__(self, free: Callable[[], None]) -> None:
+        self._free: Callable[[], None] | None = free
+
+    def free(self) -> None:
+        """Give the slot back (to the next job); a second call does nothing."""
+        if self._free is not None:
+            free, self._free = self._free, None
+            free()
+
+
 @dataclass
 class _Run:
     """One attempt in progress."""
@@ -150,6 +170,8 @@ class Worker:
         self._batch = max(1, self.concurrency // 4)
         self._pulls: Pulls | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._busy = 0
+        """Slots taken: jobs delivered whose handler has not returned yet."""
         self._runs: dict[str, _Run] = {}
         self._store: JobStore | None = None
         secret = settings.webhook_secret
@@ -273,19 +295,20 @@ class Worker:
         """
         assert self._pulls is not None
         owed = self._pulls.owed
-        free = self.concurrency - len(self._tasks) - owed
+        free = self.concurrency - self._busy - owed
         return free if free >= self._batch or (free > 0 and not owed) else 0
 
     def _take(self, msg: Msg) -> bool:
-        if self._stopping.is_set() or len(self._tasks) >= self.concurrency:
+        if self._stopping.is_set() or self._busy >= self.concurrency:
             return False  # handed back (a request answered as the worker began to stop)
-        task = asyncio.create_task(self._handle(msg))
+        self._busy += 1
+        task = asyncio.create_task(self._handle(msg, _Slot(self._free)))
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(self._tasks.discard)
         return True
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _free(self) -> None:
+        self._busy -= 1
         if not self._wake.is_set() and self._room():
             self._wake.set()
 
@@ -314,16 +337,18 @@ class Worker:
 
     # -- one message --------------------------------------------------------------------
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Msg, slot: _Slot) -> None:
         try:
-            await self._process(msg)
+            await self._process(msg, slot)
         except (AimeshError, nats.errors.Error, TimeoutError) as exc:
             # Not acknowledged: JetStream delivers the message again after ack_wait.
             log.warning("job message %s left for redelivery: %s", _seq(msg), exc)
         except Exception:
             log.exception("unexpected error on job message %s; left for redelivery", _seq(msg))
+        finally:
+            slot.free()
 
-    async def _process(self, msg: Msg) -> None:
+    async def _process(self, msg: Msg, slot: _Slot) -> None:
         assert self._store is not None
         seq = _seq(msg)
         try:
@@ -359,7 +384,7 @@ class Worker:
             await self._ended(msg, job, revision)
         else:
             assert attempt is not None
-            await self._attempt(msg, job, revision, attempt)
+            await self._attempt(msg, job, revision, attempt, slot)
 
     async def _claim(
         self, job_id: str, seq: int, known: tuple[Job, int]
@@ -399,7 +424,9 @@ class Worker:
 
     # -- one attempt --------------------------------------------------------------------
 
-    async def _attempt(self, msg: Msg, job: Job, revision: int, attempt: Attempt) -> None:
+    async def _attempt(
+        self, msg: Msg, job: Job, revision: int, attempt: Attempt, slot: _Slot
+    ) -> None:
         run = _Run(msg, attempt, JobContext(job, attempt.number, self.bus), job, revision)
         self._runs[job.id] = run
         try:
@@ -410,6 +437,7 @@ class Worker:
                 run.last_flush = time.monotonic()
                 run.task = asyncio.create_task(self._call(run.ctx, job.timeout_s))
                 await self._supervise(run)
+            slot.free()
             await self._conclude(run)
         finally:
             if self._runs.get(job.id) is run:  # not a later attempt of the same job
