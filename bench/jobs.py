@@ -14,7 +14,9 @@ the consumer in a separate one, as a submitter and a worker run in a deployment 
 
 Throughput is N over the time from the first publish to the last completion (the last
 ack for raw, the last record written ``succeeded`` for jobs). Rounds alternate raw and
-jobs; the medians and their ratio are reported against the target (>= 0.5).
+jobs; the medians and their ratio are reported against the target (>= 0.5). Each round
+also says where the CPU went, in microseconds per message: the bus (nats-server, read
+from /proc on Linux), the producer and the consumer (each process's own CPU time).
 
     python bench/jobs.py                 # 3 rounds of 5,000 (about a minute)
     python bench/jobs.py --quick         # 1 round of 1,000
@@ -57,11 +59,40 @@ class Round:
     jobs: int
     seconds: float
     submit_seconds: float
+    bus_cpu_s: float | None = None
+    """CPU of the nats-server process over the round (None where /proc is not)."""
+    producer_cpu_s: float | None = None
+    """CPU of the producer (with ``--single``: of the producer and the consumer)."""
+    consumer_cpu_s: float | None = None
 
     @property
     def per_second(self) -> float:
         """Messages (or jobs) per second, end to end."""
         return self.jobs / self.seconds
+
+    def cpu_us(self) -> dict[str, float]:
+        """Microseconds of CPU per message, by process."""
+        if self.consumer_cpu_s is None:  # --single: one process for both
+            spent = {"bus": self.bus_cpu_s, "clients": self.producer_cpu_s}
+        else:
+            spent = {
+                "bus": self.bus_cpu_s,
+                "producer": self.producer_cpu_s,
+                "consumer": self.consumer_cpu_s,
+            }
+        return {name: 1e6 * s / self.jobs for name, s in spent.items() if s is not None}
+
+
+def _bus_cpu(pid: int | None) -> float | None:
+    """CPU seconds the nats-server process has used so far, or None off Linux."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the consumer side, in its own process ----------------------------------------------
@@ -109,16 +140,29 @@ async def _job_worker(bus: Bus, n: int, concurrency: int, ready: Callable[[], No
 
 async def _consume(
     role: str, url: str, n: int, concurrency: int, ready: Callable[[], None]
-) -> float:
+) -> tuple[float, float]:
+    """The time of the last completion, and the CPU seconds spent since ready."""
+    started = 0.0
+
+    def on_ready() -> None:
+        nonlocal started
+        started = time.process_time()
+        ready()
+
     async with await connect(url, timeout=10, name=f"bench-{role}") as bus:
         if role == "raw":
-            return await _raw_consumer(bus, n, concurrency, ready)
-        return await _job_worker(bus, n, concurrency, ready)
+            last = await _raw_consumer(bus, n, concurrency, on_ready)
+        else:
+            last = await _job_worker(bus, n, concurrency, on_ready)
+    return last, time.process_time() - started
 
 
 def _consumer_process(role: str, url: str, n: int, concurrency: int) -> None:
-    last = asyncio.run(_consume(role, url, n, concurrency, lambda: print("ready", flush=True)))
-    print(json.dumps({"last": last}), flush=True)
+    def ready() -> None:
+        print("ready", flush=True)
+
+    last, cpu = asyncio.run(_consume(role, url, n, concurrency, ready))
+    print(json.dumps({"last": last, "cpu": cpu}), flush=True)
 
 
 # -- the producer side, here --------------------------------------------------------------
@@ -136,12 +180,12 @@ def _start_consumer(role: str, url: str, n: int, concurrency: int) -> subprocess
     return proc
 
 
-def _finish_consumer(proc: subprocess.Popen[str]) -> float:
+def _finish_consumer(proc: subprocess.Popen[str]) -> tuple[float, float]:
     out, _ = proc.communicate(timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"the consumer failed with exit code {proc.returncode}")
-    last: float = json.loads(out.strip().splitlines()[-1])["last"]
-    return last
+    said = json.loads(out.strip().splitlines()[-1])
+    return float(said["last"]), float(said["cpu"])
 
 
 async def _in_flight(n: int, concurrency: int, one: Callable[[int], Awaitable[object]]) -> None:
@@ -170,27 +214,40 @@ async def _produce(system: str, bus: Bus, client: JobClient, n: int, concurrency
     return time.time()
 
 
-async def _round(system: str, url: str, args: argparse.Namespace) -> Round:
+async def _round(system: str, url: str, bus_pid: int | None, args: argparse.Namespace) -> Round:
     if args.single:
-        return await _round_in_process(system, url, args)
+        return await _round_in_process(system, url, bus_pid, args)
     proc = _start_consumer(system, url, args.jobs, args.worker_concurrency)
     try:
         async with await connect(url, timeout=10, name="bench-producer") as bus:
             client = await JobClient.open(bus, JobsSettings())
             try:
+                bus_cpu, cpu = _bus_cpu(bus_pid), time.process_time()
                 first = time.time()
                 submitted = await _produce(system, bus, client, args.jobs, args.concurrency)
+                producer_cpu = time.process_time() - cpu
             finally:
                 await client.close()
-        last = await asyncio.to_thread(_finish_consumer, proc)
+        last, consumer_cpu = await asyncio.to_thread(_finish_consumer, proc)
+        bus_after = _bus_cpu(bus_pid)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return Round(system, args.jobs, last - first, submitted - first)
+    return Round(
+        system,
+        args.jobs,
+        last - first,
+        submitted - first,
+        bus_cpu_s=None if bus_cpu is None or bus_after is None else bus_after - bus_cpu,
+        producer_cpu_s=producer_cpu,
+        consumer_cpu_s=consumer_cpu,
+    )
 
 
-async def _round_in_process(system: str, url: str, args: argparse.Namespace) -> Round:
+async def _round_in_process(
+    system: str, url: str, bus_pid: int | None, args: argparse.Namespace
+) -> Round:
     ready = asyncio.Event()
     consumer = asyncio.create_task(
         _consume(system, url, args.jobs, args.worker_concurrency, ready.set)
@@ -199,26 +256,36 @@ async def _round_in_process(system: str, url: str, args: argparse.Namespace) -> 
     async with await connect(url, timeout=10, name="bench-producer") as bus:
         client = await JobClient.open(bus, JobsSettings())
         try:
+            bus_cpu, cpu = _bus_cpu(bus_pid), time.process_time()
             first = time.time()
             submitted = await _produce(system, bus, client, args.jobs, args.concurrency)
         finally:
             await client.close()
-    last = await consumer
-    return Round(system, args.jobs, last - first, submitted - first)
+    last, _consumer_cpu = await consumer
+    bus_after, clients_cpu = _bus_cpu(bus_pid), time.process_time() - cpu
+    return Round(
+        system,
+        args.jobs,
+        last - first,
+        submitted - first,
+        bus_cpu_s=None if bus_cpu is None or bus_after is None else bus_after - bus_cpu,
+        producer_cpu_s=clients_cpu,
+    )
 
 
-async def _run(url: str, args: argparse.Namespace) -> list[Round]:
+async def _run(url: str, bus_pid: int | None, args: argparse.Namespace) -> list[Round]:
     async with await connect(url, timeout=10, name="bench-setup") as bus:
         await declare_topology(bus)
     rounds: list[Round] = []
     for index in range(args.rounds):
         for system in ("raw", "jobs"):
-            result = await _round(system, url, args)
+            result = await _round(system, url, bus_pid, args)
             rounds.append(result)
+            cpu = ", ".join(f"{name} {us:.0f}" for name, us in result.cpu_us().items())
             print(
                 f"round {index + 1} {system:4}: {result.per_second:8.0f}/s "
                 f"({result.jobs} in {result.seconds:.2f}s; submitted in "
-                f"{result.submit_seconds:.2f}s)",
+                f"{result.submit_seconds:.2f}s; CPU µs per message: {cpu})",
                 flush=True,
             )
     return rounds
@@ -233,10 +300,17 @@ def _report(rounds: list[Round], args: argparse.Namespace) -> dict[str, object]:
     print(f"raw JetStream publish+ack : {raw:8.0f} msgs/s (median of {args.rounds})")
     print(f"aimesh no-op jobs         : {jobs:8.0f} jobs/s (median of {args.rounds})")
     print(f"ratio                     : {ratio:8.2f}  (target >= {TARGET}: {verdict})")
+    cpu: dict[str, dict[str, float]] = {}
+    for system in ("raw", "jobs"):
+        spent = [r.cpu_us() for r in rounds if r.system == system]
+        cpu[system] = {name: statistics.median(s[name] for s in spent) for name in spent[0]}
+        line = ", ".join(f"{name} {us:.0f}" for name, us in cpu[system].items())
+        print(f"CPU µs per message, {system:4}: {line} (medians)")
     return {
         "raw_per_s": raw,
         "jobs_per_s": jobs,
         "ratio": ratio,
+        "cpu_us_per_message": cpu,
         "target": TARGET,
         "met": ratio >= TARGET,
         "jobs": args.jobs,
@@ -285,7 +359,7 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="aimesh-bench-jobs-") as folder,
         EmbeddedNats(Path(folder), start_timeout=30) as server,
     ):
-        rounds = asyncio.run(_run(server.url, args))
+        rounds = asyncio.run(_run(server.url, server.pid, args))
     figures = _report(rounds, args)
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
