@@ -272,6 +272,38 @@ def test_cancel_a_queued_job_and_a_running_one(bus_url: str) -> None:
     run(main())
 
 
+def test_a_worker_runs_at_most_its_concurrency_of_handlers_and_every_job_once(
+    bus_url: str,
+) -> None:
+    running: list[str] = []
+    peak = 0
+    ran: list[str] = []
+
+    async def counted(ctx: JobContext) -> object:
+        nonlocal peak
+        running.append(ctx.job.id)
+        peak = max(peak, len(running))
+        try:
+            await asyncio.sleep(0.01)
+        finally:
+            running.remove(ctx.job.id)
+        ran.append(ctx.job.id)
+        return None
+
+    async def main() -> None:
+        async with jobs_on(bus_url) as (bus, client):
+            jobs = [await client.submit(JobSpec(kind="counted")) for _ in range(40)]
+            async with worker_running(bus, "counted", counted, concurrency=3) as worker:
+                for job in jobs:
+                    await client.wait(job.id, timeout=WAIT_S)
+            assert worker.stats.succeeded == 40
+            assert sorted(ran) == sorted(job.id for job in jobs)
+            assert peak == 3
+            assert await stream_messages(bus, JOBS_STREAM) == 0
+
+    run(main())
+
+
 def test_a_draining_worker_hands_back_what_it_cannot_finish(bus_url: str) -> None:
     async def stuck(ctx: JobContext) -> object:
         await asyncio.sleep(60)

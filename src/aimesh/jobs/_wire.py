@@ -174,6 +174,10 @@ class StoredWrites:
             return await future
         finally:
             self._pending.pop(token, None)
+            # Acks come back in about the order of the writes: drop the finished ones the
+            # sweeper would otherwise keep until it next looks.
+            while self._deadlines and self._deadlines[0][1] not in self._pending:
+                self._deadlines.popleft()
 
     async def _send(
         self, subject: str, payload: bytes, headers: dict[str, str], reply: str
@@ -227,7 +231,8 @@ class Pulls:
     ``take``, which returns whether it took it (a message it refuses is handed back with a
     nak). :attr:`owed` counts what was asked for and has not come: a request that expires
     says how many of its messages will not (status 408, ``Nats-Pending-Messages``), and
-    ``on_end`` is called, so that the caller may ask again.
+    ``on_end`` is called, so that the caller may ask again (not when a request is refused:
+    then the caller's own timeout paces its next request).
     """
 
     def __init__(
@@ -288,8 +293,9 @@ class Pulls:
             return
         pending = headers.get(_PENDING_MESSAGES, "")
         self._owed = max(self._owed - int(pending), 0) if pending.isdigit() else 0
-        if status not in _REQUEST_ENDED:
+        if status in _REQUEST_ENDED:
+            self._on_end()
+        else:  # refused (no JetStream, no consumer...): the caller asks again after a while
             log.warning(
                 "pulling from %s: %s %s", self._subject, status, headers.get("Description", "")
             )
-        self._on_end()
