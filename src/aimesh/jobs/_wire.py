@@ -8,16 +8,6 @@ and keeps one timer for all the writes in flight: about a third of the client ti
 write. KV writes speak the KV protocol directly: a put on ``$KV.<bucket>.<key>`` with
 ``Nats-Expected-Last-Subject-Sequence``. :class:`Pulls` does for a pull consumer what
 ``fetch`` does, without a task per message.
-
-nats-py's ``publish`` checks both subjects against a regular expression and builds the
-header block key by key through another: about 2 µs a write, several percent of a no-op
-job's CPU over its four stored writes. The subjects and headers of stored writes are the
-job system's own (validated kinds, hex ids, numbers, error codes), so while the
-connection is up :class:`StoredWrites` appends the protocol line to the connection's
-outgoing buffer itself and asks for a flush when none is pending, which is what
-``publish`` ends up doing (nats-py's ``_send_command`` and ``_flush_pending``). While it
-is not (reconnecting, draining, closed), or with a nats-py without those internals, it
-calls ``publish``, which knows what to do then.
 """
 
 from __future__ import annotations
@@ -45,10 +35,6 @@ log = logging.getLogger("aimesh.jobs.worker")
 # JetStream's error codes for "the subject's last sequence is not the one expected".
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 _NO_RESPONDERS = "503"
-# What StoredWrites uses of nats-py's insides to publish (it calls publish without them).
-_NATS_INTERNALS = ("_send_command", "_flush_pending", "_flush_queue", "stats")
-_HEADER_START = b"NATS/1.0\r\n"
-_CRLF = b"\r\n"
 # How long after its expiry a pull request may still say it ended, before it counts as lost.
 _LOST_S = 5.0
 # The statuses that end a pull request in the ordinary way: no messages, request expired.
@@ -88,7 +74,6 @@ class StoredWrites:
         self._sweeper: asyncio.TimerHandle | None = None
         self._sub: Subscription | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._direct = all(hasattr(bus.nc, name) for name in _NATS_INTERNALS)
 
     async def start(self) -> None:
         """Subscribe to the inbox the acks come back on."""
@@ -170,7 +155,9 @@ class StoredWrites:
         if self._sweeper is None:
             self._sweeper = loop.call_at(loop.time() + self._timeout, self._sweep)
         try:
-            await self._send(subject, payload, headers, self._prefix + token)
+            await self._bus.nc.publish(
+                subject, payload, reply=self._prefix + token, headers=headers
+            )
             return await future
         finally:
             self._pending.pop(token, None)
@@ -178,36 +165,6 @@ class StoredWrites:
             # sweeper would otherwise keep until it next looks.
             while self._deadlines and self._deadlines[0][1] not in self._pending:
                 self._deadlines.popleft()
-
-    async def _send(
-        self, subject: str, payload: bytes, headers: dict[str, str], reply: str
-    ) -> None:
-        nc = self._bus.nc
-        if (
-            not self._direct
-            or not nc.is_connected
-            or nc.is_draining
-            or len(payload) > nc.max_payload
-        ):
-            await nc.publish(subject, payload, reply=reply, headers=headers)
-            return
-        head = "".join(f"{key}: {value}\r\n" for key, value in headers.items()).encode()
-        size = len(_HEADER_START) + len(head) + len(_CRLF)
-        command = b"HPUB %b %b %d %d\r\n%b%b%b%b\r\n" % (
-            subject.encode(),
-            reply.encode(),
-            size,
-            size + len(payload),
-            _HEADER_START,
-            head,
-            _CRLF,
-            payload,
-        )
-        nc.stats["out_msgs"] += 1
-        nc.stats["out_bytes"] += len(payload)
-        await nc._send_command(command)
-        if nc._flush_queue is not None and nc._flush_queue.empty():
-            await nc._flush_pending()
 
     async def kv_write(self, bucket: str, key: str, value: bytes, *, last: int) -> int:
         """Write ``key`` if its latest revision is ``last`` (0: if it has none); the new one.
