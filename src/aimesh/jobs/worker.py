@@ -46,11 +46,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 
-from aimesh.bus import JOBS_STREAM, Bus, JobChange, job_events_subject
+from aimesh.bus import JOBS_STREAM, Bus, job_events_subject
 from aimesh.config import JobsSettings
-from aimesh.errors import AimeshError, BusUnavailable, DeadlineExceeded, InvalidRequest, JobNotFound
+from aimesh.errors import AimeshError, BusUnavailable, DeadlineExceeded, JobNotFound
 from aimesh.jobs import states
 from aimesh.jobs._wire import Pulls
+from aimesh.jobs.attempts import Run, outcome_of
 from aimesh.jobs.client import REVISION_HEADER, job_subject
 from aimesh.jobs.events import emit
 from aimesh.jobs.handlers import Handler, JobContext, call_handler
@@ -112,34 +113,6 @@ class _Slot:
             free()
 
 
-@dataclass
-class _Run:
-    """One attempt in progress."""
-
-    msg: Msg
-    attempt: Attempt
-    ctx: JobContext
-    job: Job
-    revision: int
-    task: asyncio.Task[object] | None = None
-    released: bool = False
-    lost: bool = False
-    """Another attempt took over (this worker's writes are fenced out): do not acknowledge."""
-    last_flush: float = 0.0
-
-
-@dataclass
-class _Outcome:
-    """How an attempt ended, as the record will say."""
-
-    change: Callable[[Job], Job]
-    ack: bool
-    dead_letter: JobError | None = None
-    nak_delay: float | None = None
-    event: JobChange | None = None
-    counter: str = ""
-
-
 class Worker:
     """Runs the jobs of one kind with one handler, ``concurrency`` at a time."""
 
@@ -172,7 +145,7 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy = 0
         """Slots taken: jobs delivered whose handler has not returned yet."""
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, Run] = {}
         self._store: JobStore | None = None
         secret = settings.webhook_secret
         self._webhooks = WebhookSender(
@@ -427,7 +400,7 @@ class Worker:
     async def _attempt(
         self, msg: Msg, job: Job, revision: int, attempt: Attempt, slot: _Slot
     ) -> None:
-        run = _Run(msg, attempt, JobContext(job, attempt.number, self.bus), job, revision)
+        run = Run(msg, attempt, JobContext(job, attempt.number, self.bus), job, revision)
         self._runs[job.id] = run
         try:
             await emit(self.bus, job, revision)
@@ -459,7 +432,7 @@ class Worker:
                 ) from exc
             raise
 
-    async def _supervise(self, run: _Run) -> None:
+    async def _supervise(self, run: Run) -> None:
         """Wait for the handler; meanwhile heartbeat, write progress, honour a cancel."""
         assert run.task is not None
         await asyncio.sleep(0)  # a handler with nothing to wait for ends here, at no cost
@@ -493,7 +466,7 @@ class Worker:
             except (AimeshError, nats.errors.Error, TimeoutError) as exc:
                 log.warning("heartbeat of job %s failed: %s", run.job.id, exc)
 
-    async def _heartbeat(self, run: _Run) -> None:
+    async def _heartbeat(self, run: Run) -> None:
         assert self._store is not None
         await run.msg.in_progress()
         job, revision = await self._store.get(run.job.id)
@@ -504,7 +477,7 @@ class Worker:
             run.ctx._cancel()
         run.job, run.revision = job, revision
 
-    async def _write_progress(self, run: _Run) -> None:
+    async def _write_progress(self, run: Run) -> None:
         assert self._store is not None
         reported = run.ctx._take_progress()
         if reported is None:
@@ -525,85 +498,11 @@ class Worker:
         if job.cancel_requested:
             run.ctx._cancel()
 
-    # -- the outcome --------------------------------------------------------------------
-
-    def _outcome(self, run: _Run) -> _Outcome:
-        task, attempt, now = run.task, run.attempt, _now()
-        release = _Outcome(
-            lambda j: states.release(j, attempt, now),
-            ack=False,
-            nak_delay=0.0,
-            event="queued",
-            counter="released",
-        )
-        cancel = _Outcome(lambda j: states.cancel(j, now, attempt), ack=True, counter="cancelled")
-        if task is None:
-            return release
-        if task.cancelled():
-            return release if run.released else cancel
-        error = task.exception()
-        if error is None:  # it finished, whatever it was asked meanwhile
-            return self._success(run, task.result())
-        if run.released:
-            return release
-        if run.ctx.cancelled:
-            return cancel
-        return self._failure(run, error)
-
-    def _success(self, run: _Run, result: object) -> _Outcome:
-        attempt, ref, now = run.attempt, run.ctx.result_ref, _now()
-        try:
-            size = len(msgspec.json.encode(result))
-        except (TypeError, msgspec.EncodeError) as exc:
-            return self._failure(
-                run, InvalidRequest(f"the handler's result is not JSON: {exc}"), "result_invalid"
-            )
-        if size > self.settings.max_result_bytes:
-            return self._failure(
-                run,
-                InvalidRequest(
-                    f"the result of {size} bytes exceeds {self.settings.max_result_bytes}; "
-                    "store it and set ctx.result_ref"
-                ),
-                "result_too_large",
-            )
-        return _Outcome(
-            lambda j: states.succeed(j, attempt, result=result, result_ref=ref, now=now),
-            ack=True,
-            counter="succeeded",
-        )
-
-    def _failure(self, run: _Run, exc: BaseException, code: str | None = None) -> _Outcome:
-        attempt, now = run.attempt, _now()
-        if isinstance(exc, AimeshError):
-            error = JobError(code or exc.code, exc.message)
-        else:
-            error = JobError(code or "handler_error", f"{type(exc).__name__}: {exc}")
-            log.warning("attempt %d of job %s failed", attempt.number, run.job.id, exc_info=exc)
-        permanent = isinstance(exc, InvalidRequest)
-        if permanent or attempt.number >= run.job.max_attempts:
-            return _Outcome(
-                lambda j: states.fail(j, error, now, attempt),
-                ack=True,
-                dead_letter=error,
-                counter="failed",
-            )
-        delay = min(
-            self.settings.backoff_s * 2 ** (attempt.number - 1), self.settings.backoff_max_s
-        )
-        return _Outcome(
-            lambda j: states.retry(j, attempt, error, now),
-            ack=False,
-            nak_delay=delay,
-            event="retrying",
-            counter="retried",
-        )
-
-    async def _conclude(self, run: _Run) -> None:
+    async def _conclude(self, run: Run) -> None:
         assert self._store is not None
         if run.lost:
             return  # the attempt that took over owns the message now
-        outcome = self._outcome(run)
+        outcome = outcome_of(run, self.settings)
         if outcome.dead_letter is not None:
             # Before the record says failed: a crash in between leaves the job to be failed
             # again (same dead letter, deduplicated), never failed without its dead letter.
