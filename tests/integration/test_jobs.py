@@ -142,6 +142,21 @@ def test_noop_job_runs_to_succeeded_with_its_result(bus_url: str) -> None:
     run(main())
 
 
+def test_a_succeeded_job_keeps_its_last_progress_message(bus_url: str) -> None:
+    async def chatty(ctx: JobContext) -> object:
+        ctx.progress(0.5, "half way")
+        ctx.progress(1.0, "registered the thing")  # then it returns at once
+        return None
+
+    async def main() -> None:
+        async with jobs_on(bus_url) as (bus, client), worker_running(bus, "chatty", chatty):
+            job = await client.submit(JobSpec(kind="chatty"))
+            done = await client.wait(job.id, timeout=WAIT_S)
+        assert (done.progress, done.progress_message) == (1.0, "registered the thing")
+
+    run(main())
+
+
 def test_poison_job_fails_after_its_attempts_and_lands_in_the_dead_letter_stream(
     bus_url: str,
 ) -> None:

@@ -100,8 +100,12 @@ def _success(run: Run, result: object, settings: JobsSettings) -> Outcome:
             "store it and set ctx.result_ref"
         )
         return _failure(run, error, settings, "result_too_large")
+    reported = run.ctx._take_progress()  # its last word, if not written yet
+    message = reported[1] if reported is not None else None
     return Outcome(
-        lambda j: states.succeed(j, attempt, result=result, result_ref=ref, now=now),
+        lambda j: states.succeed(
+            j, attempt, result=result, result_ref=ref, now=now, message=message
+        ),
         ack=True,
         counter="succeeded",
     )

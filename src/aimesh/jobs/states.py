@@ -148,9 +148,15 @@ def record_progress(
 
 
 def succeed(
-    job: Job, attempt: Attempt, *, result: Any, result_ref: str | None, now: datetime
+    job: Job,
+    attempt: Attempt,
+    *,
+    result: Any,
+    result_ref: str | None,
+    now: datetime,
+    message: str | None = None,
 ) -> Job:
-    """End ``job`` succeeded with the result of ``attempt``."""
+    """End ``job`` succeeded with the result of ``attempt`` (and its last progress message)."""
     _check(job, attempt)
     return _move(
         job,
@@ -160,6 +166,7 @@ def succeed(
         result_ref=result_ref,
         error=None,
         progress=1.0,
+        progress_message=message if message is not None else job.progress_message,
         finished=now,
     )
 
