@@ -6,28 +6,35 @@ import pytest
 
 from aimesh.errors import InvalidRequest, JobRejected
 from aimesh.gateway.deferred import AsyncRequest, InferencePayload, async_request
+from aimesh.gateway.headers import RequestHead
 
 
 @pytest.mark.parametrize(
-    ("query", "headers"),
+    ("query", "prefer", "key"),
     [
-        (b"", []),
-        (b"async=false", []),
-        (b"async=0&x=1", []),
-        (b"", [(b"prefer", b"return=minimal")]),
-        (b"", [(b"idempotency-key", b"k")]),  # a key alone does not make a call async
+        (b"", None, None),
+        (b"async=false", None, None),
+        (b"async=0&x=1", None, None),
+        (b"", b"return=minimal", None),
+        (b"", None, "k"),  # a key alone does not make a call async
     ],
 )
 def test_a_call_stays_synchronous_unless_asked(
-    query: bytes, headers: list[tuple[bytes, bytes]]
+    query: bytes, prefer: bytes | None, key: str | None
 ) -> None:
-    assert async_request(query, headers) is None
+    assert async_request(query, prefer, key) is None
+
+
+def test_the_headers_that_matter_are_read_in_the_one_pass() -> None:
+    head = RequestHead.read(
+        [(b"prefer", b"respond-async"), (b"idempotency-key", b"k-9"), (b"x-other", b"1")]
+    )
+    assert (head.prefer, head.idempotency_key) == (b"respond-async", "k-9")
+    assert (b"prefer", b"respond-async") in head.forward  # passed on like any header
 
 
 def test_the_query_asks_and_its_own_parameters_are_not_passed_on() -> None:
-    found = async_request(
-        b"async=TRUE&webhook=https%3A%2F%2Fh%2Fdone&verbose=1", [(b"idempotency-key", b"k-1")]
-    )
+    found = async_request(b"async=TRUE&webhook=https%3A%2F%2Fh%2Fdone&verbose=1", None, "k-1")
     assert found == AsyncRequest(
         prefer=False, webhook_url="https://h/done", idempotency_key="k-1", query=b"?verbose=1"
     )
@@ -37,14 +44,14 @@ def test_the_query_asks_and_its_own_parameters_are_not_passed_on() -> None:
     "prefer", [b"respond-async", b"Respond-Async, wait=10", b"wait=5,respond-async"]
 )
 def test_prefer_respond_async_asks_too(prefer: bytes) -> None:
-    found = async_request(b"", [(b"prefer", prefer)])
+    found = async_request(b"", prefer)
     assert found is not None and found.prefer and found.query == b""
 
 
 @pytest.mark.parametrize("query", [b"async=maybe", b"webhook=https://h/"])
 def test_unclear_requests_are_refused(query: bytes) -> None:
     with pytest.raises(InvalidRequest):
-        async_request(query, [])
+        async_request(query, None)
 
 
 def _payload(**fields: object) -> InferencePayload:

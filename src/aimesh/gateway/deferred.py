@@ -107,12 +107,15 @@ class AsyncRequest(msgspec.Struct, frozen=True):
     """The query to pass on to the model, without the gateway's own parameters."""
 
 
-def async_request(query_string: bytes, headers: list[tuple[bytes, bytes]]) -> AsyncRequest | None:
+def async_request(
+    query_string: bytes, prefer: bytes | None, idempotency_key: str | None = None
+) -> AsyncRequest | None:
     """The async options of a request, or ``None`` when it is to be answered in place.
 
-    Raises :class:`InvalidRequest` for an ``async`` value that is not a boolean.
+    ``prefer`` and ``idempotency_key`` are the request's headers of those names. Raises
+    :class:`InvalidRequest` for an ``async`` value that is not a boolean.
     """
-    wanted = prefer = False
+    wanted = False
     webhook: str | None = None
     passed: list[tuple[str, str]] = []
     if query_string:
@@ -125,20 +128,14 @@ def async_request(query_string: bytes, headers: list[tuple[bytes, bytes]]) -> As
                 webhook = value
             else:
                 passed.append((name, value))
-    key: str | None = None
-    for header, content in headers:
-        if header == b"prefer":
-            tokens = {t.split(b"=")[0].strip().lower() for t in content.split(b",")}
-            if b"respond-async" in tokens:
-                wanted = prefer = True
-        elif header == b"idempotency-key":
-            key = content.decode("latin-1")
-    if not wanted:
+    tokens = {t.split(b"=")[0].strip().lower() for t in prefer.split(b",")} if prefer else set()
+    prefers = b"respond-async" in tokens
+    if not (wanted or prefers):
         if webhook is not None:
             raise InvalidRequest("webhook= applies to async requests (add async=true)")
         return None
     query = ("?" + urlencode(passed)).encode() if passed else b""
-    return AsyncRequest(prefer, webhook, key, query)
+    return AsyncRequest(prefers, webhook, idempotency_key, query)
 
 
 class Deferrer:

@@ -75,6 +75,8 @@ class RequestHead:
         "authorization",
         "content_length",
         "forward",
+        "idempotency_key",
+        "prefer",
         "request_id",
         "traceparent",
         "tracestate",
@@ -87,6 +89,9 @@ class RequestHead:
         self.api_key: str | None = None
         self.authorization: str | None = None
         self.content_length: int | None = None
+        self.prefer: bytes | None = None
+        """The ``Prefer`` header (``respond-async`` asks for an async call), passed on too."""
+        self.idempotency_key: str | None = None
         self.forward: list[tuple[bytes, bytes]] = []
         """The headers to send upstream, request id and traceparent included."""
 
@@ -101,6 +106,10 @@ class RequestHead:
                 forward.append((name, value))
                 if name == b"tracestate":
                     head.tracestate = value
+                elif name == b"prefer":
+                    head.prefer = value
+                elif name == b"idempotency-key":
+                    head.idempotency_key = value.decode("latin-1")
             elif name == b"x-request-id":
                 request_id = value
             elif name == b"traceparent":

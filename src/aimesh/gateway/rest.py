@@ -213,7 +213,7 @@ class GatewayApp:
         allow(scope["method"], allowed)
         deferred = None
         if suffix == b"/infer":
-            deferred = async_request(scope["query_string"], head.forward)
+            deferred = async_request(scope["query_string"], head.prefer, head.idempotency_key)
         self.access.check(key_from_headers(head.api_key, head.authorization), "infer")
         body = await self._body(head, receive) if allowed == "POST" else b""
         target = await self.router.target(name, version)
