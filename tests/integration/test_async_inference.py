@@ -312,3 +312,25 @@ def test_the_cli_fetches_a_result_or_says_why_not(home: Home, gateway: str, tmp_
     out = tmp_path / "answer.json"
     wrote = aimesh("result", slow["id"], "--output", str(out))
     assert wrote.returncode == 0 and json.loads(out.read_bytes())["outputs"][0]["data"] == [4.0]
+
+
+def test_an_answer_too_large_for_the_bus_fails_its_job_clearly(gateway: str) -> None:
+    # 100,000 rows in binary (800 KB in) answered as JSON (about 2 MB out): over the bus's
+    # 1 MiB message limit, so it cannot be kept as a result.
+    x = np.full((100_000, 1), 1.2345678901234567e-3)
+    x[0, 0] = 0.0  # the echo model sleeps x[0, 0] seconds
+    tensor = triton.InferInput("x", list(x.shape), "FP64")
+    tensor.set_data_from_numpy(x, binary_data=True)
+    as_json = [triton.InferRequestedOutput("y", binary_data=False)]
+    body, json_size = triton.InferenceServerClient.generate_request_body([tensor], as_json)
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(json_size),
+    }
+    accepted = httpx.post(
+        f"{gateway}/v2/models/echo/infer?async=true", content=body, headers=headers
+    )
+    assert accepted.status_code == 202, accepted.text
+    done = _until_done(gateway, accepted.json()["id"])
+    assert (done["state"], done["error"]["code"], done["attempts"]) == ("failed", "job_rejected", 1)
+    assert "larger than a result the bus carries" in done["error"]["message"]

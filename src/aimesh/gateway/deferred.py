@@ -35,6 +35,7 @@ from aimesh.errors import (
     InvalidRequest,
     JobRejected,
     NoInstance,
+    RequestTooLarge,
     UpstreamError,
     error_from_body,
 )
@@ -64,6 +65,8 @@ _NOT_REPLAYED = frozenset({b"prefer", b"idempotency-key", b"content-type", b"coo
 _LISTING_TTL_S = 2.0
 _DEFAULT_TIMEOUT_S = 60.0
 _ERROR = msgspec.json.Decoder(dict[str, Any])
+# Answers that say "not now" rather than "never": retried like a 5xx.
+_RETRYABLE_4XX = frozenset({408, 425, 429})
 
 
 class InferencePayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -296,7 +299,15 @@ async def inference_job(ctx: JobContext) -> dict[str, Any]:
     status, body, blob = await call_upstream(candidates, exchange, policy=caller.policy)
     if status >= 400:
         raise _model_error(status, body)
-    await data.put_result(ctx.job.id, blob)
+    try:
+        await data.put_result(ctx.job.id, blob)
+    except RequestTooLarge as exc:
+        raise JobRejected(
+            f"the model's answer of {exc.size} bytes is larger than a result the bus carries "
+            f"({exc.limit}); ask for binary outputs, or call the model synchronously",
+            size=exc.size,
+            limit=exc.limit,
+        ) from exc
     ctx.result_ref = result_path(ctx.job.id)
     return {"status": status, "content_type": blob.content_type, "bytes": len(body)}
 
@@ -308,7 +319,7 @@ def _model_error(status: int, body: bytes) -> AimeshError:
         code, message = str(parsed["code"]), str(parsed["error"])
     except (msgspec.DecodeError, KeyError):
         code, message = "", body[:200].decode("utf-8", "replace")
-    if status < 500:
+    if status < 500 and status not in _RETRYABLE_4XX:
         error = error_from_body(code, message) if code else None
         if isinstance(error, InvalidRequest):
             return error

@@ -1,7 +1,9 @@
 """The gateway's REST adapter: a bare ASGI app in front of every service.
 
 Routes: OIP v2 model calls (``/v2/models/{name}[/versions/{v}]/{infer,ready}`` and
-metadata) to an instance chosen by :func:`call_upstream`; ``POST /v2/aggregate``;
+metadata) to an instance chosen by :func:`call_upstream`, or, with ``?async=true`` /
+``Prefer: respond-async``, queued as a job (:mod:`aimesh.gateway.deferred`); ``POST
+/v2/aggregate``;
 ``/api/<service>/...`` to that service (``/api/registry`` first); and what the gateway
 answers itself (health, ``/v2``, ``/metrics``, ``/openapi.json``, ``/docs``). Bodies are
 forwarded as bytes, never decoded: JSON and the binary tensor extension alike.
