@@ -56,6 +56,22 @@ def free_port() -> int:
         return port
 
 
+def run_aimesh(
+    env: dict[str, str], *args: str, ok: bool = True, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """``python -m aimesh ARGS`` to its end, as a user runs it; with ``ok``, it must succeed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "aimesh", *args],
+        env={"COLUMNS": "200", **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if ok:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = WAIT_S) -> bool:
     """Poll ``predicate`` every 0.1 s until it is truthy or ``timeout`` passes."""
     deadline = time.monotonic() + timeout

@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.server
 import json
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,16 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from _services import ECHO_MODEL, Home, Service, free_port, push_fraud_models, start, wait_for
+from _services import (
+    ECHO_MODEL,
+    Home,
+    Service,
+    free_port,
+    push_fraud_models,
+    run_aimesh,
+    start,
+    wait_for,
+)
 
 from aimesh.registry import push_model
 
@@ -296,11 +304,7 @@ def test_the_gateways_openapi_covers_async_calls_and_every_service(gateway: str)
 
 def test_the_cli_fetches_a_result_or_says_why_not(home: Home, gateway: str, tmp_path: Path) -> None:
     def aimesh(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {**home.env, "COLUMNS": "200"}
-        return subprocess.run(
-            [sys.executable, "-m", "aimesh", "jobs", *args],
-            env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        return run_aimesh(home.env, "jobs", *args, ok=False, timeout=60)
 
     slow = httpx.post(f"{gateway}/v2/models/echo/infer?async=true", json=_echo_body(2.0)).json()
     pending = aimesh("result", slow["id"])

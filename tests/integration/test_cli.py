@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _services import run_aimesh
 
 from aimesh.bus import RegistryEvent, connect, subscribe_events
 
@@ -34,16 +35,7 @@ class Cli:
         self.env = {**inherited, "AIMESH_HOME": str(home), **(env or {})}
 
     def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "aimesh", *args],
-            env={**self.env, "COLUMNS": "200"},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if ok:
-            assert result.returncode == 0, result.stdout + result.stderr
-        return result
+        return run_aimesh(self.env, *args, ok=ok)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar
 import httpx
 import msgspec
 import pytest
-from _services import free_port, start
+from _services import free_port, run_aimesh, start
 
 from aimesh.bus import (
     DLQ_STREAM,
@@ -417,15 +417,6 @@ def _env(url: str, home: Path) -> dict[str, str]:
     }
 
 
-def _aimesh(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "aimesh", *args], env=env, capture_output=True, text=True, timeout=60
-    )
-    if ok:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
 def _worker(env: dict[str, str], log: Path, kind: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "aimesh", "worker", kind],
@@ -474,20 +465,22 @@ def test_worker_killed_mid_job_is_redelivered_and_completes_once(
 
 def test_cli_submits_lists_shows_and_cancels_jobs(bus_url: str, tmp_path: Path) -> None:
     env = _env(bus_url, tmp_path / "home")
-    job_id = _aimesh(env, "jobs", "submit", "sleep", "--payload", '{"seconds": 1}', "--key", "k1")
+    job_id = run_aimesh(
+        env, "jobs", "submit", "sleep", "--payload", '{"seconds": 1}', "--key", "k1"
+    )
     job_id_text = job_id.stdout.strip()
     assert len(job_id_text) == 32
-    listed = _aimesh(env, "jobs", "list", "--kind", "sleep")
+    listed = run_aimesh(env, "jobs", "list", "--kind", "sleep")
     assert job_id_text in listed.stdout and "queued" in listed.stdout
-    shown = _aimesh(env, "jobs", "show", job_id_text)
+    shown = run_aimesh(env, "jobs", "show", job_id_text)
     assert "queued" in shown.stdout and "0 of 3" in shown.stdout
-    cancelled = _aimesh(env, "jobs", "cancel", job_id_text)
+    cancelled = run_aimesh(env, "jobs", "cancel", job_id_text)
     assert "cancelled" in cancelled.stdout
-    as_json = json.loads(_aimesh(env, "jobs", "show", job_id_text, "--json").stdout)
+    as_json = json.loads(run_aimesh(env, "jobs", "show", job_id_text, "--json").stdout)
     assert as_json["state"] == "cancelled"
-    missing = _aimesh(env, "jobs", "show", "0" * 32, ok=False)
+    missing = run_aimesh(env, "jobs", "show", "0" * 32, ok=False)
     assert missing.returncode == 1 and "job_not_found" in missing.stderr
-    bad = _aimesh(env, "jobs", "submit", "Bad.Kind", ok=False)
+    bad = run_aimesh(env, "jobs", "submit", "Bad.Kind", ok=False)
     assert bad.returncode == 1 and "invalid_name" in bad.stderr
 
 

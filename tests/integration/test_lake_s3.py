@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from _s3 import S3Server, s3_server
+from _services import run_aimesh
 
 from aimesh.config import LakeSettings, RegistrySettings, Settings
 from aimesh.errors import ArtifactTampered, SchemaMismatch
@@ -185,19 +184,6 @@ def _cli_env(tmp_path: Path, **env: str) -> dict[str, str]:
     return {**inherited, "AIMESH_HOME": str(tmp_path / "home"), "COLUMNS": "200", **env}
 
 
-def _aimesh(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "aimesh", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if ok:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
 def test_lake_commands_ingest_list_show_and_query_an_s3_lake(
     s3: S3Server, prefix: str, tmp_path: Path
 ) -> None:
@@ -206,15 +192,15 @@ def test_lake_commands_ingest_list_show_and_query_an_s3_lake(
         AIMESH_LAKE__URL=s3.url(f"{prefix}/lake"),
         AIMESH_LAKE__STORAGE_OPTIONS=json.dumps(s3.storage_options()),
     )
-    _aimesh(env, "lake", "ingest", "tx", str(_csv(tmp_path / "a.csv", 0, 30)))
-    _aimesh(env, "lake", "ingest", "tx", str(_csv(tmp_path / "b.csv", 30, 20)))
+    run_aimesh(env, "lake", "ingest", "tx", str(_csv(tmp_path / "a.csv", 0, 30)))
+    run_aimesh(env, "lake", "ingest", "tx", str(_csv(tmp_path / "b.csv", 30, 20)))
 
-    listed = json.loads(_aimesh(env, "lake", "list", "--json").stdout)
-    shown = _aimesh(env, "lake", "show", "tx@0").stdout
-    counted = _aimesh(
+    listed = json.loads(run_aimesh(env, "lake", "list", "--json").stdout)
+    shown = run_aimesh(env, "lake", "show", "tx@0").stdout
+    counted = run_aimesh(
         env, "lake", "query", "select label, count(*) as n from tx group by 1 order by 1"
     ).stdout
-    at_0 = _aimesh(env, "lake", "query", "select count(*) as n from tx", "--at", "tx=0").stdout
+    at_0 = run_aimesh(env, "lake", "query", "select count(*) as n from tx", "--at", "tx=0").stdout
 
     assert [(d["name"], d["version"], d["rows"]) for d in listed] == [("tx", 1, 50)]
     assert "tx@0 (latest: 1)  30 rows" in shown and "amount" in shown
@@ -233,8 +219,10 @@ def test_wrong_s3_credentials_are_one_clear_line_and_exit_code_1(
         AIMESH_LAKE__STORAGE_OPTIONS=json.dumps(options),
     )
 
-    listed = _aimesh(env, "lake", "list", ok=False)
-    ingested = _aimesh(env, "lake", "ingest", "tx", str(_csv(tmp_path / "a.csv", 0, 3)), ok=False)
+    listed = run_aimesh(env, "lake", "list", ok=False)
+    ingested = run_aimesh(
+        env, "lake", "ingest", "tx", str(_csv(tmp_path / "a.csv", 0, 3)), ok=False
+    )
 
     for result in (listed, ingested):
         assert result.returncode == 1, result.stdout + result.stderr
@@ -304,7 +292,7 @@ def test_a_model_pushed_to_s3_downloads_verified_and_loads(
         AIMESH_REGISTRY__ARTIFACTS_URL=registry_settings.artifacts_url,
     )
     dest = tmp_path / "downloaded.skops"
-    said = _aimesh(env, "models", "download", "fraud@champion", str(dest)).stdout
+    said = run_aimesh(env, "models", "download", "fraud@champion", str(dest)).stdout
     assert f"sha256 {sha256[:12]} verified" in said
     assert dest.read_bytes() == fraud_skops.read_bytes()
 

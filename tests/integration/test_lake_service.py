@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
+from _services import run_aimesh
 
 from aimesh.bus import connect, list_instances
 
@@ -31,16 +32,7 @@ def _env(home: Path, nats_url: str) -> dict[str, str]:
 
 
 def _aimesh(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "aimesh", "lake", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if ok:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
+    return run_aimesh(env, "lake", *args, ok=ok)
 
 
 def test_ingest_list_show_query_and_errors(tmp_path: Path, nats_url: str) -> None:

@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from _services import run_aimesh
 
 from aimesh.bus import ServiceInstance, connect, list_instances
 from aimesh.config import Settings
@@ -67,16 +68,7 @@ class Project:
     env: dict[str, str]
 
     def aimesh(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "aimesh", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if ok:
-            assert result.returncode == 0, result.stdout + result.stderr
-        return result
+        return run_aimesh(self.env, *args, ok=ok)
 
     def status(self) -> dict[str, Any]:
         report: dict[str, Any] = json.loads(
