@@ -239,10 +239,15 @@ async def _round(system: str, url: str, bus_pid: int | None, args: argparse.Name
         args.jobs,
         last - first,
         submitted - first,
-        bus_cpu_s=None if bus_cpu is None or bus_after is None else bus_after - bus_cpu,
+        bus_cpu_s=_spent(bus_cpu, bus_after),
         producer_cpu_s=producer_cpu,
         consumer_cpu_s=consumer_cpu,
     )
+
+
+def _spent(before: float | None, after: float | None) -> float | None:
+    """CPU seconds between two readings, when both could be taken."""
+    return None if before is None or after is None else after - before
 
 
 async def _round_in_process(
@@ -268,7 +273,7 @@ async def _round_in_process(
         args.jobs,
         last - first,
         submitted - first,
-        bus_cpu_s=None if bus_cpu is None or bus_after is None else bus_after - bus_cpu,
+        bus_cpu_s=_spent(bus_cpu, bus_after),
         producer_cpu_s=clients_cpu,
     )
 

@@ -159,16 +159,24 @@ def test_prefer_respond_async_and_an_idempotency_key(home: Home, gateway: str) -
     assert _until_done(gateway, first.json()["id"])["state"] == "succeeded"
 
 
-def test_binary_tensors_round_trip_as_tritonclient_encodes_them(home: Home, gateway: str) -> None:
-    x = home.x[:3].astype(np.float64)
-    tensor = triton.InferInput("input-0", list(x.shape), "FP64")
+def _binary_request(
+    name: str, x: np.ndarray, output: str, *, binary_output: bool
+) -> tuple[bytes, dict[str, str]]:
+    """A request body with ``x`` as binary tensor data, as tritonclient encodes it."""
+    tensor = triton.InferInput(name, list(x.shape), "FP64")
     tensor.set_data_from_numpy(x, binary_data=True)
-    outputs = [triton.InferRequestedOutput("label", binary_data=True)]
+    outputs = [triton.InferRequestedOutput(output, binary_data=binary_output)]
     body, json_size = triton.InferenceServerClient.generate_request_body([tensor], outputs)
     headers = {
         "Content-Type": "application/octet-stream",
         "Inference-Header-Content-Length": str(json_size),
     }
+    return body, headers
+
+
+def test_binary_tensors_round_trip_as_tritonclient_encodes_them(home: Home, gateway: str) -> None:
+    x = home.x[:3].astype(np.float64)
+    body, headers = _binary_request("input-0", x, "label", binary_output=True)
     url = f"{gateway}/v2/models/fraud/infer"
     accepted = httpx.post(url + "?async=1", content=body, headers=headers)
     assert accepted.status_code == 202, accepted.text
@@ -323,14 +331,7 @@ def test_an_answer_too_large_for_the_bus_fails_its_job_clearly(gateway: str) -> 
     # 1 MiB message limit, so it cannot be kept as a result.
     x = np.full((100_000, 1), 1.2345678901234567e-3)
     x[0, 0] = 0.0  # the echo model sleeps x[0, 0] seconds
-    tensor = triton.InferInput("x", list(x.shape), "FP64")
-    tensor.set_data_from_numpy(x, binary_data=True)
-    as_json = [triton.InferRequestedOutput("y", binary_data=False)]
-    body, json_size = triton.InferenceServerClient.generate_request_body([tensor], as_json)
-    headers = {
-        "Content-Type": "application/octet-stream",
-        "Inference-Header-Content-Length": str(json_size),
-    }
+    body, headers = _binary_request("x", x, "y", binary_output=False)
     accepted = httpx.post(
         f"{gateway}/v2/models/echo/infer?async=true", content=body, headers=headers
     )
