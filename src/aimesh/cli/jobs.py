@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="Asynchronous jobs: submit, list, show, cancel; serve their REST API. "
+    help="Asynchronous jobs: submit, list, show, fetch results, cancel; serve their REST API. "
     "Workers run with `aimesh worker KIND`.",
     no_args_is_help=True,
 )
