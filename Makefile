@@ -20,10 +20,11 @@ run: $(STAMP)  ## the demo on the embedded defaults (bus, registry, the fraud mo
 test: $(STAMP)  ## the whole test suite
 	$(BIN)/pytest
 
-lint: $(STAMP)  ## ruff and mypy --strict
+lint: $(STAMP)  ## ruff and mypy --strict (the package, then the benchmarks)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	cd bench && MYPYPATH=../src ../$(BIN)/mypy --config-file ../pyproject.toml --strict *.py
 
 bench: $(STAMP)  ## every benchmark, each printing ratios against a baseline of the same run
 	$(BIN)/python bench/serving.py
