@@ -6,7 +6,7 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from rich.markup import escape
 
 from aimesh.config import Settings, load_settings
 from aimesh.errors import AimeshError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,3 +78,32 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             raise fail(exc.message, exc.code, listed) from exc
 
     return wrapper
+
+
+def serve_service_app(
+    what: str,
+    create_app: Callable[..., FastAPI],
+    *,
+    host: str,
+    port: int,
+    grace_s: int = 10,
+) -> None:
+    """Serve a platform service's FastAPI app (registry, lake, jobs) until Ctrl-C.
+
+    ``create_app(settings, public_url=...)`` builds it; the URL it is announced at in
+    discovery is the one it binds.
+    """
+    import uvicorn
+
+    from aimesh.observability import configure_logging
+
+    config = settings()
+    configure_logging(config.log_level, config.log_format)
+    console.print(f"{what} on http://{host}:{port}  (docs: /docs)")
+    uvicorn.run(
+        create_app(config, public_url=f"http://{host}:{port}"),
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_graceful_shutdown=grace_s,
+    )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 import typer
 from rich.table import Table
 
-from aimesh.cli._app import console, err_console, handle_errors, settings
+from aimesh.cli._app import console, err_console, handle_errors, serve_service_app, settings
 from aimesh.config import Settings
 from aimesh.errors import InvalidRequest, JobFailed
 
@@ -265,22 +265,15 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the jobs REST API (/api/jobs, with SSE per job), docs at /docs."""
-    import uvicorn
-
     from aimesh.jobs.app import create_app
-    from aimesh.observability import configure_logging
 
-    config = settings()
-    configure_logging(config.log_level, config.log_format)
-    bind_host = host or config.jobs.host
-    bind_port = config.jobs.port if port is None else port
-    console.print(f"jobs API on http://{bind_host}:{bind_port}  (docs: /docs)")
-    uvicorn.run(
-        create_app(config, public_url=f"http://{bind_host}:{bind_port}"),
-        host=bind_host,
-        port=bind_port,
-        log_config=None,
-        timeout_graceful_shutdown=5,
+    jobs = settings().jobs
+    serve_service_app(
+        "jobs API",
+        create_app,
+        host=host or jobs.host,
+        port=jobs.port if port is None else port,
+        grace_s=5,
     )
 
 

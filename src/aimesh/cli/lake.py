@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from aimesh.cli._app import console, err_console, handle_errors, settings
+from aimesh.cli._app import console, err_console, handle_errors, serve_service_app, settings
 from aimesh.config import Settings
 from aimesh.errors import InvalidRequest
 
@@ -324,22 +324,11 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the lake's REST API (/api/lake), with OpenAPI docs at /docs."""
-    import uvicorn
-
     from aimesh.lake.app import create_app
-    from aimesh.observability import configure_logging
 
-    config = settings()
-    configure_logging(config.log_level, config.log_format)
-    bind_host = host or config.lake.host
-    bind_port = config.lake.port if port is None else port
-    console.print(f"lake on http://{bind_host}:{bind_port}  (docs: /docs)")
-    uvicorn.run(
-        create_app(config, public_url=f"http://{bind_host}:{bind_port}"),
-        host=bind_host,
-        port=bind_port,
-        log_config=None,
-        timeout_graceful_shutdown=10,
+    lake = settings().lake
+    serve_service_app(
+        "lake", create_app, host=host or lake.host, port=lake.port if port is None else port
     )
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from aimesh.cli._app import console, handle_errors, settings
+from aimesh.cli._app import handle_errors, serve_service_app, settings
 
 app = typer.Typer(help="The model registry service.", no_args_is_help=True)
 
@@ -22,20 +22,12 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the registry's REST API, with OpenAPI docs at /docs."""
-    import uvicorn
-
-    from aimesh.observability import configure_logging
     from aimesh.registry.app import create_app
 
-    config = settings()
-    configure_logging(config.log_level, config.log_format)
-    bind_host = host or config.registry.host
-    bind_port = config.registry.port if port is None else port
-    console.print(f"registry on http://{bind_host}:{bind_port}  (docs: /docs)")
-    uvicorn.run(
-        create_app(config, public_url=f"http://{bind_host}:{bind_port}"),
-        host=bind_host,
-        port=bind_port,
-        log_config=None,
-        timeout_graceful_shutdown=10,
+    registry = settings().registry
+    serve_service_app(
+        "registry",
+        create_app,
+        host=host or registry.host,
+        port=registry.port if port is None else port,
     )
