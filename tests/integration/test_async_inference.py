@@ -280,6 +280,10 @@ def test_the_worker_says_it_is_healthy_and_counts_its_jobs(
 ) -> None:
     health = httpx.get(f"{stack['worker']}/health").json()
     assert (health["status"], health["kind"]) == ("ok", "inference")
+    posted = httpx.post(f"{stack['worker']}/health")
+    assert (posted.status_code, posted.json()["code"]) == (405, "method_not_allowed")
+    nowhere = httpx.get(f"{stack['worker']}/nowhere")
+    assert (nowhere.status_code, nowhere.json()["code"]) == (404, "route_not_found")
 
     def succeeded() -> float:
         for line in httpx.get(f"{stack['worker']}/metrics").text.splitlines():

@@ -118,6 +118,8 @@ def async_request(
     ``prefer`` and ``idempotency_key`` are the request's headers of those names. Raises
     :class:`InvalidRequest` for an ``async`` value that is not a boolean.
     """
+    if not query_string and prefer is None:
+        return None  # the common case: a synchronous call, decided without parsing
     wanted = False
     webhook: str | None = None
     passed: list[tuple[str, str]] = []

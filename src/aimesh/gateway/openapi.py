@@ -208,12 +208,10 @@ class MergedOpenApi:
         self._own = own
         self._auth = auth
         self._rendered = json.dumps(own).encode()
-        self._sources: tuple[tuple[str, str], ...] = ()
-        self._retry_at = 0.0
-
-    def source_changed(self) -> None:
-        """Fetch every service's part again on the next request."""
-        self._sources = (("", ""),)  # matches no real set of sources
+        self._sources: tuple[tuple[str, str], ...] | None = ()
+        """The services (and instances) the rendered document merges whole, if it does."""
+        self._failed: tuple[tuple[str, str], ...] | None = None
+        """A set of services one of which could not be fetched, tried again at ``_retry_at``."""
         self._retry_at = 0.0
 
     async def render(
@@ -221,7 +219,7 @@ class MergedOpenApi:
     ) -> bytes:
         """The document; ``sources`` maps each service to its instance, ``fetch`` gets its part."""
         key = tuple(sorted(sources.items()))
-        if key == self._sources or time.monotonic() < self._retry_at:
+        if key == self._sources or (key == self._failed and time.monotonic() < self._retry_at):
             return self._rendered
         merged = copy.deepcopy(self._own)
         complete = True
@@ -233,9 +231,10 @@ class MergedOpenApi:
                 complete = False
         self._rendered = json.dumps(merged).encode()
         if complete:
-            self._sources = key
+            self._sources, self._failed = key, None
         else:
-            self._retry_at = time.monotonic() + _RETRY_S
+            self._sources = None
+            self._failed, self._retry_at = key, time.monotonic() + _RETRY_S
         return self._rendered
 
     def _merge(self, merged: dict[str, Any], other: dict[str, Any]) -> None:

@@ -131,7 +131,6 @@ async def run_gateway(
         if url != registry_url[0]:
             registry_url[0] = url
             catalog.use(url)
-            openapi.source_changed()
 
     describe = _describer(g.host, http_port, grpc_port)
     follower = asyncio.create_task(

@@ -92,9 +92,11 @@ class JobData:
         """The blob under ``key``; ``None`` when there is none (never written, or expired)."""
         try:
             entry = await self._kv.get(key)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-            return None
-        except nats.js.errors.InvalidKeyError:
+        except (
+            nats.js.errors.KeyNotFoundError,
+            nats.js.errors.KeyDeletedError,
+            nats.js.errors.InvalidKeyError,
+        ):
             return None
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusUnavailable(f"could not read {key} in {JOB_DATA_BUCKET}: {exc}") from exc

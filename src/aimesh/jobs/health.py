@@ -19,8 +19,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from aimesh.errors import AimeshError
 from aimesh.jobs.worker import Worker
-from aimesh.rest import ASGIScope, Receive, RouteNotFound, Send, allow, error_body, respond
+from aimesh.rest import (
+    BASE_STATUS,
+    ASGIScope,
+    Receive,
+    RouteNotFound,
+    Send,
+    allow,
+    error_body,
+    respond,
+    status_of,
+)
 
 __all__ = ["WorkerHealth", "serve_health"]
 
@@ -79,10 +90,8 @@ class WorkerHealth:
                 await respond(send, 200, text, "", CONTENT_TYPE_LATEST.encode())
             else:
                 raise RouteNotFound(f"no route {path}; try /health or /metrics")
-        except RouteNotFound as exc:
-            await respond(send, 404, error_body(exc.message, exc.code), "")
-        except Exception as exc:  # only allow() raises here: a method other than GET
-            await respond(send, 405, error_body(str(exc), "method_not_allowed"), "")
+        except AimeshError as exc:  # a route it has not, a method but GET
+            await respond(send, status_of(exc, BASE_STATUS), error_body(exc.message, exc.code), "")
 
 
 class _Quiet(uvicorn.Server):

@@ -99,10 +99,11 @@ def plan_stack(settings: Settings) -> list[ProcessSpec]:
                 log_file=logs / "registry.log",
             )
         )
-    for kind, enabled, host, configured in (
+    services: tuple[tuple[ProcessKind, bool, str, int], ...] = (
         ("lake", settings.services.lake, settings.lake.host, settings.lake.port),
         ("jobs", settings.services.jobs, settings.jobs.host, settings.jobs.port),
-    ):
+    )
+    for kind, enabled, host, configured in services:
         if not enabled:
             continue
         port = ports.fixed(f"{kind}.port", host, configured)
@@ -111,7 +112,7 @@ def plan_stack(settings: Settings) -> list[ProcessSpec]:
                 name=kind,
                 service=kind,
                 replica=1,
-                kind=kind,  # type: ignore[arg-type]
+                kind=kind,
                 args=(kind, "serve", "--host", host, "--port", str(port)),
                 host=host,
                 http_port=port,
@@ -159,8 +160,8 @@ def _model_replicas(
         options += ["--max-latency-ms", str(spec.max_latency_ms)]
     replicas = []
     for replica in range(1, spec.replicas + 1):
-        http_port, grpc_port = ports.free(host), ports.free(host)
         name = f"{service}.{replica}"
+        http_port, grpc_port = ports.free(host, name), ports.free(host, name)
         listen = ("--http-port", str(http_port), "--grpc-port", str(grpc_port))
         replicas.append(
             ProcessSpec(
@@ -189,8 +190,8 @@ def _workers(spec: WorkerSpec, ports: _PortBook, logs: Path) -> list[ProcessSpec
         options += ["--handler", spec.handler]
     workers = []
     for replica in range(1, spec.replicas + 1):
-        port = ports.free(host)
         name = f"worker-{spec.kind}.{replica}"
+        port = ports.free(host, name)
         workers.append(
             ProcessSpec(
                 name=name,
@@ -234,7 +235,7 @@ class _PortBook:
 
     def fixed(self, setting: str, host: str, port: int) -> int:
         if port == 0:
-            return self.free(host)
+            return self.free(host, setting)
         if port in self._taken:
             raise ConfigError(f"{setting}: port {port} is also {self._taken[port]}")
         if not _bindable(host, port):
@@ -245,13 +246,13 @@ class _PortBook:
         self._taken[port] = setting
         return port
 
-    def free(self, host: str) -> int:
+    def free(self, host: str, taker: str) -> int:
         while True:
             with socket.socket() as sock:
                 sock.bind((host, 0))
                 port: int = sock.getsockname()[1]
             if port not in self._taken:
-                self._taken[port] = "a model replica"
+                self._taken[port] = taker
                 return port
 
 
