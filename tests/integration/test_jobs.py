@@ -19,18 +19,17 @@ from typing import Any, ClassVar, TypeVar
 
 import httpx
 import msgspec
+import nats.errors
 import pytest
 from _services import free_port, run_aimesh, start
 
 from aimesh.bus import (
     DLQ_STREAM,
+    JOBS_BUCKET,
     JOBS_STREAM,
     Bus,
     EmbeddedNats,
-    JobEvent,
     connect,
-    job_events_subject,
-    subscribe_events,
 )
 from aimesh.config import JobsSettings
 from aimesh.errors import JobFailed, JobFinished, JobNotFound
@@ -46,6 +45,7 @@ from aimesh.jobs import (
     get_handler,
     verify_signature,
 )
+from aimesh.jobs.events import change_between
 
 T = TypeVar("T")
 WAIT_S = 30.0
@@ -97,18 +97,41 @@ async def until(client: JobClient, job_id: str, check: Any, timeout: float = WAI
         await asyncio.sleep(0.05)
 
 
-async def stored_events(bus: Bus, job_id: str) -> list[str]:
-    """Every change stored for a job, in order."""
-    changes: list[str] = []
-    async with await subscribe_events(
-        bus, job_events_subject(job_id), event_type=JobEvent, deliver_new_only=False
-    ) as events:
+@contextlib.asynccontextmanager
+async def changes_recorded(bus: Bus) -> AsyncIterator[dict[str, list[str]]]:
+    """Every change of every job record written inside the block, by job id, in order.
+
+    A job's events are its record's revisions: this watches them all live (the bucket
+    keeps only a few past revisions), and on leaving waits until they stop coming.
+    """
+    kv = await bus.js.key_value(JOBS_BUCKET)
+    watcher = await kv.watch("job.*")
+    changes: dict[str, list[str]] = {}
+    last: dict[str, Job] = {}
+    quiet = asyncio.Event()
+
+    async def follow() -> None:
         while True:
             try:
-                event = await asyncio.wait_for(anext(events), 1.0)
-            except TimeoutError:
-                return changes
-            changes.append(event.change)
+                entry = await watcher.updates(timeout=0.5)
+            except nats.errors.TimeoutError:
+                quiet.set()
+                continue
+            if entry is None or not entry.value:
+                continue
+            quiet.clear()
+            job = msgspec.json.decode(entry.value, type=Job)
+            changes.setdefault(job.id, []).append(change_between(last.get(job.id), job))
+            last[job.id] = job
+
+    following = asyncio.create_task(follow())
+    try:
+        yield changes
+        quiet.clear()
+        await asyncio.wait_for(quiet.wait(), WAIT_S)
+    finally:
+        following.cancel()
+        await watcher.stop()
 
 
 async def stream_messages(bus: Bus, stream: str) -> int:
@@ -123,7 +146,10 @@ async def stream_messages(bus: Bus, stream: str) -> int:
 def test_noop_job_runs_to_succeeded_with_its_result(bus_url: str) -> None:
     async def main() -> None:
         async with jobs_on(bus_url) as (bus, client):
-            async with worker_running(bus, "noop", get_handler("noop")):
+            async with (
+                worker_running(bus, "noop", get_handler("noop")),
+                changes_recorded(bus) as changes,
+            ):
                 job = await client.submit(JobSpec(kind="noop", payload={"echo": {"a": 1}}))
                 assert job.state == "queued"
                 done = await client.wait(job.id, timeout=WAIT_S)
@@ -135,7 +161,7 @@ def test_noop_job_runs_to_succeeded_with_its_result(bus_url: str) -> None:
             )
             assert done.started is not None and done.finished is not None
             assert await stream_messages(bus, JOBS_STREAM) == 0  # acknowledged, removed
-            assert await stored_events(bus, job.id) == ["queued", "running", "succeeded"]
+            assert changes[job.id] == ["queued", "running", "succeeded"]
             assert [j.id for j in await client.list(kind="noop", state="succeeded")] == [job.id]
             assert await client.list(kind="sleep") == []
 
@@ -168,7 +194,7 @@ def test_poison_job_fails_after_its_attempts_and_lands_in_the_dead_letter_stream
 
     async def main() -> None:
         async with jobs_on(bus_url) as (bus, client):
-            async with worker_running(bus, "poison", poison):
+            async with worker_running(bus, "poison", poison), changes_recorded(bus) as changes:
                 job = await client.submit(JobSpec(kind="poison", max_attempts=3))
                 with pytest.raises(JobFailed) as failed:
                     await client.wait(job.id, timeout=WAIT_S)
@@ -183,8 +209,15 @@ def test_poison_job_fails_after_its_attempts_and_lands_in_the_dead_letter_stream
             assert letter.reason.code == "handler_error"
             assert "cannot digest this" in letter.reason.message
             assert await stream_messages(bus, JOBS_STREAM) == 0
-            changes = await stored_events(bus, job.id)
-            assert changes.count("retrying") == 2 and changes[-1] == "failed"
+            assert changes[job.id] == [
+                "queued",
+                "running",
+                "retrying",
+                "running",
+                "retrying",
+                "running",
+                "failed",
+            ]
 
     run(main())
 
@@ -437,17 +470,19 @@ def test_worker_killed_mid_job_is_redelivered_and_completes_once(
         async def main() -> None:
             nonlocal second
             async with jobs_on(bus_url) as (bus, client):
-                job = await client.submit(JobSpec(kind="sleep", payload={"seconds": 2.5}))
-                running = await until(client, job.id, lambda j: j.state == "running")
-                second = _worker(env, tmp_path / "second.log", "sleep")
-                first.send_signal(signal.SIGKILL)
-                first.wait(timeout=10)
-                done = await client.wait(job.id, timeout=WAIT_S)
-                assert (done.state, done.attempts) == ("succeeded", 2)
-                assert done.worker != running.worker
-                changes = await stored_events(bus, job.id)
-                assert changes.count("running") == 2
-                assert changes.count("succeeded") == 1 and changes[-1] == "succeeded"
+                async with changes_recorded(bus) as changes:
+                    job = await client.submit(JobSpec(kind="sleep", payload={"seconds": 2.5}))
+                    running = await until(client, job.id, lambda j: j.state == "running")
+                    second = _worker(env, tmp_path / "second.log", "sleep")
+                    first.send_signal(signal.SIGKILL)
+                    first.wait(timeout=10)
+                    done = await client.wait(job.id, timeout=WAIT_S)
+                    assert (done.state, done.attempts) == ("succeeded", 2)
+                    assert done.worker != running.worker
+                # The second attempt took over from the lost first one, and succeeded once.
+                steps = [change for change in changes[job.id] if change != "progress"]
+                assert steps == ["queued", "running", "running", "succeeded"]
+                assert "progress" in changes[job.id]
                 assert await stream_messages(bus, JOBS_STREAM) == 0
                 assert await stream_messages(bus, DLQ_STREAM) == 0
 

@@ -125,10 +125,12 @@ JobChange = Literal[
 
 
 class JobEvent(Event, frozen=True, kw_only=True, tag="job"):
-    """A change of one asynchronous job, published on ``aimesh.events.jobs.<job_id>.<change>``.
+    """A change of one asynchronous job: one revision of its record in the jobs KV bucket.
 
-    ``revision`` is the revision of the job's record (in the jobs KV bucket) that the change
-    wrote, so a reader that holds the record knows which events are news to it.
+    Watchers hear a job's changes by watching its record (see :mod:`aimesh.jobs.events`);
+    only a cancel request is also published, on ``aimesh.events.jobs.<job_id>.<change>``,
+    for the worker running the job. ``revision`` is the record's revision, so a reader
+    that holds the record knows which events are news to it.
     """
 
     job_id: str

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 import msgspec
 from nats.aio.msg import Msg
 
-from aimesh.bus import JobChange
 from aimesh.config import JobsSettings
 from aimesh.errors import AimeshError, InvalidRequest
 from aimesh.jobs import states
@@ -58,7 +57,6 @@ class Outcome:
     ack: bool
     dead_letter: JobError | None = None
     nak_delay: float | None = None
-    event: JobChange | None = None
     counter: str = ""
 
 
@@ -69,7 +67,6 @@ def outcome_of(run: Run, settings: JobsSettings) -> Outcome:
         lambda j: states.release(j, attempt, now),
         ack=False,
         nak_delay=0.0,
-        event="queued",
         counter="released",
     )
     cancel = Outcome(lambda j: states.cancel(j, now, attempt), ack=True, counter="cancelled")
@@ -133,6 +130,5 @@ def _failure(
         lambda j: states.retry(j, attempt, error, now),
         ack=False,
         nak_delay=delay,
-        event="retrying",
         counter="retried",
     )

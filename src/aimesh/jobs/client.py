@@ -22,13 +22,11 @@ from aimesh.bus import (
     JobEvent,
     JobState,
     declare_topology,
-    job_events_subject,
-    subscribe_events,
 )
 from aimesh.config import JobsSettings
 from aimesh.errors import BusUnavailable, DeadlineExceeded, InvalidRequest, JobFailed, JobNotFound
 from aimesh.jobs import states
-from aimesh.jobs.events import emit, job_event
+from aimesh.jobs.events import change_between, job_event, notify_cancel
 from aimesh.jobs.store import JobStore, encode_job
 from aimesh.jobs.types import TERMINAL, Job, JobSpec, check_job_id, check_kind, new_job_id
 from aimesh.jobs.webhooks import WebhookSender
@@ -102,7 +100,6 @@ class JobClient:
                 return existing
         revision = await self.store.create(job)
         await self._publish(job, revision)
-        await emit(self.bus, job, revision)
         return job
 
     async def _bind(self, key: str, job_id: str) -> Job | None:
@@ -178,10 +175,9 @@ class JobClient:
         if job is known[0]:
             return job
         if job.state == "cancelled":
-            await emit(self.bus, job, revision)
             self._webhooks.send(job)
         else:
-            await emit(self.bus, job, revision, "cancel_requested")
+            await notify_cancel(self.bus, job, revision)
         return job
 
     # -- watch --------------------------------------------------------------------------
@@ -192,36 +188,23 @@ class JobClient:
         """The job's current state, then each change, ending after a terminal state.
 
         Yields ``None`` after ``idle_s`` seconds without a change (a keep-alive for
-        streams such as SSE), having read the record again in case an event was lost.
+        streams such as SSE). Each event is a revision of the job's record (see
+        :mod:`aimesh.jobs.events`).
         """
-        check_job_id(job_id)
-        events = await subscribe_events(self.bus, job_events_subject(job_id), event_type=JobEvent)
-        async with events:
-            job, seen = await self.store.get(job_id)
-            yield job_event(job, seen)
-            if job.done:
-                return
-            while True:
-                try:
-                    event = await asyncio.wait_for(anext(events), idle_s)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    job, revision = await self.store.get(job_id)
-                    if revision > seen:
-                        seen = revision
-                        yield job_event(job, revision)
-                        if job.done:
-                            return
-                    else:
-                        yield None
+        before: Job | None = None
+        revisions = self.store.watch(check_job_id(job_id), idle_s=idle_s)
+        try:
+            async for versioned in revisions:
+                if versioned is None:
+                    yield None
                     continue
-                if event.revision <= seen:
-                    continue  # already told by the first read
-                seen = event.revision
-                yield event
-                if event.state in TERMINAL:
+                job, revision = versioned
+                yield job_event(job, revision, change_between(before, job))
+                if job.done:
                     return
+                before = job
+        finally:
+            await revisions.aclose()
 
     async def wait(self, job_id: str, *, timeout: float | None = None) -> Job:
         """Wait until the job ends; return it if it succeeded.

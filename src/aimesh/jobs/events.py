@@ -1,17 +1,17 @@
-"""A job's changes as :class:`JobEvent` s on ``aimesh.events.jobs.<id>.<change>``.
+"""A job's events are the changes of its record: nothing is published to tell them.
 
-The record in the KV bucket is the truth; events tell watchers (SSE clients, dashboards,
-workers waiting for a cancel) that it changed. So events are published without waiting
-for JetStream's ack (the ``AIMESH_EVENTS`` stream stores them all the same): a job's
-changes cost one round trip each, not two. An event lost with the bus loses no state,
-and watchers read the record again when they hear nothing for a while (see
-:meth:`JobClient.watch`).
+Every change of a job is a write of its record in the jobs KV bucket, and a KV write is
+a message on the bucket's stream. Watching the record's key (:meth:`JobStore.watch`)
+therefore hears each change as it is stored, with its revision, at no cost to the writers:
+a job used to publish one event per change beside its record, which cost the bus about a
+third of a no-op job's CPU. :func:`change_between` names what happened between two
+revisions, and :func:`job_event` turns a revision into the :class:`JobEvent` that SSE
+clients and ``JobClient.watch`` see.
 
-Nor do they carry a ``Nats-Msg-Id`` for the stream to deduplicate them by: each revision
-of a record is written by one writer, who publishes its event once and never again (a
-lost event is not sent twice), and readers skip the revisions they have seen. The header
-cost the bus and the clients about a fourteenth of a no-op job's CPU. An event's ``id``
-(``<job id>-<revision>``) still names it uniquely.
+One change is also *told*: a cancel request on a running job, published on
+``aimesh.events.jobs.<id>.cancel_requested`` for the worker running it (workers listen to
+that subject, not to every record). A worker that misses it still sees the request on
+its next heartbeat.
 """
 
 from __future__ import annotations
@@ -23,9 +23,30 @@ import nats.errors
 from aimesh.bus import Bus, JobChange, JobEvent, encode_event
 from aimesh.jobs.types import Job
 
-__all__ = ["emit", "job_event"]
+__all__ = ["change_between", "job_event", "notify_cancel"]
 
 log = logging.getLogger("aimesh.jobs")
+
+
+def change_between(before: Job | None, after: Job) -> JobChange:
+    """What changed from ``before`` (None: nothing seen yet) to ``after``, as an event says.
+
+    A new state is that state's name, but that a running job put back in the queue is
+    ``retrying`` when its attempt failed (the record keeps the error) and ``queued`` when
+    it was handed back. A running job that stays running changes ``cancel_requested`` when
+    the request appears, ``running`` when another attempt took over, else ``progress``.
+    """
+    if before is None or before.state != "running":
+        return after.state
+    if after.state == "queued":
+        return "retrying" if after.attempts == before.attempts else "queued"
+    if after.state != "running":
+        return after.state
+    if after.cancel_requested and not before.cancel_requested:
+        return "cancel_requested"
+    if after.claims != before.claims:
+        return "running"
+    return "progress"
 
 
 def job_event(job: Job, revision: int, change: JobChange | None = None) -> JobEvent:
@@ -46,10 +67,10 @@ def job_event(job: Job, revision: int, change: JobChange | None = None) -> JobEv
     )
 
 
-async def emit(bus: Bus, job: Job, revision: int, change: JobChange | None = None) -> None:
-    """Publish the event of ``job`` at ``revision``; log (not raise) when the bus refuses."""
-    event = job_event(job, revision, change)
+async def notify_cancel(bus: Bus, job: Job, revision: int) -> None:
+    """Tell the worker running ``job`` that a cancel was asked for (log if the bus refuses)."""
+    event = job_event(job, revision, "cancel_requested")
     try:
         await bus.nc.publish(event.subject(), encode_event(event))
     except nats.errors.Error as exc:
-        log.warning("event of job %s (revision %d) not published: %s", job.id, revision, exc)
+        log.warning("cancel request of job %s not published: %s", job.id, exc)

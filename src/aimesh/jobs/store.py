@@ -6,6 +6,9 @@ is still the same (``update(key, value, last=revision)``), trying again on a con
 cancel request and a worker's progress never overwrite each other, and two workers never
 both start or finish one attempt.
 
+A record's changes are heard by watching its key (:meth:`JobStore.watch`): each write is
+a message on the bucket's stream, so nothing else needs publishing to tell them.
+
 Idempotency keys live under ``idem.<sha256 of the key>`` -> job id, written with
 ``create`` (which fails when the key exists): a key stays bound to its first job for as
 long as the bucket keeps it, well beyond the job stream's duplicate window.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 
 import msgspec
 import nats.errors
@@ -141,6 +144,40 @@ class JobStore:
             except RevisionMismatch:
                 current = await self.get(job_id)
         raise Conflict(f"job {job_id} kept changing while being updated", job_id=job_id)
+
+    async def watch(self, job_id: str, *, idle_s: float) -> AsyncGenerator[Versioned | None, None]:
+        """The record of ``job_id`` now, then each new revision as it is written.
+
+        Yields ``None`` after ``idle_s`` seconds without a change (for keep-alives), and
+        ends when the record is deleted or expires. Raises :class:`JobNotFound` if there
+        is no record to begin with. The watch is an ordered consumer of the bucket's
+        stream, filtered to the key: it resumes where it was after a reconnect.
+        """
+        current = await self.get(job_id)
+        yield current
+        seen = current[1]
+        try:
+            watcher = await self._kv.watch(_JOB + job_id)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise _bus_error(f"watch job {job_id}", exc) from exc
+        try:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=idle_s)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    yield None
+                    continue
+                if entry is None or entry.revision is None or entry.revision <= seen:
+                    continue  # the end of what was stored, or a revision already told
+                if entry.operation is not None or not entry.value:
+                    return  # deleted or expired
+                seen = entry.revision
+                yield decode_job(entry.value), seen
+        finally:
+            try:
+                await watcher.stop()  # type: ignore[no-untyped-call]
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.debug("stopping the watch of job %s failed: %s", job_id, exc)
 
     async def list(
         self, *, kind: str | None = None, state: JobState | None = None, limit: int = 100

@@ -53,7 +53,6 @@ from aimesh.jobs import states
 from aimesh.jobs._wire import Pulls
 from aimesh.jobs.attempts import Run, outcome_of
 from aimesh.jobs.client import REVISION_HEADER, job_subject
-from aimesh.jobs.events import emit
 from aimesh.jobs.handlers import Handler, JobContext, call_handler
 from aimesh.jobs.states import Attempt, InvalidTransition, StaleAttempt
 from aimesh.jobs.store import JobStore, decode_job
@@ -343,7 +342,7 @@ class Worker:
             await msg.ack()
         elif decision == "cancel":
             self.stats.cancelled += 1
-            await self._ended(msg, job, revision)
+            await self._ended(msg, job)
         elif decision == "exhausted":
             error = JobError(
                 "attempts_exhausted",
@@ -354,7 +353,7 @@ class Worker:
                 job.id, lambda j: states.fail(j, error, _now()), known=(job, revision)
             )
             self.stats.failed += 1
-            await self._ended(msg, job, revision)
+            await self._ended(msg, job)
         else:
             assert attempt is not None
             await self._attempt(msg, job, revision, attempt, slot)
@@ -380,8 +379,7 @@ class Worker:
         job, revision = await self._store.change(job_id, claim, known=known)
         return decision, job, revision, attempt
 
-    async def _ended(self, msg: Msg, job: Job, revision: int) -> None:
-        await emit(self.bus, job, revision)
+    async def _ended(self, msg: Msg, job: Job) -> None:
         await msg.ack()
         self._webhooks.send(job)
 
@@ -403,7 +401,6 @@ class Worker:
         run = Run(msg, attempt, JobContext(job, attempt.number, self.bus), job, revision)
         self._runs[job.id] = run
         try:
-            await emit(self.bus, job, revision)
             if self._stopping.is_set():
                 run.released = True  # claimed while the worker began to stop: hand it back
             else:
@@ -494,7 +491,6 @@ class Worker:
             run.lost = True
             return
         run.job, run.revision = job, revision
-        await emit(self.bus, job, revision, "progress")
         if job.cancel_requested:
             run.ctx._cancel()
 
@@ -508,14 +504,13 @@ class Worker:
             # again (same dead letter, deduplicated), never failed without its dead letter.
             await self._dead_letter(outcome.change(run.job), outcome.dead_letter)
         try:
-            job, revision = await self._store.change(
+            job, _ = await self._store.change(
                 run.job.id, outcome.change, known=(run.job, run.revision)
             )
         except (StaleAttempt, InvalidTransition) as exc:
             log.warning("outcome of job %s not recorded: %s", run.job.id, exc)
             return
         setattr(self.stats, outcome.counter, getattr(self.stats, outcome.counter) + 1)
-        await emit(self.bus, job, revision, outcome.event)
         if outcome.ack:
             await run.msg.ack()
             self._webhooks.send(job)
