@@ -2,25 +2,25 @@
 
 Both sides move N no-op messages through the ``AIMESH_JOBS`` work-queue stream of a fresh
 bundled nats-server (JetStream on a temp folder), with the producer in this process and
-the consumer in a separate one, as a submitter and a worker run in a deployment (or, with
-``--single``, both on one event loop in this process):
+the consumers in processes of their own (``--consumers``, 1 by default, the same number
+on both sides), as submitters and workers run in a deployment:
 
-- **raw JetStream**: publish N messages (waiting for each ack, C in flight) while a
-  durable pull consumer fetches up to K at a time and acks each;
+- **raw JetStream**: publish N messages (waiting for each ack, C in flight) while durable
+  pull consumers fetch up to K at a time and ack each;
 - **aimesh jobs**: submit N ``noop`` jobs with :class:`aimesh.jobs.JobClient` (record in
-  the KV bucket, message on the stream, C in flight) while an aimesh worker (K at a time)
-  claims each one, runs it, writes it succeeded and acks it; every state change is
-  published as an event too.
+  the KV bucket, message on the stream, C in flight) while aimesh workers (K at a time)
+  run each one, write it succeeded and ack it.
 
 Throughput is N over the time from the first publish to the last completion (the last
-ack for raw, the last record written ``succeeded`` for jobs). Rounds alternate raw and
+ack for raw, the last record written ``succeeded`` for jobs), once the producer has seen
+the work queue drained. Rounds alternate raw and
 jobs; the medians and their ratio are reported against the target (>= 0.5). Each round
 also says where the CPU went, in microseconds per message: the bus (nats-server, read
 from /proc on Linux), the producer and the consumer (each process's own CPU time).
 
     python bench/jobs.py                 # 3 rounds of 5,000 (about a minute)
     python bench/jobs.py --quick         # 1 round of 1,000
-    python bench/jobs.py --single        # producer and consumer in one process
+    python bench/jobs.py --consumers 2   # two consumers (workers) on each side
     python bench/jobs.py --json out.json
 """
 
@@ -61,9 +61,9 @@ class Round:
     submit_seconds: float
     bus_cpu_s: float | None = None
     """CPU of the nats-server process over the round (None where /proc is not)."""
-    producer_cpu_s: float | None = None
-    """CPU of the producer (with ``--single``: of the producer and the consumer)."""
-    consumer_cpu_s: float | None = None
+    producer_cpu_s: float = 0.0
+    consumer_cpu_s: float = 0.0
+    """CPU of the consumers, all together."""
 
     @property
     def per_second(self) -> float:
@@ -72,14 +72,11 @@ class Round:
 
     def cpu_us(self) -> dict[str, float]:
         """Microseconds of CPU per message, by process."""
-        if self.consumer_cpu_s is None:  # --single: one process for both
-            spent = {"bus": self.bus_cpu_s, "clients": self.producer_cpu_s}
-        else:
-            spent = {
-                "bus": self.bus_cpu_s,
-                "producer": self.producer_cpu_s,
-                "consumer": self.consumer_cpu_s,
-            }
+        spent = {
+            "bus": self.bus_cpu_s,
+            "producer": self.producer_cpu_s,
+            "consumers": self.consumer_cpu_s,
+        }
         return {name: 1e6 * s / self.jobs for name, s in spent.items() if s is not None}
 
 
@@ -95,10 +92,12 @@ def _bus_cpu(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-# -- the consumer side, in its own process ----------------------------------------------
+# -- the consumer side, in processes of its own -------------------------------------------
 
 
-async def _raw_consumer(bus: Bus, n: int, batch: int, ready: Callable[[], None]) -> float:
+async def _raw_consumer(
+    bus: Bus, batch: int, ready: Callable[[], None], stop: asyncio.Event
+) -> tuple[int, float]:
     await bus.js.add_consumer(
         JOBS_STREAM,
         ConsumerConfig(
@@ -110,68 +109,74 @@ async def _raw_consumer(bus: Bus, n: int, batch: int, ready: Callable[[], None])
     )
     sub = await bus.js.pull_subscribe_bind(durable=RAW_CONSUMER, stream=JOBS_STREAM)
     ready()
-    done = 0
-    while done < n:
+    done, last = 0, 0.0
+    while not stop.is_set():
         try:
-            messages = await sub.fetch(batch, timeout=1)
+            messages = await sub.fetch(batch, timeout=0.2)
         except TimeoutError:
             continue
         for msg in messages:
             await msg.ack()
             done += 1
+        last = time.time()
     await bus.nc.flush()
-    return time.time()
+    return done, last
 
 
-async def _job_worker(bus: Bus, n: int, concurrency: int, ready: Callable[[], None]) -> float:
+async def _job_worker(
+    bus: Bus, concurrency: int, ready: Callable[[], None], stop: asyncio.Event
+) -> tuple[int, float]:
     worker = Worker(
         bus, "noop", get_handler("noop"), settings=JobsSettings(), concurrency=concurrency
     )
     running = asyncio.create_task(worker.run())
     await worker.ready.wait()
     ready()
-    while worker.stats.succeeded < n:
+    done, last = 0, 0.0
+    while not stop.is_set():
+        if worker.stats.succeeded != done:
+            done, last = worker.stats.succeeded, time.time()
         await asyncio.sleep(0.002)
-    last = time.time()
     worker.stop()
     await running
-    return last
+    return worker.stats.succeeded, last
 
 
-async def _consume(
-    role: str, url: str, n: int, concurrency: int, ready: Callable[[], None]
-) -> tuple[float, float]:
-    """The time of the last completion, and the CPU seconds spent since ready."""
+async def _consume(role: str, url: str, concurrency: int) -> dict[str, float]:
+    """Consume until standard input ends: what was done, when it last was, the CPU spent.
+
+    The CPU counts from when the consumer is ready (the producer waits for that).
+    """
+    stop = asyncio.Event()
+    told = asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    told.add_done_callback(lambda _: stop.set())
     started = 0.0
 
-    def on_ready() -> None:
+    def ready() -> None:
         nonlocal started
         started = time.process_time()
-        ready()
+        print("ready", flush=True)
 
     async with await connect(url, timeout=10, name=f"bench-{role}") as bus:
         if role == "raw":
-            last = await _raw_consumer(bus, n, concurrency, on_ready)
+            done, last = await _raw_consumer(bus, concurrency, ready, stop)
         else:
-            last = await _job_worker(bus, n, concurrency, on_ready)
-    return last, time.process_time() - started
+            done, last = await _job_worker(bus, concurrency, ready, stop)
+    return {"done": done, "last": last, "cpu": time.process_time() - started}
 
 
-def _consumer_process(role: str, url: str, n: int, concurrency: int) -> None:
-    def ready() -> None:
-        print("ready", flush=True)
-
-    last, cpu = asyncio.run(_consume(role, url, n, concurrency, ready))
-    print(json.dumps({"last": last, "cpu": cpu}), flush=True)
+def _consumer_process(role: str, url: str, concurrency: int) -> None:
+    said = asyncio.run(_consume(role, url, concurrency))
+    print(json.dumps(said), flush=True)
 
 
 # -- the producer side, here --------------------------------------------------------------
 
 
-def _start_consumer(role: str, url: str, n: int, concurrency: int) -> subprocess.Popen[str]:
-    argv = [sys.executable, __file__, "--role", role, "--url", url, "--jobs", str(n)]
+def _start_consumer(role: str, url: str, concurrency: int) -> subprocess.Popen[str]:
+    argv = [sys.executable, __file__, "--role", role, "--url", url]
     argv += ["--worker-concurrency", str(concurrency)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     if line != "ready":
@@ -180,12 +185,18 @@ def _start_consumer(role: str, url: str, n: int, concurrency: int) -> subprocess
     return proc
 
 
-def _finish_consumer(proc: subprocess.Popen[str]) -> tuple[float, float]:
-    out, _ = proc.communicate(timeout=300)
+def _finish_consumer(proc: subprocess.Popen[str]) -> dict[str, float]:
+    out, _ = proc.communicate(input="", timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"the consumer failed with exit code {proc.returncode}")
-    said = json.loads(out.strip().splitlines()[-1])
-    return float(said["last"]), float(said["cpu"])
+    said: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return said
+
+
+async def _drained(bus: Bus) -> None:
+    """Return once the work queue is empty: every message acknowledged."""
+    while (await bus.js.stream_info(JOBS_STREAM)).state.messages:
+        await asyncio.sleep(0.005)
 
 
 async def _in_flight(n: int, concurrency: int, one: Callable[[int], Awaitable[object]]) -> None:
@@ -215,9 +226,7 @@ async def _produce(system: str, bus: Bus, client: JobClient, n: int, concurrency
 
 
 async def _round(system: str, url: str, bus_pid: int | None, args: argparse.Namespace) -> Round:
-    if args.single:
-        return await _round_in_process(system, url, bus_pid, args)
-    proc = _start_consumer(system, url, args.jobs, args.worker_concurrency)
+    procs = [_start_consumer(system, url, args.worker_concurrency) for _ in range(args.consumers)]
     try:
         async with await connect(url, timeout=10, name="bench-producer") as bus:
             client = await JobClient.open(bus, JobsSettings())
@@ -226,56 +235,33 @@ async def _round(system: str, url: str, bus_pid: int | None, args: argparse.Name
                 first = time.time()
                 submitted = await _produce(system, bus, client, args.jobs, args.concurrency)
                 producer_cpu = time.process_time() - cpu
+                await asyncio.wait_for(_drained(bus), 300)
             finally:
                 await client.close()
-        last, consumer_cpu = await asyncio.to_thread(_finish_consumer, proc)
+        said = await asyncio.gather(*(asyncio.to_thread(_finish_consumer, p) for p in procs))
         bus_after = _bus_cpu(bus_pid)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    done = sum(int(s["done"]) for s in said)
+    if done != args.jobs:
+        raise RuntimeError(f"{system}: {done} of {args.jobs} completed")
     return Round(
         system,
         args.jobs,
-        last - first,
+        max(s["last"] for s in said) - first,
         submitted - first,
         bus_cpu_s=_spent(bus_cpu, bus_after),
         producer_cpu_s=producer_cpu,
-        consumer_cpu_s=consumer_cpu,
+        consumer_cpu_s=sum(s["cpu"] for s in said),
     )
 
 
 def _spent(before: float | None, after: float | None) -> float | None:
     """CPU seconds between two readings, when both could be taken."""
     return None if before is None or after is None else after - before
-
-
-async def _round_in_process(
-    system: str, url: str, bus_pid: int | None, args: argparse.Namespace
-) -> Round:
-    ready = asyncio.Event()
-    consumer = asyncio.create_task(
-        _consume(system, url, args.jobs, args.worker_concurrency, ready.set)
-    )
-    await ready.wait()
-    async with await connect(url, timeout=10, name="bench-producer") as bus:
-        client = await JobClient.open(bus, JobsSettings())
-        try:
-            bus_cpu, cpu = _bus_cpu(bus_pid), time.process_time()
-            first = time.time()
-            submitted = await _produce(system, bus, client, args.jobs, args.concurrency)
-        finally:
-            await client.close()
-    last, _consumer_cpu = await consumer
-    bus_after, clients_cpu = _bus_cpu(bus_pid), time.process_time() - cpu
-    return Round(
-        system,
-        args.jobs,
-        last - first,
-        submitted - first,
-        bus_cpu_s=_spent(bus_cpu, bus_after),
-        producer_cpu_s=clients_cpu,
-    )
 
 
 async def _run(url: str, bus_pid: int | None, args: argparse.Namespace) -> list[Round]:
@@ -321,7 +307,7 @@ def _report(rounds: list[Round], args: argparse.Namespace) -> dict[str, object]:
         "jobs": args.jobs,
         "concurrency": args.concurrency,
         "worker_concurrency": args.worker_concurrency,
-        "single_process": args.single,
+        "consumers": args.consumers,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "rounds": [asdict(r) | {"per_second": r.per_second} for r in rounds],
@@ -340,7 +326,11 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="one round of 1,000")
     parser.add_argument(
-        "--single", action="store_true", help="producer and consumer on one event loop"
+        "--consumers",
+        type=int,
+        default=1,
+        metavar="K",
+        help="consumer processes on each side (raw consumers, aimesh workers)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the figures here")
     parser.add_argument("--check", action="store_true", help="exit 1 unless the target is met")
@@ -348,16 +338,14 @@ def main() -> None:
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role is not None:
-        _consumer_process(args.role, args.url, args.jobs, args.worker_concurrency)
+        _consumer_process(args.role, args.url, args.worker_concurrency)
         return
     if args.quick:
         args.jobs, args.rounds = 1000, 1
     print(
         f"{args.jobs} no-op messages per round, {args.concurrency} submissions in flight, "
-        f"worker concurrency {args.worker_concurrency}, {os.cpu_count()} CPUs, "
-        + (
-            "producer and consumer in one process" if args.single else "consumer in its own process"
-        ),
+        f"{args.consumers} consumer process(es) a side, worker concurrency "
+        f"{args.worker_concurrency}, {os.cpu_count()} CPUs",
         flush=True,
     )
     with (
