@@ -212,6 +212,14 @@ class JobsSettings(BaseModel):
     progress_interval_s: float = Field(
         default=0.5, gt=0, le=60, description="Shortest interval between two progress writes."
     )
+    claim_after_s: float = Field(
+        default=0.5,
+        ge=0,
+        le=60,
+        description="A job on its first delivery starts at once and is marked running only "
+        "after this long (or when it reports progress): one that ends sooner has its record "
+        "written once, queued to its outcome. 0 marks every job running before it starts.",
+    )
     max_payload_bytes: int = Field(
         default=256 * 1024, gt=0, le=1024**2, description="Largest job payload, as JSON."
     )

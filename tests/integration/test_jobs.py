@@ -20,6 +20,7 @@ from typing import Any, ClassVar, TypeVar
 import httpx
 import msgspec
 import nats.errors
+import nats.js.errors
 import pytest
 from _services import free_port, run_aimesh, start
 
@@ -41,6 +42,7 @@ from aimesh.jobs import (
     JobContext,
     JobSpec,
     Worker,
+    consumer_name,
     dead_letter_subject,
     get_handler,
     verify_signature,
@@ -143,11 +145,24 @@ async def stream_messages(bus: Bus, stream: str) -> int:
 # -- in-process workers -------------------------------------------------------------------
 
 
-def test_noop_job_runs_to_succeeded_with_its_result(bus_url: str) -> None:
+@pytest.mark.parametrize(
+    ("claim_after_s", "steps"),
+    [
+        # Ended before it was to be claimed: its record is written once, to the outcome.
+        (FAST.claim_after_s, ["queued", "succeeded"]),
+        # Claimed before it starts.
+        (0.0, ["queued", "running", "succeeded"]),
+    ],
+)
+def test_noop_job_runs_to_succeeded_with_its_result(
+    bus_url: str, claim_after_s: float, steps: list[str]
+) -> None:
+    settings = FAST.model_copy(update={"claim_after_s": claim_after_s})
+
     async def main() -> None:
         async with jobs_on(bus_url) as (bus, client):
             async with (
-                worker_running(bus, "noop", get_handler("noop")),
+                worker_running(bus, "noop", get_handler("noop"), settings),
                 changes_recorded(bus) as changes,
             ):
                 job = await client.submit(JobSpec(kind="noop", payload={"echo": {"a": 1}}))
@@ -161,7 +176,8 @@ def test_noop_job_runs_to_succeeded_with_its_result(bus_url: str) -> None:
             )
             assert done.started is not None and done.finished is not None
             assert await stream_messages(bus, JOBS_STREAM) == 0  # acknowledged, removed
-            assert changes[job.id] == ["queued", "running", "succeeded"]
+            assert changes[job.id] == steps
+            assert done.worker is not None
             assert [j.id for j in await client.list(kind="noop", state="succeeded")] == [job.id]
             assert await client.list(kind="sleep") == []
 
@@ -280,9 +296,11 @@ def test_duplicate_submissions_with_one_idempotency_key_make_one_job(bus_url: st
 
 def test_cancel_a_queued_job_and_a_running_one(bus_url: str) -> None:
     seen: dict[str, bool] = {}
+    started: list[str] = []
 
     async def slow(ctx: JobContext) -> object:
         seen["ran"] = True
+        started.append(ctx.job.id)
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
@@ -307,6 +325,7 @@ def test_cancel_a_queued_job_and_a_running_one(bus_url: str) -> None:
                 assert failed.value.state == "cancelled"
             assert worker.stats.skipped == 1 and worker.stats.cancelled == 1
             assert seen == {"ran": True, "cancelled": True}
+            assert started == [running.id]  # the job cancelled before the worker came, never
             assert (await client.get(queued.id)).attempts == 0
             assert await stream_messages(bus, JOBS_STREAM) == 0
             with pytest.raises(JobFinished):
@@ -316,6 +335,77 @@ def test_cancel_a_queued_job_and_a_running_one(bus_url: str) -> None:
                 await client.cancel(done.id)
             with pytest.raises(JobNotFound):
                 await client.cancel("f" * 32)
+
+    run(main())
+
+
+async def drained(bus: Bus) -> None:
+    """Wait until every job message is acknowledged."""
+    deadline = time.monotonic() + WAIT_S
+    while await stream_messages(bus, JOBS_STREAM):
+        assert time.monotonic() < deadline, "job messages left in the queue"
+        await asyncio.sleep(0.05)
+
+
+def test_a_job_cancelled_while_queued_never_runs_though_its_message_is_fresh(
+    bus_url: str,
+) -> None:
+    started: list[str] = []
+    gate = asyncio.Event()
+
+    async def gated(ctx: JobContext) -> object:
+        started.append(ctx.job.id)
+        await gate.wait()
+        return None
+
+    async def main() -> None:
+        async with jobs_on(bus_url) as (bus, client):
+            async with worker_running(bus, "gated", gated, concurrency=1) as worker:
+                first = await client.submit(JobSpec(kind="gated"))
+                await until(client, first.id, lambda j: j.state == "running")
+                # The worker is busy: the second job waits in the queue, is cancelled there,
+                # and the worker hears of it before its message comes.
+                second = await client.submit(JobSpec(kind="gated"))
+                assert (await client.cancel(second.id)).state == "cancelled"
+                gate.set()
+                assert (await client.wait(first.id, timeout=WAIT_S)).state == "succeeded"
+                await drained(bus)
+            assert started == [first.id]
+            assert worker.stats.skipped == 1
+            record = await client.get(second.id)
+            assert (record.state, record.attempts, record.worker) == ("cancelled", 0, None)
+
+    run(main())
+
+
+def test_a_job_cancelled_while_it_runs_unclaimed_stops_and_ends_cancelled(bus_url: str) -> None:
+    stopped = asyncio.Event()
+
+    async def slow(ctx: JobContext) -> object:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+        return None
+
+    # Claimed only after 5 s: the cancel comes while the record still says queued.
+    late = FAST.model_copy(update={"ack_wait_s": 30.0, "claim_after_s": 5.0})
+
+    async def main() -> None:
+        async with jobs_on(bus_url) as (bus, client):
+            async with worker_running(bus, "slow", slow, late) as worker:
+                job = await client.submit(JobSpec(kind="slow"))
+                deadline = time.monotonic() + WAIT_S
+                while not worker.running:
+                    assert time.monotonic() < deadline, "the job never started"
+                    await asyncio.sleep(0.01)
+                assert (await client.get(job.id)).state == "queued"  # running, not claimed
+                assert (await client.cancel(job.id)).state == "cancelled"
+                await asyncio.wait_for(stopped.wait(), WAIT_S)
+                await drained(bus)
+            record = await client.get(job.id)
+            assert (record.state, record.attempts, record.result) == ("cancelled", 0, None)
 
     run(main())
 
@@ -491,6 +581,48 @@ def test_worker_killed_mid_job_is_redelivered_and_completes_once(
         second.send_signal(signal.SIGTERM)  # drains (nothing running) and exits cleanly
         assert second.wait(timeout=20) == 0
         assert "1 succeeded" in (tmp_path / "second.log").read_text()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_a_worker_lost_before_it_claims_its_job_costs_the_job_no_attempt(
+    bus_url: str, tmp_path: Path
+) -> None:
+    # ack_wait 6 s: claimed 2 s after it starts, and redelivered 6 s after the loss.
+    env = _env(bus_url, tmp_path / "home") | {"AIMESH_JOBS__ACK_WAIT_S": "6"}
+    first = _worker(env, tmp_path / "first.log", "sleep")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+
+        async def main() -> None:
+            nonlocal second
+            async with jobs_on(bus_url) as (bus, client):
+                consumer = consumer_name("sleep")
+                deadline = time.monotonic() + WAIT_S
+                while True:  # the first worker listens
+                    with contextlib.suppress(nats.js.errors.NotFoundError):
+                        await bus.js.consumer_info(JOBS_STREAM, consumer)
+                        break
+                    assert time.monotonic() < deadline, "the worker never started"
+                    await asyncio.sleep(0.05)
+                async with changes_recorded(bus) as changes:
+                    job = await client.submit(JobSpec(kind="sleep", payload={"seconds": 0.5}))
+                    while not (await bus.js.consumer_info(JOBS_STREAM, consumer)).num_ack_pending:
+                        await asyncio.sleep(0.01)
+                    first.send_signal(signal.SIGKILL)  # it has the job, and has not claimed it
+                    first.wait(timeout=10)
+                    assert (await client.get(job.id)).state == "queued"
+                    second = _worker(env, tmp_path / "second.log", "sleep")
+                    done = await client.wait(job.id, timeout=WAIT_S)
+                assert (done.state, done.attempts) == ("succeeded", 1)
+                steps = [change for change in changes[job.id] if change != "progress"]
+                assert steps == ["queued", "running", "succeeded"]
+                await drained(bus)
+
+        run(main())
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:

@@ -47,6 +47,11 @@ class Run:
     lost: bool = False
     """Another attempt took over (this worker's writes are fenced out): do not acknowledge."""
     last_flush: float = 0.0
+    queued: Job | None = None
+    """While the attempt is not claimed yet: the record as it was queued (at ``revision``).
+    ``job`` is then what the record becomes once the claim is written."""
+    abandoned: bool = False
+    """The record moved on before the attempt was claimed: its message is decided again."""
 
 
 @dataclass

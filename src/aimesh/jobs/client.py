@@ -31,12 +31,14 @@ from aimesh.jobs.store import JobStore, encode_job
 from aimesh.jobs.types import TERMINAL, Job, JobSpec, check_job_id, check_kind, new_job_id
 from aimesh.jobs.webhooks import WebhookSender
 
-__all__ = ["REVISION_HEADER", "JobClient", "job_subject"]
+__all__ = ["COPY_HEADER", "REVISION_HEADER", "JobClient", "job_subject"]
 
 log = logging.getLogger("aimesh.jobs")
 
 REVISION_HEADER = "Aimesh-Job-Revision"
 """On a job's message: the revision of the record published with it."""
+COPY_HEADER = "Aimesh-Job-Copy"
+"""On a job's message published again (a repeated submission): workers claim it first."""
 # How long a duplicate submission waits for the first one's record before taking the key.
 _BOUND_RECORD_WAIT_S = 2.0
 
@@ -132,9 +134,11 @@ class JobClient:
                     return None
                 await asyncio.sleep(0.05)
 
-    async def _publish(self, job: Job, revision: int) -> None:
+    async def _publish(self, job: Job, revision: int, *, copy: bool = False) -> None:
         subject = job_subject(job.kind)
         headers = {Header.MSG_ID.value: job.id, REVISION_HEADER: str(revision)}
+        if copy:
+            headers[COPY_HEADER] = "1"
         try:
             await self.store.writes.publish(subject, encode_job(job), headers)
         except nats.js.errors.NoStreamResponseError as exc:
@@ -174,10 +178,10 @@ class JobClient:
         )
         if job is known[0]:
             return job
+        # Told to the workers either way: one may have just started the job unclaimed.
+        await notify_cancel(self.bus, job, revision)
         if job.state == "cancelled":
             self._webhooks.send(job)
-        else:
-            await notify_cancel(self.bus, job, revision)
         return job
 
     # -- watch --------------------------------------------------------------------------

@@ -7,6 +7,14 @@ with the kind's handler:
 - it marks the job running (attempt *n*) in its record, then runs the handler while a
   heartbeat tells JetStream the message is in progress (every third of ``ack_wait``) and
   writes the reported progress;
+- except on a job's first delivery, as submitted: then it starts the handler at once and
+  claims the job (the same write) only after ``claim_after_s`` or at its first progress
+  report, so that a job which ends sooner has its record written once, queued to its
+  outcome. The claim, or the outcome, is written against the record's queued revision:
+  if the record moved on meanwhile (the job was cancelled), the attempt is dropped and its
+  message decided again. A worker takes this path only for messages stored after it began
+  to hear cancel requests (and not for jobs it heard cancelled), so a job cancelled in the
+  queue never starts; a worker lost before it claims costs the job no attempt;
 - it acknowledges the message only once the outcome is in the record: succeeded, failed
   for good (after publishing a dead letter on ``aimesh.dlq.jobs.<kind>``), or cancelled;
 - a retryable failure puts the job back in the queue and *naks* the message with a delay
@@ -52,10 +60,10 @@ from aimesh.errors import AimeshError, BusUnavailable, DeadlineExceeded, JobNotF
 from aimesh.jobs import states
 from aimesh.jobs._wire import Pulls
 from aimesh.jobs.attempts import Run, outcome_of
-from aimesh.jobs.client import REVISION_HEADER, job_subject
+from aimesh.jobs.client import COPY_HEADER, REVISION_HEADER, job_subject
 from aimesh.jobs.handlers import Handler, JobContext, call_handler
 from aimesh.jobs.states import Attempt, InvalidTransition, StaleAttempt
-from aimesh.jobs.store import JobStore, decode_job
+from aimesh.jobs.store import JobStore, RevisionMismatch, decode_job
 from aimesh.jobs.types import DeadLetter, Job, JobError, check_kind
 from aimesh.jobs.webhooks import WebhookSender
 
@@ -67,6 +75,8 @@ log = logging.getLogger("aimesh.jobs.worker")
 _PULL_S = 1.0
 # After the drain timeout, how long handed-back jobs get to write their record and nak.
 _RELEASE_S = 5.0
+# How many cancel requests a worker remembers, so as not to start those jobs unclaimed.
+_CANCELS_KEPT = 4096
 
 _dead_letters = msgspec.json.Encoder()
 
@@ -135,6 +145,15 @@ class Worker:
         self.ready = asyncio.Event()
         """Set once the worker pulls (its consumer exists)."""
         self._heartbeat_s = settings.ack_wait_s / 3
+        # Claimed before the first heartbeat, which checks the claim.
+        self._claim_after_s = min(settings.claim_after_s, self._heartbeat_s)
+        self._cancels: dict[str, None] = {}
+        """Jobs whose cancel this worker heard of (the latest few): never started unclaimed."""
+        self._heard_since: int | None = None
+        """The job stream's last sequence when the worker began to hear cancels: the jobs of
+        later messages were cancelled, if at all, where it heard (None: not known now)."""
+        self._reconnects = 0
+        self._learning: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         self._wake = asyncio.Event()
@@ -228,9 +247,13 @@ class Worker:
 
     async def _watch_cancels(self) -> Subscription:
         async def cancel_requested(msg: Msg) -> None:
-            run = self._runs.get(msg.subject.split(".")[3])
+            job_id = msg.subject.split(".")[3]
+            run = self._runs.get(job_id)
             if run is not None:
                 run.ctx._cancel()
+            self._cancels[job_id] = None
+            if len(self._cancels) > _CANCELS_KEPT:
+                del self._cancels[next(iter(self._cancels))]
 
         try:
             sub: Subscription = await self.bus.nc.subscribe(
@@ -238,7 +261,21 @@ class Worker:
             )
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusUnavailable(f"cannot watch cancel requests: {exc}") from exc
+        await self._learn_heard_since()
         return sub
+
+    async def _learn_heard_since(self) -> None:
+        """Note the job stream's last sequence, once cancels reach this worker again."""
+        self._heard_since = None
+        self._reconnects = self.bus.nc.stats["reconnects"]
+        try:
+            await self.bus.nc.flush()  # the subscription to cancels is in place
+            info = await self.bus.js.stream_info(JOBS_STREAM)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("cannot read the job stream's position (%s); claiming every job", exc)
+            return
+        if self._reconnects == self.bus.nc.stats["reconnects"]:
+            self._heard_since = info.state.last_seq
 
     async def _pull(self, pulls: Pulls) -> None:
         while not self._stopping.is_set():
@@ -322,14 +359,35 @@ class Worker:
 
     async def _process(self, msg: Msg, slot: _Slot) -> None:
         assert self._store is not None
-        seq = _seq(msg)
+        meta = msg.metadata
+        seq: int = meta.sequence.stream
         try:
             copy = decode_job(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.error("job message %d is not a job (%s); terminated", seq, exc)
             await msg.term()
             return
-        revision = int((msg.headers or {}).get(REVISION_HEADER, "0"))
+        headers = msg.headers or {}
+        revision = int(headers.get(REVISION_HEADER, "0"))
+        if self.bus.nc.stats["reconnects"] != self._reconnects and self._learning is None:
+            # Cancels may have been missed while away: claim every job until it knows again.
+            self._heard_since = None
+            self._learning = asyncio.create_task(self._learn_heard_since())
+            self._learning.add_done_callback(lambda _: setattr(self, "_learning", None))
+        if (
+            self._claim_after_s > 0
+            and revision
+            and meta.num_delivered == 1
+            and self._heard_since is not None
+            and seq > self._heard_since
+            and COPY_HEADER not in headers
+            and copy.id not in self._cancels
+            and states.on_delivery(copy, seq) == "start"
+        ):
+            # Its first delivery, as submitted: start now, claim later (see _claim_late).
+            started, first = states.start(copy, worker=self.id, seq=seq, now=_now())
+            await self._attempt(msg, started, revision, first, slot, queued=copy)
+            return
         try:
             known = (copy, revision) if revision else await self._store.get(copy.id)
             decision, job, revision, attempt = await self._claim(copy.id, seq, known)
@@ -396,9 +454,17 @@ class Worker:
     # -- one attempt --------------------------------------------------------------------
 
     async def _attempt(
-        self, msg: Msg, job: Job, revision: int, attempt: Attempt, slot: _Slot
+        self,
+        msg: Msg,
+        job: Job,
+        revision: int,
+        attempt: Attempt,
+        slot: _Slot,
+        *,
+        queued: Job | None = None,
     ) -> None:
         run = Run(msg, attempt, JobContext(job, attempt.number, self.bus), job, revision)
+        run.queued = queued
         self._runs[job.id] = run
         try:
             if self._stopping.is_set():
@@ -435,10 +501,13 @@ class Worker:
         await asyncio.sleep(0)  # a handler with nothing to wait for ends here, at no cost
         interval = self.settings.progress_interval_s
         next_beat = time.monotonic() + self._heartbeat_s
+        claim_at = run.last_flush + self._claim_after_s
         while not run.task.done():
             run.ctx._wake.clear()
             now = time.monotonic()
             wait = next_beat - now
+            if run.queued is not None:
+                wait = min(wait, claim_at - now)
             if run.ctx._reported is not None:
                 wait = min(wait, run.last_flush + interval - now)
             waker = asyncio.ensure_future(run.ctx._wake.wait())
@@ -450,11 +519,14 @@ class Worker:
                 waker.cancel()
             if run.task.done():
                 break
-            if run.ctx.cancelled or run.lost:
+            if run.ctx.cancelled or run.lost or run.abandoned:
                 run.task.cancel()
                 continue
             try:
                 now = time.monotonic()
+                if run.queued is not None and (now >= claim_at or run.ctx._reported is not None):
+                    await self._claim_late(run)
+                    continue
                 if now >= next_beat:
                     next_beat = now + self._heartbeat_s
                     await self._heartbeat(run)
@@ -494,11 +566,52 @@ class Worker:
         if job.cancel_requested:
             run.ctx._cancel()
 
+    async def _claim_late(self, run: Run) -> None:
+        """Write the claim of an attempt that started unclaimed: ``queued`` -> ``running``.
+
+        The write expects the record as it was queued. If it moved on meanwhile (cancelled,
+        or expired), the attempt is abandoned: its handler is cancelled and its message
+        handed back at once, to be decided again from the record (a cancelled job's
+        message is then acknowledged; nothing of the attempt is written).
+        """
+        assert self._store is not None and run.queued is not None
+        try:
+            run.revision = await self._store.update(run.job, run.revision)
+        except RevisionMismatch:
+            log.info("job %s changed before its attempt was claimed; deciding again", run.job.id)
+            run.abandoned = True
+        run.queued = None
+
+    async def _succeed_unclaimed(self, run: Run, succeeded: Job) -> None:
+        """Write an unclaimed attempt's success over the queued record: one write in all."""
+        assert self._store is not None
+        try:
+            await self._store.update(succeeded, run.revision)
+        except RevisionMismatch:
+            log.info("job %s changed while it ran unclaimed; its result is dropped", run.job.id)
+            await run.msg.nak()  # decided again from the record
+            return
+        self.stats.succeeded += 1
+        await run.msg.ack()
+        self._webhooks.send(succeeded)
+
     async def _conclude(self, run: Run) -> None:
         assert self._store is not None
         if run.lost:
             return  # the attempt that took over owns the message now
         outcome = outcome_of(run, self.settings)
+        if run.queued is not None:  # never claimed: the attempt ended within claim_after_s
+            if outcome.counter == "released":
+                self.stats.released += 1
+                await run.msg.nak()  # nothing was written: not an attempt
+                return
+            if outcome.counter == "succeeded":
+                await self._succeed_unclaimed(run, outcome.change(run.job))
+                return
+            await self._claim_late(run)  # a failure or cancel is written the usual way
+        if run.abandoned:
+            await run.msg.nak()
+            return
         if outcome.dead_letter is not None:
             # Before the record says failed: a crash in between leaves the job to be failed
             # again (same dead letter, deduplicated), never failed without its dead letter.
