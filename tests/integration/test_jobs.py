@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -45,11 +46,13 @@ from aimesh.jobs import (
     consumer_name,
     dead_letter_subject,
     get_handler,
+    states,
     verify_signature,
 )
 from aimesh.jobs.events import change_between
 
 T = TypeVar("T")
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 WAIT_S = 30.0
 FAST = JobsSettings(ack_wait_s=2, backoff_s=0.05, progress_interval_s=0.1, drain_timeout_s=5)
 
@@ -404,6 +407,41 @@ def test_a_job_cancelled_while_it_runs_unclaimed_stops_and_ends_cancelled(bus_ur
                 assert (await client.cancel(job.id)).state == "cancelled"
                 await asyncio.wait_for(stopped.wait(), WAIT_S)
                 await drained(bus)
+            record = await client.get(job.id)
+            assert (record.state, record.attempts, record.result) == ("cancelled", 0, None)
+
+    run(main())
+
+
+def test_a_job_cancelled_unheard_while_it_runs_early_is_stopped_at_its_claim(
+    bus_url: str,
+) -> None:
+    saw: list[bool] = []
+
+    def patient(ctx: JobContext) -> object:  # a plain function: it runs in a thread
+        deadline = time.monotonic() + WAIT_S
+        while not ctx.cancelled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        saw.append(ctx.cancelled)
+        return None
+
+    async def main() -> None:
+        async with jobs_on(bus_url) as (bus, client):
+            settings = FAST.model_copy(update={"claim_after_s": 0.3})
+            async with worker_running(bus, "patient", patient, settings) as worker:
+                job = await client.submit(JobSpec(kind="patient"))
+                deadline = time.monotonic() + WAIT_S
+                while not worker.running:
+                    assert time.monotonic() < deadline, "the job never started"
+                    await asyncio.sleep(0.01)
+                # Cancelled as by a client that died before it told the workers: the worker
+                # learns it when its claim, written against the queued record, fails.
+                await client.store.change(job.id, lambda j: states.request_cancel(j, T0))
+                await drained(bus)
+                while not saw:
+                    assert time.monotonic() < deadline, "the handler was never told"
+                    await asyncio.sleep(0.01)
+            assert saw == [True]
             record = await client.get(job.id)
             assert (record.state, record.attempts, record.result) == ("cancelled", 0, None)
 

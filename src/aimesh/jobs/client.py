@@ -38,7 +38,8 @@ log = logging.getLogger("aimesh.jobs")
 REVISION_HEADER = "Aimesh-Job-Revision"
 """On a job's message: the revision of the record published with it."""
 COPY_HEADER = "Aimesh-Job-Copy"
-"""On a job's message published again (a repeated submission): workers claim it first."""
+"""On a job's message published again (a repeated submission): workers claim the job
+before they start it (see :mod:`aimesh.jobs.early`)."""
 # How long a duplicate submission waits for the first one's record before taking the key.
 _BOUND_RECORD_WAIT_S = 2.0
 
@@ -117,8 +118,9 @@ class JobClient:
                 if job.state == "queued":
                     # The first submission may have stored its record and then lost the bus
                     # before publishing; publishing again is deduplicated (same message id),
-                    # and a copy that outlives the dedup window is dropped by workers.
-                    await self._publish(job, revision)
+                    # and a copy that outlives the dedup window is dropped by workers. The
+                    # copy is marked: workers claim it before they start it.
+                    await self._publish(job, revision, copy=True)
                 return job
             # The first submission died between binding the key and storing its job.
             if await self.store.rebind_key(key, job_id, binding):
@@ -172,11 +174,16 @@ class JobClient:
         Returns the record after the request. Cancelling a cancelled job is a no-op; a job
         that succeeded or failed raises :class:`~aimesh.errors.JobFinished`.
         """
-        known = await self.store.get(check_job_id(job_id))
-        job, revision = await self.store.change(
-            job_id, lambda current: states.request_cancel(current, _now()), known=known
-        )
-        if job is known[0]:
+        wrote = False
+
+        def ask(current: Job) -> Job:
+            nonlocal wrote
+            asked = states.request_cancel(current, _now())
+            wrote = asked is not current
+            return asked
+
+        job, revision = await self.store.change(check_job_id(job_id), ask)
+        if not wrote:  # cancelled already (perhaps by a concurrent call): told already
             return job
         # Told to the workers either way: one may have just started the job unclaimed.
         await notify_cancel(self.bus, job, revision)

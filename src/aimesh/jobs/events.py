@@ -8,10 +8,11 @@ third of a no-op job's CPU. :func:`change_between` names what happened between t
 revisions, and :func:`job_event` turns a revision into the :class:`JobEvent` that SSE
 clients and ``JobClient.watch`` see.
 
-One change is also *told*: a cancel request on a running job, published on
-``aimesh.events.jobs.<id>.cancel_requested`` for the worker running it (workers listen to
-that subject, not to every record). A worker that misses it still sees the request on
-its next heartbeat.
+One change is also *told*: a cancel request, published on
+``aimesh.events.jobs.<id>.cancel_requested`` for the workers (they listen to that subject,
+not to every record): the one running the job stops it, and any other will not start it
+early (see :mod:`aimesh.jobs.early`). A worker that misses it still sees the request on
+its next heartbeat, or at its claim.
 """
 
 from __future__ import annotations

@@ -148,10 +148,11 @@ class JobStore:
     async def watch(self, job_id: str, *, idle_s: float) -> AsyncGenerator[Versioned | None, None]:
         """The record of ``job_id`` now, then each new revision as it is written.
 
-        Yields ``None`` after ``idle_s`` seconds without a change (for keep-alives), and
-        ends when the record is deleted or expires. Raises :class:`JobNotFound` if there
-        is no record to begin with. The watch is an ordered consumer of the bucket's
-        stream, filtered to the key: it resumes where it was after a reconnect.
+        Yields ``None`` after ``idle_s`` seconds without a change (for keep-alives), having
+        read the record again in case the watch missed a change; ends when the record is
+        gone (deleted, or expired). Raises :class:`JobNotFound` if there is no record to
+        begin with. The watch is an ordered consumer of the bucket's stream, filtered to
+        the key: it resumes where it was after a reconnect.
         """
         current = await self.get(job_id)
         yield current
@@ -165,7 +166,15 @@ class JobStore:
                 try:
                     entry = await watcher.updates(timeout=idle_s)  # type: ignore[no-untyped-call]
                 except nats.errors.TimeoutError:
-                    yield None
+                    try:
+                        job, revision = await self.get(job_id)
+                    except JobNotFound:
+                        return
+                    if revision > seen:
+                        seen = revision
+                        yield job, revision
+                    else:
+                        yield None
                     continue
                 if entry is None or entry.revision is None or entry.revision <= seen:
                     continue  # the end of what was stored, or a revision already told

@@ -7,14 +7,10 @@ with the kind's handler:
 - it marks the job running (attempt *n*) in its record, then runs the handler while a
   heartbeat tells JetStream the message is in progress (every third of ``ack_wait``) and
   writes the reported progress;
-- except on a job's first delivery, as submitted: then it starts the handler at once and
-  claims the job (the same write) only after ``claim_after_s`` or at its first progress
-  report, so that a job which ends sooner has its record written once, queued to its
-  outcome. The claim, or the outcome, is written against the record's queued revision:
-  if the record moved on meanwhile (the job was cancelled), the attempt is dropped and its
-  message decided again. A worker takes this path only for messages stored after it began
-  to hear cancel requests (and not for jobs it heard cancelled), so a job cancelled in the
-  queue never starts; a worker lost before it claims costs the job no attempt;
+- except where it may start the job *early* (a fresh message on its first delivery, see
+  :mod:`aimesh.jobs.early`): then it runs the handler at once and writes the claim only
+  after ``claim_after_s`` or at the first progress report, so that a job which ends
+  sooner has its record written once, queued to its outcome;
 - it acknowledges the message only once the outcome is in the record: succeeded, failed
   for good (after publishing a dead letter on ``aimesh.dlq.jobs.<kind>``), or cancelled;
 - a retryable failure puts the job back in the queue and *naks* the message with a delay
@@ -32,7 +28,8 @@ at most ``concurrency`` handlers run at once but the bus's round trips for finis
 do not keep new ones waiting (short jobs spend most of their time in those round trips).
 
 Records change only through :mod:`aimesh.jobs.states` under optimistic concurrency, and
-each write of an attempt is fenced by its number and worker: a job completes once.
+each write of an attempt is fenced by its number and worker (an attempt started early, by
+the revision it was queued at, until it is claimed): a job completes once.
 """
 
 from __future__ import annotations
@@ -54,13 +51,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 
-from aimesh.bus import JOBS_STREAM, Bus, job_events_subject
+from aimesh.bus import JOBS_STREAM, Bus, JobState, job_events_subject
 from aimesh.config import JobsSettings
 from aimesh.errors import AimeshError, BusUnavailable, DeadlineExceeded, JobNotFound
 from aimesh.jobs import states
 from aimesh.jobs._wire import Pulls
 from aimesh.jobs.attempts import Run, outcome_of
 from aimesh.jobs.client import COPY_HEADER, REVISION_HEADER, job_subject
+from aimesh.jobs.early import EarlyStarts
 from aimesh.jobs.handlers import Handler, JobContext, call_handler
 from aimesh.jobs.states import Attempt, InvalidTransition, StaleAttempt
 from aimesh.jobs.store import JobStore, RevisionMismatch, decode_job
@@ -75,8 +73,6 @@ log = logging.getLogger("aimesh.jobs.worker")
 _PULL_S = 1.0
 # After the drain timeout, how long handed-back jobs get to write their record and nak.
 _RELEASE_S = 5.0
-# How many cancel requests a worker remembers, so as not to start those jobs unclaimed.
-_CANCELS_KEPT = 4096
 
 _dead_letters = msgspec.json.Encoder()
 
@@ -147,13 +143,7 @@ class Worker:
         self._heartbeat_s = settings.ack_wait_s / 3
         # Claimed before the first heartbeat, which checks the claim.
         self._claim_after_s = min(settings.claim_after_s, self._heartbeat_s)
-        self._cancels: dict[str, None] = {}
-        """Jobs whose cancel this worker heard of (the latest few): never started unclaimed."""
-        self._heard_since: int | None = None
-        """The job stream's last sequence when the worker began to hear cancels: the jobs of
-        later messages were cancelled, if at all, where it heard (None: not known now)."""
-        self._reconnects = 0
-        self._learning: asyncio.Task[None] | None = None
+        self._early = EarlyStarts(bus, copy_header=COPY_HEADER, revision_header=REVISION_HEADER)
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         self._wake = asyncio.Event()
@@ -251,9 +241,7 @@ class Worker:
             run = self._runs.get(job_id)
             if run is not None:
                 run.ctx._cancel()
-            self._cancels[job_id] = None
-            if len(self._cancels) > _CANCELS_KEPT:
-                del self._cancels[next(iter(self._cancels))]
+            self._early.heard_cancel(job_id)
 
         try:
             sub: Subscription = await self.bus.nc.subscribe(
@@ -261,21 +249,8 @@ class Worker:
             )
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusUnavailable(f"cannot watch cancel requests: {exc}") from exc
-        await self._learn_heard_since()
+        await self._early.start()
         return sub
-
-    async def _learn_heard_since(self) -> None:
-        """Note the job stream's last sequence, once cancels reach this worker again."""
-        self._heard_since = None
-        self._reconnects = self.bus.nc.stats["reconnects"]
-        try:
-            await self.bus.nc.flush()  # the subscription to cancels is in place
-            info = await self.bus.js.stream_info(JOBS_STREAM)
-        except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("cannot read the job stream's position (%s); claiming every job", exc)
-            return
-        if self._reconnects == self.bus.nc.stats["reconnects"]:
-            self._heard_since = info.state.last_seq
 
     async def _pull(self, pulls: Pulls) -> None:
         while not self._stopping.is_set():
@@ -359,8 +334,7 @@ class Worker:
 
     async def _process(self, msg: Msg, slot: _Slot) -> None:
         assert self._store is not None
-        meta = msg.metadata
-        seq: int = meta.sequence.stream
+        seq = _seq(msg)
         try:
             copy = decode_job(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -369,22 +343,12 @@ class Worker:
             return
         headers = msg.headers or {}
         revision = int(headers.get(REVISION_HEADER, "0"))
-        if self.bus.nc.stats["reconnects"] != self._reconnects and self._learning is None:
-            # Cancels may have been missed while away: claim every job until it knows again.
-            self._heard_since = None
-            self._learning = asyncio.create_task(self._learn_heard_since())
-            self._learning.add_done_callback(lambda _: setattr(self, "_learning", None))
         if (
             self._claim_after_s > 0
-            and revision
-            and meta.num_delivered == 1
-            and self._heard_since is not None
-            and seq > self._heard_since
-            and COPY_HEADER not in headers
-            and copy.id not in self._cancels
+            and self._early.allow(msg, copy.id, headers)
             and states.on_delivery(copy, seq) == "start"
         ):
-            # Its first delivery, as submitted: start now, claim later (see _claim_late).
+            # Start now, claim later (see aimesh.jobs.early and _claim_late).
             started, first = states.start(copy, worker=self.id, seq=seq, now=_now())
             await self._attempt(msg, started, revision, first, slot, queued=copy)
             return
@@ -520,16 +484,21 @@ class Worker:
             if run.task.done():
                 break
             if run.ctx.cancelled or run.lost or run.abandoned:
+                run.ctx._cancel()  # a handler in a thread sees it (ctx.cancelled)
                 run.task.cancel()
                 continue
             try:
                 now = time.monotonic()
                 if run.queued is not None and (now >= claim_at or run.ctx._reported is not None):
+                    claim_at = now + self._heartbeat_s  # the next try, should this one fail
                     await self._claim_late(run)
                     continue
                 if now >= next_beat:
                     next_beat = now + self._heartbeat_s
-                    await self._heartbeat(run)
+                    if run.queued is not None:  # not claimed yet (its claim failed)
+                        await run.msg.in_progress()
+                    else:
+                        await self._heartbeat(run)
                 if run.ctx._reported is not None and now >= run.last_flush + interval:
                     await self._write_progress(run)
             except (AimeshError, nats.errors.Error, TimeoutError) as exc:
@@ -578,9 +547,22 @@ class Worker:
         try:
             run.revision = await self._store.update(run.job, run.revision)
         except RevisionMismatch:
-            log.info("job %s changed before its attempt was claimed; deciding again", run.job.id)
-            run.abandoned = True
+            ours = await self._written(run, "running")
+            if ours is None:
+                log.info(
+                    "job %s changed before its attempt was claimed; deciding again", run.job.id
+                )
+                run.abandoned = True
+            else:
+                run.job, run.revision = ours
         run.queued = None
+
+    async def _written(self, run: Run, state: JobState) -> tuple[Job, int] | None:
+        """The record, if it says what this attempt wrote (a write whose ack was lost)."""
+        assert self._store is not None
+        job, revision = await self._store.get(run.job.id)
+        mine = job.worker == self.id and job.claims == run.attempt.claim and job.state == state
+        return (job, revision) if mine else None
 
     async def _succeed_unclaimed(self, run: Run, succeeded: Job) -> None:
         """Write an unclaimed attempt's success over the queued record: one write in all."""
@@ -588,9 +570,10 @@ class Worker:
         try:
             await self._store.update(succeeded, run.revision)
         except RevisionMismatch:
-            log.info("job %s changed while it ran unclaimed; its result is dropped", run.job.id)
-            await run.msg.nak()  # decided again from the record
-            return
+            if await self._written(run, "succeeded") is None:
+                log.info("job %s changed while it ran unclaimed; its result is dropped", run.job.id)
+                await run.msg.nak()  # decided again from the record
+                return
         self.stats.succeeded += 1
         await run.msg.ack()
         self._webhooks.send(succeeded)
