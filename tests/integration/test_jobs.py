@@ -668,6 +668,32 @@ def test_a_worker_lost_before_it_claims_its_job_costs_the_job_no_attempt(
                 proc.wait()
 
 
+def test_a_worker_that_lost_its_bus_still_stops_cleanly(tmp_path: Path) -> None:
+    with EmbeddedNats(tmp_path / "nats", start_timeout=30) as server:
+        env = _env(server.url, tmp_path / "home")
+        log = tmp_path / "worker.log"
+        worker = _worker(env, log, "sleep")
+        try:
+            deadline = time.monotonic() + WAIT_S
+            while "runs jobs of kind sleep" not in log.read_text():
+                assert worker.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        except BaseException:
+            worker.kill()
+            worker.wait()
+            raise
+    try:  # the bus is gone now, and the worker tries to reconnect
+        time.sleep(2)
+        worker.send_signal(signal.SIGINT)
+        assert worker.wait(timeout=WAIT_S) == 0, log.read_text()
+        said = log.read_text()
+        assert "worker stopped" in said and "Traceback" not in said
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
 def test_cli_submits_lists_shows_and_cancels_jobs(bus_url: str, tmp_path: Path) -> None:
     env = _env(bus_url, tmp_path / "home")
     job_id = run_aimesh(

@@ -213,6 +213,22 @@ def test_bad_parameters_of_an_estimator_class_are_rejected() -> None:
         resolve_trainer("sklearn:LogisticRegression", {"no_such_param": 1})
 
 
+def test_the_job_seed_seeds_an_estimator_unless_its_params_do() -> None:
+    def random_state(spec: str, params: dict[str, Any], seed: int | None) -> object:
+        estimator = resolve_trainer(spec, params, seed=seed).estimator
+        return estimator.get_params()["random_state"]
+
+    hgb = "sklearn:HistGradientBoostingClassifier"
+    assert random_state(hgb, {}, 7) == 7
+    assert random_state(hgb, {"random_state": 3}, 7) == 3
+    assert random_state(hgb, {}, None) is None
+    # An estimator without a random_state is left as it is.
+    assert (
+        "random_state"
+        not in resolve_trainer("sklearn:KNeighborsClassifier", seed=7).estimator.get_params()
+    )
+
+
 def test_a_missing_booster_library_names_the_pip_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     # None in sys.modules makes the next `import lightgbm` fail as if it were not installed.
     monkeypatch.setitem(sys.modules, "lightgbm", None)

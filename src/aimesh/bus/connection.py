@@ -62,7 +62,10 @@ class Bus:
         if self._log is not None:
             self._log.connected = False  # what follows is no loss of the bus
         if not self.nc.is_closed:
-            await self.nc.close()
+            try:
+                await self.nc.close()
+            except (OSError, nats.errors.Error) as exc:  # the bus is gone: nothing to flush to
+                _log.debug("closing the bus connection: %s", exc)
 
     async def __aenter__(self) -> Self:
         return self

@@ -73,7 +73,7 @@ async def discovery_bucket(bus: Bus) -> KeyValue:
 
 
 class Registration:
-    """Keeps one instance's key alive until :meth:`stop`, which deletes it."""
+    """Keeps one instance's key alive until :meth:`stop`, which deletes it (if the bus is up)."""
 
     def __init__(
         self,
@@ -122,7 +122,9 @@ class Registration:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._kv is not None and self._key is not None:
+        # Without the bus the key cannot be deleted now; it expires with its TTL instead
+        # (and waiting for the purge's timeout would only hold up a shutdown).
+        if self._kv is not None and self._key is not None and self._bus.connected:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await self._kv.purge(self._key)
 

@@ -55,11 +55,18 @@ class WebhookSender:
         self._attempts = attempts
         self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
         self._pending: set[asyncio.Task[None]] = set()
+        self._warned = False
 
     def send(self, job: Job) -> None:
         """Call ``job``'s webhook (if it has one) in the background."""
         if job.webhook_url is None:
             return
+        if self._secret is None and not self._warned:
+            self._warned = True
+            log.warning(
+                "webhooks go out unsigned: set jobs.webhook_secret (AIMESH_JOBS__WEBHOOK_SECRET) "
+                "to sign them with HMAC-SHA256"
+            )
         task = asyncio.create_task(self._deliver(job, job.webhook_url), name=f"webhook-{job.id}")
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

@@ -78,7 +78,7 @@ class QueryEngine:
             kind = statement.type.name.replace("_", " ")
             raise QueryRefused(
                 f"only read-only queries (SELECT, WITH, VALUES, DESCRIBE...) run here; "
-                f"this is a {kind} statement",
+                f"this statement is of type {kind}",
                 statement=kind,
             )
         return _without_terminator(str(statement.query))

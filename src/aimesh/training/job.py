@@ -54,7 +54,7 @@ def train(
         check_model_name(request.model)
     except InvalidRequest as exc:
         raise JobRejected(str(exc)) from exc
-    trainer = resolve_trainer(request.trainer, request.params)
+    trainer = resolve_trainer(request.trainer, request.params, seed=request.seed)
     if trainer.estimator is not None:  # a class: its metrics are checked before any work
         plan_metrics(request.metrics, trainer.estimator, request.trainer)
 

@@ -125,8 +125,14 @@ class FunctionTrainer:
         return fitted
 
 
-def resolve_trainer(spec: str, params: dict[str, Scalar] | None = None) -> Trainer:
-    """The trainer ``spec`` names, ready to fit with ``params``; :class:`JobRejected` if none."""
+def resolve_trainer(
+    spec: str, params: dict[str, Scalar] | None = None, *, seed: int | None = None
+) -> Trainer:
+    """The trainer ``spec`` names, ready to fit with ``params``; :class:`JobRejected` if none.
+
+    With ``seed``, an estimator that takes a ``random_state`` and was given none gets the
+    seed, so that one job trains the same model every time.
+    """
     params = dict(params or {})
     prefix, sep, rest = spec.partition(":")
     if not sep or not prefix or not rest:
@@ -145,6 +151,10 @@ def resolve_trainer(spec: str, params: dict[str, Scalar] | None = None) -> Train
         estimator = cls(**params)
     except TypeError as exc:
         raise JobRejected(f"trainer {spec}: bad parameters: {exc}") from exc
+    if seed is not None and "random_state" not in params:
+        get_params = getattr(estimator, "get_params", None)
+        if callable(get_params) and "random_state" in get_params(deep=False):
+            estimator.set_params(random_state=seed)
     return EstimatorTrainer(spec, estimator)
 
 
