@@ -23,6 +23,7 @@ from collections.abc import AsyncGenerator, Callable
 import msgspec
 import nats.errors
 import nats.js.errors
+from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
 from aimesh.bus import JOBS_BUCKET, Bus, JobState
@@ -40,6 +41,12 @@ _IDEM = "idem."
 # retries settle any real contention.
 _MAX_TRIES = 20
 _WRITE_TIMEOUT_S = 5.0
+# How often the server shows an idle watch it is alive (nats-py rebuilds the watch's
+# consumer after two missed beats, e.g. after a bus restart).
+_WATCH_HEARTBEAT_S = 1.0
+# Headers of a KV message that says its key is gone: a delete or purge, or (nats-server
+# 2.11+) a marker the server leaves when the key expires.
+_GONE = frozenset({"KV-Operation", "Nats-Marker-Reason"})
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Job)
@@ -69,7 +76,8 @@ def decode_job(data: bytes) -> Job:
 class JobStore:
     """The job records of one bus."""
 
-    def __init__(self, kv: KeyValue, writes: StoredWrites) -> None:
+    def __init__(self, bus: Bus, kv: KeyValue, writes: StoredWrites) -> None:
+        self._bus = bus
         self._kv = kv
         self.writes = writes
         """Stored writes on the store's connection (also used to publish job messages)."""
@@ -85,7 +93,7 @@ class JobStore:
             raise BusUnavailable(
                 f"no {JOBS_BUCKET} bucket on the bus at {bus.url}; declare the topology first"
             ) from exc
-        return cls(kv, writes)
+        return cls(bus, kv, writes)
 
     async def close(self) -> None:
         """Stop waiting for acks."""
@@ -158,13 +166,19 @@ class JobStore:
         yield current
         seen = current[1]
         try:
-            watcher = await self._kv.watch(_JOB + job_id)
+            sub = await self._bus.js.subscribe(
+                f"$KV.{JOBS_BUCKET}.{_JOB}{job_id}",
+                stream=f"KV_{JOBS_BUCKET}",
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                idle_heartbeat=_WATCH_HEARTBEAT_S,
+            )
         except (nats.errors.Error, TimeoutError) as exc:
             raise _bus_error(f"watch job {job_id}", exc) from exc
         try:
             while True:
                 try:
-                    entry = await watcher.updates(timeout=idle_s)  # type: ignore[no-untyped-call]
+                    msg = await sub.next_msg(timeout=idle_s)
                 except nats.errors.TimeoutError:
                     try:
                         job, revision = await self.get(job_id)
@@ -176,15 +190,16 @@ class JobStore:
                     else:
                         yield None
                     continue
-                if entry is None or entry.revision is None or entry.revision <= seen:
-                    continue  # the end of what was stored, or a revision already told
-                if entry.operation is not None or not entry.value:
-                    return  # deleted or expired
-                seen = entry.revision
-                yield decode_job(entry.value), seen
+                revision = msg.metadata.sequence.stream
+                if revision <= seen:
+                    continue  # told already
+                if not msg.data or (msg.headers and _GONE.intersection(msg.headers)):
+                    return  # deleted, purged or expired
+                seen = revision
+                yield decode_job(msg.data), seen
         finally:
             try:
-                await watcher.stop()  # type: ignore[no-untyped-call]
+                await sub.unsubscribe()
             except (nats.errors.Error, TimeoutError) as exc:
                 log.debug("stopping the watch of job %s failed: %s", job_id, exc)
 
