@@ -342,6 +342,25 @@ def test_cancel_a_queued_job_and_a_running_one(bus_url: str) -> None:
     run(main())
 
 
+async def until_running(worker: Worker) -> None:
+    """Wait until ``worker`` runs a job."""
+    deadline = time.monotonic() + WAIT_S
+    while not worker.running:
+        assert time.monotonic() < deadline, "the job never started"
+        await asyncio.sleep(0.01)
+
+
+async def nothing_recorded_but_cancelled(client: JobClient, job_id: str) -> None:
+    """Check that the job ended cancelled, with no attempt, worker or result on record."""
+    record = await client.get(job_id)
+    assert (record.state, record.attempts, record.worker, record.result) == (
+        "cancelled",
+        0,
+        None,
+        None,
+    )
+
+
 async def drained(bus: Bus) -> None:
     """Wait until every job message is acknowledged."""
     deadline = time.monotonic() + WAIT_S
@@ -375,8 +394,7 @@ def test_a_job_cancelled_while_queued_never_runs_though_its_message_is_fresh(
                 await drained(bus)
             assert started == [first.id]
             assert worker.stats.skipped == 1
-            record = await client.get(second.id)
-            assert (record.state, record.attempts, record.worker) == ("cancelled", 0, None)
+            await nothing_recorded_but_cancelled(client, second.id)
 
     run(main())
 
@@ -399,16 +417,12 @@ def test_a_job_cancelled_while_it_runs_unclaimed_stops_and_ends_cancelled(bus_ur
         async with jobs_on(bus_url) as (bus, client):
             async with worker_running(bus, "slow", slow, late) as worker:
                 job = await client.submit(JobSpec(kind="slow"))
-                deadline = time.monotonic() + WAIT_S
-                while not worker.running:
-                    assert time.monotonic() < deadline, "the job never started"
-                    await asyncio.sleep(0.01)
+                await until_running(worker)
                 assert (await client.get(job.id)).state == "queued"  # running, not claimed
                 assert (await client.cancel(job.id)).state == "cancelled"
                 await asyncio.wait_for(stopped.wait(), WAIT_S)
                 await drained(bus)
-            record = await client.get(job.id)
-            assert (record.state, record.attempts, record.result) == ("cancelled", 0, None)
+            await nothing_recorded_but_cancelled(client, job.id)
 
     run(main())
 
@@ -430,20 +444,17 @@ def test_a_job_cancelled_unheard_while_it_runs_early_is_stopped_at_its_claim(
             settings = FAST.model_copy(update={"claim_after_s": 0.3})
             async with worker_running(bus, "patient", patient, settings) as worker:
                 job = await client.submit(JobSpec(kind="patient"))
-                deadline = time.monotonic() + WAIT_S
-                while not worker.running:
-                    assert time.monotonic() < deadline, "the job never started"
-                    await asyncio.sleep(0.01)
+                await until_running(worker)
                 # Cancelled as by a client that died before it told the workers: the worker
                 # learns it when its claim, written against the queued record, fails.
                 await client.store.change(job.id, lambda j: states.request_cancel(j, T0))
                 await drained(bus)
+                deadline = time.monotonic() + WAIT_S
                 while not saw:
                     assert time.monotonic() < deadline, "the handler was never told"
                     await asyncio.sleep(0.01)
             assert saw == [True]
-            record = await client.get(job.id)
-            assert (record.state, record.attempts, record.result) == ("cancelled", 0, None)
+            await nothing_recorded_but_cancelled(client, job.id)
 
     run(main())
 
