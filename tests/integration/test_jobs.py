@@ -720,10 +720,30 @@ def test_cli_submits_lists_shows_and_cancels_jobs(bus_url: str, tmp_path: Path) 
     assert "cancelled" in cancelled.stdout
     as_json = json.loads(run_aimesh(env, "jobs", "show", job_id_text, "--json").stdout)
     assert as_json["state"] == "cancelled"
+    watched = run_aimesh(env, "jobs", "watch", job_id_text, ok=False)  # it has ended
+    assert watched.returncode == 1 and "cancelled" in watched.stdout
     missing = run_aimesh(env, "jobs", "show", "0" * 32, ok=False)
     assert missing.returncode == 1 and "job_not_found" in missing.stderr
     bad = run_aimesh(env, "jobs", "submit", "Bad.Kind", ok=False)
     assert bad.returncode == 1 and "invalid_name" in bad.stderr
+
+
+def test_cli_watch_follows_a_job_to_its_end(bus_url: str, tmp_path: Path) -> None:
+    env = _env(bus_url, tmp_path / "home")
+    submitted = run_aimesh(env, "jobs", "submit", "sleep", "--payload", '{"seconds": 1.5}')
+    job_id = submitted.stdout.strip()
+    worker = _worker(env, tmp_path / "worker.log", "sleep")
+    try:
+        watched = run_aimesh(env, "jobs", "watch", job_id, "--json")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=20)
+    events = [json.loads(line) for line in watched.stdout.splitlines()]
+    changes = [event["change"] for event in events]
+    # First the state the job is in when the watch begins, last its end.
+    assert changes[0] in ("queued", "running") and changes[-1] == "succeeded", changes
+    assert "running" in changes and "progress" in changes  # claimed after claim_after_s
+    assert [event["revision"] for event in events] == sorted({e["revision"] for e in events})
 
 
 @pytest.fixture

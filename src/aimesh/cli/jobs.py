@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="Asynchronous jobs: submit, list, show, fetch results, cancel; serve their REST API. "
-    "Workers run with `aimesh worker KIND`.",
+    help="Asynchronous jobs: submit, list, show, watch, fetch results, cancel; serve their "
+    "REST API. Workers run with `aimesh worker KIND`.",
     no_args_is_help=True,
 )
 
@@ -185,6 +185,47 @@ def result(
         err_console.print(
             f"the result is {blob.content_type} ({len(blob.body)} bytes): use --output FILE"
         )
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def watch(
+    job_id: Annotated[str, typer.Argument(metavar="JOB", help="The job's id.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print each event as a line of JSON.")
+    ] = False,
+) -> None:
+    """Follow a job: its state now, then each change as it happens, until it ends.
+
+    Exits 0 if the job succeeded, 1 if it failed or was cancelled.
+    """
+    from aimesh.bus import JobEvent
+
+    def show(event: JobEvent) -> None:
+        if as_json:
+            _print_json(event)
+            return
+        style = _STATE_STYLE.get(event.state, "")
+        progress = f"{event.progress:.0%}" if event.progress is not None else ""
+        said = event.message or ""
+        if event.error_message:
+            said = f"[red]{event.error_message}[/red] ({event.error_code})"
+        console.print(
+            f"{_when(event.at)}  [{style}]{event.change:<16}[/{style}] "
+            f"attempt {event.attempt}  {progress:>4}  {said}".rstrip()
+        )
+
+    async def follow(client: JobClient) -> JobEvent | None:
+        last = None
+        async for event in client.watch(job_id):
+            if event is not None:
+                show(event)
+                last = event
+        return last
+
+    last = _with_client(settings(), follow)
+    if last is None or last.state != "succeeded":
         raise typer.Exit(1)
 
 
