@@ -26,7 +26,8 @@ nothing in here knows about HTTP numbers.
     │   ├── ArtifactNotFound         artifact_not_found
     │   ├── JobNotFound              job_not_found
     │   ├── DatasetNotFound          dataset_not_found
-    │   └── DatasetVersionNotFound   dataset_version_not_found
+    │   ├── DatasetVersionNotFound   dataset_version_not_found
+    │   └── DatasetVersionGone       dataset_version_gone
     ├── Conflict                     conflict
     │   ├── ModelExists              model_exists
     │   ├── MetricExists             metric_exists
@@ -243,6 +244,27 @@ class DatasetVersionNotFound(NotFound):
         self.name = name
         self.version = version
         self.latest = latest
+
+
+class DatasetVersionGone(NotFound):
+    """Raised when a dataset version's data files are deleted (a vacuum removed them)."""
+
+    code = "dataset_version_gone"
+
+    def __init__(self, name: str, version: int, latest: int, missing: str) -> None:
+        super().__init__(
+            f"dataset {name!r} version {version} can no longer be read: its data files were "
+            "deleted (a vacuum deletes the files of versions older than its retention); "
+            f"read a newer version (the latest is {latest})",
+            name=name,
+            version=version,
+            latest=latest,
+            missing=missing,
+        )
+        self.name = name
+        self.version = version
+        self.latest = latest
+        self.missing = missing
 
 
 class Conflict(AimeshError):

@@ -1,10 +1,12 @@
-"""``aimesh lake``: ingest files or a bus subject, list, show, query, serve."""
+"""``aimesh lake``: ingest files or a bus subject, list, show, query, compact, vacuum, serve."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -317,6 +319,109 @@ def query(
 
 @app.command()
 @handle_errors
+def compact(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    target_size: Annotated[
+        int | None,
+        typer.Option(
+            "--target-size",
+            min=1,
+            metavar="MiB",
+            help="Size files grow to, in MiB (default: the table's delta.targetFileSize, 100).",
+        ),
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Rewrite dataset NAME's small files into larger ones, as one new version.
+
+    Rows and schema stay the same; older versions still read their own files until a vacuum.
+    """
+    from aimesh.lake import open_lake
+
+    lake = open_lake(settings())
+    with _working(f"compacting {name}"):
+        result = lake.compact(name, None if target_size is None else target_size * 1024**2)
+    if json_out:
+        console.print_json(result.model_dump_json())
+        return
+    if not result.compacted:
+        console.print(
+            f"[bold]{name}@{result.version}[/bold]  nothing to compact ({result.files_before} "
+            "file(s), none to merge); no version written",
+            highlight=False,
+        )
+        return
+    console.print(
+        f"[bold]{name}@{result.version}[/bold]  compacted: {result.files_before} -> "
+        f"{result.files_after} file(s) ({result.files_removed} rewritten into "
+        f"{result.files_added}), {result.rows:,} rows, in {result.seconds:.1f}s",
+        highlight=False,
+    )
+
+
+@app.command()
+@handle_errors
+def vacuum(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    retain_hours: Annotated[
+        int,
+        typer.Option(
+            "--retain-hours",
+            min=0,
+            help="Keep the files that the versions of the last H hours read.",
+            metavar="H",
+        ),
+    ] = 168,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the files it would delete; delete nothing.")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Allow under 168 hours (older versions can no longer be read)."
+        ),
+    ] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Delete the data files that only versions older than the retention read.
+
+    Time travel to those versions (and a reader still on one) fails afterwards.
+    """
+    from aimesh.lake import open_lake
+
+    lake = open_lake(settings())
+    with _working(f"vacuuming {name}"):
+        result = lake.vacuum(name, retain_hours, dry_run=dry_run, force=force)
+    if json_out:
+        console.print_json(result.model_dump_json())
+        return
+    kept = f"older than the last {result.retain_hours} h"
+    if not result.files:
+        console.print(
+            f"[bold]{name}@{result.version}[/bold]  nothing to delete: no file is read only by "
+            f"versions {kept}",
+            highlight=False,
+        )
+        return
+    did = "would delete" if result.dry_run else "deleted"
+    console.print(
+        f"[bold]{name}@{result.version}[/bold]  {did} {len(result.files):,} file(s) read only by "
+        f"versions {kept}, in {result.seconds:.1f}s"
+        + ("; nothing was deleted (dry run)" if result.dry_run else ""),
+        highlight=False,
+    )
+    files = Table("file", title="files")
+    for path in result.files[:_FILES_SHOWN]:
+        files.add_row(escape(path))
+    if len(result.files) > _FILES_SHOWN:
+        files.add_row(
+            f"[dim]... and {len(result.files) - _FILES_SHOWN:,} more (--json for all)[/dim]"
+        )
+    console.print(files)
+
+
+@app.command()
+@handle_errors
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default: lake.host).")] = None,
     port: Annotated[
@@ -333,6 +438,18 @@ def serve(
 
 
 # -- rendering -------------------------------------------------------------------------------
+
+_FILES_SHOWN = 20
+
+
+@contextlib.contextmanager
+def _working(what: str) -> Iterator[None]:
+    """A spinner on the terminal while a long step runs (nothing when output is redirected)."""
+    if not err_console.is_terminal:
+        yield
+        return
+    with err_console.status(what):
+        yield
 
 
 def _versions(pairs: list[str]) -> dict[str, int]:

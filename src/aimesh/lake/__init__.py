@@ -3,16 +3,19 @@
 - :func:`open_lake` (also :func:`open_dataset`) returns the :class:`Lake` of the settings:
   ``ingest`` files, ``write`` Arrow, ``describe`` and ``list`` datasets, ``read`` or
   ``iter_batches`` a snapshot (``dataset@version``), ``query`` with SQL (DuckDB).
+- :meth:`Lake.compact` rewrites a dataset's small files into larger ones (a new version);
+  :meth:`Lake.vacuum` deletes the files that only versions older than its retention read.
 - :class:`DatasetRef` parses ``transactions@3``; :meth:`Lake.pin` fixes a reference's version.
 - :class:`LakeSink` feeds a dataset from a bus subject, at least once and without duplicates.
 - The REST API (``/api/lake``) is in ``aimesh.lake.app``; import it only to serve.
 """
 
-from aimesh.lake.lake import Lake, ProgressCallback, open_dataset, open_lake
+from aimesh.lake.lake import VACUUM_RETAIN_HOURS, Lake, ProgressCallback, open_dataset, open_lake
 from aimesh.lake.refs import DatasetRef, check_dataset_name
 from aimesh.lake.sink import LakeSink, SinkCommit, sink_names
 from aimesh.lake.types import (
     Column,
+    CompactResult,
     DatasetInfo,
     DatasetSummary,
     DatasetVersion,
@@ -21,10 +24,13 @@ from aimesh.lake.types import (
     QueryRequest,
     QueryResult,
     SourceFormat,
+    VacuumResult,
 )
 
 __all__ = [
+    "VACUUM_RETAIN_HOURS",
     "Column",
+    "CompactResult",
     "DatasetInfo",
     "DatasetRef",
     "DatasetSummary",
@@ -38,6 +44,7 @@ __all__ = [
     "QueryResult",
     "SinkCommit",
     "SourceFormat",
+    "VacuumResult",
     "check_dataset_name",
     "open_dataset",
     "open_lake",

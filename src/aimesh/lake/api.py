@@ -21,10 +21,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from aimesh.errors import InvalidRequest, RequestTooLarge
 from aimesh.lake.delta import columns_of
-from aimesh.lake.lake import Lake
+from aimesh.lake.lake import VACUUM_RETAIN_HOURS, Lake
 from aimesh.lake.refs import check_dataset_name
 from aimesh.lake.types import (
     Column,
+    CompactResult,
     DatasetInfo,
     DatasetSummary,
     DatasetVersion,
@@ -33,6 +34,7 @@ from aimesh.lake.types import (
     QueryRequest,
     QueryResult,
     SourceFormat,
+    VacuumResult,
 )
 
 __all__ = ["HTTP_STATUS", "PREFIX", "LakeService", "answer", "router"]
@@ -50,6 +52,7 @@ HTTP_STATUS: dict[str, int] = {
     "not_found": 404,
     "dataset_not_found": 404,
     "dataset_version_not_found": 404,
+    "dataset_version_gone": 410,
     "conflict": 409,
     "query_timeout": 504,
     "deadline_exceeded": 504,
@@ -59,6 +62,7 @@ HTTP_STATUS: dict[str, int] = {
 
 _JSON = "application/json"
 _UPLOAD_CHUNK = 1024**2
+_MIB = 1024**2
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,49 @@ async def ingest(
             )
         )
     return result
+
+
+@router.post(
+    "/datasets/{name}/compact",
+    summary="Compact a dataset: rewrite its small files into larger ones, as a new version",
+    description="Rows, schema and older versions stay readable as they were. With nothing "
+    "to compact, no version is written (`compacted` is false).",
+)
+def compact(
+    svc: Service,
+    name: str,
+    target_size_mib: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            description="The size files grow to, in MiB (default: the table's "
+            "delta.targetFileSize, or 100 MiB).",
+        ),
+    ] = None,
+) -> CompactResult:
+    return svc.lake.compact(name, None if target_size_mib is None else target_size_mib * _MIB)
+
+
+@router.post(
+    "/datasets/{name}/vacuum",
+    summary="Vacuum a dataset: delete the data files only older versions read",
+    description="Deletes the files that no version of the last `retain_hours` reads; the "
+    "versions older than that can no longer be read (`dataset_version_gone`). A dry run (the "
+    f"default) only lists them. Below {VACUUM_RETAIN_HOURS} hours it takes `force=true`.",
+)
+def vacuum(
+    svc: Service,
+    name: str,
+    retain_hours: Annotated[
+        int, Query(ge=0, description="Keep the files that versions of the last hours read.")
+    ] = VACUUM_RETAIN_HOURS,
+    dry_run: Annotated[bool, Query(description="Only list the files; false deletes them.")] = True,
+    force: Annotated[
+        bool,
+        Query(description=f"Allow a retention below {VACUUM_RETAIN_HOURS} hours."),
+    ] = False,
+) -> VacuumResult:
+    return svc.lake.vacuum(name, retain_hours, dry_run=dry_run, force=force)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +46,7 @@ from aimesh.errors import (
 )
 from aimesh.lake.types import Column, DatasetVersion
 
-__all__ = ["METADATA_PREFIX", "DeltaTables", "columns_of", "first_line"]
+__all__ = ["METADATA_PREFIX", "DeltaTables", "columns_of", "first_line", "missing_file"]
 
 METADATA_PREFIX = "aimesh."
 """Commit metadata aimesh writes (``aimesh.source``, ``aimesh.sink.seq``...) starts so."""
@@ -58,12 +59,37 @@ _WRITE_ID = "aimesh.write_id"
 _BATCH_CHANNEL = ("DELTARS_WRITER_BATCH_CHANNEL_SIZE", "2")
 # Commit files read at once for a history: on an object store each is one request.
 _LOG_READERS = 8
+# How delta-rs's object store (local folder or bucket alike) reports a file that is not there.
+_MISSING_OBJECT = re.compile(r"Object at location (\S+) not found")
+# How delta-rs refuses a vacuum below the retention the table is configured with.
+_RETENTION_REFUSED = "Invalid retention period"
 
 
 def first_line(exc: BaseException) -> str:
     """An exception's message without the Rust backtrace delta-rs appends."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def missing_file(exc: BaseException) -> tuple[str, str] | None:
+    """``(dataset, path)`` of the data file a failed read did not find, or ``None``.
+
+    A data file is missing when a vacuum deleted it while a version still names it. delta-rs
+    reports that as a ``FileNotFoundError``; DuckDB, reading the same Arrow dataset, copies
+    the text into its own error. Either way the text names the file, under its dataset's
+    folder (and partition folders, ``column=value``).
+    """
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        found = _MISSING_OBJECT.search(str(cause))
+        if found is not None:
+            path = found.group(1)
+            folders = [p for p in path.split("/")[:-1] if p and "=" not in p]
+            return (folders[-1] if folders else "", path)
+        cause = cause.__cause__
+    return None
 
 
 def columns_of(schema: pa.Schema) -> list[Column]:
@@ -249,6 +275,53 @@ class DeltaTables:
         except (DeltaError, OSError) as exc:
             _storage_error(name, exc)
         return self._version_of(name, write_id)
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def compact(
+        self, name: str, table: DeltaTable, *, target_size: int | None, row_group_rows: int
+    ) -> tuple[int, int]:
+        """Rewrite the small files of dataset ``name``'s ``table`` into larger ones, as one commit.
+
+        Files grow to about ``target_size`` bytes (default: the table's ``delta.targetFileSize``,
+        or 100 MiB). ``table`` moves to the new version; with nothing to rewrite, nothing is
+        committed. Returns ``(files_removed, files_added)``.
+        """
+        try:
+            metrics = table.optimize.compact(
+                target_size=target_size,
+                writer_properties=_writer_properties(self.schema(table), row_group_rows),
+            )
+        except (DeltaError, OSError) as exc:
+            _storage_error(name, exc)
+        return int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"])
+
+    def vacuum(
+        self, name: str, table: DeltaTable, *, retain_hours: int, dry_run: bool, force: bool
+    ) -> list[str]:
+        """Delete the data files no version of the last ``retain_hours`` hours reads.
+
+        Returns the files deleted (with ``dry_run``: that would be), relative to the table.
+        Unless ``force``, delta-rs refuses a retention below the table's configured one
+        (:class:`InvalidRequest`). A vacuum that deletes files commits twice (start, end).
+        """
+        try:
+            return list(
+                table.vacuum(
+                    retention_hours=retain_hours,
+                    dry_run=dry_run,
+                    enforce_retention_duration=not force,
+                )
+            )
+        except (DeltaError, OSError) as exc:
+            if _RETENTION_REFUSED in str(exc):
+                reason = first_line(exc).removeprefix("Generic error: ")
+                raise InvalidRequest(
+                    f"cannot vacuum dataset {name!r}: {reason} (the table is configured to keep "
+                    "removed files longer; vacuum with force to do it anyway)",
+                    name=name,
+                ) from exc
+            _storage_error(name, exc)
 
     def _version_of(self, name: str, write_id: str) -> int:
         """The version whose commit carries ``write_id`` (others may have committed since)."""

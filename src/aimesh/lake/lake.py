@@ -1,4 +1,4 @@
-"""The lake: versioned datasets (Delta tables), ingest in bounded chunks, SQL over them.
+"""The lake: versioned datasets (Delta tables), ingest in bounded chunks, SQL, maintenance.
 
 :class:`Lake` is the core that the CLI, the REST API and the bus sink share. It imports no
 web framework and no bus; everything it takes and returns is Arrow or a declared model.
@@ -17,30 +17,41 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from aimesh.config import Settings
-from aimesh.errors import AimeshError, InvalidData, InvalidRequest, QueryError
-from aimesh.lake.delta import DeltaTables, columns_of, first_line
+from aimesh.errors import (
+    AimeshError,
+    DatasetVersionGone,
+    InvalidData,
+    InvalidRequest,
+    QueryError,
+)
+from aimesh.lake.delta import DeltaTables, columns_of, first_line, missing_file
 from aimesh.lake.query import QueryEngine
 from aimesh.lake.refs import DatasetRef, check_dataset_name
 from aimesh.lake.schema import conform, delta_schema, plan_append
 from aimesh.lake.sources import detect_format, find_sources, open_source
 from aimesh.lake.types import (
+    CompactResult,
     DatasetInfo,
     DatasetSummary,
     DatasetVersion,
     IngestResult,
     QueryResult,
+    VacuumResult,
 )
 
-__all__ = ["Lake", "open_dataset", "open_lake"]
+__all__ = ["VACUUM_RETAIN_HOURS", "Lake", "open_dataset", "open_lake"]
 
 ProgressCallback = Callable[[int, int], None]
 """Called with ``(bytes_read, total_bytes)`` as an ingest reads its files."""
 
 _EXPORT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
+VACUUM_RETAIN_HOURS = 168
+"""Delta's default retention (a week): a vacuum keeping less needs ``force``."""
+
 
 class Lake:
-    """Datasets as Delta tables under one location: ingest, describe, read, query."""
+    """Datasets as Delta tables under one location: ingest, describe, read, query, maintain."""
 
     def __init__(
         self,
@@ -156,11 +167,14 @@ class Lake:
     ) -> pa.Table:
         """Dataset ``name`` at ``version`` (default: latest) as one Arrow table."""
         check_dataset_name(name)
-        dataset = self.tables.open(name, version).to_pyarrow_dataset()
+        table = self.tables.open(name, version)
+        dataset = table.to_pyarrow_dataset()
         try:
             return dataset.to_table(columns=list(columns) if columns is not None else None)
         except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
             raise InvalidRequest(f"cannot read {name}: {first_line(exc)}") from exc
+        except FileNotFoundError as exc:
+            raise self._version_gone(name, int(table.version()), exc) from exc
 
     def iter_batches(
         self,
@@ -178,7 +192,8 @@ class Lake:
         check_dataset_name(name)
         if batch_rows < 1:
             raise InvalidRequest(f"batch_rows must be 1 or more, got {batch_rows}")
-        dataset = self.tables.open(name, version).to_pyarrow_dataset()
+        table = self.tables.open(name, version)
+        dataset = table.to_pyarrow_dataset()
         try:
             scanner = dataset.scanner(
                 columns=list(columns) if columns is not None else None,
@@ -188,7 +203,27 @@ class Lake:
             )
         except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
             raise InvalidRequest(f"cannot read {name}: {first_line(exc)}") from exc
-        return (batch for batch in scanner.to_batches() if batch.num_rows)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                yield from (batch for batch in scanner.to_batches() if batch.num_rows)
+            except FileNotFoundError as exc:
+                raise self._version_gone(name, int(table.version()), exc) from exc
+
+        return batches()
+
+    def _version_gone(
+        self, name: str, version: int | None, exc: BaseException
+    ) -> DatasetVersionGone:
+        """The error for a read of ``name`` at ``version`` that found a data file gone."""
+        latest = int(self.tables.open(name).version())
+        missing = missing_file(exc)
+        return DatasetVersionGone(
+            name,
+            latest if version is None else version,
+            latest,
+            missing[1] if missing is not None else first_line(exc),
+        )
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -370,9 +405,15 @@ class Lake:
         """
         if limit is not None and limit < 1:
             raise InvalidRequest(f"limit must be 1 or more, got {limit}")
-        return self.engine.run(
-            sql, limit=limit or self.query_rows, version=version, versions=versions
-        )
+        try:
+            return self.engine.run(
+                sql, limit=limit or self.query_rows, version=version, versions=versions
+            )
+        except QueryError as exc:
+            gone = self._gone_in_query(exc, version, versions)
+            if gone is None:
+                raise
+            raise gone from exc
 
     def export(
         self,
@@ -409,12 +450,102 @@ class Lake:
                         rows += batch.num_rows
             os.replace(partial, dest)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise QueryError(first_line(exc)) from exc
+            gone = self._gone_in_query(exc, version, versions)
+            raise gone or QueryError(first_line(exc)) from exc
+        except QueryError as exc:
+            gone = self._gone_in_query(exc, version, versions)
+            if gone is None:
+                raise
+            raise gone from exc
         except OSError as exc:
             raise InvalidData(f"cannot write {dest}: {exc}") from exc
         finally:
             partial.unlink(missing_ok=True)
         return rows
+
+    def _gone_in_query(
+        self, exc: BaseException, version: int | None, versions: Mapping[str, int] | None
+    ) -> DatasetVersionGone | None:
+        """The error for a query that failed on a data file that is gone (else ``None``)."""
+        missing = missing_file(exc)
+        if missing is None:
+            return None
+        name = missing[0]
+        return self._version_gone(name, (versions or {}).get(name, version), exc)
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def compact(self, name: str, target_size: int | None = None) -> CompactResult:
+        """Rewrite dataset ``name``'s small files into larger ones, as one new version.
+
+        Rows and schema stay as they were, and older versions still read their own files
+        (until a :meth:`vacuum` deletes them). Files grow to about ``target_size`` bytes
+        (default: the table's ``delta.targetFileSize``, or 100 MiB). With nothing to compact,
+        no version is written (``compacted`` is false).
+        """
+        check_dataset_name(name)
+        if target_size is not None and target_size < 1:
+            raise InvalidRequest(f"target_size must be 1 byte or more, got {target_size}")
+        started = time.perf_counter()
+        table = self.tables.open(name)
+        files_before = DeltaTables.totals(table)[2]
+        removed, added = self.tables.compact(
+            name, table, target_size=target_size, row_group_rows=self.chunk_rows
+        )
+        rows, _, files_after = DeltaTables.totals(table)
+        return CompactResult(
+            dataset=name,
+            version=int(table.version()),
+            compacted=removed > 0,
+            files_before=files_before,
+            files_after=files_after,
+            files_removed=removed,
+            files_added=added,
+            rows=rows,
+            seconds=time.perf_counter() - started,
+        )
+
+    def vacuum(
+        self,
+        name: str,
+        retain_hours: int = VACUUM_RETAIN_HOURS,
+        *,
+        dry_run: bool = True,
+        force: bool = False,
+    ) -> VacuumResult:
+        """Delete the data files that no version of the last ``retain_hours`` hours reads.
+
+        Afterwards the versions older than that can no longer be read (time travel to them
+        fails with :class:`DatasetVersionGone`), and neither can a reader still on one. Below
+        Delta's default of 168 hours this takes ``force`` (:class:`InvalidRequest` otherwise,
+        and nothing is deleted). ``dry_run`` (the default) only lists the files.
+        """
+        check_dataset_name(name)
+        if retain_hours < 0:
+            raise InvalidRequest(f"retain_hours must be 0 or more, got {retain_hours}")
+        if retain_hours < VACUUM_RETAIN_HOURS and not force:
+            raise InvalidRequest(
+                f"refusing to vacuum dataset {name!r} with a retention of {retain_hours} h, "
+                f"under Delta's default of {VACUUM_RETAIN_HOURS} h: the versions older than "
+                f"{retain_hours} h could no longer be read (time travel to them breaks), nor "
+                "could a reader still on one; vacuum with force to do it anyway",
+                name=name,
+                retain_hours=retain_hours,
+                minimum=VACUUM_RETAIN_HOURS,
+            )
+        started = time.perf_counter()
+        table = self.tables.open(name)
+        files = self.tables.vacuum(
+            name, table, retain_hours=retain_hours, dry_run=dry_run, force=force
+        )
+        return VacuumResult(
+            dataset=name,
+            version=int(table.version()),
+            dry_run=dry_run,
+            retain_hours=retain_hours,
+            files=files,
+            seconds=time.perf_counter() - started,
+        )
 
 
 def _check_partitions(partition_by: list[str], schema: pa.Schema) -> list[str]:

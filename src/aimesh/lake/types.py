@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 __all__ = [
     "Column",
+    "CompactResult",
     "DatasetInfo",
     "DatasetSummary",
     "DatasetVersion",
@@ -19,6 +20,7 @@ __all__ = [
     "QueryRequest",
     "QueryResult",
     "SourceFormat",
+    "VacuumResult",
 ]
 
 SourceFormat = Literal["csv", "parquet", "json", "jsonl"]
@@ -81,6 +83,38 @@ class IngestResult(BaseModel):
     sources: int = Field(default=0, description="Files read.")
     created: bool = Field(default=False, description="Whether this write created the dataset.")
     new_columns: list[str] = Field(default_factory=list, description="Columns added (evolve).")
+    seconds: float = 0.0
+
+
+class CompactResult(BaseModel):
+    """What one compaction did: small files rewritten into larger ones, as a new version."""
+
+    dataset: str
+    version: int = Field(
+        description="The version the compaction created (or the latest, if it had nothing to do)."
+    )
+    compacted: bool = Field(description="Whether files were rewritten (and a version written).")
+    files_before: int = Field(description="Live files before.")
+    files_after: int = Field(description="Live files after.")
+    files_removed: int = Field(
+        default=0, description="Small files replaced (old versions still read them)."
+    )
+    files_added: int = Field(default=0, description="Larger files written.")
+    rows: int
+    seconds: float = 0.0
+
+
+class VacuumResult(BaseModel):
+    """What one vacuum deleted (or, as a dry run, would delete)."""
+
+    dataset: str
+    version: int = Field(description="The dataset's latest version after the vacuum.")
+    dry_run: bool
+    retain_hours: int = Field(description="Files removed from the table longer ago are deleted.")
+    files: list[str] = Field(
+        default_factory=list,
+        description="Data files deleted (with dry_run: that would be), relative to the table.",
+    )
     seconds: float = 0.0
 
 
