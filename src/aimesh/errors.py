@@ -146,6 +146,7 @@ class SchemaMismatch(InvalidRequest):
             f" (nothing was written{'; ' + hint if hint else ''})",
             dataset=dataset,
             problems=problems,
+            hint=f"nothing was written{'; ' + hint if hint else ''}",
         )
         self.dataset = dataset
         self.problems = problems

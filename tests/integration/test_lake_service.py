@@ -49,6 +49,7 @@ def test_ingest_list_show_query_and_errors(tmp_path: Path, nats_url: str) -> Non
     refused = _aimesh(env, "ingest", "transactions", str(jsonl), ok=False)
     assert refused.returncode == 1
     assert "new columns 'note'" in refused.stderr and "(schema_mismatch)" in refused.stderr
+    assert "nothing was written; --evolve adds new columns" in refused.stderr
     evolved = _aimesh(env, "ingest", "transactions", str(jsonl), "--evolve").stdout
     assert "transactions@1  appended: 1 rows" in evolved and "new columns: note" in evolved
 

@@ -43,10 +43,16 @@ def config_file() -> Path | None:
     return _state["config_file"]
 
 
-def fail(message: str, code: str | None = None, problems: list[str] | None = None) -> typer.Exit:
+def fail(
+    message: str,
+    code: str | None = None,
+    problems: list[str] | None = None,
+    hint: str | None = None,
+) -> typer.Exit:
     """Print one red line (one per problem, when given) and return the exit to raise.
 
-    Lines of ``message`` after its first are context (a log's tail): printed plain.
+    Lines of ``message`` after its first are context (a log's tail): printed plain, as is
+    ``hint`` (what to do about the problems) after them.
     """
     suffix = f" [dim]({code})[/dim]" if code else ""
     # Escaped, since messages quote user input that may hold [brackets]; unwrapped, so that
@@ -57,6 +63,8 @@ def fail(message: str, code: str | None = None, problems: list[str] | None = Non
             err_console.print(
                 f"[red]error:[/red] {escape(problem)}{end}", highlight=False, soft_wrap=True
             )
+        if hint:
+            err_console.print(escape(hint), highlight=False, soft_wrap=True)
         return typer.Exit(1)
     first, *context = message.splitlines() or [message]
     err_console.print(f"[red]error:[/red] {escape(first)}{suffix}", highlight=False, soft_wrap=True)
@@ -75,7 +83,10 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         except AimeshError as exc:
             problems = exc.details.get("problems")
             listed = problems if isinstance(problems, list) else None
-            raise fail(exc.message, exc.code, listed) from exc
+            hint = exc.details.get("hint")
+            raise fail(
+                exc.message, exc.code, listed, hint if isinstance(hint, str) else None
+            ) from exc
 
     return wrapper
 
