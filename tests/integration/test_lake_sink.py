@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def test_the_sink_survives_sigkill_with_no_lost_and_no_duplicated_rows(
     ]  # fmt: skip
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     async def scenario() -> None:
         async with await connect(nats_url, timeout=5, name="test-publisher") as bus:
@@ -81,7 +82,7 @@ def test_the_sink_survives_sigkill_with_no_lost_and_no_duplicated_rows(
                 publishing = asyncio.create_task(_publish(bus, subject, range(1000), pause_every=5))
                 await _until(lambda: _rows_at_least(lake, dataset, 200))
                 sink.send_signal(signal.SIGKILL)  # mid-stream: commits done, acks maybe not
-                sink.wait(10)
+                sink.communicate(timeout=10)
                 await publishing
                 # A publisher retrying after the crash: same ids, dropped by the stream.
                 await _publish(bus, subject, range(100, 200))
@@ -89,8 +90,12 @@ def test_the_sink_survives_sigkill_with_no_lost_and_no_duplicated_rows(
                 await _until(lambda: _drained(bus, dataset, subject))
             finally:
                 sink.send_signal(signal.SIGTERM)
-                _, err = sink.communicate(timeout=20)
+                out, err = sink.communicate(timeout=20)
             assert sink.returncode == 0, err.decode()
+            # What the restarted sink did, in all: the rows the first had not committed.
+            said = re.search(r"sink stopped: \+([\d,]+) rows in (\d+) version", out.decode())
+            assert said is not None, out.decode()
+            assert 0 < int(said[1].replace(",", "")) <= 800 and int(said[2]) >= 1
 
     asyncio.run(scenario())
 

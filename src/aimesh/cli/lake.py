@@ -169,7 +169,12 @@ async def _sink(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
 
+    totals = {"commits": 0, "rows": 0, "dead": 0}
+
     def on_commit(commit: SinkCommit) -> None:
+        totals["commits"] += commit.version >= 0
+        totals["rows"] += commit.rows
+        totals["dead"] += commit.dead_letters
         dead = f", {commit.dead_letters} dead-lettered" if commit.dead_letters else ""
         where = f"{name}@{commit.version}" if commit.version >= 0 else "no rows"
         console.print(
@@ -197,7 +202,11 @@ async def _sink(
             highlight=False,
         )
         await sink.run(stop)
-    console.print("sink stopped")
+    console.print(
+        f"sink stopped: +{totals['rows']:,} rows in {totals['commits']:,} version(s), "
+        f"{totals['dead']:,} message(s) dead-lettered",
+        highlight=False,
+    )
 
 
 @app.command("list")
