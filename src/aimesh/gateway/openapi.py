@@ -250,13 +250,3 @@ class MergedOpenApi:
         schemas = other.get("components", {}).get("schemas")
         if schemas:
             merged.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
-
-
-SWAGGER_PAGE = b"""<!doctype html>
-<html><head><title>aimesh gateway</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
-</head><body><div id="ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
-</body></html>"""
-"""The ``/docs`` page: Swagger UI over ``/openapi.json``."""

@@ -5,7 +5,8 @@ metadata) to an instance chosen by :func:`call_upstream`, or, with ``?async=true
 ``Prefer: respond-async``, queued as a job (:mod:`aimesh.gateway.deferred`); ``POST
 /v2/aggregate``;
 ``/api/<service>/...`` to that service (``/api/registry`` first); and what the gateway
-answers itself (health, ``/v2``, ``/metrics``, ``/openapi.json``, ``/docs``). Bodies are
+answers itself (health, ``/v2``, ``/metrics``, ``/openapi.json``, ``/docs`` and its assets
+under ``/docs/assets/``, served from installed files, never a CDN). Bodies are
 forwarded as bytes, never decoded: JSON and the binary tensor extension alike.
 """
 
@@ -49,10 +50,11 @@ from aimesh.gateway.headers import RequestHead
 from aimesh.gateway.http1 import HttpClient, UpstreamResponse
 from aimesh.gateway.instances import InstancePolicy, Upstream
 from aimesh.gateway.metrics import GATEWAY, GatewayMetrics
-from aimesh.gateway.openapi import SWAGGER_PAGE, MergedOpenApi
+from aimesh.gateway.openapi import MergedOpenApi
 from aimesh.gateway.routing import Router
 from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.jobs import encode_job
+from aimesh.rest import DOCS_ASSETS_URL, docs_asset, swagger_page
 
 __all__ = ["HTTP_STATUS", "GatewayApp"]
 
@@ -175,6 +177,11 @@ class GatewayApp:
             return
         own = self._own.get(path)
         if own is None:
+            if path.startswith(DOCS_ASSETS_URL):
+                outcome.route = "docs"
+                allow(method, "GET")
+                await self._docs_asset(send, head, outcome, path[len(DOCS_ASSETS_URL) :])
+                return
             outcome.route = "unknown"
             raise RouteNotFound(f"no route {method} {path}")
         route, allowed, scope_needed, answer = own
@@ -401,7 +408,17 @@ class GatewayApp:
 
     async def _docs(self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes) -> None:
         outcome.status = 200
-        await respond(send, 200, SWAGGER_PAGE, head.request_id, b"text/html; charset=utf-8")
+        page = swagger_page("aimesh gateway")
+        await respond(send, 200, page, head.request_id, b"text/html; charset=utf-8")
+
+    async def _docs_asset(
+        self, send: Send, head: RequestHead, outcome: _Outcome, name: str
+    ) -> None:
+        asset = docs_asset(name)  # only names of a fixed list: never a path on disk
+        if asset is None:
+            raise RouteNotFound(f"no docs asset {name!r}")
+        outcome.status = 200
+        await respond(send, 200, asset.body, head.request_id, asset.content_type, asset.headers)
 
     async def _aggregate(
         self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes

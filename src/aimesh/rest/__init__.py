@@ -2,7 +2,8 @@
 
 FastAPI services (registry, lake, jobs) install :func:`install_error_handlers`; the bare-ASGI
 hot-path services (model service, gateway) use the helpers of ``asgi.py``. Either way every
-error is ``{"error": message, "code": code}``.
+error is ``{"error": message, "code": code}``. Every one serves its ``/docs`` page with
+``docs.py``: Swagger UI from installed files, never from a CDN.
 """
 
 from aimesh.rest.asgi import (
@@ -23,14 +24,17 @@ from aimesh.rest.asgi import (
     respond,
     status_of,
 )
+from aimesh.rest.docs import DOCS_ASSETS_URL, DocsAsset, docs_asset, swagger_page
 from aimesh.rest.errors import install_error_handlers
 from aimesh.rest.service import announced, service_app
 
 __all__ = [
     "BASE_STATUS",
+    "DOCS_ASSETS_URL",
     "JSON",
     "REQUEST_ID",
     "ASGIScope",
+    "DocsAsset",
     "Message",
     "MethodNotAllowed",
     "Receive",
@@ -39,6 +43,7 @@ __all__ = [
     "allow",
     "announced",
     "declared_length",
+    "docs_asset",
     "error_body",
     "header",
     "install_error_handlers",
@@ -46,4 +51,5 @@ __all__ = [
     "respond",
     "service_app",
     "status_of",
+    "swagger_page",
 ]

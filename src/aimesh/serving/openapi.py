@@ -46,11 +46,3 @@ OPENAPI_DOCUMENT = json.dumps(
         "paths": _PATHS,
     }
 ).encode()
-
-SWAGGER_PAGE = b"""<!doctype html>
-<html><head><title>aimesh model service</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
-</head><body><div id="ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
-</body></html>"""

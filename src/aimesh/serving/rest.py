@@ -16,6 +16,7 @@ from aimesh.errors import AimeshError, InvalidRequest
 from aimesh.protocol import rest_codec
 from aimesh.rest import (
     BASE_STATUS,
+    DOCS_ASSETS_URL,
     JSON,
     REQUEST_ID,
     ASGIScope,
@@ -25,15 +26,17 @@ from aimesh.rest import (
     Send,
     allow,
     declared_length,
+    docs_asset,
     error_body,
     header,
     read_body,
     respond,
     status_of,
+    swagger_page,
 )
 from aimesh.serving.dataplane import DataPlane
 from aimesh.serving.metrics import ServingMetrics
-from aimesh.serving.openapi import OPENAPI_DOCUMENT, SWAGGER_PAGE
+from aimesh.serving.openapi import OPENAPI_DOCUMENT
 
 log = logging.getLogger("aimesh.serving.rest")
 
@@ -164,8 +167,16 @@ class RestApp:
             await respond(send, 200, OPENAPI_DOCUMENT, request_id)
             return
         elif parts == ["docs"]:
-            await respond(send, 200, SWAGGER_PAGE, request_id, b"text/html; charset=utf-8")
+            page = swagger_page("aimesh model service")
+            await respond(send, 200, page, request_id, b"text/html; charset=utf-8")
             return
+        elif scope["path"].startswith(DOCS_ASSETS_URL):
+            allow(method, "GET")
+            # Only names of a fixed list: never a path on disk.
+            asset = docs_asset(scope["path"][len(DOCS_ASSETS_URL) :])
+            if asset is not None:
+                await respond(send, 200, asset.body, request_id, asset.content_type, asset.headers)
+                return
         raise RouteNotFound(f"no route {method} {scope['path']}")
 
     async def _infer(

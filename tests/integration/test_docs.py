@@ -1,0 +1,116 @@
+"""Every kind of server answers ``/docs`` with Swagger UI from its own files: no CDN.
+
+A FastAPI service (the registry), a model service and the gateway, each a real process:
+the page names no ``http(s)://`` URL, each asset it names is served from the server with
+its content type, and a name outside the served list, or a path out of the folder, is 404.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+import numpy as np
+import pytest
+from _services import ECHO_MODEL, Home, Service
+
+from aimesh.registry import push_model
+
+KINDS = ["registry", "model", "gateway"]
+TYPES = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon.png": "image/png",
+}
+
+
+@pytest.fixture(scope="module")
+def servers(
+    tmp_path_factory: pytest.TempPathFactory, nats_url: str
+) -> Iterator[dict[str, Service]]:
+    root = tmp_path_factory.mktemp("docs")
+    home = Home.create(root, nats_url, np.zeros((1, 1)))
+    registry = home.registry()
+    echo = root / "echo.py"
+    echo.write_text(ECHO_MODEL)
+    push_model(registry, "echo", echo, trusted=True)
+    home.publish(registry)
+    registry.close()
+    starts = [home.registry_service, lambda: home.serve("echo@1"), home.gateway]
+    with ThreadPoolExecutor(len(starts)) as pool:
+        futures = [pool.submit(start) for start in starts]
+    running = {kind: future.result() for kind, future in zip(KINDS, futures, strict=True)}
+    try:
+        yield running
+    finally:
+        for service in running.values():
+            service.stop()
+
+
+def _raw_status(base: str, target: str) -> int:
+    """The status for ``target`` sent as it is (httpx would resolve ``..`` itself)."""
+    address = urlsplit(base)
+    conn = http.client.HTTPConnection(address.hostname or "", address.port, timeout=10)
+    try:
+        conn.request("GET", target)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_docs_page_loads_swagger_ui_from_the_server_itself(
+    servers: dict[str, Service], kind: str
+) -> None:
+    base = servers[kind].http
+    page = httpx.get(f"{base}/docs")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert re.search(r"https?://", page.text) is None, "the page must not load from a CDN"
+    assert "SwaggerUIBundle(" in page.text and "/openapi.json" in page.text
+    urls = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    named = {Path(urlsplit(url).path).name for url in urls}
+    assert {"swagger-ui-bundle.js", "swagger-ui.css"} <= named <= set(TYPES)
+    for url in urls:
+        asset = httpx.get(urljoin(base, url))
+        name = Path(urlsplit(url).path).name
+        assert asset.status_code == 200, url
+        assert asset.headers["content-type"].startswith(TYPES[name]), url
+        assert "max-age=" in asset.headers["cache-control"]
+        assert len(asset.content) > 1000
+    bundle = httpx.get(f"{base}/docs/assets/swagger-ui-bundle.js")
+    assert b"SwaggerUIBundle" in bundle.content and len(bundle.content) > 500_000
+    assert b".swagger-ui" in httpx.get(f"{base}/docs/assets/swagger-ui.css").content
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/docs/assets/nope.js",
+        "/docs/assets/redoc.standalone.js",  # in the package's folder, not on the list
+        "/docs/assets/",
+        "/docs/assets/..%2F..%2Fpyproject.toml",
+        "/docs/assets/..%2F__init__.py",
+        "/docs/assets/../x",
+        "/docs/assets/static/swagger-ui.css",
+    ],
+)
+def test_only_the_listed_assets_are_served(
+    servers: dict[str, Service], kind: str, target: str
+) -> None:
+    assert _raw_status(servers[kind].http, target) == 404
+
+
+def test_the_gateway_answers_its_own_docs_assets(servers: dict[str, Service]) -> None:
+    gateway = servers["gateway"].http
+    page = httpx.get(f"{gateway}/docs").text
+    assert "<title>aimesh gateway</title>" in page
+    ours = httpx.get(f"{gateway}/docs/assets/swagger-ui.css")
+    theirs = httpx.get(f"{servers['registry'].http}/docs/assets/swagger-ui.css")
+    assert ours.status_code == 200 and ours.content == theirs.content
