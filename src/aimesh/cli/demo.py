@@ -319,8 +319,8 @@ def demo(
         grpc_version, grpc_p = _predict_grpc(grpc_address, sample)
         job_id, async_s, async_p = _predict_async(gateway, sample)
         table = Table(
-            "row", "true label", "p(fraud) REST", "p(fraud) gRPC", "p(fraud) async", "version",
-            title="predictions through the gateway",
+            "row", "true label", "p(fraud) REST", "p(fraud) gRPC", "p(fraud) async",
+            "version REST / gRPC", title="predictions through the gateway",
         )  # fmt: skip
         for i, label in enumerate([1, 1, 1, 0, 0, 0]):
             table.add_row(
