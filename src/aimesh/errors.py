@@ -32,7 +32,8 @@ nothing in here knows about HTTP numbers.
     │   ├── ModelExists              model_exists
     │   ├── MetricExists             metric_exists
     │   ├── VersionArchived          version_archived
-    │   └── JobFinished              job_finished
+    │   ├── JobFinished              job_finished
+    │   └── JobNotRetryable          job_not_retryable
     ├── ArtifactError                artifact_invalid
     │   ├── ArtifactTooLarge         artifact_too_large
     │   ├── ArtifactDigestMismatch   artifact_digest_mismatch
@@ -299,6 +300,22 @@ class JobFinished(Conflict):
 
     def __init__(self, job_id: str, state: str) -> None:
         super().__init__(f"job {job_id} has already {state}", job_id=job_id, state=state)
+        self.job_id = job_id
+        self.state = state
+
+
+class JobNotRetryable(Conflict):
+    """Raised when retrying a job that has not failed or been cancelled."""
+
+    code = "job_not_retryable"
+
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(
+            f"job {job_id} is {state}: only a failed or cancelled job can be retried "
+            "(submit a new one to run it again)",
+            job_id=job_id,
+            state=state,
+        )
         self.job_id = job_id
         self.state = state
 

@@ -34,7 +34,7 @@ from aimesh.bus import (
     connect,
 )
 from aimesh.config import JobsSettings
-from aimesh.errors import JobFailed, JobFinished, JobNotFound
+from aimesh.errors import JobFailed, JobFinished, JobNotFound, JobNotRetryable
 from aimesh.jobs import (
     DeadLetter,
     Handler,
@@ -259,6 +259,39 @@ def test_a_rejected_job_fails_at_once_and_a_flaky_one_succeeds_on_retry(bus_url:
                 job = await client.submit(JobSpec(kind="flaky"))
                 done = await client.wait(job.id, timeout=WAIT_S)
             assert (done.attempts, done.result, done.error) == (2, "second time lucky", None)
+
+    run(main())
+
+
+def test_a_failed_job_is_retried_as_a_new_job_that_names_it(bus_url: str) -> None:
+    broken = True
+
+    async def flaky(ctx: JobContext) -> object:
+        if broken:
+            raise RuntimeError("the model store is down")
+        return {"ok": ctx.payload["n"]}
+
+    async def main() -> None:
+        nonlocal broken
+        async with jobs_on(bus_url) as (bus, client):
+            async with worker_running(bus, "flaky", flaky):
+                spec = JobSpec(kind="flaky", payload={"n": 7}, max_attempts=1, timeout_s=30)
+                failed = await client.submit(spec)
+                with pytest.raises(JobFailed):
+                    await client.wait(failed.id, timeout=WAIT_S)
+                with pytest.raises(JobNotRetryable):  # a queued job has not ended
+                    await client.retry((await client.submit(JobSpec(kind="other"))).id)
+                broken = False
+                again = await client.retry(failed.id)
+                done = await client.wait(again.id, timeout=WAIT_S)
+            assert again.id != failed.id and done.retry_of == failed.id
+            assert (done.state, done.result, done.payload) == ("succeeded", {"ok": 7}, {"n": 7})
+            assert (done.max_attempts, done.timeout_s) == (1, 30)
+            assert (await client.get(failed.id)).state == "failed"  # the old one is as it was
+            with pytest.raises(JobNotRetryable):  # succeeded
+                await client.retry(again.id)
+            with pytest.raises(JobNotFound):
+                await client.retry("f" * 32)
 
     run(main())
 
@@ -722,6 +755,11 @@ def test_cli_submits_lists_shows_and_cancels_jobs(bus_url: str, tmp_path: Path) 
     assert as_json["state"] == "cancelled"
     watched = run_aimesh(env, "jobs", "watch", job_id_text, ok=False)  # it has ended
     assert watched.returncode == 1 and "cancelled" in watched.stdout
+    retried = run_aimesh(env, "jobs", "retry", job_id_text).stdout.strip()
+    assert len(retried) == 32 and retried != job_id_text
+    assert f"retry of  {job_id_text}" in run_aimesh(env, "jobs", "show", retried).stdout
+    refused = run_aimesh(env, "jobs", "retry", retried, ok=False)  # queued: not ended
+    assert refused.returncode == 1 and "job_not_retryable" in refused.stderr
     missing = run_aimesh(env, "jobs", "show", "0" * 32, ok=False)
     assert missing.returncode == 1 and "job_not_found" in missing.stderr
     bad = run_aimesh(env, "jobs", "submit", "Bad.Kind", ok=False)
@@ -814,8 +852,18 @@ def test_rest_api_submits_shows_lists_cancels_and_streams_events(
             refused = await http.post(f"/api/jobs/{job_id}/cancel")
             assert (refused.status_code, refused.json()["code"]) == (409, "job_finished")
             queued = (await http.post("/api/jobs", json={"kind": "sleep"})).json()
+            not_ended = await http.post(f"/api/jobs/{queued['id']}/retry")
+            assert (not_ended.status_code, not_ended.json()["code"]) == (409, "job_not_retryable")
             cancelled = await http.post(f"/api/jobs/{queued['id']}/cancel")
             assert cancelled.json()["state"] == "cancelled"
+            again = await http.post(f"/api/jobs/{queued['id']}/retry")
+            assert again.status_code == 202, again.text
+            assert again.headers["location"] == f"/api/jobs/{again.json()['id']}"
+            assert (again.json()["state"], again.json()["retry_of"]) == ("queued", queued["id"])
+            succeeded = await http.post(f"/api/jobs/{job_id}/retry")
+            assert (succeeded.status_code, succeeded.json()["code"]) == (409, "job_not_retryable")
+            unknown = await http.post(f"/api/jobs/{'0' * 32}/retry")
+            assert (unknown.status_code, unknown.json()["code"]) == (404, "job_not_found")
 
             missing = await http.get(f"/api/jobs/{'0' * 32}")
             assert (missing.status_code, missing.json()["code"]) == (404, "job_not_found")

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="Asynchronous jobs: submit, list, show, watch, fetch results, cancel; serve their "
-    "REST API. Workers run with `aimesh worker KIND`.",
+    help="Asynchronous jobs: submit, list, show, watch, fetch results, cancel, retry; serve "
+    "their REST API. Workers run with `aimesh worker KIND`.",
     no_args_is_help=True,
 )
 
@@ -80,6 +80,8 @@ def _print_job(job: Job) -> None:
     ]
     if job.idempotency_key:
         rows.append(("idempotency key", job.idempotency_key))
+    if job.retry_of:
+        rows.append(("retry of", job.retry_of))
     if job.error is not None:
         rows.append(("error", f"[red]{job.error.message}[/red] ({job.error.code})"))
     if job.result is not None:
@@ -102,6 +104,33 @@ def _print_json(value: object) -> None:
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _queue_and_show(
+    queue: Callable[[JobClient], Awaitable[Job]], *, wait: bool, as_json: bool
+) -> None:
+    """Queue a job with ``queue``; print its id, or with ``wait`` wait for it and show it.
+
+    Exits 1 when a job waited for did not succeed.
+    """
+
+    async def run(client: JobClient) -> Job:
+        job = await queue(client)
+        if not wait:
+            return job
+        with contextlib.suppress(JobFailed):  # shown below, with its error
+            await client.wait(job.id)
+        return await client.get(job.id)
+
+    job = _with_client(settings(), run)
+    if as_json:
+        _print_json(job)
+    elif wait:
+        _print_job(job)
+    else:
+        console.print(job.id, highlight=False)
+    if wait and job.state != "succeeded":
+        raise typer.Exit(1)
 
 
 @app.command("list")
@@ -231,6 +260,21 @@ def watch(
 
 @app.command()
 @handle_errors
+def retry(
+    job_id: Annotated[str, typer.Argument(metavar="JOB", help="A failed or cancelled job.")],
+    wait: Annotated[bool, typer.Option(help="Wait for the new job to end and show it.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run a failed or cancelled job again, as a new job; print its id.
+
+    The new job has the same kind, payload, attempts, timeout and webhook, and names the
+    old one (retry_of). Find failed jobs with `aimesh jobs list --state failed`.
+    """
+    _queue_and_show(lambda client: client.retry(job_id), wait=wait, as_json=as_json)
+
+
+@app.command()
+@handle_errors
 def cancel(job_id: Annotated[str, typer.Argument(metavar="JOB", help="The job's id.")]) -> None:
     """Cancel a job: a queued one at once, a running one as soon as its worker sees it."""
     job = _with_client(settings(), lambda c: c.cancel(job_id))
@@ -277,24 +321,7 @@ def submit(
         timeout_s=timeout,
         webhook_url=webhook,
     )
-
-    async def run(client: JobClient) -> Job:
-        job = await client.submit(spec)
-        if not wait:
-            return job
-        with contextlib.suppress(JobFailed):  # shown below, with its error
-            await client.wait(job.id)
-        return await client.get(job.id)
-
-    job = _with_client(settings(), run)
-    if as_json:
-        _print_json(job)
-    elif wait:
-        _print_job(job)
-    else:
-        console.print(job.id, highlight=False)
-    if wait and job.state != "succeeded":
-        raise typer.Exit(1)
+    _queue_and_show(lambda client: client.submit(spec), wait=wait, as_json=as_json)
 
 
 @app.command()

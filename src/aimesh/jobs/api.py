@@ -159,6 +159,21 @@ async def cancel_job(jobs: Jobs, job_id: str) -> Response:
     return _json(await jobs.cancel(job_id))
 
 
+@router.post(
+    "/{job_id}/retry",
+    status_code=202,
+    summary="Run a failed or cancelled job again, as a new job (its retry_of names this one)",
+    response_class=Response,
+    responses={
+        202: {"description": "The new job's record", **_schema("Job")},
+        409: {"description": "The job is queued, running or succeeded (job_not_retryable)"},
+    },
+)
+async def retry_job(jobs: Jobs, job_id: str) -> Response:
+    job = await jobs.retry(job_id)
+    return _json(job, 202, {"Location": f"{PREFIX}/{job.id}"})
+
+
 @router.get(
     "/{job_id}/events",
     summary="The job's state, then each change, as server-sent events; ends with the job",

@@ -24,7 +24,14 @@ from aimesh.bus import (
     declare_topology,
 )
 from aimesh.config import JobsSettings
-from aimesh.errors import BusUnavailable, DeadlineExceeded, InvalidRequest, JobFailed, JobNotFound
+from aimesh.errors import (
+    BusUnavailable,
+    DeadlineExceeded,
+    InvalidRequest,
+    JobFailed,
+    JobNotFound,
+    JobNotRetryable,
+)
 from aimesh.jobs import states
 from aimesh.jobs.events import change_between, job_event, notify_cancel
 from aimesh.jobs.store import JobStore, encode_job
@@ -81,7 +88,7 @@ class JobClient:
 
     # -- submit -------------------------------------------------------------------------
 
-    async def submit(self, spec: JobSpec) -> Job:
+    async def submit(self, spec: JobSpec, *, retry_of: str | None = None) -> Job:
         """Queue a job; with an idempotency key already used, return that key's job instead.
 
         Raises :class:`InvalidRequest` for a payload over ``jobs.max_payload_bytes``,
@@ -96,7 +103,9 @@ class JobClient:
                 size=size,
                 limit=self.settings.max_payload_bytes,
             )
-        job = Job.from_spec(spec, job_id=new_job_id(), max_attempts=self.settings.max_attempts)
+        job = Job.from_spec(
+            spec, job_id=new_job_id(), max_attempts=self.settings.max_attempts, retry_of=retry_of
+        )
         if spec.idempotency_key is not None:
             existing = await self._bind(spec.idempotency_key, job.id)
             if existing is not None:
@@ -165,6 +174,25 @@ class JobClient:
         if kind is not None:
             check_kind(kind)
         return await self.store.list(kind=kind, state=state, limit=limit)
+
+    async def retry(self, job_id: str) -> Job:
+        """Run a failed or cancelled job again, as a new job (``retry_of`` names the old one).
+
+        The new job has the old one's kind, payload, attempts, timeout and webhook, and no
+        idempotency key (the old one keeps it). Raises :class:`JobNotRetryable` for a job
+        that is queued, running or succeeded.
+        """
+        job = await self.get(job_id)
+        if job.state not in ("failed", "cancelled"):
+            raise JobNotRetryable(job.id, job.state)
+        spec = JobSpec(
+            kind=job.kind,
+            payload=job.payload,
+            max_attempts=job.max_attempts,
+            webhook_url=job.webhook_url,
+            timeout_s=job.timeout_s,
+        )
+        return await self.submit(spec, retry_of=job.id)
 
     # -- cancel -------------------------------------------------------------------------
 

@@ -123,6 +123,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_key: str | None = None
     webhook_url: str | None = None
     timeout_s: float | None = None
+    retry_of: str | None = None
+    """The failed or cancelled job this one runs again (``aimesh jobs retry``)."""
     created: datetime = msgspec.field(default_factory=_now)
     updated: datetime = msgspec.field(default_factory=_now)
     started: datetime | None = None
@@ -135,8 +137,10 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         return self.state in TERMINAL
 
     @classmethod
-    def from_spec(cls, spec: JobSpec, *, job_id: str, max_attempts: int) -> Job:
-        """The queued record of a new job."""
+    def from_spec(
+        cls, spec: JobSpec, *, job_id: str, max_attempts: int, retry_of: str | None = None
+    ) -> Job:
+        """The queued record of a new job (that runs ``retry_of`` again, if given)."""
         now = _now()
         return cls(
             id=job_id,
@@ -147,6 +151,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             idempotency_key=spec.idempotency_key,
             webhook_url=spec.webhook_url,
             timeout_s=spec.timeout_s,
+            retry_of=retry_of,
             created=now,
             updated=now,
         )
