@@ -24,13 +24,40 @@ from aimesh.jobs.handlers import JobContext
 from aimesh.jobs.states import Attempt
 from aimesh.jobs.types import Job, JobError
 
-__all__ = ["Outcome", "Run", "outcome_of"]
+__all__ = ["Outcome", "Run", "Slot", "WorkerStats", "outcome_of"]
 
 log = logging.getLogger("aimesh.jobs.worker")
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did so far."""
+
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    released: int = 0
+    skipped: int = 0
+
+
+class Slot:
+    """One of a worker's ``concurrency`` slots, held by one job: freed once, then no more."""
+
+    __slots__ = ("_free",)
+
+    def __init__(self, free: Callable[[], None]) -> None:
+        self._free: Callable[[], None] | None = free
+
+    def free(self) -> None:
+        """Give the slot back (to the next job); a second call does nothing."""
+        if self._free is not None:
+            free, self._free = self._free, None
+            free()
 
 
 @dataclass
