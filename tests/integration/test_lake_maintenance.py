@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,13 @@ from deltalake import DeltaTable
 from fastapi.testclient import TestClient
 
 from aimesh.config import Settings
-from aimesh.errors import DatasetNotFound, DatasetVersionGone, InvalidName, InvalidRequest
+from aimesh.errors import (
+    Conflict,
+    DatasetNotFound,
+    DatasetVersionGone,
+    InvalidName,
+    InvalidRequest,
+)
 from aimesh.lake import Lake
 from aimesh.lake.app import create_app
 
@@ -120,11 +127,14 @@ def test_vacuum_under_a_week_is_refused_without_force_and_deletes_nothing(lake: 
     lake.compact("tx")
     disk = _on_disk(lake, "tx")
 
-    for hours, dry_run in [(0, False), (167, False), (0, True)]:
+    for hours in (0, 167):
         with pytest.raises(InvalidRequest, match="time travel") as refused:
-            lake.vacuum("tx", hours, dry_run=dry_run)
+            lake.vacuum("tx", hours, dry_run=False)
         assert refused.value.code == "invalid_request"
         assert refused.value.details["minimum"] == 168
+    # A dry run deletes nothing: it needs no force to say what 0 h would delete.
+    listed = lake.vacuum("tx", 0, dry_run=True)
+    assert listed.dry_run and len(listed.files) == APPENDS
 
     assert _on_disk(lake, "tx") == disk
     assert lake.history("tx", 1)[0].version == APPENDS
@@ -187,14 +197,51 @@ def test_bad_input_is_refused_and_changes_nothing(lake: Lake) -> None:
         lake.vacuum("nope", dry_run=False)
     with pytest.raises(InvalidName):
         lake.compact("Tx")
-    with pytest.raises(InvalidRequest, match="retain_hours must be 0 or more"):
-        lake.vacuum("tx", -1, dry_run=False, force=True)
-    with pytest.raises(InvalidRequest, match="target_size must be 1 byte or more"):
-        lake.compact("tx", target_size=0)
+    for hours in (-1, 10**13):
+        with pytest.raises(InvalidRequest, match="retain_hours must be from 0 to 876000"):
+            lake.vacuum("tx", hours, dry_run=False, force=True)
+    for size in (0, 10**14 * 1024**2):
+        with pytest.raises(InvalidRequest, match="target_size must be from 1 byte"):
+            lake.compact("tx", target_size=size)
 
     assert _on_disk(lake, "tx") == disk
     assert lake.history("tx", 1)[0].version == APPENDS - 1
     assert not (Path(lake.location) / "nope").exists()
+
+
+def test_one_compaction_or_vacuum_of_a_dataset_at_a_time(lake: Lake, tmp_path: Path) -> None:
+    _append(lake)
+    with lake.tables.maintenance("tx"):  # another call of this process holds it
+        with pytest.raises(Conflict, match="being compacted or vacuumed"):
+            lake.compact("tx")
+        with pytest.raises(Conflict):
+            lake.vacuum("tx", dry_run=True)
+        _append(lake, "other")
+        assert lake.compact("other").compacted  # another dataset is not held up
+    # Another process holds it (a CLI compaction beside the lake service's).
+    lock = Path(lake.tables.uri("tx")) / "_aimesh_maintenance.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time\n"
+            f"f = open({str(lock)!r}, 'a'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+            "print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(Conflict):
+            lake.compact("tx")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lake.history("tx", 1)[0].version == APPENDS - 1  # nothing was written meanwhile
+    done = lake.compact("tx")  # free again
+    assert done.compacted and done.rows == APPENDS * 3 and done.version == APPENDS
+    assert _files(lake, "tx") != set() and "_aimesh_maintenance.lock" not in _files(lake, "tx")
 
 
 # -- REST ------------------------------------------------------------------------------------
@@ -243,6 +290,8 @@ def test_rest_compacts_and_vacuums(client: TestClient, lake: Lake) -> None:
         ("Tx/vacuum", {}, 400, "invalid_name"),
         ("tx/compact", {"target_size_mib": "big"}, 400, "invalid_request"),
         ("tx/compact", {"target_size_mib": 0}, 400, "invalid_request"),
+        ("tx/compact", {"target_size_mib": 10**14}, 400, "invalid_request"),
+        ("tx/vacuum", {"retain_hours": 3 * 10**12, "force": True}, 400, "invalid_request"),
         (
             "tx/vacuum",
             {"retain_hours": -1, "force": True, "dry_run": False},

@@ -335,6 +335,7 @@ def compact(
         typer.Option(
             "--target-size",
             min=1,
+            max=1024**2,
             metavar="MiB",
             help="Size files grow to, in MiB (default: the table's delta.targetFileSize, 100).",
         ),
@@ -377,6 +378,7 @@ def vacuum(
         typer.Option(
             "--retain-hours",
             min=0,
+            max=876_000,
             help="Keep the files that the versions of the last H hours read.",
             metavar="H",
         ),
@@ -392,7 +394,8 @@ def vacuum(
     ] = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Delete the data files that only versions older than the retention read.
+    """Delete the data files that only versions older than the retention read (now, unless
+    --dry-run; the REST route is a dry run unless asked otherwise).
 
     Time travel to those versions (and a reader still on one) fails afterwards.
     """

@@ -10,7 +10,15 @@
 - The REST API (``/api/lake``) is in ``aimesh.lake.app``; import it only to serve.
 """
 
-from aimesh.lake.lake import VACUUM_RETAIN_HOURS, Lake, ProgressCallback, open_dataset, open_lake
+from aimesh.lake.lake import (
+    MAX_RETAIN_HOURS,
+    MAX_TARGET_SIZE,
+    VACUUM_RETAIN_HOURS,
+    Lake,
+    ProgressCallback,
+    open_dataset,
+    open_lake,
+)
 from aimesh.lake.refs import DatasetRef, check_dataset_name
 from aimesh.lake.sink import LakeSink, SinkCommit, sink_names
 from aimesh.lake.types import (
@@ -28,6 +36,8 @@ from aimesh.lake.types import (
 )
 
 __all__ = [
+    "MAX_RETAIN_HOURS",
+    "MAX_TARGET_SIZE",
     "VACUUM_RETAIN_HOURS",
     "Column",
     "CompactResult",

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from aimesh.errors import InvalidRequest, RequestTooLarge
 from aimesh.lake.delta import columns_of
-from aimesh.lake.lake import VACUUM_RETAIN_HOURS, Lake
+from aimesh.lake.lake import MAX_RETAIN_HOURS, MAX_TARGET_SIZE, VACUUM_RETAIN_HOURS, Lake
 from aimesh.lake.refs import check_dataset_name
 from aimesh.lake.types import (
     Column,
@@ -184,7 +184,8 @@ async def ingest(
     "/datasets/{name}/compact",
     summary="Compact a dataset: rewrite its small files into larger ones, as a new version",
     description="Rows, schema and older versions stay readable as they were. With nothing "
-    "to compact, no version is written (`compacted` is false).",
+    "to compact, no version is written (`compacted` is false). One compaction or vacuum of "
+    "a dataset at a time: another is a 409 (`conflict`).",
 )
 def compact(
     svc: Service,
@@ -193,6 +194,7 @@ def compact(
         int | None,
         Query(
             ge=1,
+            le=MAX_TARGET_SIZE // _MIB,
             description="The size files grow to, in MiB (default: the table's "
             "delta.targetFileSize, or 100 MiB).",
         ),
@@ -206,13 +208,19 @@ def compact(
     summary="Vacuum a dataset: delete the data files only older versions read",
     description="Deletes the files that no version of the last `retain_hours` reads; the "
     "versions older than that can no longer be read (`dataset_version_gone`). A dry run (the "
-    f"default) only lists them. Below {VACUUM_RETAIN_HOURS} hours it takes `force=true`.",
+    f"default) only lists them. Below {VACUUM_RETAIN_HOURS} hours a real one takes "
+    "`force=true`. One compaction or vacuum of a dataset at a time: another is a 409.",
 )
 def vacuum(
     svc: Service,
     name: str,
     retain_hours: Annotated[
-        int, Query(ge=0, description="Keep the files that versions of the last hours read.")
+        int,
+        Query(
+            ge=0,
+            le=MAX_RETAIN_HOURS,
+            description="Keep the files that versions of the last hours read.",
+        ),
     ] = VACUUM_RETAIN_HOURS,
     dry_run: Annotated[bool, Query(description="Only list the files; false deletes them.")] = True,
     force: Annotated[

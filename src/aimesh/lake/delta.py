@@ -6,11 +6,14 @@ Everything delta-rs raises is translated here, where it enters, into the nearest
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
+import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +66,11 @@ _LOG_READERS = 8
 _MISSING_OBJECT = re.compile(r"Object at location (\S+) not found")
 # How delta-rs refuses a vacuum below the retention the table is configured with.
 _RETENTION_REFUSED = "Invalid retention period"
+# The lock file of a local table's maintenance: Delta and vacuum leave `_` files alone.
+_MAINTENANCE_LOCK = "_aimesh_maintenance.lock"
+# Tables under maintenance in this process, by URI.
+_maintained: set[str] = set()
+_maintained_guard = threading.Lock()
 
 
 def first_line(exc: BaseException) -> str:
@@ -277,6 +285,46 @@ class DeltaTables:
         return self._version_of(name, write_id)
 
     # -- maintenance -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def maintenance(self, name: str) -> Iterator[None]:
+        """Hold dataset ``name``'s maintenance lock: one compaction or vacuum at a time.
+
+        Two compactions at once would each replace the same small files with a merged copy
+        of their own (delta-rs lets both commit: rows twice over); a vacuum beside a
+        compaction could delete the files it is about to commit. So both hold this lock: in
+        this process, by the table's URI; across processes on one machine (a local lake),
+        by an exclusive ``flock`` on a file in the table's folder. A lake on an object store
+        has only the first: maintain each dataset from one place at a time. A held lock is
+        a :class:`Conflict` at once, not a wait.
+        """
+        uri = self.uri(name)
+        busy = Conflict(
+            f"dataset {name!r} is being compacted or vacuumed by another call; try again "
+            "when it has ended",
+            name=name,
+        )
+        with _maintained_guard:
+            if uri in _maintained:
+                raise busy
+            _maintained.add(uri)
+        try:
+            if not self.local:
+                yield
+                return
+            path = Path(uri.removeprefix("file://")) / _MAINTENANCE_LOCK
+            with path.open("a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise busy from None
+                try:
+                    yield
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            with _maintained_guard:
+                _maintained.discard(uri)
 
     def compact(
         self, name: str, table: DeltaTable, *, target_size: int | None, row_group_rows: int

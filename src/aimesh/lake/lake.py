@@ -48,6 +48,10 @@ _EXPORT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
 VACUUM_RETAIN_HOURS = 168
 """Delta's default retention (a week): a vacuum keeping less needs ``force``."""
+MAX_RETAIN_HOURS = 876_000
+"""The longest retention a vacuum takes (a century)."""
+MAX_TARGET_SIZE = 1024**4
+"""The largest file size a compaction aims at (1 TiB)."""
 
 
 class Lake:
@@ -484,18 +488,25 @@ class Lake:
         no version is written (``compacted`` is false).
         """
         check_dataset_name(name)
-        if target_size is not None and target_size < 1:
-            raise InvalidRequest(f"target_size must be 1 byte or more, got {target_size}")
+        if target_size is not None and not 1 <= target_size <= MAX_TARGET_SIZE:
+            raise InvalidRequest(
+                f"target_size must be from 1 byte to {MAX_TARGET_SIZE} (1 TiB), got {target_size}"
+            )
         started = time.perf_counter()
-        table = self.tables.open(name)
-        files_before = DeltaTables.totals(table)[2]
-        removed, added = self.tables.compact(
-            name, table, target_size=target_size, row_group_rows=self.chunk_rows
-        )
-        rows, _, files_after = DeltaTables.totals(table)
+        self.tables.open(name)  # DatasetNotFound before anything else
+        with self.tables.maintenance(name):
+            table = self.tables.open(name)
+            read_at = int(table.version())
+            files_before = DeltaTables.totals(table)[2]
+            removed, added = self.tables.compact(
+                name, table, target_size=target_size, row_group_rows=self.chunk_rows
+            )
+        # Others (a sink) may have committed since: describe the compaction's own version.
+        version = self._compaction_after(name, read_at) if removed else read_at
+        rows, _, files_after = DeltaTables.totals(self.tables.open(name, version))
         return CompactResult(
             dataset=name,
-            version=int(table.version()),
+            version=version,
             compacted=removed > 0,
             files_before=files_before,
             files_after=files_after,
@@ -504,6 +515,12 @@ class Lake:
             rows=rows,
             seconds=time.perf_counter() - started,
         )
+
+    def _compaction_after(self, name: str, version: int) -> int:
+        """The version of the first compaction of ``name`` after ``version``."""
+        history = self.tables.history(self.tables.open(name))
+        ours = [v.version for v in history if v.version > version and v.operation == "OPTIMIZE"]
+        return min(ours) if ours else int(self.tables.open(name).version())
 
     def vacuum(
         self,
@@ -521,9 +538,11 @@ class Lake:
         and nothing is deleted). ``dry_run`` (the default) only lists the files.
         """
         check_dataset_name(name)
-        if retain_hours < 0:
-            raise InvalidRequest(f"retain_hours must be 0 or more, got {retain_hours}")
-        if retain_hours < VACUUM_RETAIN_HOURS and not force:
+        if not 0 <= retain_hours <= MAX_RETAIN_HOURS:
+            raise InvalidRequest(
+                f"retain_hours must be from 0 to {MAX_RETAIN_HOURS} (a century), got {retain_hours}"
+            )
+        if retain_hours < VACUUM_RETAIN_HOURS and not (force or dry_run):
             raise InvalidRequest(
                 f"refusing to vacuum dataset {name!r} with a retention of {retain_hours} h, "
                 f"under Delta's default of {VACUUM_RETAIN_HOURS} h: the versions older than "
@@ -534,10 +553,12 @@ class Lake:
                 minimum=VACUUM_RETAIN_HOURS,
             )
         started = time.perf_counter()
-        table = self.tables.open(name)
-        files = self.tables.vacuum(
-            name, table, retain_hours=retain_hours, dry_run=dry_run, force=force
-        )
+        self.tables.open(name)  # DatasetNotFound before anything else
+        with self.tables.maintenance(name):
+            table = self.tables.open(name)
+            files = self.tables.vacuum(
+                name, table, retain_hours=retain_hours, dry_run=dry_run, force=force or dry_run
+            )
         return VacuumResult(
             dataset=name,
             version=int(table.version()),
