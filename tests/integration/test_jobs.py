@@ -283,8 +283,10 @@ def test_a_failed_job_is_retried_as_a_new_job_that_names_it(bus_url: str) -> Non
                     await client.retry((await client.submit(JobSpec(kind="other"))).id)
                 broken = False
                 again = await client.retry(failed.id)
+                assert (await client.retry(failed.id)).id == again.id  # asked twice: one retry
                 done = await client.wait(again.id, timeout=WAIT_S)
             assert again.id != failed.id and done.retry_of == failed.id
+            assert done.idempotency_key == f"retry:{failed.id}"
             assert (done.state, done.result, done.payload) == ("succeeded", {"ok": 7}, {"n": 7})
             assert (done.max_attempts, done.timeout_s) == (1, 30)
             assert (await client.get(failed.id)).state == "failed"  # the old one is as it was
@@ -757,7 +759,11 @@ def test_cli_submits_lists_shows_and_cancels_jobs(bus_url: str, tmp_path: Path) 
     assert watched.returncode == 1 and "cancelled" in watched.stdout
     retried = run_aimesh(env, "jobs", "retry", job_id_text).stdout.strip()
     assert len(retried) == 32 and retried != job_id_text
-    assert f"retry of  {job_id_text}" in run_aimesh(env, "jobs", "show", retried).stdout
+    shown_retry = run_aimesh(env, "jobs", "show", retried).stdout.splitlines()
+    assert [job_id_text] == [line.split()[-1] for line in shown_retry if "retry of" in line]
+    # What users and handlers write is shown as written, never read as markup.
+    odd = run_aimesh(env, "jobs", "submit", "sleep", "--payload", '{"note": "[/data] [red]"}')
+    assert '"[/data] [red]"' in run_aimesh(env, "jobs", "show", odd.stdout.strip()).stdout
     refused = run_aimesh(env, "jobs", "retry", retried, ok=False)  # queued: not ended
     assert refused.returncode == 1 and "job_not_retryable" in refused.stderr
     missing = run_aimesh(env, "jobs", "show", "0" * 32, ok=False)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from aimesh.cli._app import console, err_console, handle_errors, serve_service_app, settings
@@ -65,6 +66,7 @@ def _state(job: Job) -> str:
 
 
 def _print_job(job: Job) -> None:
+    """The job as a table; what handlers and users wrote is escaped (never read as markup)."""
     import msgspec
 
     rows: list[tuple[str, str]] = [
@@ -72,23 +74,24 @@ def _print_job(job: Job) -> None:
         ("kind", job.kind),
         ("state", _state(job)),
         ("attempts", f"{job.attempts} of {job.max_attempts}"),
-        ("progress", f"{job.progress:.0%}  {job.progress_message or ''}".rstrip()),
-        ("worker", job.worker or "-"),
+        ("progress", f"{job.progress:.0%}  {escape(job.progress_message or '')}".rstrip()),
+        ("worker", escape(job.worker or "-")),
         ("created", _when(job.created)),
         ("started", _when(job.started)),
         ("finished", _when(job.finished)),
     ]
     if job.idempotency_key:
-        rows.append(("idempotency key", job.idempotency_key))
+        rows.append(("idempotency key", escape(job.idempotency_key)))
     if job.retry_of:
         rows.append(("retry of", job.retry_of))
     if job.error is not None:
-        rows.append(("error", f"[red]{job.error.message}[/red] ({job.error.code})"))
+        error = f"{escape(job.error.message)} ({escape(job.error.code)})"
+        rows.append(("error", f"[red]{error}[/red]"))
     if job.result is not None:
-        rows.append(("result", msgspec.json.encode(job.result).decode()))
+        rows.append(("result", escape(msgspec.json.encode(job.result).decode())))
     if job.result_ref:
-        rows.append(("result ref", job.result_ref))
-    rows.append(("payload", msgspec.json.encode(job.payload).decode()))
+        rows.append(("result ref", escape(job.result_ref)))
+    rows.append(("payload", escape(msgspec.json.encode(job.payload).decode())))
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -237,9 +240,9 @@ def watch(
             return
         style = _STATE_STYLE.get(event.state, "")
         progress = f"{event.progress:.0%}" if event.progress is not None else ""
-        said = event.message or ""
+        said = escape(event.message or "")
         if event.error_message:
-            said = f"[red]{event.error_message}[/red] ({event.error_code})"
+            said = f"[red]{escape(event.error_message)}[/red] ({escape(event.error_code or '')})"
         console.print(
             f"{_when(event.at)}  [{style}]{event.change:<16}[/{style}] "
             f"attempt {event.attempt}  {progress:>4}  {said}".rstrip()
@@ -254,6 +257,8 @@ def watch(
         return last
 
     last = _with_client(settings(), follow)
+    if last is not None and last.state not in ("succeeded", "failed", "cancelled"):
+        err_console.print(f"job {job_id}: its record is gone (expired or deleted)")
     if last is None or last.state != "succeeded":
         raise typer.Exit(1)
 

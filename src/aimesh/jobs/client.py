@@ -178,9 +178,12 @@ class JobClient:
     async def retry(self, job_id: str) -> Job:
         """Run a failed or cancelled job again, as a new job (``retry_of`` names the old one).
 
-        The new job has the old one's kind, payload, attempts, timeout and webhook, and no
-        idempotency key (the old one keeps it). Raises :class:`JobNotRetryable` for a job
-        that is queued, running or succeeded.
+        The new job has the old one's kind, payload, attempts, timeout and webhook. A job is
+        retried once: asking again returns that same retry (its idempotency key is
+        ``retry:<old id>``), so a client may repeat the call safely; to go again, retry the
+        retry. Raises :class:`JobNotRetryable` for a job that is queued, running or
+        succeeded. (An async inference keeps its request a day: retried later, the new job
+        fails at once, its request gone.)
         """
         job = await self.get(job_id)
         if job.state not in ("failed", "cancelled"):
@@ -188,6 +191,7 @@ class JobClient:
         spec = JobSpec(
             kind=job.kind,
             payload=job.payload,
+            idempotency_key=f"retry:{job.id}",
             max_attempts=job.max_attempts,
             webhook_url=job.webhook_url,
             timeout_s=job.timeout_s,
