@@ -33,7 +33,8 @@ nothing in here knows about HTTP numbers.
     │   ├── MetricExists             metric_exists
     │   ├── VersionArchived          version_archived
     │   ├── JobFinished              job_finished
-    │   └── JobNotRetryable          job_not_retryable
+    │   ├── JobNotRetryable          job_not_retryable
+    │   └── LeaseHeld                lease_held
     ├── ArtifactError                artifact_invalid
     │   ├── ArtifactTooLarge         artifact_too_large
     │   ├── ArtifactDigestMismatch   artifact_digest_mismatch
@@ -318,6 +319,22 @@ class JobNotRetryable(Conflict):
         )
         self.job_id = job_id
         self.state = state
+
+
+class LeaseHeld(Conflict):
+    """Raised when another process holds the lease of what was to be started (a lake sink)."""
+
+    code = "lease_held"
+
+    def __init__(self, what: str, holder: str) -> None:
+        super().__init__(
+            f"{what} runs already ({holder}): stop it first, or wait for its lease to lapse "
+            "if it died",
+            what=what,
+            holder=holder,
+        )
+        self.what = what
+        self.holder = holder
 
 
 class ArtifactError(AimeshError):

@@ -31,6 +31,8 @@ from aimesh.bus import (
     JOB_DATA_TTL_S,
     JOBS_BUCKET,
     JOBS_STREAM,
+    LEASE_TTL_S,
+    LEASES_BUCKET,
     EmbeddedNats,
     Event,
     RegistryEvent,
@@ -341,7 +343,11 @@ def test_declare_topology_is_idempotent(nats_url: str) -> None:
             assert jobs_kv.stream_info.config.storage == StorageType.FILE
             data_kv = await (await a.js.key_value(JOB_DATA_BUCKET)).status()
             assert data_kv.ttl == JOB_DATA_TTL_S
-            assert {DISCOVERY_BUCKET, JOBS_BUCKET, JOB_DATA_BUCKET} == {b.name for b in BUCKETS}
+            leases = await (await a.js.key_value(LEASES_BUCKET)).status()
+            assert leases.ttl == LEASE_TTL_S
+            assert leases.stream_info.config.storage == StorageType.MEMORY
+            names = {DISCOVERY_BUCKET, JOBS_BUCKET, JOB_DATA_BUCKET, LEASES_BUCKET}
+            assert names == {b.name for b in BUCKETS}
 
     run(scenario())
 

@@ -18,8 +18,9 @@ import nats.js.errors
 import pyarrow as pa
 import pytest
 
-from aimesh.bus import Bus, connect
+from aimesh.bus import LEASE_TTL_S, LEASES_BUCKET, Bus, connect
 from aimesh.config import Settings
+from aimesh.errors import Conflict, LeaseHeld
 from aimesh.lake import Lake, LakeSink, sink_names
 
 
@@ -231,3 +232,43 @@ def test_evolve_lets_new_fields_in_as_columns(nats_url: str, lake: Lake) -> None
 
     rows = lake.query(f"select * from {dataset} order by id").table.to_pylist()
     assert rows == [{"id": 1, "country": None}, {"id": 2, "country": "FR"}]
+
+
+def test_one_sink_per_dataset_and_subject_runs_at_a_time(nats_url: str, lake: Lake) -> None:
+    dataset, subject = f"tx_{_unique()}", f"lake_test.{_unique()}.raw"
+
+    async def scenario() -> None:
+        async with await connect(nats_url, timeout=5, name="test") as bus:
+            stop = asyncio.Event()
+            first = asyncio.create_task(_sink(lake, bus, dataset, subject).run(stop))
+            await _until(lambda: _drained(bus, dataset, subject))  # it consumes
+            with pytest.raises(LeaseHeld) as held:
+                await _sink(lake, bus, dataset, subject).run(asyncio.Event())
+            assert held.value.code == "lease_held"
+            assert f"process {os.getpid()} on" in held.value.message
+            assert not first.done()  # the refused one took nothing from the first
+            stop.set()
+            await asyncio.wait_for(first, 20)
+            # Once the first has stopped, its lease is free: another sink takes over.
+            await _publish(bus, subject, range(3))
+            await _run_until_drained(_sink(lake, bus, dataset, subject), bus)
+
+    asyncio.run(scenario())
+    assert sorted(_ids(lake, dataset)) == [0, 1, 2]
+
+
+def test_a_sink_that_loses_its_lease_stops(nats_url: str, lake: Lake) -> None:
+    dataset, subject = f"tx_{_unique()}", f"lake_test.{_unique()}.raw"
+
+    async def scenario() -> None:
+        async with await connect(nats_url, timeout=5, name="test") as bus:
+            running = asyncio.create_task(_sink(lake, bus, dataset, subject).run(asyncio.Event()))
+            await _until(lambda: _drained(bus, dataset, subject))
+            # Another process has the key now (as after the first was cut off from the bus
+            # longer than a lease lasts): the first finds out when it next renews.
+            leases = await bus.js.key_value(LEASES_BUCKET)
+            await leases.put(sink_names(dataset, subject).durable, b"{}")
+            with pytest.raises(Conflict, match="another process took its lease"):
+                await asyncio.wait_for(running, LEASE_TTL_S)
+
+    asyncio.run(scenario())

@@ -37,6 +37,7 @@ from aimesh.bus.events import (
     subscribe_events,
 )
 from aimesh.bus.home import BusStatus, embedded_bus_status, ensure_bus, stop_embedded_bus
+from aimesh.bus.lease import Lease
 from aimesh.bus.server import EmbeddedNats, nats_server_binary
 from aimesh.bus.topology import (
     BUCKETS,
@@ -51,6 +52,8 @@ from aimesh.bus.topology import (
     JOBS_BUCKET,
     JOBS_STREAM,
     JOBS_SUBJECTS,
+    LEASE_TTL_S,
+    LEASES_BUCKET,
     STREAMS,
     BucketSpec,
     StreamSpec,
@@ -71,6 +74,8 @@ __all__ = [
     "JOB_DATA_BUCKET",
     "JOB_DATA_TTL_S",
     "JOB_SUBJECTS",
+    "LEASES_BUCKET",
+    "LEASE_TTL_S",
     "REGISTRY_SUBJECTS",
     "STREAMS",
     "BucketSpec",
@@ -82,6 +87,7 @@ __all__ = [
     "JobChange",
     "JobEvent",
     "JobState",
+    "Lease",
     "PublishAck",
     "Registration",
     "RegistryEvent",

@@ -32,6 +32,8 @@ __all__ = [
     "JOBS_SUBJECTS",
     "JOB_DATA_BUCKET",
     "JOB_DATA_TTL_S",
+    "LEASES_BUCKET",
+    "LEASE_TTL_S",
     "STREAMS",
     "BucketSpec",
     "StreamSpec",
@@ -46,6 +48,9 @@ JOBS_SUBJECTS = "aimesh.jobs.>"
 DLQ_STREAM = "AIMESH_JOBS_DLQ"
 DLQ_SUBJECTS = "aimesh.dlq.>"
 DISCOVERY_BUCKET = "aimesh_discovery"
+LEASES_BUCKET = "aimesh_leases"
+LEASE_TTL_S = 15.0
+"""A lease its holder stops renewing (it died) is gone this long after its last renewal."""
 JOBS_BUCKET = "aimesh_jobs"
 JOB_DATA_BUCKET = "aimesh_job_data"
 JOB_DATA_TTL_S = 24 * 3600.0
@@ -141,6 +146,13 @@ BUCKETS: tuple[BucketSpec, ...] = (
         # Three missed heartbeats (every 2 s by default) and a crashed instance is gone.
         ttl_s=6.0,
         expiry_markers=True,
+    ),
+    BucketSpec(
+        name=LEASES_BUCKET,
+        description="Exclusive leases: one holder per key (a lake sink), renewed while it lives.",
+        # Like instances, holders are processes running now: none survive a bus restart.
+        storage="memory",
+        ttl_s=LEASE_TTL_S,
     ),
     BucketSpec(
         name=JOBS_BUCKET,

@@ -16,7 +16,9 @@ The sink reads from whichever stream captures its subject; when none does, it cr
 fields become new columns; without it, a row with an unknown field is a dead letter.
 
 One sink per dataset and subject at a time: two would share the consumer and interleave
-their commits' sequence marks.
+their commits' sequence marks, and one restarting would skip rows the other had marked
+past. So a sink holds a lease on the bus while it runs (:class:`~aimesh.bus.Lease`): a
+second one is refused (``lease_held``), and one that loses its lease stops.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ import pyarrow as pa
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from aimesh.bus import Bus, StreamSpec, declare_topology
+from aimesh.bus import Bus, Lease, StreamSpec, declare_topology
 from aimesh.errors import (
     AimeshError,
     BusUnavailable,
+    Conflict,
     InvalidData,
     InvalidRequest,
     SchemaMismatch,
@@ -159,8 +162,19 @@ class LakeSink:
         self._batch = _Batch()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set, then commit and acknowledge the batch in hand."""
+        """Consume until ``stop`` is set, then commit and acknowledge the batch in hand.
+
+        Raises :class:`~aimesh.errors.LeaseHeld` when another sink of the dataset and subject
+        runs; stops (with :class:`~aimesh.errors.Conflict`) if it loses its lease.
+        """
         await declare_topology(self.bus)
+        what = f"the sink of {self.subject} into dataset {self.dataset}"
+        async with Lease(self.bus, self.names.durable, what=what) as lease:
+            await self._run(stop, lease)
+            if lease.lost.is_set():
+                raise Conflict(f"{what} stopped: another process took its lease")
+
+    async def _run(self, stop: asyncio.Event, lease: Lease) -> None:
         self.stream = await self._ensure_stream()
         found = await asyncio.to_thread(
             self.lake.transaction_version, self.dataset, self.names.app_id
@@ -172,12 +186,13 @@ class LakeSink:
             self.subject, self.dataset, self.stream, self.names.durable, self.committed,
         )  # fmt: skip
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not lease.lost.is_set():
                 for msg in await self._fetch(sub):
                     await self._take(msg)
                 if self._due():
                     await self._flush(stop)
-            await self._flush(stop)
+            if not lease.lost.is_set():  # else another sink has the batch's messages
+                await self._flush(stop)
         finally:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await sub.unsubscribe()
