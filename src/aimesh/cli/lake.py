@@ -183,6 +183,13 @@ async def _sink(
             highlight=False,
         )
 
+    def on_start() -> None:
+        console.print(
+            f"sinking {escape(subject)} into dataset {name} (consumer {names.durable}, "
+            f"dead letters on {names.dead_letters}); Ctrl-C to stop",
+            highlight=False,
+        )
+
     async with await open_bus(config, name=f"lake-sink-{name}") as bus:
         sink = LakeSink(
             lake,
@@ -195,11 +202,7 @@ async def _sink(
             max_age_s=config.lake.sink_max_age_s,
             evolve=evolve,
             on_commit=on_commit,
-        )
-        console.print(
-            f"sinking {escape(subject)} into dataset {name} (consumer {names.durable}, "
-            f"dead letters on {names.dead_letters}); Ctrl-C to stop",
-            highlight=False,
+            on_start=on_start,
         )
         await sink.run(stop)
     console.print(

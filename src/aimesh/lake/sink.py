@@ -142,6 +142,7 @@ class LakeSink:
         max_age_s: float,
         evolve: bool = False,
         on_commit: Callable[[SinkCommit], None] | None = None,
+        on_start: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.names = sink_names(dataset, subject)
@@ -155,6 +156,8 @@ class LakeSink:
         self.max_age_s = max_age_s
         self.evolve = evolve
         self.on_commit = on_commit
+        self.on_start = on_start
+        """Called once the sink holds its lease and consumes."""
         self.clock = clock
         self.committed = 0
         """The highest stream sequence whose rows are in the dataset."""
@@ -181,6 +184,8 @@ class LakeSink:
         )
         self.committed = found or 0
         sub = await self._consumer()
+        if self.on_start is not None:
+            self.on_start()
         log.info(
             "sink %s -> %s: stream %s, consumer %s, committed up to sequence %d",
             self.subject, self.dataset, self.stream, self.names.durable, self.committed,
