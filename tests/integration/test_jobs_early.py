@@ -53,14 +53,14 @@ def test_a_fresh_first_delivery_starts_early_and_nothing_else_does(
         async with await connect(bus_url, timeout=10, name="test-early") as bus:
             await declare_topology(bus)
             before = await _stored(bus, FRESH)  # stored before the worker listened
-            early = EarlyStarts(bus, copy_header=COPY_HEADER, revision_header=REVISION_HEADER)
+            early = EarlyStarts(bus)
             await early.start()
 
             async def allowed(
                 subject: str, headers: dict[str, str] = FRESH, job: str = JOB, times: int = 1
             ) -> bool:
                 msg = await _delivered(bus, subject, times=times)
-                return early.allow(msg, job, msg.headers or {})
+                return early.allow(msg.metadata, job, msg.headers or {})
 
             assert await allowed(await _stored(bus, FRESH))
             assert not await allowed(before, FRESH)

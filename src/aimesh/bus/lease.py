@@ -23,6 +23,7 @@ from typing import Self
 import msgspec
 import nats.errors
 import nats.js.errors
+from nats.js.kv import KeyValue
 
 from aimesh.bus.connection import Bus
 from aimesh.bus.topology import LEASE_TTL_S, LEASES_BUCKET
@@ -50,6 +51,7 @@ class Lease:
         self._value = msgspec.json.encode(
             _Holder(host=socket.gethostname(), pid=os.getpid(), since=datetime.now(UTC))
         )
+        self._kv: KeyValue | None = None
         self._revision: int | None = None
         self._renewing: asyncio.Task[None] | None = None
         self.lost = asyncio.Event()
@@ -70,21 +72,21 @@ class Lease:
     async def acquire(self) -> None:
         """Take the lease, and keep it renewed; :class:`LeaseHeld` if another holds it."""
         try:
-            kv = await self._bus.js.key_value(LEASES_BUCKET)
+            self._kv = kv = await self._bus.js.key_value(LEASES_BUCKET)
             try:
                 self._revision = await kv.create(self._key, self._value)
             except nats.js.errors.KeyWrongLastSequenceError:
-                holder, revision = await self._holder()
+                holder, revision = await self._holder(kv)
                 if holder is None or revision is None or not _dead_here(holder):
                     raise LeaseHeld(self._what, _describe(holder)) from None
                 log.info("taking over the lease of %s from dead %s", self._what, _describe(holder))
                 try:
                     self._revision = await kv.update(self._key, self._value, last=revision)
                 except nats.js.errors.KeyWrongLastSequenceError:  # another was quicker
-                    raise LeaseHeld(self._what, _describe((await self._holder())[0])) from None
+                    raise LeaseHeld(self._what, _describe((await self._holder(kv))[0])) from None
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusUnavailable(f"cannot take the lease of {self._what}: {exc}") from exc
-        self._renewing = asyncio.create_task(self._renew(), name=f"lease-{self._key}")
+        self._renewing = asyncio.create_task(self._renew(kv), name=f"lease-{self._key}")
 
     async def release(self) -> None:
         """Stop renewing, and free the key (if it is still this holder's)."""
@@ -92,18 +94,22 @@ class Lease:
             self._renewing.cancel()
             await asyncio.gather(self._renewing, return_exceptions=True)
             self._renewing = None
-        if self._revision is not None and not self.lost.is_set() and self._bus.connected:
+        kv, revision = self._kv, self._revision
+        if (
+            kv is not None
+            and revision is not None
+            and not self.lost.is_set()
+            and self._bus.connected
+        ):
             try:
-                kv = await self._bus.js.key_value(LEASES_BUCKET)
-                await kv.delete(self._key, last=self._revision)
+                await kv.delete(self._key, last=revision)
             except (nats.errors.Error, TimeoutError) as exc:
                 log.debug("freeing the lease of %s: %s", self._what, exc)  # it expires anyway
         self._revision = None
 
-    async def _holder(self) -> tuple[_Holder | None, int | None]:
+    async def _holder(self, kv: KeyValue) -> tuple[_Holder | None, int | None]:
         """Who holds the key (None if it cannot be told), and the revision that says so."""
         try:
-            kv = await self._bus.js.key_value(LEASES_BUCKET)
             entry = await kv.get(self._key)
             return msgspec.json.decode(entry.value or b"", type=_Holder), entry.revision
         except nats.js.errors.KeyNotFoundError:
@@ -111,11 +117,10 @@ class Lease:
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None, None
 
-    async def _renew(self) -> None:
+    async def _renew(self, kv: KeyValue) -> None:
         while True:
             await asyncio.sleep(self._ttl_s / 3)
             try:
-                kv = await self._bus.js.key_value(LEASES_BUCKET)
                 self._revision = await kv.update(self._key, self._value, last=self._revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 log.error("lost the lease of %s: another process holds it now", self._what)

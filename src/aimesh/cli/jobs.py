@@ -233,6 +233,7 @@ def watch(
     Exits 0 if the job succeeded, 1 if it failed or was cancelled.
     """
     from aimesh.bus import JobEvent
+    from aimesh.jobs import TERMINAL
 
     def show(event: JobEvent) -> None:
         if as_json:
@@ -257,7 +258,7 @@ def watch(
         return last
 
     last = _with_client(settings(), follow)
-    if last is not None and last.state not in ("succeeded", "failed", "cancelled"):
+    if last is not None and last.state not in TERMINAL:
         err_console.print(f"job {job_id}: its record is gone (expired or deleted)")
     if last is None or last.state != "succeeded":
         raise typer.Exit(1)

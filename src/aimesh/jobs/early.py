@@ -38,6 +38,7 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from aimesh.bus import JOBS_STREAM, Bus
+from aimesh.jobs.client import COPY_HEADER, REVISION_HEADER
 
 __all__ = ["FRESH_S", "EarlyStarts"]
 
@@ -56,10 +57,8 @@ _RETRY_S = 5.0
 class EarlyStarts:
     """One worker's early-start rules (see the module's doc)."""
 
-    def __init__(self, bus: Bus, *, copy_header: str, revision_header: str) -> None:
+    def __init__(self, bus: Bus) -> None:
         self._bus = bus
-        self._copy_header = copy_header
-        self._revision_header = revision_header
         self._cancels: dict[str, float] = {}
         """Jobs whose cancel this worker heard, with when (monotonic), oldest first."""
         self._heard_since: int | None = None
@@ -85,17 +84,16 @@ class EarlyStarts:
                 break
             del self._cancels[oldest]
 
-    def allow(self, msg: Msg, job_id: str, headers: Mapping[str, str]) -> bool:
+    def allow(self, meta: Msg.Metadata, job_id: str, headers: Mapping[str, str]) -> bool:
         """Whether the message of ``job_id`` may start early."""
         if self._bus.nc.stats["reconnects"] != self._reconnects or self._heard_since is None:
             self._relearn()
             return False
-        meta = msg.metadata
         return (
             meta.num_delivered == 1
             and meta.sequence.stream > self._heard_since
-            and self._revision_header in headers
-            and self._copy_header not in headers
+            and REVISION_HEADER in headers
+            and COPY_HEADER not in headers
             and job_id not in self._cancels
             and (datetime.now(UTC) - meta.timestamp).total_seconds() < FRESH_S
         )

@@ -56,7 +56,7 @@ from aimesh.errors import AimeshError, BusUnavailable, JobNotFound
 from aimesh.jobs import states
 from aimesh.jobs._wire import Pulls
 from aimesh.jobs.attempts import Slot, WorkerStats
-from aimesh.jobs.client import COPY_HEADER, REVISION_HEADER, job_subject
+from aimesh.jobs.client import REVISION_HEADER, job_subject
 from aimesh.jobs.early import EarlyStarts
 from aimesh.jobs.handlers import Handler
 from aimesh.jobs.runner import Attempts, dead_letter_subject
@@ -106,7 +106,7 @@ class Worker:
         self.stats = WorkerStats()
         self.ready = asyncio.Event()
         """Set once the worker pulls (its consumer exists)."""
-        self._early = EarlyStarts(bus, copy_header=COPY_HEADER, revision_header=REVISION_HEADER)
+        self._early = EarlyStarts(bus)
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         self._wake = asyncio.Event()
@@ -304,7 +304,8 @@ class Worker:
     async def _process(self, msg: Msg, slot: Slot) -> None:
         assert self._store is not None and self._attempts is not None
         attempts = self._attempts
-        seq = _seq(msg)
+        meta = msg.metadata  # parsed from the reply subject: once
+        seq: int = meta.sequence.stream
         try:
             copy = decode_job(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -315,7 +316,7 @@ class Worker:
         revision = int(headers.get(REVISION_HEADER, "0"))
         if (
             attempts.early_starts
-            and self._early.allow(msg, copy.id, headers)
+            and self._early.allow(meta, copy.id, headers)
             and states.on_delivery(copy, seq) == "start"
         ):
             # Start now, claim later (see aimesh.jobs.early and _claim_late).

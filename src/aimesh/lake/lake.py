@@ -495,6 +495,8 @@ class Lake:
         started = time.perf_counter()
         self.tables.open(name)  # DatasetNotFound before anything else
         with self.tables.maintenance(name):
+            # Read under the lock: a compaction that ended meanwhile must be seen, or this
+            # one would merge the files it already merged (rows twice over).
             table = self.tables.open(name)
             read_at = int(table.version())
             files_before = DeltaTables.totals(table)[2]
@@ -518,9 +520,10 @@ class Lake:
 
     def _compaction_after(self, name: str, version: int) -> int:
         """The version of the first compaction of ``name`` after ``version``."""
-        history = self.tables.history(self.tables.open(name))
-        ours = [v.version for v in history if v.version > version and v.operation == "OPTIMIZE"]
-        return min(ours) if ours else int(self.tables.open(name).version())
+        latest = self.tables.open(name)
+        since = self.tables.history(latest, int(latest.version()) - version)  # the new ones only
+        ours = [v.version for v in since if v.operation == "OPTIMIZE"]
+        return min(ours) if ours else int(latest.version())
 
     def vacuum(
         self,
