@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import faulthandler
+import os
+from collections.abc import Generator, Iterator
 
 import pytest
 
 from aimesh.bus import EmbeddedNats
+
+# pytest-timeout (``timeout`` in pyproject.toml) interrupts a test with SIGALRM, which only
+# works when the main thread runs Python. A test stuck inside native code (a Rust or C++
+# call that never returns) would hang the whole run instead: this watchdog, a C thread of
+# faulthandler's, prints every thread's stack and ends the run once a test overruns it.
+HARD_TIMEOUT_S = 420
+_real_stderr: list[int] = []  # a copy of fd 2 taken while output is not captured
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _real_stderr.append(os.dup(2))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
+    """Each test (with its setup and teardown) under the hard watchdog."""
+    faulthandler.dump_traceback_later(HARD_TIMEOUT_S, exit=True, file=_real_stderr[0])
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope="session")
