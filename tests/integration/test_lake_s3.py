@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,6 +158,61 @@ def test_concurrent_appends_to_one_s3_table_lose_no_commit_and_know_their_versio
     assert lake.read("tx").num_rows == 13
     history = {v.version: v.metadata.get("aimesh.by") for v in lake.history("tx")}
     assert history == {0: None, **written}
+
+
+# Six writers at once, in a child process of their own so that a deadlock fails the test
+# instead of hanging the suite (a process stuck with the GIL held cannot time itself out).
+_MANY_WRITERS = """
+import sys, threading
+import pyarrow as pa
+from aimesh.lake import open_lake
+from aimesh.config import LakeSettings, Settings
+import json, pathlib
+url, options, home = sys.argv[1], json.loads(sys.argv[2]), pathlib.Path(sys.argv[3])
+for round in range(6):
+    settings = LakeSettings(url=f"{url}/{round}", storage_options=options)
+    lake = open_lake(Settings(home=home, lake=settings))
+    lake.write("tx", pa.table({"w": [-1]}))
+    errors = []
+    def writer(w):
+        try:
+            for _ in range(3):
+                lake.write("tx", pa.table({"w": [w]}))
+                lake.describe("tx")
+        except BaseException as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert lake.read("tx").num_rows == 19, lake.read("tx").num_rows
+print("ok")
+"""
+
+
+def test_many_concurrent_writes_to_s3_never_deadlock(
+    s3: S3Server, prefix: str, tmp_path: Path
+) -> None:
+    """delta-rs waits for the GIL on its I/O threads while some of its calls hold the GIL.
+
+    Unbounded, six writes at once on a two-core machine deadlocked within a few rounds (in
+    half the runs of this test). Its child also must not abort as it exits.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TOKIO_WORKER_THREADS"}
+    argv = [s3.url(f"{prefix}/lake"), json.dumps(s3.storage_options()), str(tmp_path)]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _MANY_WRITERS, *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=150,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("six concurrent writes to an S3 lake did not finish in 150 s (deadlock)")
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-3000:]
 
 
 def test_an_old_version_is_described_by_its_own_commit(lake: Lake) -> None:

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 from deltalake import (
     ColumnProperties,
@@ -47,6 +48,7 @@ from aimesh.errors import (
     SchemaMismatch,
     StoreUnavailable,
 )
+from aimesh.lake.filesystems import native_filesystem
 from aimesh.lake.types import Column, DatasetVersion
 
 __all__ = ["METADATA_PREFIX", "DeltaTables", "columns_of", "first_line", "missing_file"]
@@ -60,10 +62,38 @@ _WRITE_ID = "aimesh.write_id"
 # slower encoder, so memory grows with the file, not the chunk. Two batches keep the writers
 # fed. A value set in the environment wins. (Process-wide: delta-rs reads the environment.)
 _BATCH_CHANNEL = ("DELTARS_WRITER_BATCH_CHANNEL_SIZE", "2")
+
+
+def _streaming_writes() -> threading.BoundedSemaphore:
+    """How many writes may stream batches into delta-rs at once in this process.
+
+    delta-rs pulls a write's batches on one of its tokio worker threads, and ours come
+    from Python (each ingest conforms its batches as they are read), so each pull waits
+    for the GIL. Some delta-rs calls (``DeltaTable(uri)``, ``is_deltatable``, ``history``,
+    reading through ``DeltaStorageHandler``, in deltalake 1.6) hold the GIL while they
+    wait for those same workers to do their I/O. With every worker waiting for the GIL,
+    the process deadlocks: seen on S3 with six writes at once on two cores, where the
+    runtime has two workers. So the runtime gets at least four workers (a value in the
+    environment wins; delta-rs's runtime reads it when it starts), and at most one fewer
+    writes than it has workers stream at once: one worker is always free for the I/O.
+    """
+    os.environ.setdefault("TOKIO_WORKER_THREADS", str(max(4, os.cpu_count() or 1)))
+    try:
+        workers = int(os.environ["TOKIO_WORKER_THREADS"])
+    except ValueError:
+        workers = 1
+    return threading.BoundedSemaphore(max(1, workers - 1))
+
+
+_streaming = _streaming_writes()
 # Commit files read at once for a history: on an object store each is one request.
 _LOG_READERS = 8
-# How delta-rs's object store (local folder or bucket alike) reports a file that is not there.
-_MISSING_OBJECT = re.compile(r"Object at location (\S+) not found")
+# How a file that is not there is reported: by delta-rs's object store (local folder or
+# bucket alike), and by Arrow's local and S3 filesystems (the dataset's reads).
+_MISSING_OBJECT = re.compile(
+    r"Object at location (\S+) not found"
+    r"|(?:Failed to open local file|Path does not exist) '([^']+)'\. Detail: \[errno 2\]"
+)
 # How delta-rs refuses a vacuum below the retention the table is configured with.
 _RETENTION_REFUSED = "Invalid retention period"
 # The lock file of a local table's maintenance: Delta and vacuum leave `_` files alone.
@@ -82,10 +112,10 @@ def first_line(exc: BaseException) -> str:
 def missing_file(exc: BaseException) -> tuple[str, str] | None:
     """``(dataset, path)`` of the data file a failed read did not find, or ``None``.
 
-    A data file is missing when a vacuum deleted it while a version still names it. delta-rs
-    reports that as a ``FileNotFoundError``; DuckDB, reading the same Arrow dataset, copies
-    the text into its own error. Either way the text names the file, under its dataset's
-    folder (and partition folders, ``column=value``).
+    A data file is missing when a vacuum deleted it while a version still names it. Arrow
+    (or delta-rs) reports that as a ``FileNotFoundError``; DuckDB, reading the same Arrow
+    dataset, copies the text into its own error. Either way the text names the file, under
+    its dataset's folder (and partition folders, ``column=value``).
     """
     cause: BaseException | None = exc
     seen: set[int] = set()
@@ -93,7 +123,7 @@ def missing_file(exc: BaseException) -> tuple[str, str] | None:
         seen.add(id(cause))
         found = _MISSING_OBJECT.search(str(cause))
         if found is not None:
-            path = found.group(1)
+            path = found.group(1) or found.group(2)
             folders = [p for p in path.split("/")[:-1] if p and "=" not in p]
             return (folders[-1] if folders else "", path)
         cause = cause.__cause__
@@ -177,6 +207,12 @@ class DeltaTables:
             return self.open(name)
         except DatasetNotFound:
             return None
+
+    def dataset(self, table: DeltaTable) -> pads.FileSystemDataset:
+        """The table's files as an Arrow dataset, read through Arrow's own filesystem where
+        one fits the lake (see :mod:`aimesh.lake.filesystems`)."""
+        native = native_filesystem(table.table_uri, self.storage_options)
+        return table.to_pyarrow_dataset(filesystem=native)
 
     @staticmethod
     def schema(table: DeltaTable) -> pa.Schema:
@@ -270,16 +306,17 @@ class DeltaTables:
             ),
         )
         try:
-            write_deltalake(
-                self.uri(name),
-                data,
-                mode="append",
-                partition_by=partition_by or None,
-                schema_mode="merge" if merge_schema else None,
-                storage_options=self._options(),
-                writer_properties=_writer_properties(data.schema, row_group_rows),
-                commit_properties=properties,
-            )
+            with _streaming:
+                write_deltalake(
+                    self.uri(name),
+                    data,
+                    mode="append",
+                    partition_by=partition_by or None,
+                    schema_mode="merge" if merge_schema else None,
+                    storage_options=self._options(),
+                    writer_properties=_writer_properties(data.schema, row_group_rows),
+                    commit_properties=properties,
+                )
         except (DeltaError, OSError) as exc:
             _storage_error(name, exc)
         return self._version_of(name, write_id)

@@ -172,7 +172,7 @@ class Lake:
         """Dataset ``name`` at ``version`` (default: latest) as one Arrow table."""
         check_dataset_name(name)
         table = self.tables.open(name, version)
-        dataset = table.to_pyarrow_dataset()
+        dataset = self.tables.dataset(table)
         try:
             return dataset.to_table(columns=list(columns) if columns is not None else None)
         except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
@@ -197,7 +197,7 @@ class Lake:
         if batch_rows < 1:
             raise InvalidRequest(f"batch_rows must be 1 or more, got {batch_rows}")
         table = self.tables.open(name, version)
-        dataset = table.to_pyarrow_dataset()
+        dataset = self.tables.dataset(table)
         try:
             scanner = dataset.scanner(
                 columns=list(columns) if columns is not None else None,

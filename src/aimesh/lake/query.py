@@ -221,7 +221,7 @@ class _Session:
             )
         number = self.versions.get(name, self.version)
         table = self.tables.open(name, number)  # DatasetNotFound, DatasetVersionNotFound
-        self.con.register(name, table.to_pyarrow_dataset())
+        self.con.register(name, self.tables.dataset(table))
         self.read[name] = int(table.version())
 
 
