@@ -37,6 +37,14 @@ def unmarked_fit(x: Any, y: Any, params: dict[str, Any]) -> Any:
 
 
 @trainer
+def seeded_fit(x: Any, y: Any, params: dict[str, Any], seed: int) -> Any:
+    """A trainer function that asks for the job's seed."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=3, random_state=seed).fit(x, y)
+
+
+@trainer
 def returns_unfitted(x: Any, y: Any, params: dict[str, Any]) -> Any:
     """A trainer function that forgets to fit."""
     return LogisticRegression()
@@ -242,6 +250,19 @@ def test_a_marked_function_gets_the_rows_and_params_and_returns_the_fitted_model
     fitted = resolved.fit(x, np.array([0, 1] * 5))
     assert resolved.estimator is None
     assert isinstance(fitted, LogisticRegression) and fitted.C == 0.5
+
+
+def test_a_function_that_declares_a_seed_is_given_the_jobs_and_others_are_not() -> None:
+    x = np.arange(20, dtype=np.float64).reshape(10, 2)
+    y = np.array([0, 1] * 5)
+
+    seeded = resolve_trainer("function:test_training_specs:seeded_fit", seed=11).fit(x, y)
+    unseeded = resolve_trainer("function:test_training_specs:marked_fit", seed=11).fit(x, y)
+
+    assert seeded.get_params()["random_state"] == 11
+    assert isinstance(unseeded, LogisticRegression)  # called without a seed it never declared
+    with pytest.raises(JobRejected, match="seed"):  # no job seed: the function's own error
+        resolve_trainer("function:test_training_specs:seeded_fit").fit(x, y)
 
 
 @pytest.mark.parametrize(

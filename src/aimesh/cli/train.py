@@ -69,7 +69,9 @@ def train(
         ),
     ] = None,
     alias: Annotated[str | None, typer.Option(help="Alias to point at the new version.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed of the split.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Random seed of the split and of the estimator (random_state).")
+    ] = 0,
     key: Annotated[
         str | None, typer.Option(help="Idempotency key: submitting again returns the same job.")
     ] = None,

@@ -17,6 +17,7 @@ so a job cannot call an arbitrary importable function such as ``os:system``.
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import sys
 from collections.abc import Callable
@@ -63,6 +64,9 @@ def trainer(function: F) -> F:
         @trainer
         def fit(x, y, params):
             return LogisticRegression(C=float(params.get("C", 1.0))).fit(x, y)
+
+    A function that declares a ``seed`` keyword is also given the job's seed, so that one
+    job trains the same model every time: ``def fit(x, y, params, seed): ...``.
     """
     setattr(function, _MARK, True)
     return function
@@ -109,6 +113,7 @@ class FunctionTrainer:
     spec: str
     function: TrainerFunction
     params: dict[str, Scalar] = field(default_factory=dict)
+    seed: int | None = None
 
     @property
     def estimator(self) -> None:
@@ -118,7 +123,10 @@ class FunctionTrainer:
     def fit(self, x: np.ndarray, y: np.ndarray) -> Any:
         """What the function returns, checked to be a fitted estimator."""
         try:
-            fitted = self.function(x, y, dict(self.params))
+            if self.seed is not None and _takes_seed(self.function):
+                fitted = self.function(x, y, dict(self.params), seed=self.seed)  # type: ignore[call-arg]
+            else:
+                fitted = self.function(x, y, dict(self.params))
         except _fit_errors(TypeError) as exc:
             raise JobRejected(f"trainer {self.spec} failed: {_first_line(exc)}") from exc
         _check_fitted(self.spec, fitted)
@@ -138,7 +146,7 @@ def resolve_trainer(
     if not sep or not prefix or not rest:
         raise JobRejected(f"trainer {spec!r} must be {_SYNTAX}")
     if prefix == "function":
-        return FunctionTrainer(spec, _function(spec, rest), params)
+        return FunctionTrainer(spec, _function(spec, rest), params, seed)
     if prefix == "sklearn":
         cls = _sklearn_class(spec, rest)
     elif prefix in _BOOSTERS:
@@ -156,6 +164,16 @@ def resolve_trainer(
         if callable(get_params) and "random_state" in get_params(deep=False):
             estimator.set_params(random_state=seed)
     return EstimatorTrainer(spec, estimator)
+
+
+def _takes_seed(function: TrainerFunction) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin or C function without a signature
+        return False
+    return "seed" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
 
 
 def _sklearn_class(spec: str, name: str) -> type[Any]:
