@@ -44,6 +44,10 @@ def test_query_show_and_list_print_tables(run: CliRunner, tmp_path: Path) -> Non
     assert "│ a     │ 4 │" in counted and "│ b     │ 2 │" in counted
     assert "tx@1" in counted
     assert "│ 3 │" in _ok(run, "query", "select count(*) as n from tx", "--at", "tx=0")
+    _ok(run, "ingest", "transactions", str(csv))
+    narrow = _ok(run, "query", "select count(*) as n from transactions")
+    assert "transactions@0" in narrow  # a narrow answer does not wrap the title it was read at
+    assert "│ 1 " in _ok(run, "query", "select 1 as one")  # no dataset read: no title
     shown = _ok(run, "show", "tx")
     assert "timestamp[us]" in shown  # not eaten as markup
     assert "tx@1  6 rows" in shown

@@ -316,7 +316,9 @@ def query(
 
         console.print_json(json.dumps(answer(result), default=str))
         return
-    table = Table(*result.table.column_names, title=_read_at(result.versions))
+    title = _read_at(result.versions)
+    # min_width: a narrow answer (one count) must not wrap the title it is read at.
+    table = Table(*result.table.column_names, title=title, min_width=len(title or ""))
     for row in zip(*(c.to_pylist() for c in result.table.columns), strict=True):
         table.add_row(*(_cell(v) for v in row))
     console.print(table)
