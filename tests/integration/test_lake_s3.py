@@ -200,7 +200,11 @@ def test_many_concurrent_writes_to_s3_never_deadlock(
     Unbounded, six writes at once on a two-core machine deadlocked within a few rounds (in
     half the runs of this test). Its child also must not abort as it exits.
     """
-    env = {k: v for k, v in os.environ.items() if k != "TOKIO_WORKER_THREADS"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "TOKIO_WORKER_THREADS" and not k.startswith("AWS_")
+    }
     argv = [s3.url(f"{prefix}/lake"), json.dumps(s3.storage_options()), str(tmp_path)]
     try:
         done = subprocess.run(
@@ -213,6 +217,18 @@ def test_many_concurrent_writes_to_s3_never_deadlock(
     except subprocess.TimeoutExpired:
         pytest.fail("six concurrent writes to an S3 lake did not finish in 150 s (deadlock)")
     assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-3000:]
+
+
+def test_a_lake_under_a_prefix_that_needs_encoding_reads_what_it_wrote(
+    s3: S3Server, prefix: str, tmp_path: Path
+) -> None:
+    settings = LakeSettings(url=s3.url(f"{prefix}/my lake ü"), storage_options=s3.storage_options())
+    lake = open_lake(_settings(tmp_path, lake=settings))
+    lake.write("tx", pa.table({"id": [1, 2]}))
+
+    assert lake.read("tx").num_rows == 2
+    assert lake.query("select count(*) as n from tx").table.to_pylist() == [{"n": 2}]
+    assert _keys(s3, f"{prefix}/my lake ü/tx/_delta_log/")
 
 
 def test_an_old_version_is_described_by_its_own_commit(lake: Lake) -> None:

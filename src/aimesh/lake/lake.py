@@ -23,6 +23,7 @@ from aimesh.errors import (
     InvalidData,
     InvalidRequest,
     QueryError,
+    StoreUnavailable,
 )
 from aimesh.lake.delta import DeltaTables, columns_of, first_line, missing_file
 from aimesh.lake.query import QueryEngine
@@ -179,6 +180,8 @@ class Lake:
             raise InvalidRequest(f"cannot read {name}: {first_line(exc)}") from exc
         except FileNotFoundError as exc:
             raise self._version_gone(name, int(table.version()), exc) from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read {name}: {first_line(exc)}") from exc
 
     def iter_batches(
         self,
@@ -213,6 +216,8 @@ class Lake:
                 yield from (batch for batch in scanner.to_batches() if batch.num_rows)
             except FileNotFoundError as exc:
                 raise self._version_gone(name, int(table.version()), exc) from exc
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot read {name}: {first_line(exc)}") from exc
 
         return batches()
 
