@@ -6,6 +6,7 @@ web framework and no bus; everything it takes and returns is Arrow or a declared
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -174,14 +175,8 @@ class Lake:
         check_dataset_name(name)
         table = self.tables.open(name, version)
         dataset = self.tables.dataset(table)
-        try:
+        with self._reading(name, int(table.version())):
             return dataset.to_table(columns=list(columns) if columns is not None else None)
-        except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
-            raise InvalidRequest(f"cannot read {name}: {first_line(exc)}") from exc
-        except FileNotFoundError as exc:
-            raise self._version_gone(name, int(table.version()), exc) from exc
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot read {name}: {first_line(exc)}") from exc
 
     def iter_batches(
         self,
@@ -201,25 +196,31 @@ class Lake:
             raise InvalidRequest(f"batch_rows must be 1 or more, got {batch_rows}")
         table = self.tables.open(name, version)
         dataset = self.tables.dataset(table)
-        try:
+        with self._reading(name, int(table.version())):
             scanner = dataset.scanner(
                 columns=list(columns) if columns is not None else None,
                 batch_size=batch_rows,
                 batch_readahead=1,
                 fragment_readahead=1,
             )
-        except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
-            raise InvalidRequest(f"cannot read {name}: {first_line(exc)}") from exc
 
         def batches() -> Iterator[pa.RecordBatch]:
-            try:
+            with self._reading(name, int(table.version())):
                 yield from (batch for batch in scanner.to_batches() if batch.num_rows)
-            except FileNotFoundError as exc:
-                raise self._version_gone(name, int(table.version()), exc) from exc
-            except OSError as exc:
-                raise StoreUnavailable(f"cannot read {name}: {first_line(exc)}") from exc
 
         return batches()
+
+    @contextlib.contextmanager
+    def _reading(self, name: str, version: int) -> Iterator[None]:
+        """Arrow's errors while reading the files of ``name`` at ``version``, as aimesh's."""
+        try:
+            yield
+        except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
+            raise InvalidRequest(f"cannot read {name}: {first_line(exc)}") from exc
+        except FileNotFoundError as exc:
+            raise self._version_gone(name, version, exc) from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read {name}: {first_line(exc)}") from exc
 
     def _version_gone(
         self, name: str, version: int | None, exc: BaseException
