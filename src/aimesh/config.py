@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from aimesh._project_file import Problem, ProjectFile
+from aimesh.auth import KEY_NAME_PATTERN, Scope
 from aimesh.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "aimesh.yaml"
@@ -94,8 +95,9 @@ class RegistrySettings(BaseModel):
     )
     api_key: SecretStr | None = Field(
         default=None,
-        description="Sent as X-API-Key to `url`: set it when `url` is a gateway that requires "
-        "keys (http://gateway:8080; the registry is proxied under /api/registry).",
+        description="Sent as X-API-Key to `url` when the registry there has keys that this "
+        "home's service credential is not one of (a registry on another machine). Unset: "
+        "the service credential is sent.",
     )
 
 
@@ -137,20 +139,25 @@ class ServingSettings(BaseModel):
     )
 
 
-Scope = Literal["infer", "admin"]
-
-
 class ApiKey(BaseModel):
-    """One API key the gateway accepts: stored as its sha256, never in clear."""
+    """One API key every service accepts, stored as its sha256, never in clear.
 
-    name: str = Field(min_length=1, max_length=64, description="Who holds the key (for logs).")
+    For deployments without the CLI; keys made with `aimesh keys create` live in the
+    registry database instead, and both kinds are accepted alike.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=KEY_NAME_PATTERN, description="Who holds the key (for logs and records)."
+    )
     sha256: str = Field(
         pattern=r"^[0-9a-f]{64}$",
-        description="sha256 hex of the key (`aimesh gateway hash-key` prints it).",
+        description="sha256 hex of the key (`aimesh keys hash KEY` prints it).",
     )
     scopes: list[Scope] = Field(
         default_factory=lambda: list[Scope](["infer"]),
-        description="infer: /v2 inference; admin: /api (registry and other services).",
+        description="read, infer, write or admin (write includes read and infer; admin all).",
     )
     rate_per_s: float | None = Field(
         default=None,
@@ -160,16 +167,46 @@ class ApiKey(BaseModel):
     burst: int | None = Field(default=None, ge=1, description="Bucket size; default: 2 x rate.")
 
 
+class AuthSettings(BaseModel):
+    """Who may call the services: API keys, the service credential, failed-attempt limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[ApiKey] = Field(
+        default_factory=list,
+        description="Static API keys, besides those `aimesh keys create` stores in the "
+        "registry. Any key at all turns auth on for every service.",
+    )
+    service_key: SecretStr | None = Field(
+        default=None,
+        description="The credential services use to call each other. Unset: generated "
+        "into HOME/secrets/service.key (0600) when first needed.",
+    )
+    reload_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Services re-read the stored keys this often, besides on every key "
+        "event of the bus (a safety net for a missed revocation).",
+    )
+    max_failures: int = Field(
+        default=10,
+        ge=1,
+        le=10_000,
+        description="Unknown keys one client address may present within failure_window_s "
+        "before it is refused (429 auth_throttled) for the rest of the window.",
+    )
+    failure_window_s: float = Field(
+        default=60.0, gt=0, le=86400, description="The window of max_failures, in seconds."
+    )
+
+
 class GatewaySettings(BaseModel):
     """The gateway: the single entry point in front of every service."""
 
     host: str = Field(default="127.0.0.1", description="Address the gateway binds.")
     port: int = Field(default=8080, ge=0, le=65535, description="REST port.")
     grpc_port: int = Field(default=8081, ge=0, le=65535, description="gRPC port.")
-    auth: bool = Field(
-        default=False, description="Require an API key (X-API-Key or Bearer) except on health."
-    )
-    keys: list[ApiKey] = Field(default_factory=list, description="Accepted API keys.")
     max_request_bytes: int = Field(
         default=64 * 1024**2, gt=0, description="Largest request body accepted (413 beyond)."
     )
@@ -401,6 +438,9 @@ class Settings(BaseSettings):
     )
     serving: ServingSettings = Field(default_factory=ServingSettings, description="Model services.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="The gateway.")
+    auth: AuthSettings = Field(
+        default_factory=AuthSettings, description="API keys and the service credential."
+    )
     jobs: JobsSettings = Field(default_factory=JobsSettings, description="Asynchronous jobs.")
     services: ServicesSettings = Field(
         default_factory=ServicesSettings, description="What `aimesh up` runs."

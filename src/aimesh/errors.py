@@ -25,11 +25,13 @@ nothing in here knows about HTTP numbers.
     │   ├── AliasNotFound            alias_not_found
     │   ├── ArtifactNotFound         artifact_not_found
     │   ├── JobNotFound              job_not_found
+    │   ├── KeyNotFound              key_not_found
     │   ├── DatasetNotFound          dataset_not_found
     │   ├── DatasetVersionNotFound   dataset_version_not_found
     │   └── DatasetVersionGone       dataset_version_gone
     ├── Conflict                     conflict
     │   ├── ModelExists              model_exists
+    │   ├── KeyExists                key_exists
     │   ├── MetricExists             metric_exists
     │   ├── VersionArchived          version_archived
     │   ├── JobFinished              job_finished
@@ -46,6 +48,7 @@ nothing in here knows about HTTP numbers.
     ├── Forbidden                    forbidden
     ├── Overloaded                   overloaded
     │   └── RateLimited              rate_limited
+    │       └── AuthThrottled        auth_throttled
     ├── Unavailable                  unavailable
     │   ├── QueueFull                queue_full
     │   ├── ShuttingDown             shutting_down
@@ -202,6 +205,12 @@ class ArtifactNotFound(NotFound):
     code = "artifact_not_found"
 
 
+class KeyNotFound(NotFound):
+    """Raised when no active API key has the given name (never made, or revoked)."""
+
+    code = "key_not_found"
+
+
 class JobNotFound(NotFound):
     """Raised when no job has the given id (never submitted, or expired from the bus)."""
 
@@ -280,6 +289,12 @@ class ModelExists(Conflict):
     """Raised when creating a model whose name is taken."""
 
     code = "model_exists"
+
+
+class KeyExists(Conflict):
+    """Raised when creating an API key whose name an active (unrevoked) key holds."""
+
+    code = "key_exists"
 
 
 class MetricExists(Conflict):
@@ -419,7 +434,7 @@ class Unauthorized(AimeshError):
 
 
 class Forbidden(AimeshError):
-    """Raised when a known API key lacks the scope a route needs."""
+    """Raised when a known API key (or the identity it acts for) lacks the scope a route needs."""
 
     code = "forbidden"
 
@@ -447,6 +462,23 @@ class RateLimited(Overloaded):
             retry_after_s=retry_after_s,
         )
         self.key = key
+        self.retry_after_s = retry_after_s
+
+
+class AuthThrottled(RateLimited):
+    """Raised when a client presented too many unknown API keys lately: it must wait."""
+
+    code = "auth_throttled"
+
+    def __init__(self, client: str, retry_after_s: float) -> None:
+        Overloaded.__init__(
+            self,
+            f"too many failed API key attempts from {client}; retry in {retry_after_s:.3g}s",
+            client=client,
+            retry_after_s=retry_after_s,
+        )
+        self.key = client
+        self.client = client
         self.retry_after_s = retry_after_s
 
 

@@ -35,7 +35,7 @@ def test_a_new_trace_takes_the_request_id_as_trace_id() -> None:
     assert valid_traceparent(other) and "my-request" not in other
 
 
-def test_headers_forwarded_drop_hop_by_hop_and_credentials() -> None:
+def test_headers_forwarded_drop_hop_by_hop_and_keep_credentials() -> None:
     head = RequestHead.read(
         [
             (b"host", b"gw:8080"),
@@ -44,6 +44,7 @@ def test_headers_forwarded_drop_hop_by_hop_and_credentials() -> None:
             (b"connection", b"keep-alive"),
             (b"x-api-key", b"secret"),
             (b"authorization", b"Bearer secret"),
+            (b"x-aimesh-identity", b"alice;read"),
             (b"inference-header-content-length", b"80"),
             (b"x-request-id", b"req-7"),
             (b"traceparent", GOOD.encode()),
@@ -52,8 +53,13 @@ def test_headers_forwarded_drop_hop_by_hop_and_credentials() -> None:
     )
     assert head.content_length == 12
     assert (head.api_key, head.authorization) == ("secret", "Bearer secret")
+    assert head.on_behalf == "alice;read"
+    # Every service checks the caller's key again: it goes on unchanged.
     assert head.forward == [
         (b"content-type", b"application/json"),
+        (b"x-api-key", b"secret"),
+        (b"authorization", b"Bearer secret"),
+        (b"x-aimesh-identity", b"alice;read"),
         (b"inference-header-content-length", b"80"),
         (b"tracestate", b"vendor=1"),
         (b"x-request-id", b"req-7"),

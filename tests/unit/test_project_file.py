@@ -65,10 +65,8 @@ def test_every_problem_is_reported_at_its_line_in_file_order(tmp_path: Path) -> 
             "aimesh.yaml:4: services.models.0.replica: unknown setting (did you mean replicas?)",
         ),
         (
-            "gateway:\n  keys:\n    - name: app\n      sha256: "
-            + "ab" * 32
-            + "\n      scope: [x]\n",
-            "aimesh.yaml:5: gateway.keys.0.scope: unknown setting (did you mean scopes?)",
+            "auth:\n  keys:\n    - name: app\n      sha256: " + "ab" * 32 + "\n      scope: [x]\n",
+            "aimesh.yaml:5: auth.keys.0.scope: unknown setting (did you mean scopes?)",
         ),
         ("bus:\n  zzz: 1\n", "aimesh.yaml:2: bus.zzz: unknown setting (known: url,"),
     ],
@@ -128,7 +126,7 @@ def test_the_starter_file_loads_and_declares_every_section(tmp_path: Path) -> No
     settings = load_settings(path)
     assert settings.services.registry and settings.services.gateway
     assert settings.services.models == []
-    for section in ("services:", "bus:", "registry:", "gateway:", "serving:", "keys:"):
+    for section in ("services:", "bus:", "registry:", "gateway:", "auth:", "serving:", "keys:"):
         assert f"\n{section}" in STARTER_PROJECT_FILE or f"  {section}" in STARTER_PROJECT_FILE
 
 

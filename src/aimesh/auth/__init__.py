@@ -16,9 +16,10 @@ scope      may
            skops' trusted types, collect garbage, vacuum
 =========  ==============================================================================
 
-No HTTP here: adapters find the presented credential, ask for an identity, and turn the
-errors (:class:`~aimesh.errors.Unauthorized`, :class:`~aimesh.errors.Forbidden`) into
-statuses.
+Keys (:mod:`~aimesh.auth.keys`: made, hashed, found in headers; the service credential)
+are checked by a :class:`Keyring` (:mod:`~aimesh.auth.keyring`). No HTTP here: adapters
+find the presented credential, ask for an identity, and turn the errors
+(:class:`~aimesh.errors.Unauthorized`, :class:`~aimesh.errors.Forbidden`) into statuses.
 """
 
 from __future__ import annotations
@@ -30,13 +31,28 @@ from typing import Literal, get_args
 from aimesh.errors import Forbidden
 
 __all__ = [
+    "ANONYMOUS",
     "IDENTITY_HEADER",
     "INCLUDES",
+    "KEY_NAME_PATTERN",
+    "KEY_PREFIX",
     "LOCAL_OPERATOR",
     "SCOPES",
+    "SERVICE",
+    "SERVICE_KEY_FILE",
+    "FailedAttempts",
     "Identity",
+    "KeyEntry",
+    "Keyring",
     "Scope",
+    "TokenBucket",
+    "check_key_name",
     "expand",
+    "hash_key",
+    "key_from_headers",
+    "new_key",
+    "retry_after",
+    "service_key",
 ]
 
 Scope = Literal["read", "infer", "write", "admin"]
@@ -102,3 +118,25 @@ class Identity:
 LOCAL_OPERATOR = Identity.of("operator", SCOPES, kind="operator")
 """Who calls when no key exists: services then bind loopback only, and the person at this
 machine (who owns the home folder) may do everything."""
+
+
+# The checks build on the identity above (imported last: they import it from here).
+from aimesh.auth.keyring import (  # noqa: E402
+    ANONYMOUS,
+    SERVICE,
+    FailedAttempts,
+    KeyEntry,
+    Keyring,
+    TokenBucket,
+    retry_after,
+)
+from aimesh.auth.keys import (  # noqa: E402
+    KEY_NAME_PATTERN,
+    KEY_PREFIX,
+    SERVICE_KEY_FILE,
+    check_key_name,
+    hash_key,
+    key_from_headers,
+    new_key,
+    service_key,
+)

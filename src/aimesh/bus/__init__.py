@@ -22,6 +22,7 @@ from aimesh.bus.discovery import (
 )
 from aimesh.bus.events import (
     JOB_SUBJECTS,
+    KEY_SUBJECTS,
     REGISTRY_SUBJECTS,
     Event,
     EventStream,
@@ -74,6 +75,7 @@ __all__ = [
     "JOB_DATA_BUCKET",
     "JOB_DATA_TTL_S",
     "JOB_SUBJECTS",
+    "KEY_SUBJECTS",
     "LEASES_BUCKET",
     "LEASE_TTL_S",
     "REGISTRY_SUBJECTS",

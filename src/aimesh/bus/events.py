@@ -34,6 +34,7 @@ from aimesh.errors import BusUnavailable
 
 __all__ = [
     "JOB_SUBJECTS",
+    "KEY_SUBJECTS",
     "REGISTRY_SUBJECTS",
     "Event",
     "EventStream",
@@ -53,6 +54,8 @@ _log = logging.getLogger(__name__)
 
 REGISTRY_SUBJECTS = f"{EVENTS_SUBJECT_PREFIX}.registry.>"
 JOB_SUBJECTS = f"{EVENTS_SUBJECT_PREFIX}.jobs.>"
+KEY_SUBJECTS = f"{EVENTS_SUBJECT_PREFIX}.registry.key.>"
+"""Where the registry says an API key was created or revoked."""
 # How often the server shows an idle subscriber it is alive. nats-py rebuilds an ordered
 # consumer after two missed beats, so this bounds the gap after a bus restart (~3 s here,
 # ~20 s with nats-py's default of 5 s) for the price of one tiny message a second.
@@ -93,10 +96,14 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
 
 class RegistryEvent(Event, frozen=True, kw_only=True, tag="registry"):
-    """A change in the model registry: a model, a version or an alias was touched."""
+    """A change in the model registry: a model, a version, an alias or an API key was touched.
 
-    kind: Literal["model", "version", "alias"]
-    action: Literal["created", "moved", "deleted", "archived", "updated"]
+    For an API key (``kind`` ``key``), ``model`` is the key's name; the event never carries
+    the key or its digest.
+    """
+
+    kind: Literal["model", "version", "alias", "key"]
+    action: Literal["created", "moved", "deleted", "archived", "updated", "revoked"]
     model: str
     actor: str
     version: int | None = None

@@ -34,10 +34,23 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `aimesh --help` stays quick and each group stays in its own module.
-    from aimesh.cli import bus, demo, gateway, jobs, lake, local, models, registry, serve, train
+    from aimesh.cli import (
+        bus,
+        demo,
+        gateway,
+        jobs,
+        keys,
+        lake,
+        local,
+        models,
+        registry,
+        serve,
+        train,
+    )
 
     app.add_typer(models.app, name="models")
     app.add_typer(registry.app, name="registry")
+    app.add_typer(keys.app, name="keys")
     app.add_typer(bus.app, name="bus")
     app.add_typer(gateway.app, name="gateway")
     app.add_typer(jobs.app, name="jobs")

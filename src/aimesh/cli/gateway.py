@@ -37,20 +37,9 @@ def serve(
     gateway = config.gateway.model_validate({**config.gateway.model_dump(), **overrides})
     config = config.model_copy(update={"gateway": gateway})
     configure_logging(config.log_level, config.log_format)
-    auth = f"API keys required ({len(gateway.keys)} configured)" if gateway.auth else "no auth"
     console.print(
         f"gateway on http://{gateway.host}:{gateway.port} and grpc {gateway.host}:"
-        f"{gateway.grpc_port}, {auth}  (docs: /docs)",
+        f"{gateway.grpc_port}  (docs: /docs)",
         highlight=False,
     )
     run(config)
-
-
-@app.command("hash-key")
-def hash_key(
-    key: Annotated[str, typer.Argument(help="The API key to give a client.")],
-) -> None:
-    """Print the sha256 of KEY, to put in aimesh.yaml under gateway.keys[].sha256."""
-    from aimesh.gateway import hash_key as digest
-
-    console.print(digest(key), highlight=False, soft_wrap=True)

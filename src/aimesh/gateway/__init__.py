@@ -2,11 +2,13 @@
 
 It routes OIP v2 REST and gRPC calls to a healthy model instance found by watching the
 discovery bucket (least outstanding requests across replicas), proxies ``/api/<service>``
-(the registry first), aggregates one request over several models, checks API keys, scopes,
-rate and size limits, and serves one OpenAPI document and Prometheus metrics.
+(the registry first), aggregates one request over several models, checks API keys and scopes (the
+:class:`aimesh.auth.Keyring` every service uses; the caller's key is forwarded, and checked
+again upstream), rate and size limits, and serves one OpenAPI document and Prometheus
+metrics.
 
 The core (:class:`RoutingTable`, :class:`Router`, :class:`LeastOutstanding`,
-:class:`AccessControl`, :class:`TokenBucket`, the aggregate merge and
+the aggregate merge and
 :func:`call_upstream`) has no HTTP or gRPC in it; ``rest.py`` and ``grpc.py`` adapt it;
 ``server.py`` runs both.
 """
@@ -20,7 +22,6 @@ from aimesh.gateway.aggregate import (
     outcome_of,
     parse_aggregate,
 )
-from aimesh.gateway.auth import AccessControl, Caller, TokenBucket, hash_key, key_from_headers
 from aimesh.gateway.catalog import RegistryCatalog
 from aimesh.gateway.http1 import HttpClient, HttpPool, UpstreamResponse
 from aimesh.gateway.instances import InstancePolicy, LeastOutstanding, Upstream
@@ -31,9 +32,7 @@ from aimesh.gateway.server import run_gateway, serve
 from aimesh.gateway.upstream import NotSent, call_upstream
 
 __all__ = [
-    "AccessControl",
     "Aggregation",
-    "Caller",
     "GatewayApp",
     "GatewayMetrics",
     "HttpClient",
@@ -49,12 +48,9 @@ __all__ = [
     "Router",
     "RoutingTable",
     "Target",
-    "TokenBucket",
     "Upstream",
     "UpstreamResponse",
     "call_upstream",
-    "hash_key",
-    "key_from_headers",
     "merge",
     "outcome_of",
     "parse_aggregate",

@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
+from aimesh.auth import IDENTITY_HEADER, Identity
 from aimesh.bus import Bus, list_instances
 from aimesh.config import JobsSettings
 from aimesh.errors import (
@@ -60,7 +61,14 @@ KIND = "inference"
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no", ""})
 # Not part of the model call: what the gateway reads for itself or must not replay.
-_NOT_REPLAYED = frozenset({b"prefer", b"idempotency-key", b"content-type", b"cookie"})
+# Credentials are never stored with a job: the worker calls the model with the service
+# credential, acting for the job's submitter.
+_NOT_REPLAYED = frozenset(
+    {
+        b"prefer", b"idempotency-key", b"content-type", b"cookie", b"x-api-key",
+        b"authorization", IDENTITY_HEADER.encode(),
+    }
+)  # fmt: skip
 # How long a worker trusts its listing of model instances before reading discovery again.
 _LISTING_TTL_S = 2.0
 _DEFAULT_TIMEOUT_S = 60.0
@@ -172,8 +180,12 @@ class Deferrer:
         body: bytes,
         headers: list[tuple[bytes, bytes]],
         options: AsyncRequest,
+        submitted_by: Identity,
     ) -> Job:
-        """Store the request and queue its job; returns the queued (or first) job."""
+        """Store the request and queue its job; returns the queued (or first) job.
+
+        The job records ``submitted_by``; the request's credentials are not stored.
+        """
         if self._jobs is None or self._data is None:
             raise BusUnavailable("the gateway is not connected to the bus yet; try again")
         content_type = "application/json"
@@ -202,7 +214,7 @@ class Deferrer:
             )
         except msgspec.ValidationError as exc:
             raise InvalidRequest(f"cannot defer this request: {exc}") from exc
-        return await self._jobs.submit(spec)
+        return await self._jobs.submit(spec, submitted_by=submitted_by)
 
 
 # -- the worker's side ------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any, TypeAlias
 import grpc
 from grpc import aio
 
+from aimesh.auth import IDENTITY_HEADER, Keyring, key_from_headers, retry_after
 from aimesh.errors import (
     AimeshError,
     InvalidRequest,
@@ -33,7 +34,6 @@ from aimesh.errors import (
     error_from_body,
 )
 from aimesh.gateway._asgi import model_path
-from aimesh.gateway.auth import AccessControl, key_from_headers, retry_after
 from aimesh.gateway.headers import new_request_id, traceparent_for, valid_traceparent
 from aimesh.gateway.http1 import HttpClient
 from aimesh.gateway.instances import InstancePolicy, Upstream
@@ -52,6 +52,7 @@ GRPC_STATUS: dict[str, grpc.StatusCode] = {
     "unauthorized": grpc.StatusCode.UNAUTHENTICATED,
     "forbidden": grpc.StatusCode.PERMISSION_DENIED,
     "rate_limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "auth_throttled": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "request_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "upstream_error": grpc.StatusCode.UNAVAILABLE,
@@ -96,7 +97,7 @@ class GrpcGateway:
         router: Router,
         client: HttpClient,
         policy: InstancePolicy,
-        access: AccessControl,
+        keyring: Keyring,
         metrics: GatewayMetrics,
         upstream_timeout_s: float,
         max_message_bytes: int,
@@ -105,7 +106,7 @@ class GrpcGateway:
         self.router = router
         self.client = client
         self.policy = policy
-        self.access = access
+        self.keyring = keyring
         self.metrics = metrics
         self.timeout = upstream_timeout_s
         self.ready = ready
@@ -211,20 +212,32 @@ class GrpcGateway:
             )
 
     def _check(self, context: Context) -> list[tuple[str, str]]:
-        """Authorize the call; return the metadata to forward (request id, trace context)."""
-        api_key = authorization = request_id = traceparent = tracestate = None
+        """Authorize the call; return the metadata to forward (request id, trace context, and
+        the caller's credentials unchanged: the model service checks them again)."""
+        api_key = authorization = request_id = traceparent = tracestate = on_behalf = None
         for key, value in context.invocation_metadata() or ():
             if key == "x-api-key":
                 api_key = value
             elif key == "authorization":
                 authorization = value
+            elif key == IDENTITY_HEADER:
+                on_behalf = value
             elif key == "x-request-id":
                 request_id = value
             elif key == "traceparent":
                 traceparent = value
             elif key == "tracestate":
                 tracestate = value
-        self.access.check(key_from_headers(api_key, authorization), "infer")
+        presented = key_from_headers(
+            api_key if isinstance(api_key, str) else None,
+            authorization if isinstance(authorization, str) else None,
+        )
+        self.keyring.check(
+            presented,
+            "infer",
+            client=_peer_host(context.peer()),
+            on_behalf=on_behalf if isinstance(on_behalf, str) else None,
+        )
         if not isinstance(request_id, str) or not request_id or len(request_id) > 128:
             request_id = new_request_id()
         if not isinstance(traceparent, str) or not valid_traceparent(traceparent):
@@ -232,6 +245,10 @@ class GrpcGateway:
         forward = [("x-request-id", request_id), ("traceparent", traceparent)]
         if isinstance(tracestate, str):
             forward.append(("tracestate", tracestate))
+        if presented is not None:
+            forward.append(("x-api-key", presented))
+        if isinstance(on_behalf, str):
+            forward.append((IDENTITY_HEADER, on_behalf))
         return forward
 
     async def _send(
@@ -380,6 +397,15 @@ def _set_version(method: str, message: Any, version: str) -> None:
         message.model_version = version
     else:
         message.version = version
+
+
+def _peer_host(peer: str | None) -> str:
+    """The client's address from gRPC's peer (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``)."""
+    if not peer:
+        return "unknown"
+    _, _, address = peer.partition(":")
+    host = address.rsplit(":", 1)[0] if address.count(":") >= 1 else address
+    return host.strip("[]") or "unknown"
 
 
 async def _abort(context: Context, exc: AimeshError) -> None:

@@ -1,8 +1,9 @@
 """What the gateway reads from a request's headers, and what it passes on.
 
 One pass over the headers finds the request id, the W3C trace context, the credentials and
-the length, and builds the list forwarded upstream: everything but hop-by-hop headers,
-credentials (upstreams never see a client's key) and what this hop re-makes. A request
+the length, and builds the list forwarded upstream: everything but hop-by-hop headers and
+what this hop re-makes. The caller's credentials go on unchanged: every service checks
+them again on its own port. A request
 without an ``x-request-id`` gets one; one without a valid ``traceparent`` starts a trace
 whose id is the request id, so logs and traces meet.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
+
+from aimesh.auth import IDENTITY_HEADER
 
 __all__ = ["RequestHead", "new_request_id", "traceparent_for", "valid_traceparent"]
 
@@ -24,10 +27,11 @@ _NOT_FORWARDED = frozenset(
     {
         b"host", b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
         b"te", b"trailer", b"transfer-encoding", b"upgrade", b"expect", b"content-length",
-        b"x-api-key", b"authorization", b"x-request-id", b"traceparent",
+        b"x-request-id", b"traceparent",
     }
 )  # fmt: skip
 _MAX_REQUEST_ID = 128
+_IDENTITY = IDENTITY_HEADER.encode()
 
 
 def new_request_id() -> str:
@@ -76,6 +80,7 @@ class RequestHead:
         "content_length",
         "forward",
         "idempotency_key",
+        "on_behalf",
         "prefer",
         "request_id",
         "traceparent",
@@ -88,6 +93,8 @@ class RequestHead:
         self.tracestate: bytes | None = None
         self.api_key: str | None = None
         self.authorization: str | None = None
+        self.on_behalf: str | None = None
+        """The identity header (believed only with the service credential)."""
         self.content_length: int | None = None
         self.prefer: bytes | None = None
         """The ``Prefer`` header (``respond-async`` asks for an async call), passed on too."""
@@ -110,16 +117,18 @@ class RequestHead:
                     head.prefer = value
                 elif name == b"idempotency-key":
                     head.idempotency_key = value.decode("latin-1")
+                elif name == b"x-api-key":
+                    head.api_key = value.decode("latin-1")
+                elif name == b"authorization":
+                    head.authorization = value.decode("latin-1")
+                elif name == _IDENTITY:
+                    head.on_behalf = value.decode("latin-1")
             elif name == b"x-request-id":
                 request_id = value
             elif name == b"traceparent":
                 traceparent = value
             elif name == b"content-length":
                 head.content_length = int(value) if value.isdigit() else None
-            elif name == b"x-api-key":
-                head.api_key = value.decode("latin-1")
-            elif name == b"authorization":
-                head.authorization = value.decode("latin-1")
         if request_id and len(request_id) <= _MAX_REQUEST_ID and _printable(request_id):
             head.request_id = request_id.decode("latin-1")
             generated = False
@@ -135,6 +144,18 @@ class RequestHead:
         forward.append((b"x-request-id", head.request_id.encode("latin-1")))
         forward.append((b"traceparent", head.traceparent.encode()))
         return head
+
+    @property
+    def forward_credentials(self) -> list[tuple[bytes, bytes]]:
+        """The caller's key and identity header, as it sent them."""
+        pairs = []
+        if self.api_key is not None:
+            pairs.append((b"x-api-key", self.api_key.encode("latin-1")))
+        if self.authorization is not None:
+            pairs.append((b"authorization", self.authorization.encode("latin-1")))
+        if self.on_behalf is not None:
+            pairs.append((_IDENTITY, self.on_behalf.encode("latin-1")))
+        return pairs
 
     @property
     def forward_tracing(self) -> list[tuple[bytes, bytes]]:

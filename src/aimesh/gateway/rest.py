@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from aimesh.auth import Identity, Keyring, Scope, key_from_headers, retry_after
 from aimesh.errors import (
     AimeshError,
     BusUnavailable,
@@ -44,7 +45,6 @@ from aimesh.gateway._asgi import (
     respond,
     status_of,
 )
-from aimesh.gateway.auth import AccessControl, Scope, key_from_headers, retry_after
 from aimesh.gateway.deferred import AsyncRequest, Deferrer, async_request
 from aimesh.gateway.headers import RequestHead
 from aimesh.gateway.http1 import HttpClient, UpstreamResponse
@@ -96,7 +96,7 @@ class GatewayApp:
         router: Router,
         client: HttpClient,
         policy: InstancePolicy,
-        access: AccessControl,
+        keyring: Keyring,
         metrics: GatewayMetrics,
         openapi: MergedOpenApi,
         max_request_bytes: int,
@@ -108,7 +108,7 @@ class GatewayApp:
         self.router = router
         self.client = client
         self.policy = policy
-        self.access = access
+        self.keyring = keyring
         self.metrics = metrics
         self.openapi = openapi
         self.max_request_bytes = max_request_bytes
@@ -123,7 +123,7 @@ class GatewayApp:
             "/v2/health/ready": ("health", "GET", None, self._ready),
             "/v2": ("server", "GET", "infer", self._server),
             "/v2/aggregate": ("aggregate", "POST", "infer", self._aggregate),
-            "/metrics": ("metrics", "GET", None, self._metrics),
+            "/metrics": ("metrics", "GET", "read", self._metrics),
             "/openapi.json": ("openapi", "GET", None, self._openapi),
             "/docs": ("docs", "GET", None, self._docs),
         }
@@ -187,9 +187,19 @@ class GatewayApp:
         route, allowed, scope_needed, answer = own
         outcome.route = route
         allow(method, allowed)
-        self.access.check(key_from_headers(head.api_key, head.authorization), scope_needed)
+        self._check(scope, head, scope_needed)
         body = await self._body(head, receive) if allowed == "POST" else b""
         await answer(send, head, outcome, body)
+
+    def _check(self, scope: ASGIScope, head: RequestHead, needed: Scope | None) -> Identity:
+        """The caller, if the request's key may use a route needing ``needed``; else raise."""
+        client = scope.get("client")
+        return self.keyring.check(
+            key_from_headers(head.api_key, head.authorization),
+            needed,
+            client=client[0] if client else "unknown",
+            on_behalf=head.on_behalf,
+        )
 
     async def _body(self, head: RequestHead, receive: Receive) -> bytes:
         return await read_body(receive, head.content_length, self.max_request_bytes)
@@ -223,7 +233,7 @@ class GatewayApp:
         deferred = None
         if suffix == b"/infer":
             deferred = async_request(scope["query_string"], head.prefer, head.idempotency_key)
-        self.access.check(key_from_headers(head.api_key, head.authorization), "infer")
+        caller = self._check(scope, head, "infer")
         body = await self._body(head, receive) if allowed == "POST" else b""
         target = await self.router.target(name, version)
         if target.version == version:
@@ -232,7 +242,7 @@ class GatewayApp:
             path = model_path(name, target.version, suffix)
         if deferred is not None:
             routed = version if target.version is None else target.version
-            await self._defer(send, head, outcome, name, routed, path, body, deferred)
+            await self._defer(send, head, outcome, name, routed, path, body, deferred, caller)
             return
         upstream_path = path + query(scope)
         method = b"POST" if allowed == "POST" else b"GET"
@@ -254,6 +264,7 @@ class GatewayApp:
         path: bytes,
         body: bytes,
         options: AsyncRequest,
+        caller: Identity,
     ) -> None:
         """Queue the call as an ``inference`` job and answer 202 with the job's record."""
         outcome.route = "infer_async"
@@ -261,7 +272,7 @@ class GatewayApp:
             raise BusUnavailable("async inference needs the bus, which this gateway has not")
         job = await self.deferrer.submit(
             model=name, version=version, path=path, body=body, headers=head.forward,
-            options=options,
+            options=options, submitted_by=caller,
         )  # fmt: skip
         outcome.status = 202
         extra = [(b"location", f"/api/jobs/{job.id}".encode())]
@@ -337,7 +348,9 @@ class GatewayApp:
     ) -> None:
         service = scope["path"].split("/", 3)[2]
         outcome.route = "registry" if service == "registry" else "api"
-        self.access.check(key_from_headers(head.api_key, head.authorization), "admin")
+        # The service checks the caller's key again (it is forwarded unchanged), and may
+        # need more than this: keys need admin on the registry.
+        self._check(scope, head, "read" if scope["method"] in ("GET", "HEAD") else "write")
         body = await self._body(head, receive)
         candidates = self.router.table.services(service)
         if not candidates and service == "registry" and self.registry_fallback is not None:
@@ -424,7 +437,7 @@ class GatewayApp:
         self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes
     ) -> None:
         request = aggregate.parse_aggregate(body)
-        headers = [(b"content-type", JSON), *head.forward_tracing]
+        headers = [(b"content-type", JSON), *head.forward_tracing, *head.forward_credentials]
         results = await asyncio.gather(
             *(self._aggregate_one(m, request.body, headers) for m in request.members)
         )

@@ -29,7 +29,6 @@ from aimesh.bus import (
 )
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
-from aimesh.gateway.auth import AccessControl
 from aimesh.gateway.catalog import RegistryCatalog
 from aimesh.gateway.deferred import Deferrer
 from aimesh.gateway.grpc import GrpcGateway, start_grpc
@@ -41,6 +40,7 @@ from aimesh.gateway.rest import GatewayApp
 from aimesh.gateway.routing import Router, RoutingTable
 from aimesh.gateway.watch import DiscoveryWatch, forget_on_registry_events
 from aimesh.observability import run_service
+from aimesh.registry import KeyWatch
 
 __all__ = ["run_gateway", "serve"]
 
@@ -87,23 +87,24 @@ async def run_gateway(
     catalog = RegistryCatalog(settings)
     router = Router(table, catalog)
     policy = LeastOutstanding()
-    access = AccessControl(g.keys, required=g.auth)
+    keys = KeyWatch(settings)
     metrics = GatewayMetrics()
-    openapi = MergedOpenApi(gateway_document(auth=g.auth), auth=g.auth)
+    # Keys may be made at any time: the document always says how to present one.
+    openapi = MergedOpenApi(gateway_document(auth=True), auth=True)
     registry_fallback = _configured_registry(settings)
     ready = asyncio.Event()
     deferrer = Deferrer(settings.jobs)
 
     app = GatewayApp(
-        router=router, client=client, policy=policy, access=access, metrics=metrics,
-        openapi=openapi, max_request_bytes=g.max_request_bytes,
+        router=router, client=client, policy=policy, keyring=keys.keyring,
+        metrics=metrics, openapi=openapi, max_request_bytes=g.max_request_bytes,
         upstream_timeout_s=g.upstream_timeout_s, ready=ready.is_set,
         registry_fallback=registry_fallback, deferrer=deferrer,
     )  # fmt: skip
     grpc_gateway = GrpcGateway(
-        router=router, client=client, policy=policy, access=access, metrics=metrics,
-        upstream_timeout_s=g.upstream_timeout_s, max_message_bytes=g.max_request_bytes,
-        ready=ready.is_set,
+        router=router, client=client, policy=policy, keyring=keys.keyring,
+        metrics=metrics, upstream_timeout_s=g.upstream_timeout_s,
+        max_message_bytes=g.max_request_bytes, ready=ready.is_set,
     )  # fmt: skip
     grpc_server, grpc_port = await start_grpc(
         grpc_gateway, g.host, g.grpc_port, max_message_bytes=g.max_request_bytes
@@ -118,6 +119,7 @@ async def run_gateway(
         )
     )  # fmt: skip
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="gateway-rest")
+    keeping_keys = asyncio.create_task(keys.run(), name="gateway-keys")
     log.info("gateway on http://%s:%d and gRPC %s:%d", g.host, http_port, g.host, grpc_port)
     if on_listening is not None:
         on_listening(http_port, grpc_port)
@@ -150,6 +152,8 @@ async def run_gateway(
     # to leave a port open.
     follower.cancel()
     await _step("leaving the bus", follower)
+    keeping_keys.cancel()
+    await _step("following the keys", keeping_keys)
     server.should_exit = True
     await _step("draining gRPC", grpc_server.stop(grace=drain_s))
     await _step("draining REST", serving)

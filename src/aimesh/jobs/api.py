@@ -14,11 +14,13 @@ import msgspec
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from aimesh.auth import Identity
 from aimesh.bus import JobEvent, JobState
-from aimesh.errors import InvalidRequest, RequestTooLarge
+from aimesh.errors import Forbidden, InvalidRequest, RequestTooLarge
 from aimesh.jobs.client import JobClient
 from aimesh.jobs.data import JobData, job_result
 from aimesh.jobs.types import Job, JobSpec
+from aimesh.rest import Caller, route_scope
 
 __all__ = ["HTTP_STATUS", "PREFIX", "openapi_components", "router"]
 
@@ -57,6 +59,20 @@ def client(request: Request) -> JobClient:
 
 Jobs = Annotated[JobClient, Depends(client)]
 
+# One job's record, result and events: ``read``, or ``infer`` for the caller's own jobs.
+_ONE_JOB = route_scope("authenticated")
+
+
+async def _may_see(jobs: JobClient, job_id: str, caller: Identity) -> Job:
+    """The job, if ``caller`` may see it: with ``read``, or ``infer`` and it is theirs."""
+    job = await jobs.get(job_id)
+    if caller.has("read"):
+        return job
+    mine = job.submitted_by is not None and job.submitted_by.name == caller.name
+    if caller.has("infer") and mine:
+        return job
+    raise Forbidden(caller.name, "read")
+
 
 def _json(value: object, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(_encoder.encode(value), status_code, headers, media_type=_JSON)
@@ -85,7 +101,7 @@ router = APIRouter(prefix=PREFIX, tags=["jobs"])
     openapi_extra={"requestBody": {"required": True, **_schema("JobSpec")}},
     responses={202: {"description": "The job's record", **_schema("Job")}},
 )
-async def submit(jobs: Jobs, request: Request) -> Response:
+async def submit(jobs: Jobs, request: Request, caller: Caller) -> Response:
     limit = jobs.settings.max_payload_bytes + _SPEC_OVERHEAD_BYTES
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -99,7 +115,7 @@ async def submit(jobs: Jobs, request: Request) -> Response:
         spec = _spec_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise InvalidRequest(f"invalid job: {exc}") from exc
-    job = await jobs.submit(spec)
+    job = await jobs.submit(spec, submitted_by=caller)
     return _json(job, 202, {"Location": f"{PREFIX}/{job.id}"})
 
 
@@ -123,9 +139,10 @@ async def list_jobs(
     summary="Show a job",
     response_class=Response,
     responses={200: {"description": "The job's record", **_schema("Job")}},
+    openapi_extra=_ONE_JOB,
 )
-async def get_job(jobs: Jobs, job_id: str) -> Response:
-    return _json(await jobs.get(job_id))
+async def get_job(jobs: Jobs, job_id: str, caller: Caller) -> Response:
+    return _json(await _may_see(jobs, job_id, caller))
 
 
 @router.get(
@@ -137,8 +154,10 @@ async def get_job(jobs: Jobs, job_id: str) -> Response:
         409: {"description": "The job has not succeeded (job_pending, job_failed)"},
         410: {"description": "The result was kept a day and has expired (result_expired)"},
     },
+    openapi_extra=_ONE_JOB,
 )
-async def get_result(jobs: Jobs, request: Request, job_id: str) -> Response:
+async def get_result(jobs: Jobs, request: Request, job_id: str, caller: Caller) -> Response:
+    await _may_see(jobs, job_id, caller)
     data: JobData = request.app.state.job_data
     blob = await job_result(jobs, data, job_id)
     return Response(
@@ -169,8 +188,8 @@ async def cancel_job(jobs: Jobs, job_id: str) -> Response:
         409: {"description": "The job is queued, running or succeeded (job_not_retryable)"},
     },
 )
-async def retry_job(jobs: Jobs, job_id: str) -> Response:
-    job = await jobs.retry(job_id)
+async def retry_job(jobs: Jobs, job_id: str, caller: Caller) -> Response:
+    job = await jobs.retry(job_id, submitted_by=caller)
     return _json(job, 202, {"Location": f"{PREFIX}/{job.id}"})
 
 
@@ -179,9 +198,10 @@ async def retry_job(jobs: Jobs, job_id: str) -> Response:
     summary="The job's state, then each change, as server-sent events; ends with the job",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+    openapi_extra=_ONE_JOB,
 )
-async def job_events(jobs: Jobs, job_id: str) -> StreamingResponse:
-    await jobs.get(job_id)  # a 404 now rather than an empty stream
+async def job_events(jobs: Jobs, job_id: str, caller: Caller) -> StreamingResponse:
+    await _may_see(jobs, job_id, caller)  # a 404 now rather than an empty stream
     return StreamingResponse(
         _sse(jobs, job_id),
         media_type="text/event-stream",

@@ -15,6 +15,7 @@ from aimesh.config import Settings
 from aimesh.jobs.api import HTTP_STATUS, openapi_components, router
 from aimesh.jobs.client import JobClient
 from aimesh.jobs.data import JobData
+from aimesh.registry import KeyWatch
 from aimesh.rest import announced, service_app
 
 __all__ = ["create_app"]
@@ -40,12 +41,16 @@ def create_app(settings: Settings, *, public_url: str | None = None) -> FastAPI:
             finally:
                 await jobs.close()
 
+    # Served for real (announced): hear key events on the bus; in tests, the interval only.
+    keys = KeyWatch(settings, events=public_url is not None)
     app = service_app(
         title="aimesh jobs",
         description="Asynchronous jobs: submit, follow (SSE), cancel, fetch results.",
         router=router,
         http_status=HTTP_STATUS,
         lifespan=lifespan,
+        keyring=keys.keyring,
+        background=[keys.run],
     )
 
     def openapi() -> dict[str, Any]:

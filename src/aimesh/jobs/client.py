@@ -17,6 +17,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import Header
 
+from aimesh.auth import LOCAL_OPERATOR, Identity
 from aimesh.bus import (
     Bus,
     JobEvent,
@@ -88,8 +89,18 @@ class JobClient:
 
     # -- submit -------------------------------------------------------------------------
 
-    async def submit(self, spec: JobSpec, *, retry_of: str | None = None) -> Job:
+    async def submit(
+        self,
+        spec: JobSpec,
+        *,
+        retry_of: str | None = None,
+        submitted_by: Identity = LOCAL_OPERATOR,
+    ) -> Job:
         """Queue a job; with an idempotency key already used, return that key's job instead.
+
+        ``submitted_by`` is recorded on the job (``job.submitted_by``) for its worker to
+        check; a service passes its caller's identity. The default, the local operator, is
+        who a process holding the bus itself is.
 
         Raises :class:`InvalidRequest` for a payload over ``jobs.max_payload_bytes``,
         :class:`BusUnavailable` when the bus does not store the job.
@@ -104,7 +115,11 @@ class JobClient:
                 limit=self.settings.max_payload_bytes,
             )
         job = Job.from_spec(
-            spec, job_id=new_job_id(), max_attempts=self.settings.max_attempts, retry_of=retry_of
+            spec,
+            job_id=new_job_id(),
+            max_attempts=self.settings.max_attempts,
+            retry_of=retry_of,
+            submitted_by=submitted_by,
         )
         if spec.idempotency_key is not None:
             existing = await self._bind(spec.idempotency_key, job.id)
@@ -175,7 +190,7 @@ class JobClient:
             check_kind(kind)
         return await self.store.list(kind=kind, state=state, limit=limit)
 
-    async def retry(self, job_id: str) -> Job:
+    async def retry(self, job_id: str, *, submitted_by: Identity = LOCAL_OPERATOR) -> Job:
         """Run a failed or cancelled job again, as a new job (``retry_of`` names the old one).
 
         The new job has the old one's kind, payload, attempts, timeout and webhook. A job is
@@ -196,7 +211,7 @@ class JobClient:
             webhook_url=job.webhook_url,
             timeout_s=job.timeout_s,
         )
-        return await self.submit(spec, retry_of=job.id)
+        return await self.submit(spec, retry_of=job.id, submitted_by=submitted_by)
 
     # -- cancel -------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from aimesh.auth import Identity
 from aimesh.bus import JobState
 from aimesh.errors import InvalidName, InvalidRequest
 
@@ -125,6 +126,10 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     timeout_s: float | None = None
     retry_of: str | None = None
     """The failed or cancelled job this one runs again (``aimesh jobs retry``)."""
+    submitted_by: Identity | None = None
+    """Who submitted the job (its name and scopes), for its worker to check what the job
+    may do on their behalf; recorded by the service that queued it, never taken from the
+    client's spec. None only on records older than identities."""
     created: datetime = msgspec.field(default_factory=_now)
     updated: datetime = msgspec.field(default_factory=_now)
     started: datetime | None = None
@@ -138,7 +143,13 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_spec(
-        cls, spec: JobSpec, *, job_id: str, max_attempts: int, retry_of: str | None = None
+        cls,
+        spec: JobSpec,
+        *,
+        job_id: str,
+        max_attempts: int,
+        retry_of: str | None = None,
+        submitted_by: Identity | None = None,
     ) -> Job:
         """The queued record of a new job (that runs ``retry_of`` again, if given)."""
         now = _now()
@@ -152,6 +163,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             webhook_url=spec.webhook_url,
             timeout_s=spec.timeout_s,
             retry_of=retry_of,
+            submitted_by=submitted_by,
             created=now,
             updated=now,
         )

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from aimesh.config import Settings
 from aimesh.lake.api import HTTP_STATUS, LakeService, router
 from aimesh.lake.lake import Lake
+from aimesh.registry import KeyWatch
 from aimesh.rest import announced, service_app
 
 __all__ = ["create_app"]
@@ -29,12 +30,16 @@ def create_app(
         async with announced(settings, "lake", public_url):
             yield
 
+    # Served for real (announced): hear key events on the bus; in tests, the interval only.
+    keys = KeyWatch(settings, events=public_url is not None)
     app = service_app(
         title="aimesh lake",
         description="Versioned datasets (Delta Lake): list, schema, versions, SQL, ingest.",
         router=router,
         http_status=HTTP_STATUS,
         lifespan=lifespan,
+        keyring=keys.keyring,
+        background=[keys.run],
     )
     app.state.lake = LakeService(
         lake=lake or Lake.from_settings(settings),

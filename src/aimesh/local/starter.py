@@ -50,13 +50,18 @@ gateway:
   host: 127.0.0.1
   port: 8080                 # REST
   grpc_port: 8081
-  auth: false                # require an API key (X-API-Key or Bearer) except on health
+
+# Who may call the services. Every service requires a key (X-API-Key or Bearer) whenever
+# any key exists: made with `aimesh keys create NAME --scope read` (stored in the registry)
+# or listed here. No key anywhere: every caller on this machine is the operator.
+auth:
   keys: []
   # keys:
   #   - name: my-app
-  #     sha256: <64 hex digits: the sha256 of the key, never the key itself>
-  #     scopes: [infer]       # infer, admin
+  #     sha256: <64 hex digits: `aimesh keys hash KEY`, never the key itself>
+  #     scopes: [infer]       # read, infer, write (read+infer+changes), admin (everything)
   #     rate_per_s: 100
+  reload_s: 30               # re-read the stored keys this often, besides on key events
 
 lake:
   port: 8200

@@ -5,7 +5,8 @@ service over HTTP when ``registry.url`` is configured. Both behave the same.
 """
 
 from aimesh.registry.artifacts import ArtifactStore, sha256_file
-from aimesh.registry.interface import Registry, open_registry
+from aimesh.registry.interface import Registry, open_registry, registry_key, service_credential
+from aimesh.registry.keys import KeyWatch, static_keys
 from aimesh.registry.push import push_model
 from aimesh.registry.service import LocalRegistry
 from aimesh.registry.store import RegistryStore
@@ -14,11 +15,15 @@ from aimesh.registry.types import (
     Alias,
     ArtifactInfo,
     HistoryEntry,
+    KeyCreate,
+    KeyDigest,
+    KeyInfo,
     Lineage,
     ModelCreate,
     ModelInfo,
     ModelUpdate,
     ModelVersion,
+    NewKey,
     VersionCreate,
     check_model_name,
 )
@@ -29,17 +34,25 @@ __all__ = [
     "ArtifactInfo",
     "ArtifactStore",
     "HistoryEntry",
+    "KeyCreate",
+    "KeyDigest",
+    "KeyInfo",
+    "KeyWatch",
     "Lineage",
     "LocalRegistry",
     "ModelCreate",
     "ModelInfo",
     "ModelUpdate",
     "ModelVersion",
+    "NewKey",
     "Registry",
     "RegistryStore",
     "VersionCreate",
     "check_model_name",
     "open_registry",
     "push_model",
+    "registry_key",
+    "service_credential",
     "sha256_file",
+    "static_keys",
 ]

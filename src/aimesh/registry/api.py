@@ -12,20 +12,26 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import FileResponse
 
-from aimesh.errors import ArtifactTooLarge, InvalidRequest
+from aimesh.auth import Identity
+from aimesh.errors import ArtifactTooLarge, Forbidden, InvalidRequest
 from aimesh.registry.service import LocalRegistry
 from aimesh.registry.types import (
     Alias,
     AliasMove,
     ArtifactInfo,
     HistoryEntry,
+    KeyCreate,
+    KeyDigest,
+    KeyInfo,
     ModelCreate,
     ModelInfo,
     ModelUpdate,
     ModelVersion,
+    NewKey,
     VersionCreate,
     check_sha256,
 )
+from aimesh.rest import Caller, route_scope
 
 PREFIX = "/api/registry"
 ACTOR_HEADER = "X-Aimesh-Actor"
@@ -42,6 +48,8 @@ HTTP_STATUS: dict[str, int] = {
     "artifact_not_found": 404,
     "conflict": 409,
     "model_exists": 409,
+    "key_exists": 409,
+    "key_not_found": 404,
     "metric_exists": 409,
     "version_archived": 409,
     "artifact_too_large": 413,
@@ -62,6 +70,15 @@ def registry(request: Request) -> LocalRegistry:
     return found
 
 
+def actor_of(caller: Identity, header: str | None) -> str | None:
+    """Who a change is recorded as made by: a key's holder (or the caller a service acts
+    for) by name; the local operator and a service acting for itself as the actor header
+    says (``user@host``), else the service's default."""
+    if caller.kind == "key":
+        return caller.name
+    return header
+
+
 Reg = Annotated[LocalRegistry, Depends(registry)]
 Actor = Annotated[str | None, Header(alias=ACTOR_HEADER, max_length=256)]
 
@@ -74,8 +91,8 @@ def list_models(reg: Reg) -> list[ModelInfo]:
 
 
 @router.post("/models", status_code=201, summary="Create a model")
-def create_model(reg: Reg, spec: ModelCreate, actor: Actor = None) -> ModelInfo:
-    return reg.create_model(spec, actor=actor)
+def create_model(reg: Reg, spec: ModelCreate, caller: Caller, actor: Actor = None) -> ModelInfo:
+    return reg.create_model(spec, actor=actor_of(caller, actor))
 
 
 @router.get("/models/{name}", summary="Show a model")
@@ -84,8 +101,10 @@ def get_model(reg: Reg, name: str) -> ModelInfo:
 
 
 @router.patch("/models/{name}", summary="Change a model's description or tags")
-def update_model(reg: Reg, name: str, change: ModelUpdate, actor: Actor = None) -> ModelInfo:
-    return reg.update_model(name, change, actor=actor)
+def update_model(
+    reg: Reg, name: str, change: ModelUpdate, caller: Caller, actor: Actor = None
+) -> ModelInfo:
+    return reg.update_model(name, change, actor=actor_of(caller, actor))
 
 
 @router.get("/models/{name}/versions", summary="List a model's versions")
@@ -94,8 +113,10 @@ def list_versions(reg: Reg, name: str) -> list[ModelVersion]:
 
 
 @router.post("/models/{name}/versions", status_code=201, summary="Create a version")
-def create_version(reg: Reg, name: str, spec: VersionCreate, actor: Actor = None) -> ModelVersion:
-    return reg.create_version(name, spec, actor=actor)
+def create_version(
+    reg: Reg, name: str, spec: VersionCreate, caller: Caller, actor: Actor = None
+) -> ModelVersion:
+    return reg.create_version(name, spec, actor=actor_of(caller, actor))
 
 
 @router.get("/models/{name}/versions/{ref}", summary="Show a version by number, alias or 'latest'")
@@ -120,8 +141,10 @@ def download_artifact(reg: Reg, name: str, ref: str) -> FileResponse:
 
 
 @router.post("/models/{name}/versions/{number}/archive", summary="Archive a version")
-def archive_version(reg: Reg, name: str, number: int, actor: Actor = None) -> ModelVersion:
-    return reg.archive_version(name, number, actor=actor)
+def archive_version(
+    reg: Reg, name: str, number: int, caller: Caller, actor: Actor = None
+) -> ModelVersion:
+    return reg.archive_version(name, number, actor=actor_of(caller, actor))
 
 
 @router.post("/models/{name}/versions/{number}/metrics", summary="Add metrics to a version")
@@ -135,13 +158,15 @@ def list_aliases(reg: Reg, name: str) -> list[Alias]:
 
 
 @router.put("/models/{name}/aliases/{alias}", summary="Point an alias at a version")
-def set_alias(reg: Reg, name: str, alias: str, move: AliasMove, actor: Actor = None) -> Alias:
-    return reg.set_alias(name, alias, move.version, actor=actor)
+def set_alias(
+    reg: Reg, name: str, alias: str, move: AliasMove, caller: Caller, actor: Actor = None
+) -> Alias:
+    return reg.set_alias(name, alias, move.version, actor=actor_of(caller, actor))
 
 
 @router.delete("/models/{name}/aliases/{alias}", status_code=204, summary="Remove an alias")
-def delete_alias(reg: Reg, name: str, alias: str, actor: Actor = None) -> None:
-    reg.delete_alias(name, alias, actor=actor)
+def delete_alias(reg: Reg, name: str, alias: str, caller: Caller, actor: Actor = None) -> None:
+    reg.delete_alias(name, alias, actor=actor_of(caller, actor))
 
 
 @router.get("/models/{name}/history", summary="A model's changes, newest first")
@@ -192,3 +217,51 @@ async def upload_artifact(
 @router.get("/artifacts/{sha256}", summary="Show a stored artifact (404 when absent)")
 def get_artifact(reg: Reg, sha256: str) -> ArtifactInfo:
     return ArtifactInfo(sha256=sha256, size=reg.artifacts.size(sha256))
+
+
+# -- API keys (admin) ------------------------------------------------------------------------
+
+_ADMIN = route_scope("admin")
+
+
+@router.get("/keys", summary="List API keys (never a key or its digest)", openapi_extra=_ADMIN)
+def list_keys(reg: Reg) -> list[KeyInfo]:
+    return reg.list_keys()
+
+
+@router.post("/keys", status_code=201, summary="Make an API key (shown once)", openapi_extra=_ADMIN)
+def create_key(
+    reg: Reg, request: Request, spec: KeyCreate, caller: Caller, actor: Actor = None
+) -> NewKey:
+    made = reg.create_key(spec, actor=actor_of(caller, actor))
+    _reload_keys(request)
+    return made
+
+
+@router.get(
+    "/keys/digests",
+    summary="The active keys' digests, for services checking requests (service credential)",
+    openapi_extra=_ADMIN,
+)
+def key_digests(reg: Reg, caller: Caller) -> list[KeyDigest]:
+    if caller.kind not in ("service", "operator"):
+        raise Forbidden(caller.name, "service")
+    return [
+        KeyDigest(name=k.name, sha256=k.sha256, scopes=sorted(k.scopes)) for k in reg.key_entries()
+    ]
+
+
+@router.delete("/keys/{name}", summary="Revoke an API key", openapi_extra=_ADMIN)
+def revoke_key(
+    reg: Reg, request: Request, name: str, caller: Caller, actor: Actor = None
+) -> KeyInfo:
+    revoked = reg.revoke_key(name, actor=actor_of(caller, actor))
+    _reload_keys(request)
+    return revoked
+
+
+def _reload_keys(request: Request) -> None:
+    """This service's own keyring learns of its change at once (others by the event)."""
+    keys = getattr(request.app.state, "keys", None)
+    if keys is not None:
+        keys.reload_now()

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from aimesh.config import Settings
 from aimesh.registry.api import HTTP_STATUS, router
+from aimesh.registry.keys import KeyWatch
 from aimesh.registry.outbox import OutboxRelay
 from aimesh.registry.service import LocalRegistry
 from aimesh.rest import announced, service_app
@@ -30,6 +31,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = LocalRegistry.from_settings(settings, actor="registry-api")
         app.state.registry = registry
+        app.state.keys = keys  # its own key changes take effect here at once
         relay: asyncio.Task[None] | None = None
         if publish_events:
             outbox = OutboxRelay(registry.store, settings)
@@ -45,10 +47,15 @@ def create_app(
                     await relay
             registry.close()
 
+    # Served for real (announced): hear key events on the bus; in tests, the interval only.
+    keys = KeyWatch(settings, events=public_url is not None)
     return service_app(
         title="aimesh registry",
-        description="Models, immutable versions, aliases, metrics, lineage and artifacts.",
+        description="Models, immutable versions, aliases, metrics, lineage, artifacts and "
+        "API keys.",
         router=router,
         http_status=HTTP_STATUS,
         lifespan=lifespan,
+        keyring=keys.keyring,
+        background=[keys.run],
     )

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from aimesh.auth import KeyEntry
 from aimesh.errors import AimeshError, ArtifactTampered, StoreUnavailable, error_from_body
 from aimesh.registry.api import ACTOR_HEADER, PREFIX
 from aimesh.registry.artifacts import CHUNK, file_chunks, sha256_file
@@ -21,10 +22,14 @@ from aimesh.registry.types import (
     AliasMove,
     ArtifactInfo,
     HistoryEntry,
+    KeyCreate,
+    KeyDigest,
+    KeyInfo,
     ModelCreate,
     ModelInfo,
     ModelUpdate,
     ModelVersion,
+    NewKey,
     VersionCreate,
 )
 
@@ -46,7 +51,7 @@ class RegistryClient:
         self.url = url.rstrip("/")
         self._cache = cache_dir / "artifacts"
         headers = {ACTOR_HEADER: actor or default_actor()}
-        if api_key is not None:  # through a gateway that requires keys
+        if api_key is not None:  # the service credential, or a key of its own
             headers["X-API-Key"] = api_key
         self._http = httpx.Client(base_url=self.url + PREFIX, timeout=timeout, headers=headers)
 
@@ -190,6 +195,25 @@ class RegistryClient:
         return self._call(
             list[HistoryEntry], "GET", f"/models/{name}/history", params={"limit": limit}
         )
+
+    # -- API keys ---------------------------------------------------------------------------
+
+    def create_key(self, spec: KeyCreate) -> NewKey:
+        """Make a key (the answer is the only place it is ever shown)."""
+        return self._call(NewKey, "POST", "/keys", json=_dump(spec))
+
+    def list_keys(self) -> list[KeyInfo]:
+        """Every key, active first."""
+        return self._call(list[KeyInfo], "GET", "/keys")
+
+    def revoke_key(self, name: str) -> KeyInfo:
+        """Revoke the active key named ``name``."""
+        return self._call(KeyInfo, "DELETE", f"/keys/{name}")
+
+    def key_entries(self) -> list[KeyEntry]:
+        """The active keys with their digests (needs the service credential)."""
+        digests = self._call(list[KeyDigest], "GET", "/keys/digests")
+        return [KeyEntry(d.name, d.sha256, frozenset(d.scopes)) for d in digests]
 
 
 def _dump(model: BaseModel) -> Any:

@@ -5,15 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from aimesh.auth import service_key
 from aimesh.config import Settings
 from aimesh.registry.types import (
     Alias,
     ArtifactInfo,
     HistoryEntry,
+    KeyCreate,
+    KeyInfo,
     ModelCreate,
     ModelInfo,
     ModelUpdate,
     ModelVersion,
+    NewKey,
     VersionCreate,
 )
 
@@ -38,6 +42,22 @@ class Registry(Protocol):
     def delete_alias(self, name: str, alias: str) -> None: ...
     def list_aliases(self, name: str) -> list[Alias]: ...
     def history(self, name: str, *, limit: int = 100) -> list[HistoryEntry]: ...
+    def create_key(self, spec: KeyCreate) -> NewKey: ...
+    def list_keys(self) -> list[KeyInfo]: ...
+    def revoke_key(self, name: str) -> KeyInfo: ...
+
+
+def registry_key(settings: Settings) -> str:
+    """The key sent to ``registry.url``: ``registry.api_key``, else the service credential."""
+    if settings.registry.api_key is not None:
+        return settings.registry.api_key.get_secret_value()
+    return service_credential(settings)
+
+
+def service_credential(settings: Settings) -> str:
+    """This deployment's service credential: ``auth.service_key``, else the home's own."""
+    configured = settings.auth.service_key
+    return service_key(settings.home_dir, configured.get_secret_value() if configured else None)
 
 
 def open_registry(settings: Settings) -> Registry:
@@ -45,12 +65,11 @@ def open_registry(settings: Settings) -> Registry:
     if settings.registry.url:
         from aimesh.registry.client import RegistryClient
 
-        key = settings.registry.api_key
         return RegistryClient(
             settings.registry.url,
             timeout=settings.registry.request_timeout_s,
             cache_dir=settings.cache_dir,
-            api_key=key.get_secret_value() if key is not None else None,
+            api_key=registry_key(settings),
         )
     from aimesh.registry.service import LocalRegistry
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from aimesh import runtimes
+from aimesh.auth import KeyEntry, check_key_name, hash_key, new_key
 from aimesh.config import Settings
 from aimesh.errors import ArtifactNotFound
 from aimesh.registry.artifacts import ArtifactStore
@@ -20,10 +21,13 @@ from aimesh.registry.types import (
     Alias,
     ArtifactInfo,
     HistoryEntry,
+    KeyCreate,
+    KeyInfo,
     ModelCreate,
     ModelInfo,
     ModelUpdate,
     ModelVersion,
+    NewKey,
     VersionCreate,
 )
 
@@ -194,3 +198,27 @@ class LocalRegistry:
     def history(self, name: str, *, limit: int = 100) -> list[HistoryEntry]:
         """The newest changes to a model."""
         return self.store.history(name, limit=limit)
+
+    # -- API keys ---------------------------------------------------------------------------
+
+    def create_key(self, spec: KeyCreate, *, actor: str | None = None) -> NewKey:
+        """Make a random key with ``spec``'s name and scopes; only its digest is stored."""
+        check_key_name(spec.name)
+        key = new_key()
+        info = self.store.create_key(spec.name, hash_key(key), spec.scopes, actor or self.actor)
+        self._changed()
+        return NewKey(key=key, info=info)
+
+    def list_keys(self) -> list[KeyInfo]:
+        """Every key, active first (never a key or its digest)."""
+        return self.store.list_keys()
+
+    def revoke_key(self, name: str, *, actor: str | None = None) -> KeyInfo:
+        """Revoke the active key named ``name``: services refuse it once they hear of it."""
+        info = self.store.revoke_key(check_key_name(name), actor or self.actor)
+        self._changed()
+        return info
+
+    def key_entries(self) -> list[KeyEntry]:
+        """The active keys with their digests, as services check requests against them."""
+        return self.store.key_entries()

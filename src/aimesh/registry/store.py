@@ -17,8 +17,11 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from aimesh.auth import KeyEntry
 from aimesh.errors import (
     AliasNotFound,
+    KeyExists,
+    KeyNotFound,
     MetricExists,
     ModelExists,
     ModelNotFound,
@@ -28,11 +31,20 @@ from aimesh.errors import (
 )
 from aimesh.protocol import Signature
 from aimesh.registry import migrate
-from aimesh.registry.tables import AliasRow, EventRow, MetricRow, ModelRow, VersionRow, utcnow
+from aimesh.registry.tables import (
+    AliasRow,
+    ApiKeyRow,
+    EventRow,
+    MetricRow,
+    ModelRow,
+    VersionRow,
+    utcnow,
+)
 from aimesh.registry.types import (
     LATEST,
     Alias,
     HistoryEntry,
+    KeyInfo,
     Lineage,
     ModelCreate,
     ModelInfo,
@@ -294,11 +306,71 @@ class RegistryStore:
             _model_row(s, name)
             rows = s.scalars(
                 sa.select(EventRow)
-                .where(EventRow.model == name)
+                .where(EventRow.model == name, EventRow.kind != "key")
                 .order_by(EventRow.seq.desc())
                 .limit(limit)
             ).all()
             return [_history(r) for r in rows]
+
+    # -- API keys (only their digests) ---------------------------------------------------------
+
+    def create_key(self, name: str, sha256: str, scopes: Sequence[str], actor: str) -> KeyInfo:
+        """Store a new key's digest; :class:`KeyExists` if an active key has the name."""
+        try:
+            with self._transaction() as s:
+                row = ApiKeyRow(
+                    name=name,
+                    sha256=sha256,
+                    scopes=sorted(set(scopes)),
+                    created_at=utcnow(),
+                    created_by=actor,
+                )
+                s.add(row)
+                s.flush()
+                _record(s, "key", "created", name, actor=actor, data=_key_data(row))
+                return _key_info(row)
+        except IntegrityError as exc:
+            raise KeyExists(f"an active key is named {name!r}; revoke it first", name=name) from exc
+
+    def list_keys(self, *, include_revoked: bool = True) -> list[KeyInfo]:
+        """Every key (revoked ones after the active), oldest first within each."""
+        with self._transaction() as s:
+            query = sa.select(ApiKeyRow)
+            if not include_revoked:
+                query = query.where(ApiKeyRow.revoked_at.is_(None))
+            rows = s.scalars(query.order_by(ApiKeyRow.revoked_at.is_not(None), ApiKeyRow.id))
+            return [_key_info(r) for r in rows.all()]
+
+    def revoke_key(self, name: str, actor: str) -> KeyInfo:
+        """Revoke the active key named ``name``; :class:`KeyNotFound` if there is none."""
+        with self._transaction() as s:
+            row = s.scalar(
+                sa.select(ApiKeyRow).where(ApiKeyRow.name == name, ApiKeyRow.revoked_at.is_(None))
+            )
+            if row is None:
+                raise KeyNotFound(f"no active key named {name!r}", name=name)
+            row.revoked_at = utcnow()
+            row.revoked_by = actor
+            _record(s, "key", "revoked", name, actor=actor, data=_key_data(row))
+            return _key_info(row)
+
+    def key_entries(self) -> list[KeyEntry]:
+        """The active keys as services check them (digests included).
+
+        A database that has no key table yet (not migrated by a registry so far) has no keys.
+        """
+        try:
+            with self._transaction() as s:
+                rows = s.scalars(sa.select(ApiKeyRow).where(ApiKeyRow.revoked_at.is_(None)))
+                return [KeyEntry(r.name, r.sha256, frozenset(r.scopes)) for r in rows.all()]
+        except StoreUnavailable:
+            if not sa.inspect(self.engine).has_table(ApiKeyRow.__tablename__):
+                return []
+            raise
+        except sa.exc.ProgrammingError as exc:  # PostgreSQL: the table is not there
+            if not sa.inspect(self.engine).has_table(ApiKeyRow.__tablename__):
+                return []
+            raise StoreUnavailable(f"registry database error: {exc.orig}") from exc
 
     def unpublished_events(self, *, limit: int = 500) -> list[tuple[str, HistoryEntry]]:
         """Changes not yet published on the bus, oldest first, with their event ids."""
@@ -497,6 +569,22 @@ def _alias(model: str, row: AliasRow, version: int) -> Alias:
         updated_at=row.updated_at,
         updated_by=row.updated_by,
     )
+
+
+def _key_info(row: ApiKeyRow) -> KeyInfo:
+    return KeyInfo(
+        name=row.name,
+        scopes=list(row.scopes),
+        created_at=row.created_at,
+        created_by=row.created_by,
+        revoked_at=row.revoked_at,
+        revoked_by=row.revoked_by,
+    )
+
+
+def _key_data(row: ApiKeyRow) -> dict[str, Any]:
+    # What a key's event says of it: never its digest.
+    return {"scopes": ",".join(row.scopes)}
 
 
 def _history(row: EventRow) -> HistoryEntry:

@@ -129,3 +129,30 @@ class EventRow(Base):
     at: Mapped[datetime]
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+
+
+class ApiKeyRow(Base):
+    """An API key: its sha256 (never the key), its scopes, who made and who revoked it.
+
+    A name is unique among active keys only: a revoked key's name may be given again.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        sa.Index(
+            "uq_api_keys_active_name",
+            "name",
+            unique=True,
+            sqlite_where=sa.text("revoked_at IS NULL"),
+            postgresql_where=sa.text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(64))
+    sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    scopes: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(sa.String(256))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(sa.String(256), nullable=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from aimesh.auth import KEY_NAME_PATTERN, Scope
 from aimesh.errors import InvalidName
 from aimesh.protocol import Signature
 
@@ -190,3 +191,40 @@ class HistoryEntry(_Frozen):
     actor: str
     at: datetime
     data: dict[str, Scalar]
+
+
+class KeyCreate(_Frozen):
+    """A request for a new API key."""
+
+    name: str = Field(
+        pattern=KEY_NAME_PATTERN, description="Who holds the key; unique among active keys."
+    )
+    scopes: list[Scope] = Field(
+        min_length=1, description="read, infer, write, admin (write includes read and infer)."
+    )
+
+
+class KeyInfo(_Frozen):
+    """An API key as the registry shows it: never the key, never its digest."""
+
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+
+
+class NewKey(_Frozen):
+    """A key just made: the only time the key itself is shown."""
+
+    key: str = Field(description="The key; not stored anywhere, shown this once.")
+    info: KeyInfo
+
+
+class KeyDigest(_Frozen):
+    """An active key as services need it to check requests (the service credential only)."""
+
+    name: str
+    sha256: str
+    scopes: list[str]

@@ -1,9 +1,10 @@
 """REST plumbing every aimesh service shares.
 
-FastAPI services (registry, lake, jobs) install :func:`install_error_handlers`; the bare-ASGI
-hot-path services (model service, gateway) use the helpers of ``asgi.py``. Either way every
-error is ``{"error": message, "code": code}``. Every one serves its ``/docs`` page with
-``docs.py``: Swagger UI from installed files, never from a CDN.
+FastAPI services (registry, lake, jobs) are built by :func:`service_app`, which installs
+:func:`install_error_handlers` and checks every caller's key (:mod:`aimesh.rest.guard`);
+the bare-ASGI hot-path services (model service, gateway) use the helpers of ``asgi.py``.
+Either way every error is ``{"error": message, "code": code}``. Every one serves its
+``/docs`` page with ``docs.py``: Swagger UI from installed files, never from a CDN.
 """
 
 from aimesh.rest.asgi import (
@@ -26,14 +27,18 @@ from aimesh.rest.asgi import (
 )
 from aimesh.rest.docs import DOCS_ASSETS_URL, DocsAsset, docs_asset, swagger_page
 from aimesh.rest.errors import install_error_handlers
-from aimesh.rest.service import announced, service_app
+from aimesh.rest.guard import SCOPE_KEY, Caller, identity, route_scope, scope_of
+from aimesh.rest.service import AUTH_STATUS, announced, service_app
 
 __all__ = [
+    "AUTH_STATUS",
     "BASE_STATUS",
     "DOCS_ASSETS_URL",
     "JSON",
     "REQUEST_ID",
+    "SCOPE_KEY",
     "ASGIScope",
+    "Caller",
     "DocsAsset",
     "Message",
     "MethodNotAllowed",
@@ -46,9 +51,12 @@ __all__ = [
     "docs_asset",
     "error_body",
     "header",
+    "identity",
     "install_error_handlers",
     "read_body",
     "respond",
+    "route_scope",
+    "scope_of",
     "service_app",
     "status_of",
     "swagger_page",

@@ -38,6 +38,10 @@ BASE_STATUS: dict[str, int] = {
     "route_not_found": 404,
     "method_not_allowed": 405,
     "request_too_large": 413,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "rate_limited": 429,
+    "auth_throttled": 429,
 }
 """Statuses every bare-ASGI service shares; each adds its own table on top."""
 

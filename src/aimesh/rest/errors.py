@@ -14,7 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from aimesh.errors import AimeshError, Conflict, InvalidRequest, NotFound
+from aimesh.auth import retry_after
+from aimesh.errors import AimeshError, Conflict, InvalidRequest, NotFound, RateLimited
 
 log = logging.getLogger("aimesh.rest")
 
@@ -39,7 +40,12 @@ def install_error_handlers(app: FastAPI, status: Mapping[str, int]) -> None:
         code = status.get(exc.code) or _fallback_status(exc)
         if code >= 500:
             log.error("request failed: %s", exc.message, extra={"code": exc.code})
-        return JSONResponse(exc.to_dict(), status_code=code)
+        headers: dict[str, str] = {}
+        if code == 401:
+            headers["www-authenticate"] = 'Bearer realm="aimesh"'
+        if isinstance(exc, RateLimited):
+            headers["retry-after"] = retry_after(exc)
+        return JSONResponse(exc.to_dict(), status_code=code, headers=headers or None)
 
     async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -11,22 +11,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import HTMLResponse, Response
 
+from aimesh.auth import Keyring
 from aimesh.bus import announce, describe_service
 from aimesh.config import Settings
 from aimesh.rest.asgi import RouteNotFound
 from aimesh.rest.docs import DOCS_ASSETS_URL, docs_asset, swagger_page
 from aimesh.rest.errors import install_error_handlers
+from aimesh.rest.guard import identity, route_scope
 
-__all__ = ["announced", "service_app"]
+__all__ = ["AUTH_STATUS", "announced", "service_app"]
 
 ServiceKind = Literal["registry", "lake", "jobs"]
+
+
+AUTH_STATUS: dict[str, int] = {
+    "unauthorized": 401,
+    "forbidden": 403,
+    "rate_limited": 429,
+    "auth_throttled": 429,
+}
+"""The statuses of the key checks, the same on every service."""
 
 
 def service_app(
@@ -36,21 +47,40 @@ def service_app(
     router: APIRouter,
     http_status: Mapping[str, int],
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+    keyring: Keyring,
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> FastAPI:
     """A FastAPI app with the platform's error bodies, ``router``, ``GET /health``, ``/docs``.
 
-    FastAPI's own ``/docs`` and ``/redoc`` load their scripts from a CDN; these pages load
-    them from this server (:mod:`aimesh.rest.docs`), so the docs work offline.
+    Every route checks the caller's key against ``keyring`` (:mod:`aimesh.rest.guard`);
+    ``/health`` and the docs are open. ``background`` tasks (keeping the keyring current)
+    run while the app does. FastAPI's own ``/docs`` and ``/redoc`` load their scripts from
+    a CDN; these pages load them from this server (:mod:`aimesh.rest.docs`), so the docs
+    work offline.
     """
+
+    @contextlib.asynccontextmanager
+    async def with_background(app: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(run(), name=run.__name__) for run in background]
+        try:
+            async with lifespan(app):
+                yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     app = FastAPI(
         title=title,
         version="0.1.0",
         description=description,
-        lifespan=lifespan,
+        lifespan=with_background,
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(identity)],
     )
-    install_error_handlers(app, http_status)
+    app.state.keyring = keyring
+    install_error_handlers(app, {**AUTH_STATUS, **http_status})
     app.include_router(router)
 
     @app.get("/docs", include_in_schema=False)
@@ -67,7 +97,7 @@ def service_app(
         headers = {key.decode(): value.decode() for key, value in asset.headers}
         return Response(asset.body, media_type=asset.content_type.decode(), headers=headers)
 
-    @app.get("/health", tags=["health"], summary="Liveness")
+    @app.get("/health", tags=["health"], summary="Liveness", openapi_extra=route_scope("open"))
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
