@@ -20,6 +20,7 @@ from aimesh.config import Settings
 from aimesh.errors import InvalidRequest, JobFailed
 
 if TYPE_CHECKING:
+    from aimesh.auth import Keyring
     from aimesh.jobs import Handler, Job, JobClient, JobState, WorkerStats
 
 T = TypeVar("T")
@@ -400,6 +401,25 @@ async def _run_worker(
     concurrency: int | None,
     listen: tuple[str, int | None],
 ) -> WorkerStats:
+    from aimesh.registry import KeyWatch
+
+    keys = await asyncio.to_thread(KeyWatch, config)
+    keeping_keys = asyncio.create_task(keys.run(), name="keys")
+    try:
+        return await _work(config, kind, handler, concurrency, listen, keys.keyring)
+    finally:
+        keeping_keys.cancel()
+        await asyncio.gather(keeping_keys, return_exceptions=True)
+
+
+async def _work(
+    config: Settings,
+    kind: str,
+    handler: Handler,
+    concurrency: int | None,
+    listen: tuple[str, int | None],
+    keyring: Keyring,
+) -> WorkerStats:
     from aimesh.bus import Registration, declare_topology, describe_service, open_bus
     from aimesh.jobs import Worker
     from aimesh.jobs.health import serve_health
@@ -411,7 +431,7 @@ async def _run_worker(
         rest_url = None
         host, port = listen
         if port is not None:
-            health, bound = await serve_health(job_worker, host, port)
+            health, bound = await serve_health(job_worker, host, port, keyring)
             rest_url = f"http://{host}:{bound}"
             console.print(f"health and metrics on {rest_url}", highlight=False)
         describe = describe_service(

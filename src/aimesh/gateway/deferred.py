@@ -75,6 +75,8 @@ _DEFAULT_TIMEOUT_S = 60.0
 _ERROR = msgspec.json.Decoder(dict[str, Any])
 # Answers that say "not now" rather than "never": retried like a 5xx.
 _RETRYABLE_4XX = frozenset({408, 425, 429})
+_IDENTITY = IDENTITY_HEADER.encode()
+_NOBODY = Identity.of("unknown", ())
 
 
 class InferencePayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -229,12 +231,24 @@ class _Caller:
         self.table = RoutingTable(on_removed=self._forget)
         self.policy = LeastOutstanding()
         self.data: JobData | None = None
+        self._credential: bytes | None = None
         self._listed_at = float("-inf")
         self._lock = asyncio.Lock()
 
     def _forget(self, upstream: Upstream) -> None:
         if upstream.rest is not None:
             self.client.forget(*upstream.rest)
+
+    async def credential(self) -> bytes:
+        """The service credential the worker calls model services with."""
+        if self._credential is None:
+            from aimesh.config import load_settings
+            from aimesh.registry import service_credential
+
+            settings = await asyncio.to_thread(load_settings)
+            key = await asyncio.to_thread(service_credential, settings)
+            self._credential = key.encode("latin-1")
+        return self._credential
 
     async def blobs(self) -> JobData:
         if self.data is None:
@@ -290,6 +304,10 @@ async def inference_job(ctx: JobContext) -> dict[str, Any]:
     timeout = ctx.job.timeout_s or _DEFAULT_TIMEOUT_S
     headers = [(b"content-type", request.content_type.encode("latin-1"))]
     headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers]
+    # The service credential, acting for whoever submitted the job: the model service
+    # checks that identity's scope (a record older than identities acts for nobody).
+    submitter = ctx.job.submitted_by or _NOBODY
+    headers += [(b"x-api-key", await caller.credential()), (_IDENTITY, submitter.header().encode())]
     target = payload.path.encode()
 
     async def exchange(upstream: Upstream) -> tuple[int, bytes, Blob]:

@@ -235,7 +235,7 @@ class GrpcGateway:
         self.keyring.check(
             presented,
             "infer",
-            client=_peer_host(context.peer()),
+            client=pb.peer_host(context.peer()),
             on_behalf=on_behalf if isinstance(on_behalf, str) else None,
         )
         if not isinstance(request_id, str) or not request_id or len(request_id) > 128:
@@ -397,15 +397,6 @@ def _set_version(method: str, message: Any, version: str) -> None:
         message.model_version = version
     else:
         message.version = version
-
-
-def _peer_host(peer: str | None) -> str:
-    """The client's address from gRPC's peer (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``)."""
-    if not peer:
-        return "unknown"
-    _, _, address = peer.partition(":")
-    host = address.rsplit(":", 1)[0] if address.count(":") >= 1 else address
-    return host.strip("[]") or "unknown"
 
 
 async def _abort(context: Context, exc: AimeshError) -> None:

@@ -2,8 +2,9 @@
 
 ``aimesh worker KIND --port P`` serves it next to the consumer loop (``aimesh up`` always
 does, so that it knows when a worker is ready). ``/health`` answers 200 once the worker
-pulls from its queue, 503 before and while it drains. ``/metrics`` counts the worker's
-jobs by outcome and shows how many run now.
+pulls from its queue, 503 before and while it drains; it is open. ``/metrics`` counts the
+worker's jobs by outcome and shows how many run now; it needs the ``read`` scope whenever
+keys exist.
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from aimesh.errors import AimeshError
+from aimesh.auth import Keyring, key_from_headers, retry_after
+from aimesh.errors import AimeshError, RateLimited
 from aimesh.jobs.worker import Worker
 from aimesh.rest import (
     BASE_STATUS,
+    JSON,
     ASGIScope,
     Receive,
     RouteNotFound,
     Send,
     allow,
     error_body,
+    header,
     respond,
     status_of,
 )
@@ -67,8 +71,9 @@ class _WorkerCollector(Collector):
 class WorkerHealth:
     """The ASGI app of a worker's HTTP face."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, keyring: Keyring) -> None:
         self.worker = worker
+        self.keyring = keyring
         self.metrics = CollectorRegistry(auto_describe=True)
         self.metrics.register(_WorkerCollector(worker))
 
@@ -86,12 +91,24 @@ class WorkerHealth:
                 )  # fmt: skip
                 await respond(send, 200 if ok else 503, body, "")
             elif path == "/metrics":
+                client = scope.get("client")
+                self.keyring.check(
+                    key_from_headers(header(scope, b"x-api-key"), header(scope, b"authorization")),
+                    "read",
+                    client=client[0] if client else "unknown",
+                )
                 text = generate_latest(self.metrics)
                 await respond(send, 200, text, "", CONTENT_TYPE_LATEST.encode())
             else:
                 raise RouteNotFound(f"no route {path}; try /health or /metrics")
-        except AimeshError as exc:  # a route it has not, a method but GET
-            await respond(send, status_of(exc, BASE_STATUS), error_body(exc.message, exc.code), "")
+        except AimeshError as exc:  # a route it has not, a method but GET, a key refused
+            status = status_of(exc, BASE_STATUS)
+            extra = (
+                [(b"retry-after", retry_after(exc).encode())]
+                if isinstance(exc, RateLimited)
+                else []
+            )
+            await respond(send, status, error_body(exc.message, exc.code), "", JSON, extra)
 
 
 class _Quiet(uvicorn.Server):
@@ -102,7 +119,9 @@ class _Quiet(uvicorn.Server):
         yield
 
 
-async def serve_health(worker: Worker, host: str, port: int) -> tuple[asyncio.Task[None], int]:
+async def serve_health(
+    worker: Worker, host: str, port: int, keyring: Keyring
+) -> tuple[asyncio.Task[None], int]:
     """Serve the worker's health and metrics; returns the server's task and its port.
 
     Cancel the task to stop it.
@@ -114,7 +133,7 @@ async def serve_health(worker: Worker, host: str, port: int) -> tuple[asyncio.Ta
     sock.listen(64)
     server = _Quiet(
         uvicorn.Config(
-            WorkerHealth(worker), lifespan="off", log_config=None, access_log=False,
+            WorkerHealth(worker, keyring), lifespan="off", log_config=None, access_log=False,
             server_header=False,
         )
     )  # fmt: skip

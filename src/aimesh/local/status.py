@@ -13,6 +13,7 @@ import httpx
 import msgspec
 import nats.errors
 
+from aimesh.auth import service_key
 from aimesh.bus import ServiceInstance, connect
 from aimesh.errors import AimeshError
 from aimesh.local.discovery import instances_by_port
@@ -50,7 +51,11 @@ async def stack_report(home: Path, *, probe_timeout_s: float = 2.0) -> StackRepo
         return StackReport(running=running, home=str(home))
     instances = await _discovered(state.bus_url)
     now = datetime.now(UTC)
-    async with httpx.AsyncClient(timeout=probe_timeout_s, trust_env=False) as client:
+    # Health is open; a model's metadata needs a key when keys exist: the service credential.
+    headers = {"x-api-key": await asyncio.to_thread(service_key, home)}
+    async with httpx.AsyncClient(
+        timeout=probe_timeout_s, trust_env=False, headers=headers
+    ) as client:
         healths = await asyncio.gather(*(_probe(client, p) for p in state.processes))
         reports = []
         for process, health in zip(state.processes, healths, strict=True):

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from aimesh.auth import KeyEntry
+from aimesh.auth import IDENTITY_HEADER, Identity, KeyEntry
 from aimesh.errors import AimeshError, ArtifactTampered, StoreUnavailable, error_from_body
 from aimesh.registry.api import ACTOR_HEADER, PREFIX
 from aimesh.registry.artifacts import CHUNK, file_chunks, sha256_file
@@ -47,12 +47,15 @@ class RegistryClient:
         cache_dir: Path,
         actor: str | None = None,
         api_key: str | None = None,
+        on_behalf: Identity | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._cache = cache_dir / "artifacts"
         headers = {ACTOR_HEADER: actor or default_actor()}
         if api_key is not None:  # the service credential, or a key of its own
             headers["X-API-Key"] = api_key
+        if on_behalf is not None:  # believed with the service credential only
+            headers[IDENTITY_HEADER] = on_behalf.header()
         self._http = httpx.Client(base_url=self.url + PREFIX, timeout=timeout, headers=headers)
 
     def close(self) -> None:

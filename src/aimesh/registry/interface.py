@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from aimesh.auth import service_key
+from aimesh.auth import Identity, service_key
 from aimesh.config import Settings
 from aimesh.registry.types import (
     Alias,
@@ -60,8 +60,13 @@ def service_credential(settings: Settings) -> str:
     return service_key(settings.home_dir, configured.get_secret_value() if configured else None)
 
 
-def open_registry(settings: Settings) -> Registry:
-    """The registry service at ``registry.url`` if one is configured, else the local store."""
+def open_registry(settings: Settings, *, on_behalf: Identity | None = None) -> Registry:
+    """The registry service at ``registry.url`` if one is configured, else the local store.
+
+    The service is called with ``registry.api_key`` or the service credential; with
+    ``on_behalf`` (a worker running a job for its submitter), the service credential acts
+    for that identity: the registry checks and records it, not the service's.
+    """
     if settings.registry.url:
         from aimesh.registry.client import RegistryClient
 
@@ -70,6 +75,7 @@ def open_registry(settings: Settings) -> Registry:
             timeout=settings.registry.request_timeout_s,
             cache_dir=settings.cache_dir,
             api_key=registry_key(settings),
+            on_behalf=on_behalf,
         )
     from aimesh.registry.service import LocalRegistry
 

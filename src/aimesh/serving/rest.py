@@ -12,7 +12,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from aimesh.errors import AimeshError, InvalidRequest
+from aimesh.auth import IDENTITY_HEADER, Keyring, Scope, key_from_headers, retry_after
+from aimesh.errors import AimeshError, InvalidRequest, RateLimited
 from aimesh.protocol import rest_codec
 from aimesh.rest import (
     BASE_STATUS,
@@ -58,6 +59,7 @@ HTTP_STATUS: dict[str, int] = {
 """From an error's code to the HTTP status this service answers with."""
 
 HEADER_LENGTH = b"inference-header-content-length"
+_IDENTITY = IDENTITY_HEADER.encode()
 
 
 class RestApp:
@@ -69,6 +71,7 @@ class RestApp:
         metrics: ServingMetrics,
         *,
         max_request_bytes: int,
+        keyring: Keyring,
         access_log: bool = False,
         on_startup: Callable[[], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
@@ -76,6 +79,7 @@ class RestApp:
         self.plane = plane
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        self.keyring = keyring
         self.access_log = access_log
         self._on_startup = on_startup
         self._on_shutdown = on_shutdown
@@ -115,7 +119,11 @@ class RestApp:
             status = status_of(exc, HTTP_STATUS)
             if status >= 500:
                 log.warning(exc.message, extra={"code": exc.code, "request_id": request_id})
-            await respond(send, status, error_body(exc.message, exc.code), request_id)
+            extra = [(b"www-authenticate", b'Bearer realm="aimesh"')] if status == 401 else []
+            if isinstance(exc, RateLimited):
+                extra.append((b"retry-after", retry_after(exc).encode()))
+            body = error_body(exc.message, exc.code)
+            await respond(send, status, body, request_id, JSON, extra)
         except Exception:
             log.exception("unexpected error", extra={"request_id": request_id})
             body = error_body("internal error; see the service log", "internal_error")
@@ -130,6 +138,8 @@ class RestApp:
             if len(rest) >= 2 and rest[0] == "versions":
                 version, rest = rest[1], rest[2:]
             action = rest[0] if len(rest) == 1 else ("" if not rest else None)
+            if action is not None:
+                self._check(scope, "infer")
             if action == "infer":
                 allow(method, "POST")
                 await self._infer(scope, receive, send, request_id, name, version)
@@ -155,11 +165,13 @@ class RestApp:
             return
         elif parts == ["v2"]:
             allow(method, "GET")
+            self._check(scope, "infer")
             server = rest_codec.encode_server_metadata(self.plane.server_metadata())
             await respond(send, 200, server, request_id)
             return
         elif parts == ["metrics"]:
             allow(method, "GET")
+            self._check(scope, "read")
             content_type = b"text/plain; version=0.0.4; charset=utf-8"
             await respond(send, 200, self.metrics.render(), request_id, content_type)
             return
@@ -178,6 +190,16 @@ class RestApp:
                 await respond(send, 200, asset.body, request_id, asset.content_type, asset.headers)
                 return
         raise RouteNotFound(f"no route {method} {scope['path']}")
+
+    def _check(self, scope: ASGIScope, needed: Scope) -> None:
+        """Raise unless the request's key may use a route needing ``needed``."""
+        client = scope.get("client")
+        self.keyring.check(
+            key_from_headers(header(scope, b"x-api-key"), header(scope, b"authorization")),
+            needed,
+            client=client[0] if client else "unknown",
+            on_behalf=header(scope, _IDENTITY),
+        )
 
     async def _infer(
         self,

@@ -32,7 +32,7 @@ from aimesh.bus import (
 )
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
-from aimesh.registry import open_registry
+from aimesh.registry import KeyWatch, open_registry
 from aimesh.serving.dataplane import DataPlane
 from aimesh.serving.grpc import start_grpc_server
 from aimesh.serving.host import ModelHost, ModelRef, settle_heap
@@ -118,10 +118,16 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
     )
     sock = reuse_port_socket(plan.host, plan.http_port)
     http_port = sock.getsockname()[1]
+    keys = await asyncio.to_thread(KeyWatch, settings)
+    keeping_keys = asyncio.create_task(keys.run(), name="keys")
     grpc_server, grpc_port = await start_grpc_server(
-        plane, metrics, plan.host, plan.grpc_port, max_message_bytes=s.max_request_bytes
-    )
-    app = RestApp(plane, metrics, max_request_bytes=s.max_request_bytes, access_log=s.access_log)
+        plane, metrics, plan.host, plan.grpc_port, max_message_bytes=s.max_request_bytes,
+        keyring=keys.keyring,
+    )  # fmt: skip
+    app = RestApp(
+        plane, metrics, max_request_bytes=s.max_request_bytes, keyring=keys.keyring,
+        access_log=s.access_log,
+    )  # fmt: skip
     server = _Uvicorn(
         uvicorn.Config(
             app,
@@ -184,9 +190,9 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await serving
     await plane.drain(s.drain_timeout_s)
-    for task in background:
+    for task in [*background, keeping_keys]:
         task.cancel()
-    await asyncio.gather(*background, return_exceptions=True)
+    await asyncio.gather(*background, keeping_keys, return_exceptions=True)
     await host.close()
     if bus is not None:
         # nats-py flushes into a closed transport when the bus is gone, which uvloop refuses.

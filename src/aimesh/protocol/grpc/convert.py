@@ -368,3 +368,12 @@ def _bytes_elements(data: np.ndarray, name: str) -> list[bytes]:
                 f"tensor {name!r}: BYTES element must be bytes or str, got {type(element).__name__}"
             )
     return elements
+
+
+def peer_host(peer: str | None) -> str:
+    """The client's address in gRPC's peer string (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``)."""
+    if not peer:
+        return "unknown"
+    _, _, address = peer.partition(":")
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    return host.strip("[]") or "unknown"
