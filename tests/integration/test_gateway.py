@@ -65,8 +65,7 @@ def home(
     x, y = fraud_data
     h = Home.create(
         root, nats_url, x,
-        AIMESH_GATEWAY__AUTH="true",
-        AIMESH_GATEWAY__KEYS=json.dumps(KEYS),
+        AIMESH_AUTH__KEYS=json.dumps(KEYS),
         AIMESH_GATEWAY__MAX_REQUEST_BYTES=str(MAX_BODY),
     )  # fmt: skip
     registry = h.registry()
@@ -338,9 +337,12 @@ def test_keys_and_scopes_are_enforced(
         assert r.headers["www-authenticate"].startswith("Bearer")
 
 
-def test_health_and_metrics_stay_open(gateway: Service) -> None:
-    for path in ("/health", "/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json"):
+def test_health_and_docs_stay_open_and_metrics_need_read(gateway: Service) -> None:
+    for path in ("/health", "/v2/health/live", "/v2/health/ready", "/openapi.json"):
         assert httpx.get(gateway.http + path).status_code == 200, path
+    assert httpx.get(f"{gateway.http}/metrics").status_code == 401
+    assert httpx.get(f"{gateway.http}/metrics", headers=AS_USER).status_code == 403
+    assert httpx.get(f"{gateway.http}/metrics", headers=AS_ADMIN).status_code == 200
     docs = httpx.get(f"{gateway.http}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
@@ -454,18 +456,20 @@ def test_the_registry_api_is_proxied_with_its_errors(gateway: Service) -> None:
 
 
 def test_the_registry_client_works_through_a_gateway_with_its_key(
-    home: Home, gateway: Service
+    home: Home, gateway: Service, tmp_path: Path
 ) -> None:
-    def through(**registry: str) -> Registry:
+    def through(home_dir: Path = home.settings.home_dir, **registry: str) -> Registry:
         settings = home.settings.model_copy(
-            update={"registry": RegistrySettings(url=gateway.http, **registry)}
+            update={"registry": RegistrySettings(url=gateway.http, **registry), "home": home_dir}
         )
         return open_registry(settings)
 
     with contextlib.closing(through(api_key=ADMIN)) as client:
         assert "fraud" in {m.name for m in client.list_models()}
-    with contextlib.closing(through()) as client, pytest.raises(Unauthorized):
-        client.list_models()
+    with contextlib.closing(through()) as client:  # this home's service credential
+        assert "fraud" in {m.name for m in client.list_models()}
+    with contextlib.closing(through(tmp_path / "elsewhere")) as client, pytest.raises(Unauthorized):
+        client.list_models()  # another home's credential is no key here
     with contextlib.closing(through(api_key=USER)) as client, pytest.raises(Forbidden):
         client.list_models()  # an infer-only key
 
@@ -502,7 +506,7 @@ def test_other_services_are_found_in_discovery_and_get_trace_headers(
         headers = {k.lower(): v for k, v in seen["headers"].items()}
         assert seen["path"] == "/api/echo-svc/things?x=1"
         assert headers["traceparent"] == sent and headers["x-request-id"] == "abc"
-        assert "x-api-key" not in headers  # the client's key stays at the gateway
+        assert headers["x-api-key"] == ADMIN  # every service checks the caller's key again
         fresh = httpx.get(url, headers=AS_ADMIN)
         made = {k.lower(): v for k, v in fresh.json()["headers"].items()}
         request_id = fresh.headers["x-request-id"]
@@ -625,7 +629,7 @@ def _status(url: str) -> int | None:
 
 def test_hash_key_prints_the_digest_to_configure(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "aimesh", "gateway", "hash-key", "s3cret"],
+        [sys.executable, "-m", "aimesh", "keys", "hash", "s3cret"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
