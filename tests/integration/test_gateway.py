@@ -130,7 +130,7 @@ def _body(x: np.ndarray, **extra: object) -> dict[str, object]:
 def _metric(gateway: Service, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     total = 0.0
-    for line in httpx.get(f"{gateway.http}/metrics").text.splitlines():
+    for line in httpx.get(f"{gateway.http}/metrics", headers=AS_ADMIN).text.splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
@@ -143,7 +143,9 @@ def test_rest_through_the_gateway_equals_direct_calls(
     home: Home, services: dict[str, Service], gateway: Service
 ) -> None:
     body = _body(home.x[:16], id="req-1")
-    direct = httpx.post(f"{services['fraud1a'].http}/v2/models/fraud/infer", json=body)
+    direct = httpx.post(
+        f"{services['fraud1a'].http}/v2/models/fraud/infer", json=body, headers=AS_USER
+    )  # a model service checks keys on its own port too
     through = httpx.post(
         f"{gateway.http}/v2/models/fraud/versions/1/infer",
         json=body,
@@ -208,7 +210,7 @@ def test_grpc_through_the_gateway_equals_direct_calls(
     inp.set_data_from_numpy(x)
     direct = grpcclient.InferenceServerClient(services["fraud2"].grpc)
     through = grpcclient.InferenceServerClient(gateway.grpc)
-    expected = direct.infer("fraud", [inp]).get_response()
+    expected = direct.infer("fraud", [inp], headers=dict(GRPC_USER)).get_response()
     got = through.infer("fraud", [inp], model_version="2", headers=dict(GRPC_USER)).get_response()
     assert got == expected
     assert through.is_server_live() and through.is_server_ready()
@@ -418,7 +420,9 @@ def test_aggregate_fans_out_and_reports_failures_beside_successes(
     assert answer["complete"] is False
     results = answer["results"]
     for ref, service in (("fraud@1", "fraud1a"), ("fraud@2", "fraud2")):
-        direct = httpx.post(f"{services[service].http}/v2/models/fraud/infer", json=body).json()
+        direct = httpx.post(
+            f"{services[service].http}/v2/models/fraud/infer", json=body, headers=AS_USER
+        ).json()
         assert results[ref] == direct
     assert (results["echo"]["status"], results["echo"]["code"]) == (400, "input_mismatch")
     assert (results["nope"]["status"], results["nope"]["code"]) == (404, "model_not_found")
