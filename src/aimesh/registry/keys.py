@@ -97,6 +97,7 @@ class KeyWatch:
             attempts=FailedAttempts(auth.max_failures, auth.failure_window_s),
         )
         self._load = load or _loader(settings)
+        self._failing = False
         self.reload_now()
 
     def reload_now(self) -> bool:
@@ -104,8 +105,13 @@ class KeyWatch:
         try:
             self.keyring.replace(self._load())
         except AimeshError as exc:
-            log.warning("cannot read the API keys (%s); keeping the ones known", exc.message)
+            if not self._failing:  # once per outage, not once per retry
+                log.warning("cannot read the API keys (%s); keeping the ones known", exc.message)
+            self._failing = True
             return False
+        if self._failing:
+            log.info("API keys read again")
+        self._failing = False
         return True
 
     async def reload(self) -> bool:
