@@ -155,17 +155,18 @@ def _fraud_probability(answer: dict[str, Any], rows: int) -> np.ndarray:
     return probabilities[:, 1]
 
 
-def _predict_async(url: str, x: np.ndarray) -> tuple[str, float, np.ndarray]:
+def _predict_async(url: str, x: np.ndarray, key: str) -> tuple[str, float, np.ndarray]:
     """One async call through the gateway: 202 and a job id, then its result once done."""
     started = time.perf_counter()
-    accepted = httpx.post(
-        f"{url}/v2/models/fraud/infer", params={"async": "true"}, json=_infer_body(x), timeout=10
+    client = httpx.Client(headers={"x-api-key": key}, timeout=10)
+    accepted = client.post(
+        f"{url}/v2/models/fraud/infer", params={"async": "true"}, json=_infer_body(x)
     )
     if accepted.status_code != 202:
         raise AimeshError(f"async inference answered {accepted.status_code}: {accepted.text}")
     job_id = accepted.json()["id"]
     deadline = time.monotonic() + 60
-    while (job := httpx.get(f"{url}/api/jobs/{job_id}", timeout=10).json())["state"] in (
+    while (job := client.get(f"{url}/api/jobs/{job_id}").json())["state"] in (
         "queued",
         "running",
     ):
@@ -174,16 +175,19 @@ def _predict_async(url: str, x: np.ndarray) -> tuple[str, float, np.ndarray]:
         time.sleep(0.02)
     if job["state"] != "succeeded":
         raise AimeshError(f"async job {job_id} {job['state']}: {job.get('error')}")
-    answer = httpx.get(f"{url}/api/jobs/{job_id}/result", timeout=10).json()
+    answer = client.get(f"{url}/api/jobs/{job_id}/result").json()
+    client.close()
     return job_id, time.perf_counter() - started, _fraud_probability(answer, x.shape[0])
 
 
-def _predict_rest(url: str, x: np.ndarray) -> tuple[str, np.ndarray]:
-    answer = httpx.post(f"{url}/v2/models/fraud/infer", json=_infer_body(x), timeout=10).json()
+def _predict_rest(url: str, x: np.ndarray, key: str) -> tuple[str, np.ndarray]:
+    answer = httpx.post(
+        f"{url}/v2/models/fraud/infer", json=_infer_body(x), headers={"x-api-key": key}, timeout=10
+    ).json()
     return answer["model_version"], _fraud_probability(answer, x.shape[0])
 
 
-def _predict_grpc(address: str, x: np.ndarray) -> tuple[str, np.ndarray]:
+def _predict_grpc(address: str, x: np.ndarray, key: str) -> tuple[str, np.ndarray]:
     import grpc
 
     from aimesh.protocol import InferenceRequest, Tensor
@@ -192,7 +196,11 @@ def _predict_grpc(address: str, x: np.ndarray) -> tuple[str, np.ndarray]:
     request = InferenceRequest(inputs=[Tensor("input-0", "FP64", x)])
     with grpc.insecure_channel(address) as channel:
         stub = pb.GRPCInferenceServiceStub(channel)
-        reply = stub.ModelInfer(pb.request_to_pb(request, model_name="fraud"), timeout=10)
+        reply = stub.ModelInfer(
+            pb.request_to_pb(request, model_name="fraud"),
+            timeout=10,
+            metadata=(("x-api-key", key),),
+        )
     response = pb.response_from_pb(reply)
     outputs = {t.name: t.data for t in response.outputs}
     return response.model_version or "?", outputs["probabilities"][:, 1]
@@ -270,7 +278,7 @@ def demo(
     from aimesh.config import load_settings
     from aimesh.examples import make_fraud_dataset
     from aimesh.local import STAGES, stack_report, start_detached, stop_stack
-    from aimesh.registry import LocalRegistry
+    from aimesh.registry import LocalRegistry, service_credential
     from aimesh.registry.outbox import flush_outbox
 
     config = settings()
@@ -315,9 +323,11 @@ def demo(
         grpc_address = front.grpc_address or ""
         x, y = make_fraud_dataset(rows)
         sample = np.concatenate([x[y == 1][:3], x[y == 0][:3]])
-        rest_version, rest_p = _predict_rest(gateway, sample)
-        grpc_version, grpc_p = _predict_grpc(grpc_address, sample)
-        job_id, async_s, async_p = _predict_async(gateway, sample)
+        # The home's service credential: accepted whether or not keys were made.
+        key = service_credential(stack)
+        rest_version, rest_p = _predict_rest(gateway, sample, key)
+        grpc_version, grpc_p = _predict_grpc(grpc_address, sample, key)
+        job_id, async_s, async_p = _predict_async(gateway, sample, key)
         table = Table(
             "row", "true label", "p(fraud) REST", "p(fraud) gRPC", "p(fraud) async",
             "version REST / gRPC", title="predictions through the gateway",
