@@ -97,6 +97,33 @@ class RegistrySettings(BaseModel):
         description="Sent as X-API-Key to `url`: set it when `url` is a gateway that requires "
         "keys (http://gateway:8080; the registry is proxied under /api/registry).",
     )
+    allow_code_artifacts: bool = Field(
+        default=False,
+        description="Accept formats whose loading runs code from the artifact (pickle, "
+        "joblib, python), and extra skops types beyond the safe defaults (--trust-type). "
+        "Off: such pushes are refused (400 trust_disabled) before the artifact is read. On: "
+        "only an identity with the admin scope may push them, and who did is recorded on "
+        "the version. Inspecting such an artifact runs it in a separate, short-lived process.",
+    )
+    inspect_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="Longest a code-running artifact's inspection (in its own process) may "
+        "take before the push is refused (422 artifact_invalid).",
+    )
+    gc_grace_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Garbage collection keeps an unreferenced artifact or a staging file "
+        "younger than this, in seconds (an upload whose version is not created yet).",
+    )
+    gc_interval_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How often the registry service collects garbage on its own, in seconds "
+        "(also once when it starts); 0: only `aimesh registry gc`.",
+    )
 
 
 class ServingSettings(BaseModel):

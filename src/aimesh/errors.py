@@ -44,6 +44,7 @@ nothing in here knows about HTTP numbers.
     ├── RuntimeUnavailable           runtime_unavailable
     ├── Unauthorized                 unauthorized
     ├── Forbidden                    forbidden
+    ├── TrustDisabled                trust_disabled
     ├── Overloaded                   overloaded
     │   └── RateLimited              rate_limited
     ├── Unavailable                  unavailable
@@ -427,6 +428,13 @@ class Forbidden(AimeshError):
         super().__init__(f"key {key!r} lacks the {scope!r} scope", key=key, scope=scope)
         self.key = key
         self.scope = scope
+
+
+class TrustDisabled(AimeshError):
+    """Raised when a push needs trust (a code-running format, extra skops types) and the
+    registry's policy (``registry.allow_code_artifacts``) does not allow any."""
+
+    code = "trust_disabled"
 
 
 class Overloaded(AimeshError):

@@ -45,7 +45,7 @@ def home(
     h = Home.create(
         root, nats_url, x, AIMESH_JOBS__BACKOFF_S="0.05", AIMESH_JOBS__PROGRESS_INTERVAL_S="0.1"
     )
-    registry = h.registry()
+    registry = h.registry(allow_code_artifacts=True)
     push_fraud_models(registry, root, x, y)
     echo = root / "echo.py"
     echo.write_text(ECHO_MODEL)

@@ -81,7 +81,7 @@ def test_bad_input_is_one_red_line_and_exit_1(cli: Cli, fraud_skops: Path, tmp_p
     pkl = tmp_path / "model.pkl"
     pkl.write_bytes(pickle.dumps({"not": "a model"}))
     unsafe = cli("models", "push", "fraud", str(pkl), ok=False)
-    assert unsafe.returncode == 1 and "unsafe_artifact" in unsafe.stderr
+    assert unsafe.returncode == 1 and "trust_disabled" in unsafe.stderr
     odd = tmp_path / "model.weird"
     odd.write_bytes(b"x")
     assert "--framework" in cli("models", "push", "fraud", str(odd), ok=False).stderr
@@ -94,8 +94,10 @@ def test_trusted_pickle_is_recorded_and_shown(cli: Cli, tmp_path: Path) -> None:
 
     pkl = tmp_path / "dummy.pkl"
     pkl.write_bytes(pickle.dumps(DummyClassifier().fit([[0.0], [1.0]], [0, 1])))
-    cli("models", "push", "dummy", str(pkl), "--trust")
-    assert "code in this artifact runs" in cli("models", "show", "dummy@1").stdout
+    trusting = Cli(cli.home, {"AIMESH_REGISTRY__ALLOW_CODE_ARTIFACTS": "true"})
+    trusting("models", "push", "dummy", str(pkl), "--trust")
+    shown = cli("models", "show", "dummy@1").stdout
+    assert "code in this artifact runs" in shown and "trusted by" in shown
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ def home(
         AIMESH_GATEWAY__KEYS=json.dumps(KEYS),
         AIMESH_GATEWAY__MAX_REQUEST_BYTES=str(MAX_BODY),
     )  # fmt: skip
-    registry = h.registry()
+    registry = h.registry(allow_code_artifacts=True)
     push_fraud_models(registry, root, x, y)  # fraud 1 (champion), 2
     v1 = root / "v1.skops"
     push_model(registry, "fraud", v1, aliases=["next"])  # 3: known, never served

@@ -335,7 +335,7 @@ def test_stand_alone_without_a_bus_still_serves(home: Home) -> None:
 def slow_model(home: Home, tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("slow") / "slow.py"
     path.write_text(ECHO_MODEL)
-    registry = home.registry()
+    registry = home.registry(allow_code_artifacts=True)
     push_model(registry, "slow", path, trusted=True)
     registry.close()
     return "slow@1"

@@ -383,7 +383,9 @@ def test_public_face_is_exactly_the_runtime_api() -> None:
         "executes_code",
         "frameworks",
         "inspect_artifact",
+        "inspect_isolated",
         "load_runtime",
+        "widened_types",
     ]
 
 
