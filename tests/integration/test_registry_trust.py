@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from _services import wait_for
 from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
 
@@ -384,3 +385,12 @@ def test_gc_removes_orphans_and_stale_uploads_and_keeps_the_rest(
     assert _stored(client, used) and _stored(client, young) and live_part.exists()
     r = client.get(f"{API}/models/kept/versions/1/artifact")
     assert r.status_code == 200
+
+
+def test_the_registry_service_collects_garbage_when_it_starts(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", registry={"gc_grace_s": 0})
+    with TestClient(_app(settings)) as client:
+        orphan = _upload(client, b"left behind by a crashed push")
+    with TestClient(_app(settings)) as client:
+        # The first round runs as the service starts, in the background: wait for it.
+        assert wait_for(lambda: not _stored(client, orphan), timeout=30)

@@ -3,13 +3,13 @@
 Unpickling a file or running a Python model file executes whatever it holds. A registry
 must still read such an artifact's signature, but never in its own process (its database
 connection, its secrets, its memory): :func:`inspect_isolated` runs
-``python -m aimesh.runtimes._isolated FRAMEWORK PATH [TYPE ...]`` in a new session, in an
+``python -m aimesh.runtimes._inspector FRAMEWORK PATH [TYPE ...]`` in a new session, in an
 empty temporary folder, with an environment that holds only what Python needs to start
 (no inherited secrets), kills its whole process group when the timeout passes, and reads
 its one answer as JSON.
 
-The child writes its answer to a private copy of its stdout; the artifact's own prints go
-to a stream nobody reads, so they cannot forge or corrupt the answer.
+The child (``_inspector.py``) writes its answer to a private copy of its stdout; the
+artifact's own prints go to a stream nobody reads, so they cannot corrupt the answer.
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from aimesh.errors import AimeshError, ArtifactError, error_from_body
+from aimesh.errors import ArtifactError, error_from_body
 from aimesh.protocol import Signature
+
+CHILD = "aimesh.runtimes._inspector"
+"""The module the inspecting process runs (kept apart: importing it does nothing)."""
 
 MAX_ANSWER_BYTES = 1024 * 1024
 """An answer larger than this is not a signature: the inspection is refused."""
@@ -54,7 +57,7 @@ def inspect_isolated(
     file cannot be read, and ArtifactError when the child times out, dies, or answers
     nonsense. Nothing of the file ever runs in this process.
     """
-    command = [sys.executable, "-m", __name__, framework, str(path), *trusted_types]
+    command = [sys.executable, "-m", CHILD, framework, str(path), *trusted_types]
     with tempfile.TemporaryDirectory(prefix="aimesh-inspect-") as folder:
         answer_path = Path(folder, "answer.json")
         work = Path(folder, "work")
@@ -127,35 +130,3 @@ def _signature(raw: bytes, exit_code: int, framework: str) -> Signature:
         # The child may only refuse the file, never claim anything else about the registry.
         raise ArtifactError(message, framework=framework)
     raise error
-
-
-def main(argv: Sequence[str]) -> int:
-    """Inspect ``FRAMEWORK PATH [TYPE ...]`` and write the answer as JSON to stdout."""
-    # Keep the real stdout for the answer; whatever the artifact prints goes to stderr.
-    answer = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    framework, path, *types = argv
-    body: dict[str, Any]
-    try:
-        from aimesh.runtimes._frameworks import inspect_artifact
-
-        signature = inspect_artifact(framework, Path(path), trusted=True, trusted_types=types)
-        body = {"signature": signature.model_dump(mode="json")}
-    except AimeshError as exc:
-        body = {"error": exc.message, "code": exc.code}
-    # The artifact's code can raise anything: it all means the file is not usable.
-    except BaseException as exc:
-        body = {
-            "error": f"{Path(path).name}: reading the {framework} artifact failed: "
-            f"{type(exc).__name__}",
-            "code": ArtifactError.code,
-        }
-    answer.write(json.dumps(body))
-    answer.flush()
-    return 0
-
-
-if __name__ == "__main__":
-    # os._exit: no atexit hook or finaliser that the artifact registered runs after this.
-    os._exit(main(sys.argv[1:]))
