@@ -394,3 +394,16 @@ def test_the_registry_service_collects_garbage_when_it_starts(tmp_path: Path) ->
     with TestClient(_app(settings)) as client:
         # The first round runs as the service starts, in the background: wait for it.
         assert wait_for(lambda: not _stored(client, orphan), timeout=30)
+
+
+@pytest.mark.parametrize("framework", ["onnx", "lightgbm", "sklearn"])
+def test_an_unreadable_artifact_is_refused_without_naming_server_paths(
+    stacks: dict[str, TestClient], framework: str
+) -> None:
+    client = stacks["off"]
+    home = str(client.app.state.registry.artifacts.url)  # type: ignore[attr-defined]
+    sha = _upload(client, f"not a {framework} model".encode())
+    status, body = _push(client, f"garbage-{framework}", sha, framework)
+    assert (status, body["code"]) == (422, "artifact_invalid")
+    assert sha in str(body["error"]) and home not in json.dumps(body)
+    assert not _stored(client, sha)

@@ -75,7 +75,11 @@ def require_trust(framework: str, path: Path, trust: Trust) -> None:
 def unreadable(framework: str, path: Path, exc: BaseException) -> ArtifactError:
     """The error for a file the library could not read; use as ``raise ... from exc``."""
     # Native libraries append C++ stack traces to their messages; the first line says it.
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    # Libraries name the file they failed on: say its name, never where the server keeps it.
+    for where in {str(path), str(path.resolve())}:
+        reason = reason.replace(where, path.name)
+    reason = reason[:300]
     return ArtifactError(
         f"{path.name} is not a readable {framework} model: {reason}", framework=framework
     )
