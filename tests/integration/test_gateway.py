@@ -84,8 +84,16 @@ def home(
 
 
 def _in_parallel(*starts: Callable[[], Service]) -> list[Service]:
+    """Start services at once; if one fails, stop the others (a failed fixture leaks none)."""
     with ThreadPoolExecutor(len(starts)) as pool:
-        return list(pool.map(lambda start: start(), starts))
+        futures = [pool.submit(start) for start in starts]
+    errors = [exc for future in futures if (exc := future.exception()) is not None]
+    if errors:
+        for future in futures:
+            if future.exception() is None:
+                future.result().stop()
+        raise errors[0]
+    return [future.result() for future in futures]
 
 
 @pytest.fixture(scope="module")
