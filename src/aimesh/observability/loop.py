@@ -7,12 +7,14 @@ services (the model service, the gateway) run on it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["run_service"]
+__all__ = ["cancel_and_wait", "run_service"]
 
 T = TypeVar("T")
+
+_RECANCEL_S = 0.1
 
 
 def run_service(main: Coroutine[Any, Any, T]) -> T:
@@ -25,3 +27,27 @@ def run_service(main: Coroutine[Any, Any, T]) -> T:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     with runner:
         return runner.run(main)
+
+
+async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]], timeout_s: float) -> bool:
+    """Cancel ``tasks`` and wait up to ``timeout_s`` for them to end; False if some did not.
+
+    A task is cancelled again every 0.1 s until it ends: one cancellation can be lost
+    (Python 3.11's ``wait_for``, which nats-py uses for every request, returns the result
+    instead when the cancellation lands as its future completes; some libraries catch
+    ``CancelledError``), and a loop that lost it would otherwise run for ever.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        left = deadline - loop.time()
+        if left <= 0:
+            return False
+        _, pending = await asyncio.wait(pending, timeout=min(_RECANCEL_S, left))
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: the owner cancelled it and wants no result
+    return True

@@ -32,6 +32,7 @@ from aimesh.bus import (
 )
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
+from aimesh.observability import cancel_and_wait
 from aimesh.registry import open_registry
 from aimesh.serving.dataplane import DataPlane
 from aimesh.serving.grpc import start_grpc_server
@@ -41,6 +42,8 @@ from aimesh.serving.model import BatchingOptions, ServedModel
 from aimesh.serving.rest import RestApp
 
 log = logging.getLogger("aimesh.serving")
+
+_BACKGROUND_STOP_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,7 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
     await asyncio.wait([serving, asyncio.ensure_future(stop.wait())], return_when="FIRST_COMPLETED")
 
     # Stop in order: leave discovery, stop accepting, drain, release.
+    log.info("stopping %s: draining for up to %.0fs", plan.ref, s.drain_timeout_s)
     if registration is not None:
         await registration.stop()
     server.should_exit = True
@@ -184,9 +188,8 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await serving
     await plane.drain(s.drain_timeout_s)
-    for task in background:
-        task.cancel()
-    await asyncio.gather(*background, return_exceptions=True)
+    if not await cancel_and_wait(background, _BACKGROUND_STOP_S):
+        log.warning("following %s did not stop; shutting down anyway", plan.ref)
     await host.close()
     if bus is not None:
         # nats-py flushes into a closed transport when the bus is gone, which uvloop refuses.
