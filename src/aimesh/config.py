@@ -106,6 +106,13 @@ class ServingSettings(BaseModel):
     http_port: int = Field(default=9000, ge=0, le=65535, description="REST port (0: any free).")
     grpc_port: int = Field(default=9001, ge=0, le=65535, description="gRPC port (0: any free).")
     workers: int = Field(default=1, ge=1, le=64, description="Processes sharing the ports.")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Native threads (OpenMP, BLAS, onnxruntime) per worker process; unset: "
+        "the cores divided among the workers (`aimesh up`: among every model process).",
+    )
     batching: bool = Field(default=True, description="Coalesce concurrent requests.")
     max_batch_size: int = Field(default=64, ge=1, le=65536, description="Rows in one model call.")
     max_latency_ms: float = Field(
@@ -202,6 +209,13 @@ class JobsSettings(BaseModel):
     backoff_max_s: float = Field(default=60.0, ge=0, le=86400, description="Longest retry wait.")
     concurrency: int = Field(
         default=1, ge=1, le=1024, description="Jobs one `aimesh worker` runs at once."
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Native threads (OpenMP, BLAS, onnxruntime) in one `aimesh worker`; "
+        "unset: every core (`aimesh up`: the cores divided among every model process).",
     )
     drain_timeout_s: float = Field(
         default=30.0,

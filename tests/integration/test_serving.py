@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -439,3 +440,22 @@ def test_json_access_log_carries_the_request_id(home: Home) -> None:
     ]
     access = [line for line in lines if line.get("request_id") == "trace-me-42"]
     assert access and access[0]["status"] == 200 and access[0]["level"] == "info"
+
+
+def test_each_worker_caps_native_threads_to_its_share_of_the_cores_by_default(home: Home) -> None:
+    from aimesh.runtimes import share_of_cores
+
+    share = share_of_cores(2)
+    running = home.serve("fraud@2", "--workers", "2")
+    try:
+        line = re.compile(r"native threads capped at (\d+) per worker: (.*)")
+        assert _wait_for(lambda: line.search(running.log.read_text()))
+        reports = line.findall(running.log.read_text())
+    finally:
+        assert running.stop() == 0
+    for cap, pools in reports:
+        # threadpoolctl's view from the thread that runs the model, as it loaded
+        seen = dict(pool.rsplit(" ", 1) for pool in pools.split(", "))
+        assert int(cap) == share
+        assert seen.get("openmp") == str(share), pools  # HistGradientBoosting's pool
+        assert set(seen.values()) == {str(share)}, pools

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -374,6 +375,10 @@ def worker(
             min=0, max=65535, help="Serve /health and /metrics on this port (0: any free one)."
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, max=1024, help="Native threads for models (default: jobs.threads)."),
+    ] = None,
 ) -> None:
     """Run jobs of one kind until Ctrl-C, then drain: finish running jobs or hand them back.
 
@@ -381,9 +386,13 @@ def worker(
     """
     from aimesh.jobs import get_handler, load_handler
     from aimesh.observability import configure_logging
+    from aimesh.runtimes import cap_threads, share_of_cores
 
     config = settings()
     configure_logging(config.log_level, config.log_format)
+    # before a handler imports a model library: those read the cap when they load
+    cap = cap_threads(threads or config.jobs.threads or share_of_cores(1))
+    logging.getLogger("aimesh.jobs").info("native threads capped at %d", cap)
     run = load_handler(handler) if handler is not None else get_handler(kind)
     stats = asyncio.run(_run_worker(config, kind, run, concurrency, (host, port)))
     err_console.print(
