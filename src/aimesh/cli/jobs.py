@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -412,6 +411,7 @@ async def _run_worker(
     from aimesh.bus import Registration, declare_topology, describe_service, open_bus
     from aimesh.jobs import Worker
     from aimesh.jobs.health import serve_health
+    from aimesh.observability import stop_on_signals
 
     async with await open_bus(config, name=f"worker-{kind}") as bus:
         await declare_topology(bus)
@@ -429,22 +429,21 @@ async def _run_worker(
         )  # fmt: skip
         registration = Registration(bus, describe, interval_s=config.serving.heartbeat_s)
         await registration.start()
-        loop = asyncio.get_running_loop()
-        stops = 0
 
-        def on_signal() -> None:
-            nonlocal stops
-            stops += 1
-            if stops == 1:
-                err_console.print(
-                    f"draining: finishing running jobs (up to {config.jobs.drain_timeout_s:g}s); "
-                    "Ctrl-C again to hand them back now",
-                    highlight=False,
-                )
-            job_worker.stop(hand_back=stops > 1)
+        def drain() -> None:
+            err_console.print(
+                f"draining: finishing running jobs (up to {config.jobs.drain_timeout_s:g}s); "
+                "Ctrl-C again to hand them back now",
+                highlight=False,
+            )
+            job_worker.stop(hand_back=False)
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
+        stop_on_signals(
+            drain,
+            what=f"worker {job_worker.id}",
+            grace_s=config.jobs.drain_timeout_s + 30,
+            hurry=lambda: job_worker.stop(hand_back=True),
+        )
         console.print(
             f"worker {job_worker.id}: jobs of kind {kind}, {job_worker.concurrency} at a time "
             "(Ctrl-C to stop)",
@@ -453,8 +452,6 @@ async def _run_worker(
         try:
             await job_worker.run()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
             await registration.stop()
             if health is not None:
                 health.cancel()

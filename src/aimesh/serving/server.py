@@ -33,7 +33,7 @@ from aimesh.bus import (
 )
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
-from aimesh.observability import cancel_and_wait
+from aimesh.observability import STOP_SIGNALS, cancel_and_wait, stop_on_signals
 from aimesh.registry import open_registry
 from aimesh.serving.dataplane import DataPlane
 from aimesh.serving.grpc import start_grpc_server
@@ -79,6 +79,16 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def stop_grace_s(settings: Settings) -> float:
+    """How long a worker may take to stop after a signal before its watchdog ends it.
+
+    Its steps each wait up to the drain timeout (gRPC, REST, the data plane's requests,
+    the model's), but in sequence only while requests are still running: twice it, and
+    time for the bus and the discovery entry.
+    """
+    return 2 * settings.serving.drain_timeout_s + 15.0
 
 
 def batching_options(settings: Settings) -> BatchingOptions:
@@ -167,9 +177,9 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
         )
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    # Under a parent (--workers N), SIGTERM is the parent's word; a Ctrl-C is its to answer.
+    signals = (signal.SIGTERM,) if plan.workers > 1 else STOP_SIGNALS
+    stop_on_signals(stop.set, what=str(plan.ref), grace_s=stop_grace_s(settings), signals=signals)
 
     bus, background = await _join_bus(settings, host)
     if bus is not None and plan.index == 0:
