@@ -9,9 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from aimesh.cli.demo import DEMO_STOP_S
 
 
+@pytest.mark.timeout(900)  # the whole platform, from a cold start, then its stop
 def test_demo_ingests_trains_on_a_worker_runs_the_stack_and_predicts_three_ways(
     tmp_path: Path,
 ) -> None:

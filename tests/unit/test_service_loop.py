@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import subprocess
+import sys
 
-from aimesh.observability import cancel_and_wait, run_service
+from aimesh.observability import EXIT_STOP_TIMEOUT, cancel_and_wait, run_service
 
 
 async def _swallows(cancellations: int, ended: list[str]) -> None:
@@ -54,3 +57,70 @@ def test_a_task_that_never_stops_is_given_up_on_after_the_timeout() -> None:
     stopped, took = run_service(main())
     assert stopped is False
     assert 0.25 <= took < 5
+
+
+# -- stopping on signals: a real process, signalled as a user or a service manager would ---
+
+_CHILD = """
+import asyncio, logging, sys, time
+from aimesh.observability import stop_on_signals
+
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)
+mode = sys.argv[1]
+
+async def main():
+    stopping = asyncio.Event()
+    hurry = (lambda: print("hurried", flush=True)) if mode == "hurry" else None
+    stop_on_signals(stopping.set, what="the child", grace_s=float(sys.argv[2]), hurry=hurry)
+    print("ready", flush=True)
+    await stopping.wait()
+    if mode == "blocked":
+        time.sleep(600)  # a drain that blocks the loop itself
+    await asyncio.Event().wait()  # a stop that never ends
+
+asyncio.run(main())
+"""
+
+
+def _child(mode: str, grace_s: float) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, mode, str(grace_s)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    return proc
+
+
+def _said(proc: subprocess.Popen[str], line: str) -> None:
+    assert proc.stdout is not None
+    for said in proc.stdout:
+        if line in said:
+            return
+    raise AssertionError(f"never said {line!r}")
+
+
+def test_a_stop_that_never_ends_is_ended_by_the_watchdog() -> None:
+    proc = _child("hangs", grace_s=0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == EXIT_STOP_TIMEOUT
+
+
+def test_a_second_signal_exits_at_once_even_with_the_loop_blocked() -> None:
+    proc = _child("blocked", grace_s=600)
+    proc.send_signal(signal.SIGINT)
+    _said(proc, "SIGINT: stopping the child (SIGINT again to exit at once)")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == -signal.SIGINT
+
+
+def test_with_hurry_the_second_signal_hurries_and_the_third_exits() -> None:
+    proc = _child("hurry", grace_s=600)
+    proc.send_signal(signal.SIGTERM)
+    _said(proc, "SIGTERM: stopping the child (SIGTERM again to stop without draining)")
+    proc.send_signal(signal.SIGTERM)
+    _said(proc, "hurried")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == -signal.SIGTERM
