@@ -526,8 +526,32 @@ def _explain(
     problems = []
     for error in exc.errors():
         loc = tuple(error["loc"])
+        said = _in_our_words(error)
         if project is not None and (loc, error["type"]) in from_file:
-            problems.append(project.problem(loc, error["msg"]))
+            problems.append(project.problem(loc, said))
         else:
-            problems.append(Problem(0, ".".join(str(p) for p in loc), error["msg"]))
+            problems.append(Problem(0, ".".join(str(p) for p in loc), said))
     return problems
+
+
+# pydantic's error types are its stable interface; its sentences change between releases
+_BOUNDS = {
+    "greater_than_equal": ("ge", "must be at least {}"),
+    "less_than_equal": ("le", "must be at most {}"),
+    "greater_than": ("gt", "must be more than {}"),
+    "less_than": ("lt", "must be less than {}"),
+}
+
+
+def _in_our_words(error: Any) -> str:
+    """aimesh's sentence for the commonest validation errors, pydantic's for the others."""
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind in _BOUNDS and _BOUNDS[kind][0] in ctx:
+        key, sentence = _BOUNDS[kind]
+        return sentence.format(ctx[key])
+    if kind == "literal_error" and "expected" in ctx:
+        return f"must be one of {ctx['expected']}"
+    return str(error["msg"])
