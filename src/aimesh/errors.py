@@ -618,8 +618,12 @@ def foreign_message(exc: BaseException, limit: int = 300, *, lines: int = 1) -> 
     the log.
     """
     kept = [line.rstrip() for line in str(exc).strip().splitlines() if line.strip()][:lines]
-    text = "\n".join(kept) if kept else type(exc).__name__
-    return _SERVER_NAMES.sub("<hidden>", text)[:limit]
+    return hide_server_names("\n".join(kept) if kept else type(exc).__name__)[:limit]
+
+
+def hide_server_names(text: str) -> str:
+    """``text`` with every URL and absolute path in it replaced by ``<hidden>``."""
+    return _SERVER_NAMES.sub("<hidden>", text)
 
 
 def _all_subclasses(cls: type[AimeshError]) -> list[type[AimeshError]]:

@@ -20,9 +20,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from aimesh.config import Settings
-from aimesh.errors import StoreUnavailable, foreign_message
+from aimesh.errors import BusUnavailable, InvalidRequest, StoreUnavailable, foreign_message
 from aimesh.gateway.catalog import RegistryCatalog
 from aimesh.lake.app import create_app as lake_app
+from aimesh.protocol.grpc import grpc_details
 from aimesh.registry.app import create_app as registry_app
 from aimesh.rest import install_error_handlers
 
@@ -202,3 +203,37 @@ def test_the_gateway_does_not_tell_where_the_registry_it_cannot_reach_is(
 def test_foreign_messages_keep_their_words_but_not_paths_or_urls(text: str, shown: str) -> None:
     assert shown in foreign_message(ValueError(text))
     assert "\n" not in foreign_message(ValueError(text))
+
+
+def test_a_server_error_body_does_not_say_where_the_servers_parts_live(
+    caplog_all: pytest.LogCaptureFixture,
+) -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/submit")
+    def submit() -> None:
+        raise BusUnavailable("job j1 was not queued on the bus at nats://10.1.2.3:4222: gone")
+
+    @app.get("/bad")
+    def bad() -> None:
+        raise InvalidRequest("webhook http://example.com/hook is refused")
+
+    with TestClient(app) as client:
+        down = client.get("/submit")
+        refused = client.get("/bad")
+
+    assert (down.status_code, down.json()["code"]) == (503, "bus_unavailable")
+    assert down.json()["error"] == "job j1 was not queued on the bus at <hidden>: gone"
+    assert "nats://10.1.2.3:4222" in _logged(caplog_all, down.json()["request_id"])
+    assert "http://example.com/hook" in refused.json()["error"]  # the caller's own words
+
+
+def test_grpc_details_carry_the_request_id_and_hide_a_server_errors_addresses() -> None:
+    unavailable = BusUnavailable("no bus at nats://10.1.2.3:4222")
+    invalid = InvalidRequest("cannot parse /v2/models/x")
+
+    assert grpc_details(unavailable, "r1") == "no bus at <hidden> (bus_unavailable; request_id r1)"
+    assert (
+        grpc_details(invalid, "r2") == "cannot parse /v2/models/x (invalid_request; request_id r2)"
+    )

@@ -19,6 +19,7 @@ from aimesh.rest import (
     log_failure,
     read_body,
     respond,
+    shown_message,
     status_of,
 )
 
@@ -66,7 +67,7 @@ def model_path(name: str, version: str | None, suffix: bytes) -> bytes:
 
 def gateway_error_body(exc: AimeshError, request_id: str) -> bytes:
     """The JSON error body of an error."""
-    return error_body(exc.message, exc.code, request_id)
+    return error_body(shown_message(exc, status_of(exc)), exc.code, request_id)
 
 
 def gateway_internal_error(request_id: str) -> bytes:

@@ -204,7 +204,7 @@ class QueryEngine:
             con.execute("SET lock_configuration = true")
         except duckdb.Error as exc:
             # Its text may name the spill folder: the log keeps it, the error does not.
-            log.error("cannot start the query engine: %s", _message(exc))
+            log.error("cannot start the query engine: %s", exc)
             raise QueryError(
                 "cannot start the query engine (see the service log; is "
                 f"lake.query_memory_limit {self.memory_limit!r} valid?)"

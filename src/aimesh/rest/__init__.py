@@ -27,7 +27,7 @@ from aimesh.rest.asgi import (
 from aimesh.rest.docs import DOCS_ASSETS_URL, DocsAsset, docs_asset, swagger_page
 from aimesh.rest.errors import install_error_handlers, log_failure, request_id_of
 from aimesh.rest.service import announced, service_app
-from aimesh.rest.status import HTTP_STATUS, retry_after, status_of
+from aimesh.rest.status import HTTP_STATUS, retry_after, shown_message, status_of
 
 __all__ = [
     "DOCS_ASSETS_URL",
@@ -55,6 +55,7 @@ __all__ = [
     "respond",
     "retry_after",
     "service_app",
+    "shown_message",
     "status_of",
     "swagger_page",
 ]

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 
 from aimesh.errors import AimeshError
 from aimesh.rest.asgi import REQUEST_ID, ASGIScope, Message, Receive, Send, header, internal_error
-from aimesh.rest.status import retry_after, status_of
+from aimesh.rest.status import retry_after, shown_message, status_of
 
 __all__ = ["RequestIds", "install_error_handlers", "log_failure", "request_id_of"]
 
@@ -109,7 +109,8 @@ def install_error_handlers(app: FastAPI) -> None:
         log_failure(log, exc, status, request_id_of(request.scope))
         wait = retry_after(exc)
         headers = {"retry-after": wait} if wait is not None else {}
-        return answer(request, exc.to_dict(), status, headers)
+        body = {**exc.to_dict(), "error": shown_message(exc, status)}
+        return answer(request, body, status, headers)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

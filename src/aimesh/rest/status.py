@@ -35,9 +35,10 @@ from aimesh.errors import (
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
+    hide_server_names,
 )
 
-__all__ = ["HTTP_STATUS", "retry_after", "status_of"]
+__all__ = ["HTTP_STATUS", "retry_after", "shown_message", "status_of"]
 
 HTTP_STATUS: Mapping[type[AimeshError], int] = {
     AimeshError: 500,
@@ -82,3 +83,12 @@ def retry_after(exc: AimeshError) -> str | None:
     if exc.retry_after_s is None:
         return None
     return str(max(1, math.ceil(exc.retry_after_s)))
+
+
+def shown_message(exc: AimeshError, status: int) -> str:
+    """The message an error body shows: a server error's without URLs or paths in it.
+
+    A server error (5xx) tells of the server's own parts (the bus, a database, an upstream);
+    where they live is for the log, which keeps the whole message under the request id.
+    """
+    return hide_server_names(exc.message) if status >= 500 else exc.message

@@ -33,6 +33,7 @@ from aimesh.rest import (
     log_failure,
     read_body,
     respond,
+    shown_message,
     status_of,
     swagger_page,
 )
@@ -99,7 +100,8 @@ class RestApp:
         except AimeshError as exc:
             status = status_of(exc)
             log_failure(log, exc, status, request_id)
-            await respond(send, status, error_body(exc.message, exc.code, request_id), request_id)
+            body = error_body(shown_message(exc, status), exc.code, request_id)
+            await respond(send, status, body, request_id)
         except Exception:
             log.exception("request %s failed unexpectedly", request_id,
                           extra={"request_id": request_id})  # fmt: skip

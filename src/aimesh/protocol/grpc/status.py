@@ -35,10 +35,14 @@ from aimesh.errors import (
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
+    hide_server_names,
 )
 
 __all__ = ["GRPC_STATUS", "grpc_details", "grpc_status_of", "internal_details", "request_id_in"]
 
+_SERVER_FAULTS = frozenset(
+    {StatusCode.INTERNAL, StatusCode.UNAVAILABLE, StatusCode.DATA_LOSS, StatusCode.UNKNOWN}
+)
 # A request id a client sends is kept when it is this tame (it lands in logs and details).
 _TAME_ID = re.compile(r"^[\w.:-]{1,128}$")
 
@@ -77,8 +81,15 @@ def grpc_status_of(exc: AimeshError) -> StatusCode:
 
 
 def grpc_details(exc: AimeshError, request_id: str) -> str:
-    """The details of a gRPC error: ``message (code; request_id ID)``."""
-    return f"{exc.message} ({exc.code}; request_id {request_id})"
+    """The details of a gRPC error: ``message (code; request_id ID)``.
+
+    A server error's message tells of the server's own parts: where they live (URLs,
+    paths) is for the log.
+    """
+    message = exc.message
+    if grpc_status_of(exc) in _SERVER_FAULTS:
+        message = hide_server_names(message)
+    return f"{message} ({exc.code}; request_id {request_id})"
 
 
 def internal_details(request_id: str) -> str:
