@@ -344,7 +344,7 @@ class LakeSettings(BaseModel):
     )
     query_memory_limit: str = Field(
         default="1GB",
-        pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$",
+        pattern=r"(?i)^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$",
         description="Memory one query may use (DuckDB's memory_limit, e.g. '512MB', '2GB'). "
         "A query that needs more spills to HOME/lake-tmp where it can, else fails with "
         "query_too_large (422); the service keeps serving.",

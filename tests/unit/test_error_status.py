@@ -39,6 +39,9 @@ def test_every_error_has_an_http_status_and_a_grpc_status_by_the_one_table(
     listed_grpc = next(c for c in ancestry if c in GRPC_STATUS)
     assert grpc_status_of(_instance(cls)) == GRPC_STATUS[listed_grpc]
     assert cls.__module__ == "aimesh.errors", "every error class lives in aimesh.errors"
+    tree = errors.__doc__ or ""
+    assert cls is AimeshError or f"── {cls.__name__} " in tree, "draw it in the error tree"
+    assert cls is AimeshError or f" {cls.code}\n" in tree
 
 
 HTTP_ROWS = [
