@@ -356,9 +356,26 @@ class LakeSettings(BaseModel):
     query_timeout_s: float = Field(
         default=30.0, gt=0, le=3600, description="A query still running after this is stopped."
     )
-    query_memory_limit: str | None = Field(
-        default=None,
-        description="DuckDB memory_limit of one query (e.g. '2GB'); unset: DuckDB's default.",
+    query_memory_limit: str = Field(
+        default="1GB",
+        pattern=r"(?i)^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$",
+        description="Memory one query may use (DuckDB's memory_limit, e.g. '512MB', '2GB'). "
+        "A query that needs more spills to HOME/lake-tmp where it can, else fails with "
+        "query_too_large (422); the service keeps serving.",
+    )
+    max_concurrent_queries: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Queries (and exports) one lake service runs at once; with "
+        "query_memory_limit, what bounds the memory queries take together.",
+    )
+    query_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=600,
+        description="How long a query waits for a free slot when max_concurrent_queries run; "
+        "then it is refused with 503 query_busy and a Retry-After header.",
     )
     max_upload_bytes: int = Field(
         default=2 * 1024**3, gt=0, description="Largest file accepted by an ingest upload."

@@ -22,13 +22,13 @@ from prometheus_client.registry import Collector
 from aimesh.errors import AimeshError
 from aimesh.jobs.worker import Worker
 from aimesh.rest import (
-    BASE_STATUS,
     ASGIScope,
     Receive,
     RouteNotFound,
     Send,
     allow,
     error_body,
+    request_id_of,
     respond,
     status_of,
 )
@@ -91,7 +91,9 @@ class WorkerHealth:
             else:
                 raise RouteNotFound(f"no route {path}; try /health or /metrics")
         except AimeshError as exc:  # a route it has not, a method but GET
-            await respond(send, status_of(exc, BASE_STATUS), error_body(exc.message, exc.code), "")
+            request_id = request_id_of(scope)
+            body = error_body(exc.message, exc.code, request_id)
+            await respond(send, status_of(exc), body, request_id)
 
 
 class _Quiet(uvicorn.Server):

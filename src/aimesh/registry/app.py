@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from aimesh.config import Settings
-from aimesh.registry.api import HTTP_STATUS, router
+from aimesh.registry.api import router
 from aimesh.registry.outbox import OutboxRelay
 from aimesh.registry.service import LocalRegistry
 from aimesh.rest import announced, service_app
@@ -49,6 +49,5 @@ def create_app(
         title="aimesh registry",
         description="Models, immutable versions, aliases, metrics, lineage and artifacts.",
         router=router,
-        http_status=HTTP_STATUS,
         lifespan=lifespan,
     )

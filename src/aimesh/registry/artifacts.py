@@ -25,6 +25,7 @@ from aimesh.errors import (
     ArtifactTampered,
     ArtifactTooLarge,
     StoreUnavailable,
+    foreign_message,
 )
 from aimesh.registry.types import ArtifactInfo, check_sha256
 
@@ -55,7 +56,10 @@ class ArtifactStore:
         try:
             fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         except (ImportError, ValueError, TypeError) as exc:
-            raise StoreUnavailable(f"cannot use artifact store {url!r}: {exc}") from exc
+            raise StoreUnavailable(
+                f"cannot use an artifact store of scheme {url.partition(':')[0]!r}: "
+                f"{foreign_message(exc)}"
+            ) from exc
         self.url = url
         self._fs: Any = fs
         self._root: str = root.rstrip("/")

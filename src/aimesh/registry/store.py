@@ -25,6 +25,7 @@ from aimesh.errors import (
     StoreUnavailable,
     VersionArchived,
     VersionNotFound,
+    foreign_message,
 )
 from aimesh.protocol import Signature
 from aimesh.registry import migrate
@@ -69,7 +70,10 @@ def create_engine(url: str) -> sa.Engine:
     try:
         return sa.create_engine(url, pool_pre_ping=True)
     except (ImportError, sa.exc.ArgumentError) as exc:
-        raise StoreUnavailable(f"cannot use registry database {url!r}: {exc}") from exc
+        raise StoreUnavailable(
+            f"cannot use a registry database of scheme {url.partition(':')[0]!r}: "
+            f"{foreign_message(exc)}"
+        ) from exc
 
 
 class RegistryStore:
@@ -90,7 +94,8 @@ class RegistryStore:
         try:
             migrate.upgrade(engine)
         except OperationalError as exc:
-            raise StoreUnavailable(f"cannot reach the registry database: {exc.orig}") from exc
+            # The driver's words (and the database's file or host) stay in the log.
+            raise StoreUnavailable("cannot reach the registry database") from exc
         return cls(engine)
 
     def close(self) -> None:
@@ -103,7 +108,7 @@ class RegistryStore:
             with self._sessions.begin() as session:
                 yield session
         except OperationalError as exc:
-            raise StoreUnavailable(f"registry database error: {exc.orig}") from exc
+            raise StoreUnavailable("the registry database failed; try again shortly") from exc
 
     # -- models ---------------------------------------------------------------------------
 

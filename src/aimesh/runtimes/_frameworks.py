@@ -102,7 +102,7 @@ def _format(framework: str) -> _Format:
 def _module(framework: str, path: Path) -> _FormatModule:
     fmt = _format(framework)
     if not path.is_file():
-        raise ArtifactError(f"artifact file {path} does not exist", framework=framework)
+        raise ArtifactError(f"artifact file {path.name} does not exist", framework=framework)
     try:
         module = importlib.import_module(f"{__package__}.{fmt.module}")
     except ImportError as exc:
