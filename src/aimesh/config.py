@@ -241,6 +241,12 @@ class JobsSettings(BaseModel):
     webhook_attempts: int = Field(
         default=3, ge=1, le=20, description="Calls of a webhook before giving up on it."
     )
+    webhook_allow: list[str] = Field(
+        default_factory=list,
+        description="Hosts, IP addresses and CIDR networks webhooks may call although they "
+        "are loopback, private, link-local or metadata addresses (refused otherwise, with "
+        "url_refused), e.g. [hooks.internal, 10.1.0.0/16, 127.0.0.1].",
+    )
 
 
 class ModelServiceSpec(BaseModel):

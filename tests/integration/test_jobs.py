@@ -584,7 +584,9 @@ def test_webhook_of_a_finished_job_carries_a_valid_signature(
     bus_url: str, receiver: tuple[str, list[tuple[bytes, dict[str, str]]]]
 ) -> None:
     url, calls = receiver
-    signed = JobsSettings.model_validate({**FAST.model_dump(), "webhook_secret": "s3cret"})
+    signed = JobsSettings.model_validate(
+        {**FAST.model_dump(), "webhook_secret": "s3cret", "webhook_allow": ["127.0.0.1"]}
+    )
 
     async def main() -> None:
         async with jobs_on(bus_url, signed) as (bus, client):
@@ -821,6 +823,20 @@ async def _next_event(lines: AsyncIterator[str]) -> tuple[str, dict[str, Any]] |
     return None
 
 
+WEBHOOKS_REFUSED = [
+    "http://127.0.0.1:8200/api/lake/datasets/tx/compact",
+    "http://[::1]/",
+    "http://169.254.169.254/latest",
+    "http://localhost/",
+    "http://127.1/",
+    "http://0x7f.1/",
+    "http://2130706433/",
+    "file:///etc/passwd",
+    "ftp://x",
+    "http://user:pw@example.com/",
+]
+
+
 def test_rest_api_submits_shows_lists_cancels_and_streams_events(
     bus_url: str, service: str
 ) -> None:
@@ -877,6 +893,12 @@ def test_rest_api_submits_shows_lists_cancels_and_streams_events(
             assert no_events.status_code == 404
             bad = await http.post("/api/jobs", json={"kind": "sleep", "colour": "red"})
             assert (bad.status_code, bad.json()["code"]) == (400, "invalid_request")
+            before = len((await http.get("/api/jobs")).json())
+            for hook in WEBHOOKS_REFUSED:
+                refused = await http.post("/api/jobs", json={"kind": "noop", "webhook_url": hook})
+                assert (refused.status_code, refused.json()["code"]) == (400, "url_refused"), hook
+                assert "refused" in refused.json()["error"]
+            assert len((await http.get("/api/jobs")).json()) == before  # nothing was queued
             huge = {"kind": "noop", "payload": {"blob": "x" * 400_000}}
             too_large = await http.post("/api/jobs", json=huge)
             assert (too_large.status_code, too_large.json()["code"]) == (413, "request_too_large")

@@ -8,6 +8,7 @@ import threading
 import msgspec
 import pytest
 
+from aimesh.auth import LOCAL_OPERATOR, Identity
 from aimesh.errors import InvalidName, InvalidRequest, JobRejected, NotFound
 from aimesh.jobs import (
     Job,
@@ -44,7 +45,8 @@ def test_kinds_that_are_not_subject_tokens_are_refused(kind: str) -> None:
         b'{"kind": "noop", "colour": "red"}',
         b'{"kind": "noop", "max_attempts": 0}',
         b'{"kind": "noop", "timeout_s": -1}',
-        b'{"kind": "noop", "webhook_url": "ftp://x"}',
+        b'{"kind": "noop", "webhook_url": ""}',
+        b'{"kind": "noop", "submitted_by": "admin;admin"}',
         b'{"kind": "noop", "payload": [1]}',
         b'{"kind": "noop", "idempotency_key": ""}',
     ],
@@ -59,6 +61,16 @@ def test_a_spec_becomes_a_queued_record_with_default_attempts() -> None:
     job = Job.from_spec(spec, job_id="c" * 32, max_attempts=5)
     assert (job.state, job.max_attempts, job.attempts, job.idempotency_key) == ("queued", 5, 0, "k")
     assert job.payload == {"seconds": 1} and not job.done
+
+
+def test_a_job_without_a_submitter_is_the_local_operators() -> None:
+    job = Job.from_spec(decode(b'{"kind": "noop"}'), job_id="c" * 32, max_attempts=1)
+    assert job.submitted_by is None and job.identity == LOCAL_OPERATOR
+    reader = Identity.of("dash", ["read"])
+    job = Job.from_spec(
+        decode(b'{"kind": "noop"}'), job_id="c" * 32, max_attempts=1, submitted_by=reader.header()
+    )
+    assert job.identity.scopes == reader.scopes and not job.identity.has("write")
 
 
 def test_builtin_handlers_are_found_by_kind() -> None:

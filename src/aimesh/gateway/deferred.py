@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
+from aimesh.auth import Identity
 from aimesh.bus import Bus, list_instances
 from aimesh.config import JobsSettings
 from aimesh.errors import (
@@ -172,10 +173,16 @@ class Deferrer:
         body: bytes,
         headers: list[tuple[bytes, bytes]],
         options: AsyncRequest,
+        identity: Identity | None = None,
     ) -> Job:
-        """Store the request and queue its job; returns the queued (or first) job."""
+        """Store the request and queue its job; returns the queued (or first) job.
+
+        A webhook URL the workers may not call is refused (``url_refused``) before anything
+        is stored. ``identity``: the caller (unset: the local operator).
+        """
         if self._jobs is None or self._data is None:
             raise BusUnavailable("the gateway is not connected to the bus yet; try again")
+        await self._jobs.check_webhook(options.webhook_url)
         content_type = "application/json"
         kept: list[tuple[str, str]] = []
         for name, value in headers:
@@ -202,7 +209,7 @@ class Deferrer:
             )
         except msgspec.ValidationError as exc:
             raise InvalidRequest(f"cannot defer this request: {exc}") from exc
-        return await self._jobs.submit(spec)
+        return await self._jobs.submit(spec, identity=identity)
 
 
 # -- the worker's side ------------------------------------------------------------------
