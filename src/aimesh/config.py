@@ -12,7 +12,7 @@ import os
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -230,6 +230,18 @@ class JobsSettings(BaseModel):
         description="Largest result kept in the job record; larger ones belong in a store, "
         "referenced by `result_ref`.",
     )
+    default_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="An attempt of a job that sets no timeout_s, of a kind `timeouts_s` does "
+        "not name, is stopped after this long; nothing it does afterwards takes effect.",
+    )
+    timeouts_s: dict[str, Annotated[float, Field(gt=0, le=7 * 24 * 3600)]] = Field(
+        default_factory=lambda: {"training": 3600.0, "inference": 60.0},
+        description="Default attempt timeout by job kind, for jobs that set no timeout_s "
+        "(setting it replaces the whole table; kinds it omits get default_timeout_s).",
+    )
     webhook_secret: SecretStr | None = Field(
         default=None,
         description="Key of the HMAC-SHA256 signature (X-Aimesh-Signature) on webhook "
@@ -246,6 +258,22 @@ class JobsSettings(BaseModel):
         description="Hosts, IP addresses and CIDR networks webhooks may call although they "
         "are loopback, private, link-local or metadata addresses (refused otherwise, with "
         "url_refused), e.g. [hooks.internal, 10.1.0.0/16, 127.0.0.1].",
+    )
+
+    def timeout_for(self, kind: str) -> float:
+        """The attempt timeout of a job of ``kind`` that sets none itself."""
+        return self.timeouts_s.get(kind, self.default_timeout_s)
+
+
+class TrainingSettings(BaseModel):
+    """Training workers: which code a training job may name."""
+
+    allowed_trainers: list[str] = Field(
+        default_factory=list,
+        description="module:Class trainers a job may name beside the built-in ones "
+        "(scikit-learn, XGBoost and LightGBM estimators), as module:Class or module:* "
+        "patterns, e.g. [mycompany.models:*]. Anything else is refused before it is "
+        "imported; functions marked @aimesh.training.trainer need no entry.",
     )
 
 
@@ -408,6 +436,9 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings, description="Model services.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="The gateway.")
     jobs: JobsSettings = Field(default_factory=JobsSettings, description="Asynchronous jobs.")
+    training: TrainingSettings = Field(
+        default_factory=TrainingSettings, description="Training workers."
+    )
     services: ServicesSettings = Field(
         default_factory=ServicesSettings, description="What `aimesh up` runs."
     )

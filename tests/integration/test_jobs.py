@@ -34,7 +34,13 @@ from aimesh.bus import (
     connect,
 )
 from aimesh.config import JobsSettings
-from aimesh.errors import JobFailed, JobFinished, JobNotFound, JobNotRetryable
+from aimesh.errors import (
+    DeadlineExceeded,
+    JobFailed,
+    JobFinished,
+    JobNotFound,
+    JobNotRetryable,
+)
 from aimesh.jobs import (
     DeadLetter,
     Handler,
@@ -309,6 +315,46 @@ def test_an_attempt_over_its_timeout_is_stopped(bus_url: str) -> None:
             assert failed.value.error_code == "deadline_exceeded"
 
     run(main())
+
+
+def test_a_thread_past_its_kinds_default_timeout_is_fenced_when_it_finishes_later(
+    bus_url: str,
+) -> None:
+    release, finished = threading.Event(), threading.Event()
+    committed: list[str] = []
+    refused: list[str] = []
+
+    def stubborn(ctx: JobContext) -> str:
+        try:
+            release.wait(WAIT_S)  # a thread the worker cannot stop
+            try:
+                with ctx.commit("writing the result"):
+                    committed.append("written")
+            except DeadlineExceeded as exc:
+                refused.append(exc.message)
+                raise
+            return "done"
+        finally:
+            finished.set()
+
+    # No timeout_s on the job: its kind's default applies.
+    settings = FAST.model_copy(update={"timeouts_s": {"stubborn": 0.3}})
+
+    async def main() -> None:
+        async with jobs_on(bus_url, settings) as (bus, client):
+            async with worker_running(bus, "stubborn", stubborn, settings):
+                job = await client.submit(JobSpec(kind="stubborn", max_attempts=1))
+                with pytest.raises(JobFailed) as failed:
+                    await client.wait(job.id, timeout=WAIT_S)
+                assert failed.value.error_code == "deadline_exceeded"
+                release.set()
+                assert await asyncio.to_thread(finished.wait, WAIT_S)
+            final = await client.get(job.id)
+            assert (final.state, final.result) == ("failed", None)
+
+    run(main())
+    assert committed == []
+    assert refused == ["attempt 1 ran past its timeout of 0.3s: writing the result not done"]
 
 
 def test_duplicate_submissions_with_one_idempotency_key_make_one_job(bus_url: str) -> None:

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from aimesh.auth import LOCAL_OPERATOR, Identity
-from aimesh.errors import InvalidName, InvalidRequest, JobRejected, NotFound
+from aimesh.errors import DeadlineExceeded, InvalidName, InvalidRequest, JobRejected, NotFound
 from aimesh.jobs import (
     Job,
     JobContext,
@@ -127,3 +127,39 @@ def test_sleep_refuses_a_payload_it_cannot_use() -> None:
 
     with pytest.raises(JobRejected):
         asyncio.run(main())
+
+
+def test_a_fenced_context_refuses_commits_and_drops_progress() -> None:
+    job = Job.from_spec(JobSpec(kind="noop"), job_id="f" * 32, max_attempts=1)
+
+    async def main() -> list[str]:
+        done: list[str] = []
+        ctx = JobContext(job, 1, timeout_s=60)
+        with ctx.commit("first"):
+            done.append("first")
+        assert not ctx.expired
+        # The worker fences at the deadline; nothing was committing then.
+        assert ctx._trip() is False
+        assert ctx.expired
+        with pytest.raises(DeadlineExceeded, match="second not done"), ctx.commit("second"):
+            done.append("second")
+        ctx.progress(0.9, "late")
+        assert ctx._take_progress() is None
+        # A deadline passed is a fence even before the worker trips it (a thread sees it).
+        late = JobContext(job, 1, timeout_s=1e-9)
+        with pytest.raises(DeadlineExceeded, match="timeout"):
+            late.check("third")
+        return done
+
+    assert asyncio.run(main()) == ["first"]
+
+
+def test_a_commit_under_way_at_the_fence_is_reported_to_the_worker() -> None:
+    job = Job.from_spec(JobSpec(kind="noop"), job_id="f" * 32, max_attempts=1)
+
+    async def main() -> bool:
+        ctx = JobContext(job, 1, timeout_s=60)
+        with ctx.commit("slow write"):
+            return ctx._trip()
+
+    assert asyncio.run(main()) is True

@@ -282,7 +282,7 @@ async def inference_job(ctx: JobContext) -> dict[str, Any]:
     request = await data.get(input_key(payload.input))
     if request is None:
         raise JobRejected("the request of this job is gone (its input expired or was never stored)")
-    timeout = ctx.job.timeout_s or _DEFAULT_TIMEOUT_S
+    timeout = ctx.timeout_s or _DEFAULT_TIMEOUT_S
     headers = [(b"content-type", request.content_type.encode("latin-1"))]
     headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers]
     target = payload.path.encode()
@@ -309,7 +309,8 @@ async def inference_job(ctx: JobContext) -> dict[str, Any]:
     if status >= 400:
         raise _model_error(status, body)
     try:
-        await data.put_result(ctx.job.id, blob)
+        with ctx.commit("storing the model's answer"):
+            await data.put_result(ctx.job.id, blob)
     except RequestTooLarge as exc:
         raise JobRejected(
             f"the model's answer of {exc.size} bytes is larger than a result the bus carries "

@@ -18,7 +18,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from aimesh.config import JobsSettings
-from aimesh.errors import AimeshError, InvalidRequest
+from aimesh.errors import AimeshError, Forbidden, InvalidRequest, Unauthorized
 from aimesh.jobs import states
 from aimesh.jobs.handlers import JobContext
 from aimesh.jobs.states import Attempt
@@ -149,7 +149,8 @@ def _failure(
     else:
         error = JobError(code or "handler_error", f"{type(exc).__name__}: {exc}")
         log.warning("attempt %d of job %s failed", attempt.number, run.job.id, exc_info=exc)
-    permanent = isinstance(exc, InvalidRequest)
+    # A bad request, or a submitter who may not do what the job does: never retried.
+    permanent = isinstance(exc, InvalidRequest | Forbidden | Unauthorized)
     if permanent or attempt.number >= run.job.max_attempts:
         return Outcome(
             lambda j: states.fail(j, error, now, attempt),
