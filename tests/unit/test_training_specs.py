@@ -260,7 +260,9 @@ def test_plain_parameters_pass_and_null_is_none() -> None:
         "xgboost:XGBClassifier", {"objective": "binary:logistic", "max_depth": None}
     ).estimator
     assert estimator.get_params()["objective"] == "binary:logistic"
-    tree = resolve_trainer("sklearn:DecisionTreeClassifier", {"max_depth": None}).estimator
+    tree = resolve_trainer(
+        "sklearn:DecisionTreeClassifier", {"max_depth": None, "class_weight": "balanced"}
+    ).estimator
     assert tree.get_params()["max_depth"] is None
     assert parse_params(["max_depth=none", "C=0.5"]) == {"max_depth": None, "C": 0.5}
 

@@ -88,7 +88,7 @@ _REFUSED_NAMES = frozenset(
 )  # fmt: skip
 _REFUSED_PARTS = re.compile(
     r"(^|_)(path|paths|dir|dirs|directory|file|files|filename|fname|fn|func|function|"
-    r"callable|callback|callbacks|hook|hooks|module|class|cls|loader|url|uri|location)"
+    r"callable|callback|callbacks|hook|hooks|module|loader|url|uri|location)"
     r"($|_)"
 )
 _PARAM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
