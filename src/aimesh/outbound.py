@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -199,9 +200,13 @@ async def check_url(url: str, policy: OutboundPolicy) -> Destination:
 class OutboundClient:
     """Sends requests to user-supplied URLs: checked when sent, to the address checked."""
 
-    def __init__(self, policy: OutboundPolicy, *, timeout_s: float) -> None:
+    def __init__(
+        self, policy: OutboundPolicy, *, timeout_s: float, verify: ssl.SSLContext | bool = True
+    ) -> None:
         self.policy = policy
-        self._client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False)
+        self._client = httpx.AsyncClient(
+            timeout=timeout_s, follow_redirects=False, trust_env=False, verify=verify
+        )
 
     async def post(self, url: str, *, content: bytes, headers: Mapping[str, str]) -> httpx.Response:
         """POST ``content`` to ``url`` (checked now); a redirect is returned, not followed.

@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 import http.server
 import ipaddress
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import ClassVar
 
+import httpx
 import pytest
 
 from aimesh.errors import UrlRefused
@@ -152,3 +156,50 @@ def test_a_call_goes_to_the_checked_address_with_the_names_host_and_no_redirect(
         ("/hook", f"localhost:{receiver}"),
         ("/moved", f"127.0.0.1:{receiver}"),
     ]  # the redirect was not followed; the refused call never left
+
+
+@pytest.fixture
+def tls_receiver(tmp_path: Path) -> Iterator[tuple[int, ssl.SSLContext]]:
+    """An HTTPS receiver whose certificate names ``localhost`` only (not 127.0.0.1); yields
+    its port and a client context trusting that certificate."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    _Receiver.calls = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    server.socket = served.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1]), ssl.create_default_context(cafile=str(cert))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_tls_checks_the_certificate_against_the_name_though_it_connects_to_the_address(
+    tls_receiver: tuple[int, ssl.SSLContext],
+) -> None:
+    port, trusted = tls_receiver
+
+    async def main() -> int:
+        client = OutboundClient(
+            OutboundPolicy.of(["127.0.0.1", "::1"]), timeout_s=5, verify=trusted
+        )
+        try:
+            # By address, the certificate (localhost only) does not match: refused by TLS.
+            with pytest.raises(httpx.ConnectError):
+                await client.post(f"https://127.0.0.1:{port}/by-ip", content=b"", headers={})
+            named = await client.post(f"https://localhost:{port}/hook", content=b"", headers={})
+            return named.status_code
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == 204
+    assert _Receiver.calls == [("/hook", f"localhost:{port}")]
