@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import http.server
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -355,6 +356,36 @@ def test_a_thread_past_its_kinds_default_timeout_is_fenced_when_it_finishes_late
     run(main())
     assert committed == []
     assert refused == ["attempt 1 ran past its timeout of 0.3s: writing the result not done"]
+
+
+def test_a_commit_under_way_at_the_deadline_ends_and_the_job_ends_as_its_handler_says(
+    bus_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    in_commit, release = threading.Event(), threading.Event()
+
+    def committing(ctx: JobContext) -> str:
+        with ctx.commit("a slow write"):
+            in_commit.set()
+            release.wait(WAIT_S)
+        return "written"
+
+    async def main() -> Job:
+        async with (
+            jobs_on(bus_url) as (bus, client),
+            worker_running(bus, "committing", committing),
+        ):
+            job = await client.submit(JobSpec(kind="committing", timeout_s=0.3))
+            assert await asyncio.to_thread(in_commit.wait, WAIT_S)
+            deadline = time.monotonic() + WAIT_S
+            while "letting it end" not in caplog.text:  # the worker reached the deadline
+                assert time.monotonic() < deadline, caplog.text
+                await asyncio.sleep(0.02)
+            release.set()
+            return await client.wait(job.id, timeout=WAIT_S)
+
+    with caplog.at_level(logging.INFO, logger="aimesh.jobs.worker"):
+        done = run(main())
+    assert (done.state, done.result) == ("succeeded", "written")
 
 
 def test_duplicate_submissions_with_one_idempotency_key_make_one_job(bus_url: str) -> None:
