@@ -77,9 +77,11 @@ class OutboundPolicy:
 
     hosts: frozenset[str] = frozenset()
     networks: tuple[IPNetwork, ...] = ()
+    setting: str = "jobs.webhook_allow"
+    """The setting that holds the list, named in refusals."""
 
     @classmethod
-    def of(cls, entries: Iterable[str]) -> OutboundPolicy:
+    def of(cls, entries: Iterable[str], setting: str = "jobs.webhook_allow") -> OutboundPolicy:
         """A policy from setting entries: IP addresses, CIDR networks or host names."""
         hosts: set[str] = set()
         networks: list[IPNetwork] = []
@@ -91,7 +93,7 @@ class OutboundPolicy:
                 networks.append(ipaddress.ip_network(text.strip("[]"), strict=False))
             except ValueError:
                 hosts.add(text.rstrip("."))
-        return cls(frozenset(hosts), tuple(networks))
+        return cls(frozenset(hosts), tuple(networks), setting)
 
     def allows_host(self, host: str) -> bool:
         """Whether the operator allowed ``host`` by name (any address it resolves to)."""
@@ -123,7 +125,7 @@ def refusal(address: IPAddress) -> str | None:
         inner = _embedded_v4(address)
         if inner is not None:
             why = refusal(inner)
-            return f"an IPv6 address carrying {inner}, {why}" if why else None
+            return f"an IPv6 address carrying {why}" if why else None
     elif any(address in n for n in _REFUSED_V4):
         return "a loopback, link-local, private, CGNAT, multicast or reserved address"
     if not address.is_global or address.is_reserved or address.is_multicast:
@@ -191,8 +193,9 @@ async def check_url(url: str, policy: OutboundPolicy) -> Destination:
             if why is not None and not policy.allows_address(address):
                 raise UrlRefused(
                     url,
-                    f"{parsed.host} resolves to {address}, {why} (allow it in "
-                    "jobs.webhook_allow if it is meant to be called)",
+                    # Not the address itself: refusals must not map internal names.
+                    f"{parsed.host} resolves to {why} (allow it in {policy.setting} if "
+                    "it is meant to be called)",
                 )
     return Destination(parsed, tuple(addresses))
 
