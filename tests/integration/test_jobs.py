@@ -343,13 +343,14 @@ def test_a_thread_past_its_kinds_default_timeout_is_fenced_when_it_finishes_late
 
     async def main() -> None:
         async with jobs_on(bus_url, settings) as (bus, client):
-            async with worker_running(bus, "stubborn", stubborn, settings):
+            async with worker_running(bus, "stubborn", stubborn, settings) as worker:
                 job = await client.submit(JobSpec(kind="stubborn", max_attempts=1))
                 with pytest.raises(JobFailed) as failed:
                     await client.wait(job.id, timeout=WAIT_S)
                 assert failed.value.error_code == "deadline_exceeded"
                 release.set()
                 assert await asyncio.to_thread(finished.wait, WAIT_S)
+                assert worker.stats.fenced == 1
             final = await client.get(job.id)
             assert (final.state, final.result) == ("failed", None)
 

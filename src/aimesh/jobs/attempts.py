@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,8 @@ __all__ = ["Outcome", "Run", "Slot", "WorkerStats", "outcome_of"]
 
 log = logging.getLogger("aimesh.jobs.worker")
 
+_FENCED_LOCK = threading.Lock()
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -43,6 +46,13 @@ class WorkerStats:
     cancelled: int = 0
     released: int = 0
     skipped: int = 0
+    fenced: int = 0
+    """Side effects refused because their attempt was past its deadline or stopped."""
+
+    def count_fenced(self) -> None:
+        """Count a refused side effect (called from a handler's thread, too)."""
+        with _FENCED_LOCK:
+            self.fenced += 1
 
 
 class Slot:

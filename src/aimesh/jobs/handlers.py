@@ -71,7 +71,13 @@ class JobContext:
     """What a handler knows of its job, and how it reports progress and sees a cancel."""
 
     def __init__(
-        self, job: Job, attempt: int, bus: Bus | None = None, *, timeout_s: float | None = None
+        self,
+        job: Job,
+        attempt: int,
+        bus: Bus | None = None,
+        *,
+        timeout_s: float | None = None,
+        on_fenced: Callable[[], None] | None = None,
     ) -> None:
         self.job = job
         self.attempt = attempt
@@ -84,6 +90,7 @@ class JobContext:
         self._fence = threading.Lock()
         self._fenced: str | None = None
         self._commits = 0
+        self._on_fenced = on_fenced
         self.result_ref: str | None = None
         """Set to a reference (a URI, a dataset version) when the result is too large to keep."""
         self._loop = asyncio.get_running_loop()
@@ -135,6 +142,8 @@ class JobContext:
             if reason is None:
                 self._commits += 1
         if reason is not None:
+            if self._on_fenced is not None:
+                self._on_fenced()
             log.warning(
                 "attempt %d of job %s is fenced (%s): %s not done", self.attempt, self.job.id,
                 reason, what,

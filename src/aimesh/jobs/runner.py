@@ -128,7 +128,9 @@ class Attempts:
         ``slot`` is freed once the handler returns, before the outcome is written.
         """
         timeout_s = job.timeout_s or self._settings.timeout_for(job.kind)
-        ctx = JobContext(job, attempt.number, self._bus, timeout_s=timeout_s)
+        ctx = JobContext(
+            job, attempt.number, self._bus, timeout_s=timeout_s, on_fenced=self._stats.count_fenced
+        )
         run = Run(msg, attempt, ctx, job, revision)
         run.queued = queued
         self.running[job.id] = run
