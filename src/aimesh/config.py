@@ -8,7 +8,9 @@ Precedence, lowest first: defaults < ``aimesh.yaml`` < ``AIMESH_*`` environment 
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,10 @@ from aimesh._project_file import Problem, ProjectFile
 from aimesh.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "aimesh.yaml"
+
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?")
+_KIND = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_TRAINER_PATTERN = re.compile(r"[A-Za-z_*][A-Za-z0-9_.*]*:[A-Za-z_*][A-Za-z0-9_*]*")
 
 
 @dataclass(frozen=True)
@@ -260,6 +266,28 @@ class JobsSettings(BaseModel):
         "url_refused), e.g. [hooks.internal, 10.1.0.0/16, 127.0.0.1].",
     )
 
+    @field_validator("webhook_allow")
+    @classmethod
+    def _hosts_or_networks(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            text = entry.strip().strip("[]")
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                if not _HOST.fullmatch(text):
+                    raise ValueError(
+                        f"{entry!r} is not a host name, an IP address or a CIDR network"
+                    ) from None
+        return entries
+
+    @field_validator("timeouts_s")
+    @classmethod
+    def _kinds(cls, timeouts: dict[str, float]) -> dict[str, float]:
+        for kind in timeouts:
+            if not _KIND.fullmatch(kind):
+                raise ValueError(f"{kind!r} is not a job kind")
+        return timeouts
+
     def timeout_for(self, kind: str) -> float:
         """The attempt timeout of a job of ``kind`` that sets none itself."""
         return self.timeouts_s.get(kind, self.default_timeout_s)
@@ -275,6 +303,14 @@ class TrainingSettings(BaseModel):
         "patterns, e.g. [mycompany.models:*]. Anything else is refused before it is "
         "imported; functions marked @aimesh.training.trainer need no entry.",
     )
+
+    @field_validator("allowed_trainers")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if not _TRAINER_PATTERN.fullmatch(pattern):
+                raise ValueError(f"{pattern!r} is not a module:Class or module:* pattern")
+        return patterns
 
 
 class ModelServiceSpec(BaseModel):
