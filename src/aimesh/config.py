@@ -8,11 +8,13 @@ Precedence, lowest first: defaults < ``aimesh.yaml`` < ``AIMESH_*`` environment 
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -26,6 +28,10 @@ from aimesh._project_file import Problem, ProjectFile
 from aimesh.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "aimesh.yaml"
+
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?")
+_KIND = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_TRAINER_PATTERN = re.compile(r"[A-Za-z_*][A-Za-z0-9_.*]*:[A-Za-z_*][A-Za-z0-9_*]*")
 
 
 @dataclass(frozen=True)
@@ -244,6 +250,18 @@ class JobsSettings(BaseModel):
         description="Largest result kept in the job record; larger ones belong in a store, "
         "referenced by `result_ref`.",
     )
+    default_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="An attempt of a job that sets no timeout_s, of a kind `timeouts_s` does "
+        "not name, is stopped after this long; nothing it does afterwards takes effect.",
+    )
+    timeouts_s: dict[str, Annotated[float, Field(gt=0, le=7 * 24 * 3600)]] = Field(
+        default_factory=lambda: {"training": 3600.0, "inference": 60.0},
+        description="Default attempt timeout by job kind, for jobs that set no timeout_s "
+        "(setting it replaces the whole table; kinds it omits get default_timeout_s).",
+    )
     webhook_secret: SecretStr | None = Field(
         default=None,
         description="Key of the HMAC-SHA256 signature (X-Aimesh-Signature) on webhook "
@@ -255,6 +273,58 @@ class JobsSettings(BaseModel):
     webhook_attempts: int = Field(
         default=3, ge=1, le=20, description="Calls of a webhook before giving up on it."
     )
+    webhook_allow: list[str] = Field(
+        default_factory=list,
+        description="Hosts, IP addresses and CIDR networks webhooks may call although they "
+        "are loopback, private, link-local or metadata addresses (refused otherwise, with "
+        "url_refused), e.g. [hooks.internal, 10.1.0.0/16, 127.0.0.1].",
+    )
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _hosts_or_networks(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            text = entry.strip().strip("[]")
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                if not _HOST.fullmatch(text):
+                    raise ValueError(
+                        f"{entry!r} is not a host name, an IP address or a CIDR network"
+                    ) from None
+        return entries
+
+    @field_validator("timeouts_s")
+    @classmethod
+    def _kinds(cls, timeouts: dict[str, float]) -> dict[str, float]:
+        for kind in timeouts:
+            if not _KIND.fullmatch(kind):
+                raise ValueError(f"{kind!r} is not a job kind")
+        return timeouts
+
+    def timeout_for(self, kind: str) -> float:
+        """The attempt timeout of a job of ``kind`` that sets none itself."""
+        return self.timeouts_s.get(kind, self.default_timeout_s)
+
+
+class TrainingSettings(BaseModel):
+    """Training workers: which code a training job may name."""
+
+    allowed_trainers: list[str] = Field(
+        default_factory=list,
+        description="module:Class trainers a job may name beside the built-in ones "
+        "(scikit-learn, XGBoost and LightGBM estimators), as module:Class or module:* "
+        "patterns, e.g. [mycompany.models:*]. Anything else is refused before it is "
+        "imported; functions marked @aimesh.training.trainer need no entry.",
+    )
+
+    @field_validator("allowed_trainers")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if not _TRAINER_PATTERN.fullmatch(pattern):
+                raise ValueError(f"{pattern!r} is not a module:Class or module:* pattern")
+        return patterns
 
 
 class ModelServiceSpec(BaseModel):
@@ -433,6 +503,9 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings, description="Model services.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="The gateway.")
     jobs: JobsSettings = Field(default_factory=JobsSettings, description="Asynchronous jobs.")
+    training: TrainingSettings = Field(
+        default_factory=TrainingSettings, description="Training workers."
+    )
     services: ServicesSettings = Field(
         default_factory=ServicesSettings, description="What `aimesh up` runs."
     )
