@@ -227,21 +227,27 @@ def test_grpc_through_the_gateway_equals_direct_calls(
     assert through.get_model_metadata("fraud", "2", headers=dict(GRPC_USER)).versions == ["2"]
     failures = {
         "no key": lambda: through.infer("fraud", [inp]),
-        "unknown": lambda: through.infer("nope", [inp], headers=dict(GRPC_USER)),
+        "unknown": lambda: through.infer(
+            "nope", [inp], headers={**GRPC_USER, "x-request-id": "grpc-req-1"}
+        ),
         "unserved": lambda: through.infer("ghost", [inp], headers=dict(GRPC_USER)),
         "bad shape": lambda: through.infer("echo", [inp], headers=dict(GRPC_USER)),
     }
     statuses = {}
+    messages = {}
     for what, call in failures.items():
         with pytest.raises(InferenceServerException) as caught:
             call()
         statuses[what] = caught.value.status()
+        messages[what] = caught.value.message()
     assert statuses == {
         "no key": "StatusCode.UNAUTHENTICATED",
         "unknown": "StatusCode.NOT_FOUND",
         "unserved": "StatusCode.UNAVAILABLE",
         "bad shape": "StatusCode.INVALID_ARGUMENT",  # the model service's own status
     }
+    assert all("; request_id " in message for message in messages.values()), messages
+    assert "request_id grpc-req-1)" in messages["unknown"]
     direct.close()
     through.close()
 

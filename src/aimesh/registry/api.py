@@ -1,7 +1,7 @@
 """The registry's REST adapter: decode, call :class:`LocalRegistry`, encode. Nothing else.
 
 Every route lives under ``/api/registry`` so that the gateway can proxy it unchanged.
-Errors are ``{"error": message, "code": code}`` with the status from :data:`HTTP_STATUS`.
+Errors are ``{"error": message, "code": code}`` with the status of :data:`aimesh.rest.HTTP_STATUS`.
 """
 
 from __future__ import annotations
@@ -32,33 +32,6 @@ from aimesh.registry.types import (
 PREFIX = "/api/registry"
 ACTOR_HEADER = "X-Aimesh-Actor"
 SHA256_HEADER = "X-Aimesh-Sha256"
-
-HTTP_STATUS: dict[str, int] = {
-    "invalid_request": 400,
-    "invalid_name": 400,
-    "trust_disabled": 400,
-    "unauthorized": 401,
-    "forbidden": 403,
-    "artifact_digest_mismatch": 400,
-    "not_found": 404,
-    "model_not_found": 404,
-    "version_not_found": 404,
-    "alias_not_found": 404,
-    "artifact_not_found": 404,
-    "conflict": 409,
-    "model_exists": 409,
-    "metric_exists": 409,
-    "version_archived": 409,
-    "artifact_too_large": 413,
-    "artifact_invalid": 422,
-    "unsafe_artifact": 422,
-    "untrusted_types": 422,
-    "runtime_unavailable": 422,
-    "artifact_tampered": 500,
-    "bus_unavailable": 503,
-    "store_unavailable": 503,
-}
-"""From an error's code to the HTTP status the registry answers with."""
 
 
 def registry(request: Request) -> LocalRegistry:

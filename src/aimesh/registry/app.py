@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
-from aimesh.registry.api import HTTP_STATUS, router
+from aimesh.registry.api import router
 from aimesh.registry.outbox import OutboxRelay
 from aimesh.registry.service import LocalRegistry
 from aimesh.rest import announced, service_app
@@ -58,7 +58,6 @@ def create_app(
         title="aimesh registry",
         description="Models, immutable versions, aliases, metrics, lineage and artifacts.",
         router=router,
-        http_status=HTTP_STATUS,
         lifespan=lifespan,
     )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import shutil
 import tempfile
@@ -32,11 +31,11 @@ from aimesh.errors import (
     ArtifactTampered,
     ArtifactTooLarge,
     StoreUnavailable,
+    foreign_message,
 )
 from aimesh.registry.types import ArtifactInfo, check_sha256
 
 CHUNK = 1024 * 1024
-log = logging.getLogger("aimesh.registry")
 
 
 def sha256_file(path: Path) -> str:
@@ -91,9 +90,9 @@ class ArtifactStore:
         try:
             fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         except (ImportError, ValueError, TypeError) as exc:
-            log.error("cannot use the artifact store %s: %s", url, exc)
             raise StoreUnavailable(
-                "cannot use the artifact store: check registry.artifacts_url (detail in the log)"
+                f"cannot use an artifact store of scheme {url.partition(':')[0]!r}: "
+                f"{foreign_message(exc)}"
             ) from exc
         self.url = url
         self._fs: Any = fs

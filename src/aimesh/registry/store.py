@@ -6,7 +6,6 @@ bus outbox can never disagree with the data.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from aimesh.errors import (
     StoreUnavailable,
     VersionArchived,
     VersionNotFound,
+    foreign_message,
 )
 from aimesh.protocol import Signature
 from aimesh.registry import migrate
@@ -43,8 +43,6 @@ from aimesh.registry.types import (
     check_alias_name,
     check_model_name,
 )
-
-log = logging.getLogger("aimesh.registry")
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -72,9 +70,9 @@ def create_engine(url: str) -> sa.Engine:
     try:
         return sa.create_engine(url, pool_pre_ping=True)
     except (ImportError, sa.exc.ArgumentError) as exc:
-        log.error("cannot use the registry database: %s", exc)
         raise StoreUnavailable(
-            "cannot use the registry database: check registry.database_url (detail in the log)"
+            f"cannot use a registry database of scheme {url.partition(':')[0]!r}: "
+            f"{foreign_message(exc)}"
         ) from exc
 
 
@@ -96,10 +94,8 @@ class RegistryStore:
         try:
             migrate.upgrade(engine)
         except OperationalError as exc:
-            log.error("cannot reach the registry database: %s", exc.orig)
-            raise StoreUnavailable(
-                "cannot reach the registry database (detail in the registry's log)"
-            ) from exc
+            # The driver's words (and the database's file or host) stay in the log.
+            raise StoreUnavailable("cannot reach the registry database") from exc
         return cls(engine)
 
     def close(self) -> None:
@@ -112,11 +108,7 @@ class RegistryStore:
             with self._sessions.begin() as session:
                 yield session
         except OperationalError as exc:
-            # The driver's text names hosts, files and SQL: it goes to the log, not the body.
-            log.error("registry database error: %s", exc.orig)
-            raise StoreUnavailable(
-                "registry database error (detail in the registry's log)"
-            ) from exc
+            raise StoreUnavailable("the registry database failed; try again shortly") from exc
 
     # -- models ---------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from aimesh.errors import ArtifactError, InvalidRequest, UnsafeArtifact
+from aimesh.errors import ArtifactError, InvalidRequest, UnsafeArtifact, foreign_message
 from aimesh.protocol import DATATYPE_TO_NUMPY, Signature, TensorSpec
 
 Array = npt.NDArray[Any]
@@ -74,12 +74,9 @@ def require_trust(framework: str, path: Path, trust: Trust) -> None:
 
 def unreadable(framework: str, path: Path, exc: BaseException) -> ArtifactError:
     """The error for a file the library could not read; use as ``raise ... from exc``."""
-    # Native libraries append C++ stack traces to their messages; the first line says it.
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    # Libraries name the file they failed on: say its name, never where the server keeps it.
-    for where in {str(path), str(path.resolve())}:
-        reason = reason.replace(where, path.name)
-    reason = reason[:300]
+    # Native libraries append C++ stack traces to their messages (and name the file by its
+    # server path, an upload's temp file): the first line says it, without the paths.
+    reason = foreign_message(exc)
     return ArtifactError(
         f"{path.name} is not a readable {framework} model: {reason}", framework=framework
     )
