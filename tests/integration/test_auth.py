@@ -270,7 +270,7 @@ def test_an_async_call_runs_as_its_submitter_who_may_read_its_own_job(
     )
     assert accepted.status_code == 202, accepted.text
     job = accepted.json()
-    assert job["submitted_by"]["name"] == "inferer"
+    assert job["submitted_by"] == "inferer;infer"
     url = f"{gateway}/api/jobs/{job['id']}"
 
     def state() -> str:

@@ -13,20 +13,20 @@ from aimesh.registry.migrate import alembic_config, current_revision, head_revis
 from aimesh.registry.store import create_engine
 
 
-def test_migration_0002_adds_the_key_table_to_a_0001_database(database_url: str) -> None:
+def test_migration_0003_adds_the_key_table_to_an_older_database(database_url: str) -> None:
     engine = create_engine(database_url)
     try:
         with engine.begin() as c:
-            command.upgrade(alembic_config(c), "0001")
+            command.upgrade(alembic_config(c), "0002_trust")
         assert "api_keys" not in sa.inspect(engine).get_table_names()
         # A service reading keys from a registry not migrated yet sees none (and no error).
         assert RegistryStore(engine).key_entries() == []
         RegistryStore.open(database_url).close()
         with engine.connect() as c:
-            assert current_revision(c) == head_revision() == "0002"
+            assert current_revision(c) == head_revision() == "0003"
         assert "api_keys" in sa.inspect(engine).get_table_names()
         with engine.begin() as c:
-            command.downgrade(alembic_config(c), "0001")
+            command.downgrade(alembic_config(c), "0002_trust")
         assert "api_keys" not in sa.inspect(engine).get_table_names()
     finally:
         engine.dispose()

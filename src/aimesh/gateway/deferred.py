@@ -76,7 +76,6 @@ _ERROR = msgspec.json.Decoder(dict[str, Any])
 # Answers that say "not now" rather than "never": retried like a 5xx.
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 _IDENTITY = IDENTITY_HEADER.encode()
-_NOBODY = Identity.of("unknown", ())
 
 
 class InferencePayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -182,14 +181,17 @@ class Deferrer:
         body: bytes,
         headers: list[tuple[bytes, bytes]],
         options: AsyncRequest,
-        submitted_by: Identity,
+        identity: Identity | None = None,
     ) -> Job:
         """Store the request and queue its job; returns the queued (or first) job.
 
-        The job records ``submitted_by``; the request's credentials are not stored.
+        A webhook URL the workers may not call is refused (``url_refused``) before anything
+        is stored. ``identity``: the caller (unset: the local operator), recorded as the
+        job's submitter; the request's credentials are never stored.
         """
         if self._jobs is None or self._data is None:
             raise BusUnavailable("the gateway is not connected to the bus yet; try again")
+        await self._jobs.check_webhook(options.webhook_url)
         content_type = "application/json"
         kept: list[tuple[str, str]] = []
         for name, value in headers:
@@ -216,7 +218,7 @@ class Deferrer:
             )
         except msgspec.ValidationError as exc:
             raise InvalidRequest(f"cannot defer this request: {exc}") from exc
-        return await self._jobs.submit(spec, submitted_by=submitted_by)
+        return await self._jobs.submit(spec, identity=identity)
 
 
 # -- the worker's side ------------------------------------------------------------------
@@ -301,13 +303,13 @@ async def inference_job(ctx: JobContext) -> dict[str, Any]:
     request = await data.get(input_key(payload.input))
     if request is None:
         raise JobRejected("the request of this job is gone (its input expired or was never stored)")
-    timeout = ctx.job.timeout_s or _DEFAULT_TIMEOUT_S
+    timeout = ctx.timeout_s or _DEFAULT_TIMEOUT_S
     headers = [(b"content-type", request.content_type.encode("latin-1"))]
     headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers]
     # The service credential, acting for whoever submitted the job: the model service
-    # checks that identity's scope (a record older than identities acts for nobody).
-    submitter = ctx.job.submitted_by or _NOBODY
-    headers += [(b"x-api-key", await caller.credential()), (_IDENTITY, submitter.header().encode())]
+    # checks that identity's scope.
+    submitter = ctx.job.identity.header().encode()
+    headers += [(b"x-api-key", await caller.credential()), (_IDENTITY, submitter)]
     target = payload.path.encode()
 
     async def exchange(upstream: Upstream) -> tuple[int, bytes, Blob]:
@@ -332,7 +334,8 @@ async def inference_job(ctx: JobContext) -> dict[str, Any]:
     if status >= 400:
         raise _model_error(status, body)
     try:
-        await data.put_result(ctx.job.id, blob)
+        with ctx.commit("storing the model's answer"):
+            await data.put_result(ctx.job.id, blob)
     except RequestTooLarge as exc:
         raise JobRejected(
             f"the model's answer of {exc.size} bytes is larger than a result the bus carries "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -39,7 +38,7 @@ from aimesh.gateway.openapi import MergedOpenApi, gateway_document
 from aimesh.gateway.rest import GatewayApp
 from aimesh.gateway.routing import Router, RoutingTable
 from aimesh.gateway.watch import DiscoveryWatch, forget_on_registry_events
-from aimesh.observability import run_service
+from aimesh.observability import cancel_and_wait, run_service, stop_on_signals
 from aimesh.registry import KeyWatch
 
 __all__ = ["run_gateway", "serve"]
@@ -141,10 +140,7 @@ async def run_gateway(
     )
 
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop.set, what="the gateway", grace_s=2 * drain_s + 15)
     await asyncio.wait([serving, asyncio.ensure_future(stop.wait())], return_when="FIRST_COMPLETED")
 
     # Stop in order: leave discovery (the follower), stop accepting and drain, then close.
@@ -152,8 +148,7 @@ async def run_gateway(
     # to leave a port open.
     follower.cancel()
     await _step("leaving the bus", follower)
-    keeping_keys.cancel()
-    await _step("following the keys", keeping_keys)
+    await _step("following the keys", cancel_and_wait([keeping_keys], 5.0))
     server.should_exit = True
     await _step("draining gRPC", grpc_server.stop(grace=drain_s))
     await _step("draining REST", serving)

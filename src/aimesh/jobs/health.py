@@ -3,8 +3,8 @@
 ``aimesh worker KIND --port P`` serves it next to the consumer loop (``aimesh up`` always
 does, so that it knows when a worker is ready). ``/health`` answers 200 once the worker
 pulls from its queue, 503 before and while it drains; it is open. ``/metrics`` counts the
-worker's jobs by outcome and shows how many run now; it needs the ``read`` scope whenever
-keys exist.
+worker's jobs by outcome and the side effects its fences refused, and shows how many run
+now; it needs the ``read`` scope whenever keys exist.
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from aimesh.auth import Keyring, key_from_headers, retry_after
-from aimesh.errors import AimeshError, RateLimited
+from aimesh.auth import Keyring, key_from_headers
+from aimesh.errors import AimeshError
 from aimesh.jobs.worker import Worker
 from aimesh.rest import (
-    BASE_STATUS,
     JSON,
     ASGIScope,
     Receive,
@@ -33,7 +32,9 @@ from aimesh.rest import (
     allow,
     error_body,
     header,
+    request_id_of,
     respond,
+    retry_after,
     status_of,
 )
 
@@ -58,6 +59,14 @@ class _WorkerCollector(Collector):
         for outcome in _OUTCOMES:
             jobs.add_metric([w.kind, outcome], getattr(w.stats, outcome))
         yield jobs
+        fenced = CounterMetricFamily(
+            "aimesh_worker_fenced",
+            "Side effects (registry pushes, alias moves, results) refused because their "
+            "attempt was past its deadline or stopped.",
+            labels=["kind"],
+        )
+        fenced.add_metric([w.kind], w.stats.fenced)
+        yield fenced
         running = GaugeMetricFamily("aimesh_worker_running", "Jobs running now.", labels=["kind"])
         running.add_metric([w.kind], w.running)
         yield running
@@ -102,13 +111,11 @@ class WorkerHealth:
             else:
                 raise RouteNotFound(f"no route {path}; try /health or /metrics")
         except AimeshError as exc:  # a route it has not, a method but GET, a key refused
-            status = status_of(exc, BASE_STATUS)
-            extra = (
-                [(b"retry-after", retry_after(exc).encode())]
-                if isinstance(exc, RateLimited)
-                else []
-            )
-            await respond(send, status, error_body(exc.message, exc.code), "", JSON, extra)
+            request_id = request_id_of(scope)
+            body = error_body(exc.message, exc.code, request_id)
+            wait = retry_after(exc)
+            extra = [(b"retry-after", wait.encode())] if wait is not None else []
+            await respond(send, status_of(exc), body, request_id, JSON, extra)
 
 
 class _Quiet(uvicorn.Server):

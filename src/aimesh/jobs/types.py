@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from aimesh.auth import Identity
+from aimesh.auth import LOCAL_OPERATOR, Identity
 from aimesh.bus import JobState
 from aimesh.errors import InvalidName, InvalidRequest
 
@@ -43,7 +43,9 @@ Attempts = Annotated[int, msgspec.Meta(ge=1, le=100)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$", max_length=2048)]
+# Checked by aimesh.outbound when submitted (url_refused), not by a pattern here, so that
+# every refused URL gets the same answer.
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
 
 
 def new_job_id() -> str:
@@ -126,10 +128,10 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     timeout_s: float | None = None
     retry_of: str | None = None
     """The failed or cancelled job this one runs again (``aimesh jobs retry``)."""
-    submitted_by: Identity | None = None
-    """Who submitted the job (its name and scopes), for its worker to check what the job
-    may do on their behalf; recorded by the service that queued it, never taken from the
-    client's spec. None only on records older than identities."""
+    submitted_by: str | None = None
+    """Who submitted the job, as :meth:`aimesh.auth.Identity.header` writes it
+    (``name;scope,scope``); set by the service from the caller, never by the caller's body.
+    Unset: the local operator."""
     created: datetime = msgspec.field(default_factory=_now)
     updated: datetime = msgspec.field(default_factory=_now)
     started: datetime | None = None
@@ -141,6 +143,13 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         """Whether the job reached a terminal state."""
         return self.state in TERMINAL
 
+    @property
+    def identity(self) -> Identity:
+        """Who submitted the job: what its handler may do on their behalf."""
+        if self.submitted_by is None:
+            return LOCAL_OPERATOR
+        return Identity.from_header(self.submitted_by)
+
     @classmethod
     def from_spec(
         cls,
@@ -149,7 +158,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         job_id: str,
         max_attempts: int,
         retry_of: str | None = None,
-        submitted_by: Identity | None = None,
+        submitted_by: str | None = None,
     ) -> Job:
         """The queued record of a new job (that runs ``retry_of`` again, if given)."""
         now = _now()

@@ -10,6 +10,7 @@ from aimesh.config import Settings
 from aimesh.registry.types import (
     Alias,
     ArtifactInfo,
+    GarbageReport,
     HistoryEntry,
     KeyCreate,
     KeyInfo,
@@ -45,6 +46,7 @@ class Registry(Protocol):
     def create_key(self, spec: KeyCreate) -> NewKey: ...
     def list_keys(self) -> list[KeyInfo]: ...
     def revoke_key(self, name: str) -> KeyInfo: ...
+    def collect_garbage(self, *, dry_run: bool = False) -> GarbageReport: ...
 
 
 def registry_key(settings: Settings) -> str:

@@ -28,6 +28,7 @@ from aimesh.auth import FailedAttempts, KeyEntry, Keyring
 from aimesh.bus import KEY_SUBJECTS, connect, ensure_bus, subscribe_events
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
+from aimesh.observability import cancel_and_wait
 from aimesh.registry.interface import service_credential
 from aimesh.registry.store import RegistryStore, create_engine
 
@@ -126,9 +127,7 @@ class KeyWatch:
         try:
             await asyncio.gather(*tasks)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks, 5.0)
 
     async def _every_interval(self) -> None:
         while True:

@@ -3,12 +3,12 @@
 FastAPI services (registry, lake, jobs) are built by :func:`service_app`, which installs
 :func:`install_error_handlers` and checks every caller's key (:mod:`aimesh.rest.guard`);
 the bare-ASGI hot-path services (model service, gateway) use the helpers of ``asgi.py``.
-Either way every error is ``{"error": message, "code": code}``. Every one serves its
-``/docs`` page with ``docs.py``: Swagger UI from installed files, never from a CDN.
+Either way every error is ``{"error": message, "code": code}`` with the status of the one table in
+``status.py``. Every one serves its ``/docs`` page with
+``docs.py``: Swagger UI from installed files, never from a CDN.
 """
 
 from aimesh.rest.asgi import (
-    BASE_STATUS,
     JSON,
     REQUEST_ID,
     ASGIScope,
@@ -21,19 +21,19 @@ from aimesh.rest.asgi import (
     declared_length,
     error_body,
     header,
+    internal_error,
     read_body,
     respond,
-    status_of,
 )
 from aimesh.rest.docs import DOCS_ASSETS_URL, DocsAsset, docs_asset, swagger_page
-from aimesh.rest.errors import install_error_handlers
+from aimesh.rest.errors import install_error_handlers, log_failure, request_id_of
 from aimesh.rest.guard import SCOPE_KEY, Caller, identity, route_scope, scope_of
-from aimesh.rest.service import AUTH_STATUS, announced, service_app
+from aimesh.rest.service import announced, service_app
+from aimesh.rest.status import HTTP_STATUS, retry_after, shown_message, status_of
 
 __all__ = [
-    "AUTH_STATUS",
-    "BASE_STATUS",
     "DOCS_ASSETS_URL",
+    "HTTP_STATUS",
     "JSON",
     "REQUEST_ID",
     "SCOPE_KEY",
@@ -53,11 +53,16 @@ __all__ = [
     "header",
     "identity",
     "install_error_handlers",
+    "internal_error",
+    "log_failure",
     "read_body",
+    "request_id_of",
     "respond",
+    "retry_after",
     "route_scope",
     "scope_of",
     "service_app",
+    "shown_message",
     "status_of",
     "swagger_page",
 ]

@@ -2,7 +2,7 @@
 
 The registry, the lake and the jobs service differ in their routes and what they open at
 start; :func:`service_app` gives each the same frame (title, the JSON error handlers with
-the service's status table, its router, ``/health``, ``/docs`` with Swagger UI served from
+the platform's one status table, its router, ``/health``, ``/docs`` with Swagger UI served from
 installed files), and :func:`announced` keeps the service's discovery entry while the app
 runs, so that gateways proxy ``/api/<kind>``.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
@@ -21,23 +21,17 @@ from fastapi.responses import HTMLResponse, Response
 from aimesh.auth import Keyring
 from aimesh.bus import announce, describe_service
 from aimesh.config import Settings
-from aimesh.rest.asgi import RouteNotFound
+from aimesh.errors import RouteNotFound
+from aimesh.observability import cancel_and_wait
 from aimesh.rest.docs import DOCS_ASSETS_URL, docs_asset, swagger_page
 from aimesh.rest.errors import install_error_handlers
 from aimesh.rest.guard import identity, route_scope
 
-__all__ = ["AUTH_STATUS", "announced", "service_app"]
+__all__ = ["announced", "service_app"]
 
 ServiceKind = Literal["registry", "lake", "jobs"]
-
-
-AUTH_STATUS: dict[str, int] = {
-    "unauthorized": 401,
-    "forbidden": 403,
-    "rate_limited": 429,
-    "auth_throttled": 429,
-}
-"""The statuses of the key checks, the same on every service."""
+# Longest wait for the background tasks to end when the app stops.
+_BACKGROUND_STOP_S = 5.0
 
 
 def service_app(
@@ -45,7 +39,6 @@ def service_app(
     title: str,
     description: str,
     router: APIRouter,
-    http_status: Mapping[str, int],
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
     keyring: Keyring,
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
@@ -66,9 +59,7 @@ def service_app(
             async with lifespan(app):
                 yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks, _BACKGROUND_STOP_S)
 
     app = FastAPI(
         title=title,
@@ -80,7 +71,7 @@ def service_app(
         dependencies=[Depends(identity)],
     )
     app.state.keyring = keyring
-    install_error_handlers(app, {**AUTH_STATUS, **http_status})
+    install_error_handlers(app)
     app.include_router(router)
 
     @app.get("/docs", include_in_schema=False)
