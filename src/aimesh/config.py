@@ -85,6 +85,11 @@ class RegistrySettings(BaseModel):
     max_artifact_bytes: int = Field(
         default=2 * 1024**3, gt=0, description="Largest artifact accepted by an upload, in bytes."
     )
+    max_request_bytes: int = Field(
+        default=1024**2,
+        gt=0,
+        description="Largest JSON request body (413 beyond); uploads have max_artifact_bytes.",
+    )
     host: str = Field(default="127.0.0.1", description="Address `aimesh registry serve` binds.")
     port: int = Field(
         default=8100, ge=0, le=65535, description="Port `aimesh registry serve` binds."
@@ -223,6 +228,12 @@ class JobsSettings(BaseModel):
     max_payload_bytes: int = Field(
         default=256 * 1024, gt=0, le=1024**2, description="Largest job payload, as JSON."
     )
+    max_request_bytes: int = Field(
+        default=1024**2,
+        gt=0,
+        description="Largest JSON request body (413 beyond); a submission is also bounded by "
+        "max_payload_bytes.",
+    )
     max_result_bytes: int = Field(
         default=64 * 1024,
         gt=0,
@@ -241,6 +252,36 @@ class JobsSettings(BaseModel):
     webhook_attempts: int = Field(
         default=3, ge=1, le=20, description="Calls of a webhook before giving up on it."
     )
+
+
+class AuthSettings(BaseModel):
+    """Who may call the services, and from where."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The HTTP edge of every service (aimesh.rest.guard, aimesh.rest.exposure).
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins (scheme://host[:port]) whose pages may send changing "
+        "requests (anything but GET/HEAD/OPTIONS); others get 403 origin_refused. Requests "
+        "without an Origin (CLI, servers) and a service's own pages always pass. '*': any.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the services answer to besides localhost, 127.0.0.1, [::1], "
+        "the bind address and the address a connection reached (DNS rebinding defense): "
+        "e.g. gateway.example.com or *.example.com; others get 400 host_refused. '*': any.",
+    )
+    insecure: bool = Field(
+        default=False,
+        description="Let services bind non-loopback addresses while no API key exists "
+        "(what --insecure says for one command); a warning is logged at every start.",
+    )
+
+    @field_validator("allowed_origins", "allowed_hosts")
+    @classmethod
+    def _lower_case(cls, values: list[str]) -> list[str]:
+        return [v.strip().lower().rstrip("/") for v in values if v.strip()]
 
 
 class ModelServiceSpec(BaseModel):
@@ -349,6 +390,12 @@ class LakeSettings(BaseModel):
     max_upload_bytes: int = Field(
         default=2 * 1024**3, gt=0, description="Largest file accepted by an ingest upload."
     )
+    max_request_bytes: int = Field(
+        default=1024**2,
+        gt=0,
+        description="Largest JSON request body, e.g. a query (413 beyond); uploads have "
+        "max_upload_bytes.",
+    )
     host: str = Field(default="127.0.0.1", description="Address `aimesh lake serve` binds.")
     port: int = Field(default=8200, ge=0, le=65535, description="Port `aimesh lake serve` binds.")
     sink_batch_rows: int = Field(
@@ -406,6 +453,9 @@ class Settings(BaseSettings):
         default_factory=ServicesSettings, description="What `aimesh up` runs."
     )
     lake: LakeSettings = Field(default_factory=LakeSettings, description="The data lake.")
+    auth: AuthSettings = Field(
+        default_factory=AuthSettings, description="Identity and the services' HTTP edge."
+    )
 
     @classmethod
     def settings_customise_sources(

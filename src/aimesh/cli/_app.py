@@ -6,7 +6,7 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,6 +26,15 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 _state: dict[str, Path | None] = {"config_file": None}
+
+Insecure = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Bind a non-loopback address although no API key exists (warns at every start).",
+    ),
+]
+"""The option of every serving command that accepts an exposed, keyless bind."""
 
 
 def set_config_file(path: Path | None) -> None:
@@ -91,12 +100,22 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def check_exposure(config: Settings, host: str, service: str, *, insecure: bool) -> None:
+    """Refuse a keyless non-loopback bind unless ``insecure``; warn when it is accepted."""
+    from aimesh.rest import check_bind
+
+    warning = check_bind(config, host, service, insecure=insecure)
+    if warning is not None:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+
+
 def serve_service_app(
     what: str,
     create_app: Callable[..., FastAPI],
     *,
     host: str,
     port: int,
+    insecure: bool = False,
     grace_s: int = 10,
 ) -> None:
     """Serve a platform service's FastAPI app (registry, lake, jobs) until Ctrl-C.
@@ -110,6 +129,7 @@ def serve_service_app(
 
     config = settings()
     configure_logging(config.log_level, config.log_format)
+    check_exposure(config, host, what, insecure=insecure)
     console.print(f"{what} on http://{host}:{port}  (docs: /docs)")
     uvicorn.run(
         create_app(config, public_url=f"http://{host}:{port}"),

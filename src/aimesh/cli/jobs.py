@@ -15,7 +15,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from aimesh.cli._app import console, err_console, handle_errors, serve_service_app, settings
+from aimesh.cli._app import (
+    Insecure,
+    check_exposure,
+    console,
+    err_console,
+    handle_errors,
+    serve_service_app,
+    settings,
+)
 from aimesh.config import Settings
 from aimesh.errors import InvalidRequest, JobFailed
 
@@ -337,6 +345,7 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port to bind (default: jobs.port, 8300).")
     ] = None,
+    insecure: Insecure = False,
 ) -> None:
     """Serve the jobs REST API (/api/jobs, with SSE per job), docs at /docs."""
     from aimesh.jobs.app import create_app
@@ -347,6 +356,7 @@ def serve(
         create_app,
         host=host or jobs.host,
         port=jobs.port if port is None else port,
+        insecure=insecure,
         grace_s=5,
     )
 
@@ -374,6 +384,7 @@ def worker(
             min=0, max=65535, help="Serve /health and /metrics on this port (0: any free one)."
         ),
     ] = None,
+    insecure: Insecure = False,
 ) -> None:
     """Run jobs of one kind until Ctrl-C, then drain: finish running jobs or hand them back.
 
@@ -384,6 +395,8 @@ def worker(
 
     config = settings()
     configure_logging(config.log_level, config.log_format)
+    if port is not None:
+        check_exposure(config, host, f"worker {kind}", insecure=insecure)
     run = load_handler(handler) if handler is not None else get_handler(kind)
     stats = asyncio.run(_run_worker(config, kind, run, concurrency, (host, port)))
     err_console.print(
@@ -411,7 +424,7 @@ async def _run_worker(
         rest_url = None
         host, port = listen
         if port is not None:
-            health, bound = await serve_health(job_worker, host, port)
+            health, bound = await serve_health(job_worker, host, port, config.auth)
             rest_url = f"http://{host}:{bound}"
             console.print(f"health and metrics on {rest_url}", highlight=False)
         describe = describe_service(

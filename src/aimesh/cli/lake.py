@@ -22,7 +22,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from aimesh.cli._app import console, err_console, handle_errors, serve_service_app, settings
+from aimesh.cli._app import (
+    Insecure,
+    console,
+    err_console,
+    handle_errors,
+    serve_service_app,
+    settings,
+)
 from aimesh.config import Settings
 from aimesh.errors import InvalidRequest
 
@@ -444,13 +451,18 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port to bind (default: lake.port, 8200).")
     ] = None,
+    insecure: Insecure = False,
 ) -> None:
     """Serve the lake's REST API (/api/lake), with OpenAPI docs at /docs."""
     from aimesh.lake.app import create_app
 
     lake = settings().lake
     serve_service_app(
-        "lake", create_app, host=host or lake.host, port=lake.port if port is None else port
+        "lake",
+        create_app,
+        host=host or lake.host,
+        port=lake.port if port is None else port,
+        insecure=insecure,
     )
 
 

@@ -1,8 +1,9 @@
 """What the gateway reads from a request's headers, and what it passes on.
 
-One pass over the headers finds the request id, the W3C trace context, the credentials and
-the length, and builds the list forwarded upstream: everything but hop-by-hop headers,
-credentials (upstreams never see a client's key) and what this hop re-makes. A request
+One pass over the headers finds the request id, the W3C trace context, the credentials, the
+length and what the edge checks (Host, Origin, Content-Type), and builds the list forwarded
+upstream: everything but hop-by-hop headers, credentials (upstreams never see a client's
+key) and what this hop re-makes. A request
 without an ``x-request-id`` gets one; one without a valid ``traceparent`` starts a trace
 whose id is the request id, so logs and traces meet.
 """
@@ -74,8 +75,11 @@ class RequestHead:
         "api_key",
         "authorization",
         "content_length",
+        "content_type",
         "forward",
+        "host",
         "idempotency_key",
+        "origin",
         "prefer",
         "request_id",
         "traceparent",
@@ -89,6 +93,10 @@ class RequestHead:
         self.api_key: str | None = None
         self.authorization: str | None = None
         self.content_length: int | None = None
+        self.host: bytes | None = None
+        self.origin: bytes | None = None
+        self.content_type: bytes | None = None
+        """``Host``, ``Origin`` and ``Content-Type`` as sent, for the edge's checks."""
         self.prefer: bytes | None = None
         """The ``Prefer`` header (``respond-async`` asks for an async call), passed on too."""
         self.idempotency_key: str | None = None
@@ -110,10 +118,16 @@ class RequestHead:
                     head.prefer = value
                 elif name == b"idempotency-key":
                     head.idempotency_key = value.decode("latin-1")
+                elif name == b"content-type":
+                    head.content_type = value
+                elif name == b"origin":
+                    head.origin = value
             elif name == b"x-request-id":
                 request_id = value
             elif name == b"traceparent":
                 traceparent = value
+            elif name == b"host":
+                head.host = value
             elif name == b"content-length":
                 head.content_length = int(value) if value.isdigit() else None
             elif name == b"x-api-key":

@@ -54,7 +54,14 @@ from aimesh.gateway.openapi import MergedOpenApi
 from aimesh.gateway.routing import Router
 from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.jobs import encode_job
-from aimesh.rest import DOCS_ASSETS_URL, docs_asset, swagger_page
+from aimesh.rest import (
+    DOCS_ASSETS_URL,
+    Guard,
+    check_infer_type,
+    check_json_type,
+    docs_asset,
+    swagger_page,
+)
 
 __all__ = ["HTTP_STATUS", "GatewayApp"]
 
@@ -104,7 +111,10 @@ class GatewayApp:
         ready: Callable[[], bool],
         registry_fallback: Upstream | None = None,
         deferrer: Deferrer | None = None,
+        guard: Guard | None = None,
     ) -> None:
+        self.guard = guard or Guard()
+        """Browser origins and Host names (:mod:`aimesh.rest.guard`)."""
         self.router = router
         self.client = client
         self.policy = policy
@@ -169,6 +179,7 @@ class GatewayApp:
     ) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
+        self.guard.check(method, head.host, head.origin, scope)
         if path.startswith("/v2/models/"):
             await self._model(scope, receive, send, head, outcome, path[11:].split("/"))
             return
@@ -188,6 +199,8 @@ class GatewayApp:
         outcome.route = route
         allow(method, allowed)
         self.access.check(key_from_headers(head.api_key, head.authorization), scope_needed)
+        if allowed == "POST" and head.content_type is not None:
+            check_json_type(head.content_type)
         body = await self._body(head, receive) if allowed == "POST" else b""
         await answer(send, head, outcome, body)
 
@@ -222,6 +235,7 @@ class GatewayApp:
         allow(scope["method"], allowed)
         deferred = None
         if suffix == b"/infer":
+            check_infer_type(head.content_type)
             deferred = async_request(scope["query_string"], head.prefer, head.idempotency_key)
         self.access.check(key_from_headers(head.api_key, head.authorization), "infer")
         body = await self._body(head, receive) if allowed == "POST" else b""

@@ -41,6 +41,7 @@ from aimesh.gateway.rest import GatewayApp
 from aimesh.gateway.routing import Router, RoutingTable
 from aimesh.gateway.watch import DiscoveryWatch, forget_on_registry_events
 from aimesh.observability import run_service
+from aimesh.rest import Guard
 
 __all__ = ["run_gateway", "serve"]
 
@@ -99,6 +100,7 @@ async def run_gateway(
         openapi=openapi, max_request_bytes=g.max_request_bytes,
         upstream_timeout_s=g.upstream_timeout_s, ready=ready.is_set,
         registry_fallback=registry_fallback, deferrer=deferrer,
+        guard=Guard.from_settings(settings.auth),
     )  # fmt: skip
     grpc_gateway = GrpcGateway(
         router=router, client=client, policy=policy, access=access, metrics=metrics,

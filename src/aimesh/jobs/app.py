@@ -46,6 +46,8 @@ def create_app(settings: Settings, *, public_url: str | None = None) -> FastAPI:
         router=router,
         http_status=HTTP_STATUS,
         lifespan=lifespan,
+        auth=settings.auth,
+        max_body_bytes=settings.jobs.max_request_bytes,
     )
 
     def openapi() -> dict[str, Any]:

@@ -19,11 +19,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from aimesh.config import AuthSettings
 from aimesh.errors import AimeshError
 from aimesh.jobs.worker import Worker
 from aimesh.rest import (
     BASE_STATUS,
     ASGIScope,
+    Guard,
     Receive,
     RouteNotFound,
     Send,
@@ -41,8 +43,9 @@ _OUTCOMES = ("succeeded", "failed", "retried", "cancelled", "released", "skipped
 class _WorkerCollector(Collector):
     """The worker's counters, read when scraped."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, guard: Guard | None = None) -> None:
         self.worker = worker
+        self.guard = guard or Guard()
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         w = self.worker
@@ -67,8 +70,9 @@ class _WorkerCollector(Collector):
 class WorkerHealth:
     """The ASGI app of a worker's HTTP face."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, guard: Guard | None = None) -> None:
         self.worker = worker
+        self.guard = guard or Guard()
         self.metrics = CollectorRegistry(auto_describe=True)
         self.metrics.register(_WorkerCollector(worker))
 
@@ -77,6 +81,7 @@ class WorkerHealth:
             return
         path: str = scope["path"]
         try:
+            self.guard.check_scope(scope)
             allow(scope["method"], "GET")
             if path == "/health":
                 ok = self.worker.ready.is_set() and not self.worker.stopping
@@ -102,7 +107,9 @@ class _Quiet(uvicorn.Server):
         yield
 
 
-async def serve_health(worker: Worker, host: str, port: int) -> tuple[asyncio.Task[None], int]:
+async def serve_health(
+    worker: Worker, host: str, port: int, auth: AuthSettings | None = None
+) -> tuple[asyncio.Task[None], int]:
     """Serve the worker's health and metrics; returns the server's task and its port.
 
     Cancel the task to stop it.
@@ -112,10 +119,10 @@ async def serve_health(worker: Worker, host: str, port: int) -> tuple[asyncio.Ta
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(64)
+    app = WorkerHealth(worker, Guard.from_settings(auth or AuthSettings()))
     server = _Quiet(
         uvicorn.Config(
-            WorkerHealth(worker), lifespan="off", log_config=None, access_log=False,
-            server_header=False,
+            app, lifespan="off", log_config=None, access_log=False, server_header=False,
         )
     )  # fmt: skip
     bound: int = sock.getsockname()[1]

@@ -37,9 +37,11 @@ from aimesh.lake.types import (
     VacuumResult,
 )
 
-__all__ = ["HTTP_STATUS", "PREFIX", "LakeService", "answer", "router"]
+__all__ = ["HTTP_STATUS", "PREFIX", "RAW_BODIES", "LakeService", "answer", "router"]
 
 PREFIX = "/api/lake"
+RAW_BODIES = (PREFIX + r"/datasets/[^/]+/ingest",)
+"""Routes whose body is a file, bounded by ``lake.max_upload_bytes``; every other is JSON."""
 
 HTTP_STATUS: dict[str, int] = {
     "invalid_request": 400,

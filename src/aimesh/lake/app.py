@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from aimesh.config import Settings
-from aimesh.lake.api import HTTP_STATUS, LakeService, router
+from aimesh.lake.api import HTTP_STATUS, RAW_BODIES, LakeService, router
 from aimesh.lake.lake import Lake
 from aimesh.rest import announced, service_app
 
@@ -35,6 +35,9 @@ def create_app(
         router=router,
         http_status=HTTP_STATUS,
         lifespan=lifespan,
+        auth=settings.auth,
+        max_body_bytes=settings.lake.max_request_bytes,
+        raw_bodies=RAW_BODIES,
     )
     app.state.lake = LakeService(
         lake=lake or Lake.from_settings(settings),

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from aimesh.config import Settings
-from aimesh.registry.api import HTTP_STATUS, router
+from aimesh.registry.api import HTTP_STATUS, RAW_BODIES, router
 from aimesh.registry.outbox import OutboxRelay
 from aimesh.registry.service import LocalRegistry
 from aimesh.rest import announced, service_app
@@ -51,4 +51,7 @@ def create_app(
         router=router,
         http_status=HTTP_STATUS,
         lifespan=lifespan,
+        auth=settings.auth,
+        max_body_bytes=settings.registry.max_request_bytes,
+        raw_bodies=RAW_BODIES,
     )

@@ -3,7 +3,9 @@
 FastAPI services (registry, lake, jobs) install :func:`install_error_handlers`; the bare-ASGI
 hot-path services (model service, gateway) use the helpers of ``asgi.py``. Either way every
 error is ``{"error": message, "code": code}``. Every one serves its ``/docs`` page with
-``docs.py``: Swagger UI from installed files, never from a CDN.
+``docs.py``: Swagger UI from installed files, never from a CDN. Every one stands behind the
+same edge: ``guard.py`` (browser origins, Host names, JSON bodies typed and bounded) and
+``exposure.py`` (no keyless bind beyond loopback without ``--insecure``).
 """
 
 from aimesh.rest.asgi import (
@@ -26,6 +28,17 @@ from aimesh.rest.asgi import (
 )
 from aimesh.rest.docs import DOCS_ASSETS_URL, DocsAsset, docs_asset, swagger_page
 from aimesh.rest.errors import install_error_handlers
+from aimesh.rest.exposure import auth_configured, check_bind, is_loopback
+from aimesh.rest.guard import (
+    SAFE_METHODS,
+    Guard,
+    GuardedApp,
+    check_infer_type,
+    check_json_type,
+    host_name,
+    is_infer_type,
+    is_json_type,
+)
 from aimesh.rest.service import announced, service_app
 
 __all__ = [
@@ -33,8 +46,11 @@ __all__ = [
     "DOCS_ASSETS_URL",
     "JSON",
     "REQUEST_ID",
+    "SAFE_METHODS",
     "ASGIScope",
     "DocsAsset",
+    "Guard",
+    "GuardedApp",
     "Message",
     "MethodNotAllowed",
     "Receive",
@@ -42,11 +58,19 @@ __all__ = [
     "Send",
     "allow",
     "announced",
+    "auth_configured",
+    "check_bind",
+    "check_infer_type",
+    "check_json_type",
     "declared_length",
     "docs_asset",
     "error_body",
     "header",
+    "host_name",
     "install_error_handlers",
+    "is_infer_type",
+    "is_json_type",
+    "is_loopback",
     "read_body",
     "respond",
     "service_app",

@@ -38,6 +38,9 @@ BASE_STATUS: dict[str, int] = {
     "route_not_found": 404,
     "method_not_allowed": 405,
     "request_too_large": 413,
+    "host_refused": 400,
+    "origin_refused": 403,
+    "unsupported_media_type": 415,
 }
 """Statuses every bare-ASGI service shares; each adds its own table on top."""
 

@@ -1,6 +1,7 @@
 """Every REST error is ``{"error": message, "code": code}``; never an HTML page or a bare 500.
 
 Each service passes its own table from error code to HTTP status; codes it does not list
+take the status every service shares (``BASE_STATUS``: 413, 415, the edge's refusals), else
 fall back by family (not found 404, conflict 409, bad request 400, otherwise 500).
 """
 
@@ -15,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from aimesh.errors import AimeshError, Conflict, InvalidRequest, NotFound
+from aimesh.rest.asgi import BASE_STATUS
 
 log = logging.getLogger("aimesh.rest")
 
@@ -36,7 +38,7 @@ def install_error_handlers(app: FastAPI, status: Mapping[str, int]) -> None:
 
     async def aimesh_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AimeshError)
-        code = status.get(exc.code) or _fallback_status(exc)
+        code = status.get(exc.code) or BASE_STATUS.get(exc.code) or _fallback_status(exc)
         if code >= 500:
             log.error("request failed: %s", exc.message, extra={"code": exc.code})
         return JSONResponse(exc.to_dict(), status_code=code)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Literal
 
@@ -19,10 +19,11 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import HTMLResponse, Response
 
 from aimesh.bus import announce, describe_service
-from aimesh.config import Settings
+from aimesh.config import AuthSettings, Settings
 from aimesh.rest.asgi import RouteNotFound
 from aimesh.rest.docs import DOCS_ASSETS_URL, docs_asset, swagger_page
 from aimesh.rest.errors import install_error_handlers
+from aimesh.rest.guard import Guard, GuardedApp
 
 __all__ = ["announced", "service_app"]
 
@@ -36,8 +37,14 @@ def service_app(
     router: APIRouter,
     http_status: Mapping[str, int],
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+    auth: AuthSettings,
+    max_body_bytes: int,
+    raw_bodies: Sequence[str] = (),
 ) -> FastAPI:
     """A FastAPI app with the platform's error bodies, ``router``, ``GET /health``, ``/docs``.
+
+    It stands behind :class:`~aimesh.rest.GuardedApp`: ``auth``'s origins and hosts, JSON
+    bodies up to ``max_body_bytes`` except on the routes ``raw_bodies`` matches (uploads).
 
     FastAPI's own ``/docs`` and ``/redoc`` load their scripts from a CDN; these pages load
     them from this server (:mod:`aimesh.rest.docs`), so the docs work offline.
@@ -51,6 +58,10 @@ def service_app(
         redoc_url=None,
     )
     install_error_handlers(app, http_status)
+    guard = Guard.from_settings(auth)
+    app.add_middleware(
+        GuardedApp, guard=guard, max_body_bytes=max_body_bytes, raw_bodies=raw_bodies
+    )
     app.include_router(router)
 
     @app.get("/docs", include_in_schema=False)

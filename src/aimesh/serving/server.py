@@ -33,6 +33,7 @@ from aimesh.bus import (
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
 from aimesh.registry import open_registry
+from aimesh.rest import Guard
 from aimesh.serving.dataplane import DataPlane
 from aimesh.serving.grpc import start_grpc_server
 from aimesh.serving.host import ModelHost, ModelRef, settle_heap
@@ -121,7 +122,10 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
     grpc_server, grpc_port = await start_grpc_server(
         plane, metrics, plan.host, plan.grpc_port, max_message_bytes=s.max_request_bytes
     )
-    app = RestApp(plane, metrics, max_request_bytes=s.max_request_bytes, access_log=s.access_log)
+    app = RestApp(
+        plane, metrics, max_request_bytes=s.max_request_bytes, access_log=s.access_log,
+        guard=Guard.from_settings(settings.auth),
+    )  # fmt: skip
     server = _Uvicorn(
         uvicorn.Config(
             app,
