@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from aimesh.errors import (
     AimeshError,
     BusUnavailable,
+    InvalidRequest,
     NoInstance,
     RateLimited,
     UpstreamError,
@@ -54,6 +55,7 @@ from aimesh.gateway.openapi import MergedOpenApi
 from aimesh.gateway.routing import Router
 from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.jobs import encode_job
+from aimesh.protocol import rest_codec
 from aimesh.rest import (
     DOCS_ASSETS_URL,
     Guard,
@@ -77,6 +79,14 @@ _WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="aimesh"')
 _SERVER_METADATA = json.dumps(
     {"name": "aimesh-gateway", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 ).encode()
+
+
+def _check_request(body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    """Refuse a body that is no OIP request (JSON, or the binary extension's framing)."""
+    length = next((v for n, v in headers if n == b"inference-header-content-length"), None)
+    if length is not None and not length.isdigit():
+        raise InvalidRequest("Inference-Header-Content-Length must be a number of bytes")
+    rest_codec.decode_request(body, header_length=None if length is None else int(length))
 
 
 class _Outcome:
@@ -273,6 +283,7 @@ class GatewayApp:
         outcome.route = "infer_async"
         if self.deferrer is None:
             raise BusUnavailable("async inference needs the bus, which this gateway has not")
+        _check_request(body, head.forward)  # a 400 now, not a failed job later
         job = await self.deferrer.submit(
             model=name, version=version, path=path, body=body, headers=head.forward,
             options=options,
