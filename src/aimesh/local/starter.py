@@ -66,6 +66,13 @@ jobs:
   port: 8300
   max_attempts: 3            # attempts before a job fails (into the dead-letter stream)
 
+# The HTTP edge of every service: who may call from a browser, under which names, and
+# whether a service may bind beyond loopback (host: 0.0.0.0) while no API key exists.
+auth:
+  allowed_origins: []        # browser pages that may change things: https://dash.example.com
+  allowed_hosts: []          # names besides localhost and the bind address: gateway.example.com
+  insecure: false            # true: bind beyond loopback without keys (warns at every start)
+
 # Defaults of every model service (a services.models entry overrides its own).
 serving:
   host: 127.0.0.1
