@@ -169,6 +169,11 @@ def test_requests_without_origin_or_from_the_services_own_page_pass(
         f"{reg}/api/registry/models", json={"name": "from-docs"}, headers={"Origin": reg}
     )
     assert own.status_code == 201, own.text
+    gateway = stack["gateway"].http  # its /docs page, trying a route of the registry
+    proxied = httpx.post(
+        f"{gateway}/api/registry/models", json={"name": "via-docs"}, headers={"Origin": gateway}
+    )
+    assert proxied.status_code == 201, proxied.text
     reads = httpx.get(f"{reg}/api/registry/models", headers={"Origin": EVIL})
     assert reads.status_code == 200  # reading is not refused for its origin
     assert _infer(stack["model"].http, home.x).status_code == 200

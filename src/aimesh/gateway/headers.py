@@ -26,6 +26,7 @@ _NOT_FORWARDED = frozenset(
         b"host", b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
         b"te", b"trailer", b"transfer-encoding", b"upgrade", b"expect", b"content-length",
         b"x-api-key", b"authorization", b"x-request-id", b"traceparent",
+        b"origin",  # judged here (aimesh.rest.guard); an upstream would judge it by its own Host
     }
 )  # fmt: skip
 _MAX_REQUEST_ID = 128
@@ -120,14 +121,14 @@ class RequestHead:
                     head.idempotency_key = value.decode("latin-1")
                 elif name == b"content-type":
                     head.content_type = value
-                elif name == b"origin":
-                    head.origin = value
             elif name == b"x-request-id":
                 request_id = value
             elif name == b"traceparent":
                 traceparent = value
             elif name == b"host":
                 head.host = value
+            elif name == b"origin":
+                head.origin = value
             elif name == b"content-length":
                 head.content_length = int(value) if value.isdigit() else None
             elif name == b"x-api-key":
