@@ -2,14 +2,14 @@
 
 FastAPI services (registry, lake, jobs) install :func:`install_error_handlers`; the bare-ASGI
 hot-path services (model service, gateway) use the helpers of ``asgi.py``. Either way every
-error is ``{"error": message, "code": code}``. Every one serves its ``/docs`` page with
+error is ``{"error": message, "code": code}`` with the status of the one table in
+``status.py``. Every one serves its ``/docs`` page with
 ``docs.py``: Swagger UI from installed files, never from a CDN. Every one stands behind the
 same edge: ``guard.py`` (browser origins, Host names, JSON bodies typed and bounded) and
 ``exposure.py`` (no keyless bind beyond loopback without ``--insecure``).
 """
 
 from aimesh.rest.asgi import (
-    BASE_STATUS,
     JSON,
     REQUEST_ID,
     ASGIScope,
@@ -22,12 +22,12 @@ from aimesh.rest.asgi import (
     declared_length,
     error_body,
     header,
+    internal_error,
     read_body,
     respond,
-    status_of,
 )
 from aimesh.rest.docs import DOCS_ASSETS_URL, DocsAsset, docs_asset, swagger_page
-from aimesh.rest.errors import install_error_handlers
+from aimesh.rest.errors import install_error_handlers, log_failure, request_id_of
 from aimesh.rest.exposure import auth_configured, check_bind, is_loopback
 from aimesh.rest.guard import (
     SAFE_METHODS,
@@ -40,10 +40,11 @@ from aimesh.rest.guard import (
     is_json_type,
 )
 from aimesh.rest.service import announced, service_app
+from aimesh.rest.status import HTTP_STATUS, retry_after, shown_message, status_of
 
 __all__ = [
-    "BASE_STATUS",
     "DOCS_ASSETS_URL",
+    "HTTP_STATUS",
     "JSON",
     "REQUEST_ID",
     "SAFE_METHODS",
@@ -68,12 +69,17 @@ __all__ = [
     "header",
     "host_name",
     "install_error_handlers",
+    "internal_error",
     "is_infer_type",
     "is_json_type",
     "is_loopback",
+    "log_failure",
     "read_body",
+    "request_id_of",
     "respond",
+    "retry_after",
     "service_app",
+    "shown_message",
     "status_of",
     "swagger_page",
 ]

@@ -25,7 +25,6 @@ JSON bodies (413 ``request_too_large`` before the app reads a byte past the limi
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from aimesh.config import AuthSettings
@@ -36,18 +35,9 @@ from aimesh.errors import (
     RequestTooLarge,
     UnsupportedMediaType,
 )
-from aimesh.rest.asgi import (
-    BASE_STATUS,
-    REQUEST_ID,
-    ASGIScope,
-    Message,
-    Receive,
-    Send,
-    error_body,
-    read_body,
-    respond,
-    status_of,
-)
+from aimesh.rest.asgi import ASGIScope, Message, Receive, Send, error_body, read_body, respond
+from aimesh.rest.errors import request_id_of
+from aimesh.rest.status import status_of
 
 __all__ = [
     "SAFE_METHODS",
@@ -243,9 +233,9 @@ class GuardedApp:
                     check_json_type(content_type)
                     receive = await self._buffered(scope, receive, self.max_body_bytes)
             except AimeshError as exc:
-                request_id = _request_id(scope)
-                body = error_body(exc.message, exc.code)
-                await respond(send, status_of(exc, BASE_STATUS), body, request_id)
+                request_id = request_id_of(scope)
+                body = error_body(exc.message, exc.code, request_id)
+                await respond(send, status_of(exc), body, request_id)
                 return
         await self.app(scope, receive, send)
 
@@ -277,11 +267,3 @@ class GuardedApp:
             return pending.pop() if pending else await receive()
 
         return replay
-
-
-def _request_id(scope: ASGIScope) -> str:
-    for name, value in scope["headers"]:
-        if name == REQUEST_ID:
-            text: str = value.decode("latin-1")
-            return text
-    return uuid.uuid4().hex
