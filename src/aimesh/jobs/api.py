@@ -41,6 +41,8 @@ HTTP_STATUS: dict[str, int] = {
     "request_too_large": 413,
     "deadline_exceeded": 504,
     "bus_unavailable": 503,
+    "queue_full": 503,
+    "unavailable": 503,
 }
 """From an error's code to the HTTP status the jobs service answers with."""
 
