@@ -172,7 +172,9 @@ async def connect(
     )
     refused = asyncio.ensure_future(events.refused.wait())
     try:
-        done, _pending = await asyncio.wait({attempt, refused}, timeout=timeout)
+        done, _pending = await asyncio.wait(
+            {attempt, refused}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if attempt in done:
             attempt.result()
         elif refused in done:
