@@ -360,7 +360,7 @@ def test_an_external_server_with_a_token_works_through_settings(tmp_path: Path) 
 def test_an_external_server_over_tls_is_trusted_through_its_ca_file(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
-    make = "openssl req -x509 -newkey rsa:2048 -nodes -days 1".split()
+    make = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
     subprocess.run(
         [*make, *subject, "-keyout", str(key), "-out", str(cert)],
         check=True,
