@@ -196,6 +196,15 @@ def test_a_home_made_with_loose_modes_is_tightened(tmp_path: Path) -> None:
         stop_embedded_bus(settings)
 
 
+def test_a_command_makes_the_home_private_before_it_writes_there(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert aimesh(home, "bus", "status").returncode == 0
+    assert mode(home) == 0o700
+    home.chmod(0o755)  # loosened by hand, or made by an older release
+    assert aimesh(home, "bus", "status").returncode == 0
+    assert mode(home) == 0o700
+
+
 def test_a_server_without_credentials_left_by_an_older_release_is_restarted_with_them(
     tmp_path: Path,
 ) -> None:
