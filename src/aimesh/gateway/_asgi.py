@@ -45,6 +45,7 @@ HTTP_STATUS: dict[str, int] = {
     "rate_limited": 429,
     "overloaded": 429,
     "no_instance": 503,
+    "queue_full": 503,
     "unavailable": 503,
     "store_unavailable": 503,
     "bus_unavailable": 503,
