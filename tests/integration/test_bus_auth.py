@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import msgspec
 import nats
 import nats.errors
 import pytest
+from _services import free_port, start
 from nats.js.api import DiscardPolicy, RetentionPolicy
 from pydantic import SecretStr
 
@@ -244,7 +246,7 @@ class ExternalNats:
         conf = folder / "server.conf"
         conf.write_text(config)
         self.folder = folder
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [str(nats_server_binary()), "-c", str(conf), "-a", "127.0.0.1", "-p", str(self.port)],
@@ -260,15 +262,6 @@ class ExternalNats:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -465,3 +458,35 @@ def test_a_full_job_queue_refuses_a_job_with_queue_full(tmp_path: Path) -> None:
 
     with EmbeddedNats(tmp_path) as server:
         run(scenario(server.url))
+
+
+def test_the_jobs_service_of_a_home_answers_503_queue_full_when_its_queue_is_full(
+    tmp_path: Path,
+) -> None:
+    # No bus configured: the service starts the home's embedded bus and gets in with the
+    # home's token; the home's settings make its work queue tiny.
+    home = tmp_path / "home"
+    env = cli_env(home) | {"AIMESH_BUS__JOBS_MAX_BYTES": "4096"}
+    port = free_port()
+    service = start(
+        ["jobs", "serve", "--port", str(port)],
+        env=env,
+        log=tmp_path / "jobs.log",
+        http=f"http://127.0.0.1:{port}",
+        ready_path="/health",
+    )
+    try:
+        statuses = []
+        with httpx.Client(base_url=service.http, timeout=WAIT_S) as http:
+            for _ in range(100):
+                answer = http.post("/api/jobs", json={"kind": "slow", "payload": {}})
+                statuses.append(answer.status_code)
+                if answer.status_code != 202:
+                    break
+        assert statuses[:-1] == [202] * (len(statuses) - 1) and len(statuses) > 1
+        assert answer.status_code == 503
+        assert answer.json()["code"] == "queue_full"
+        assert "queue is full" in answer.json()["error"]
+    finally:
+        service.stop()
+        stop_embedded_bus(Settings(home=home))
