@@ -5,6 +5,7 @@ the limits every stream and bucket has (a full job queue refuses jobs clearly)."
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
@@ -45,7 +46,7 @@ from aimesh.bus import (
 from aimesh.bus.home import ServerRecord
 from aimesh.bus.server import probe_server
 from aimesh.config import BusSettings, Settings
-from aimesh.errors import BusUnavailable, QueueFull
+from aimesh.errors import BusUnavailable, ConfigError, QueueFull
 from aimesh.jobs import JobClient, JobSpec
 
 T = TypeVar("T")
@@ -490,3 +491,20 @@ def test_the_jobs_service_of_a_home_answers_503_queue_full_when_its_queue_is_ful
     finally:
         service.stop()
         stop_embedded_bus(Settings(home=home))
+
+
+def test_an_nkey_or_creds_file_that_cannot_be_used_is_a_clear_config_error(
+    password_server: ExternalNats, tmp_path: Path
+) -> None:
+    missing = external(password_server.url, tmp_path, nkey_seed_file=tmp_path / "none.nk")
+    with pytest.raises(ConfigError, match=r"bus.nkey_seed_file .* does not exist"):
+        run(declare_and_name_jobs_stream(missing))
+    creds = tmp_path / "user.creds"
+    creds.write_text("-----BEGIN NATS USER JWT-----\n")
+    given = external(password_server.url, tmp_path, creds_file=creds)
+    if importlib.util.find_spec("nkeys") is None:
+        with pytest.raises(ConfigError, match="needs the nkeys package"):
+            run(declare_and_name_jobs_stream(given))
+    else:  # a creds file the server does not know: refused, clearly
+        with pytest.raises((BusUnavailable, ConfigError)):
+            run(declare_and_name_jobs_stream(given))
