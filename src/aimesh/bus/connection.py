@@ -15,7 +15,6 @@ settings). :func:`connect` is the lower step, for a URL known otherwise.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from types import TracebackType
@@ -228,10 +227,18 @@ class _AuthRefused(Exception):
 
 
 async def _abandon(nc: NATS, attempt: asyncio.Future[None]) -> None:
+    """Stop a connect in progress and the client's tasks.
+
+    Waits for the attempt without raising its outcome, so that a cancellation of the caller
+    itself still propagates (a retry loop around :func:`connect` must not swallow it).
+    """
     attempt.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await attempt
-    await nc.close()
+    try:
+        await asyncio.wait({attempt})
+    finally:
+        if attempt.done() and not attempt.cancelled():
+            attempt.exception()  # retrieved: the error connect() raises reports it
+        await nc.close()
 
 
 def _is_auth_failure(exc: BaseException) -> bool:
