@@ -1,8 +1,10 @@
 """The error tree of aimesh.
 
 Every error a user can see is an :class:`AimeshError` with a stable machine-readable
-``code``. Adapters own the mapping from code to transport status (HTTP, gRPC, exit code);
-nothing in here knows about HTTP numbers.
+``code``. Adapters own the mapping from class to transport status: one HTTP table
+(:mod:`aimesh.rest.status`), one gRPC table (:mod:`aimesh.protocol.grpc.status`), the CLI's
+exit code; a class not listed there takes its family's status. Nothing in here knows about
+HTTP numbers.
 
 ::
 
@@ -18,7 +20,10 @@ nothing in here knows about HTTP numbers.
     │   ├── SchemaMismatch           schema_mismatch
     │   ├── InvalidData              invalid_data
     │   ├── QueryRefused             query_refused
-    │   └── QueryError               invalid_query
+    │   ├── UrlRefused               url_refused
+    │   ├── QueryError               invalid_query
+    │   ├── QueryTooLarge            query_too_large
+    │   └── TrustDisabled            trust_disabled
     ├── NotFound                     not_found
     │   ├── ModelNotFound            model_not_found
     │   ├── VersionNotFound          version_not_found
@@ -27,13 +32,17 @@ nothing in here knows about HTTP numbers.
     │   ├── JobNotFound              job_not_found
     │   ├── DatasetNotFound          dataset_not_found
     │   ├── DatasetVersionNotFound   dataset_version_not_found
-    │   └── DatasetVersionGone       dataset_version_gone
+    │   ├── DatasetVersionGone       dataset_version_gone
+    │   ├── ResultExpired            result_expired
+    │   └── RouteNotFound            route_not_found
+    ├── MethodNotAllowed             method_not_allowed
     ├── Conflict                     conflict
     │   ├── ModelExists              model_exists
     │   ├── MetricExists             metric_exists
     │   ├── VersionArchived          version_archived
     │   ├── JobFinished              job_finished
     │   ├── JobNotRetryable          job_not_retryable
+    │   ├── JobPending               job_pending
     │   └── LeaseHeld                lease_held
     ├── ArtifactError                artifact_invalid
     │   ├── ArtifactTooLarge         artifact_too_large
@@ -49,18 +58,20 @@ nothing in here knows about HTTP numbers.
     ├── Unavailable                  unavailable
     │   ├── QueueFull                queue_full
     │   ├── ShuttingDown             shutting_down
-    │   └── NoInstance               no_instance
+    │   ├── NoInstance               no_instance
+    │   ├── QueryBusy                query_busy
+    │   ├── BusUnavailable           bus_unavailable
+    │   └── StoreUnavailable         store_unavailable
     ├── UpstreamError                upstream_error
     │   └── UpstreamTimeout          upstream_timeout
     ├── DeadlineExceeded             deadline_exceeded
     │   └── QueryTimeout             query_timeout
-    ├── JobFailed                    job_failed
-    ├── BusUnavailable               bus_unavailable
-    └── StoreUnavailable             store_unavailable
+    └── JobFailed                    job_failed
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 
@@ -68,6 +79,8 @@ class AimeshError(Exception):
     """The root of every error aimesh raises on purpose."""
 
     code: ClassVar[str] = "aimesh_error"
+    retry_after_s: float | None = None
+    """When retrying may succeed, in seconds (an HTTP answer says it in ``Retry-After``)."""
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -92,6 +105,13 @@ class InvalidRequest(AimeshError):
     """Raised when a request is malformed or violates a documented limit."""
 
     code = "invalid_request"
+
+
+class TrustDisabled(InvalidRequest):
+    """Raised when a push needs trust (a code-running format, extra skops types) and the
+    registry's policy (``registry.allow_code_artifacts``) does not allow any."""
+
+    code = "trust_disabled"
 
 
 class InvalidName(InvalidRequest):
@@ -166,10 +186,37 @@ class QueryRefused(InvalidRequest):
     code = "query_refused"
 
 
+class UrlRefused(InvalidRequest):
+    """Raised when a user-supplied URL (a webhook) is not one aimesh may call: a scheme other
+    than http(s), user info, or a host that resolves to a loopback, private, link-local or
+    metadata address the operator did not allow."""
+
+    code = "url_refused"
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"URL {url[:200]!r} refused: {reason}", url=url[:200], reason=reason)
+        self.url = url
+        self.reason = reason
+
+
 class QueryError(InvalidRequest):
     """Raised when the query engine rejects a query (syntax, unknown column, bad types)."""
 
     code = "invalid_query"
+
+
+class QueryTooLarge(InvalidRequest):
+    """Raised when a lake query needs more memory than one query may use; it was stopped."""
+
+    code = "query_too_large"
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(
+            f"the query needs more memory than one query may use ({limit}): read fewer rows "
+            "or columns, aggregate first, or raise lake.query_memory_limit",
+            limit=limit,
+        )
+        self.limit = limit
 
 
 class NotFound(AimeshError):
@@ -268,6 +315,18 @@ class DatasetVersionGone(NotFound):
         self.version = version
         self.latest = latest
         self.missing = missing
+
+
+class RouteNotFound(NotFound):
+    """Raised for a path a service has no route for."""
+
+    code = "route_not_found"
+
+
+class MethodNotAllowed(AimeshError):
+    """Raised for a method the route does not take."""
+
+    code = "method_not_allowed"
 
 
 class Conflict(AimeshError):
@@ -447,7 +506,7 @@ class RateLimited(Overloaded):
             retry_after_s=retry_after_s,
         )
         self.key = key
-        self.retry_after_s = retry_after_s
+        self.retry_after_s: float = retry_after_s
 
 
 class Unavailable(AimeshError):
@@ -473,6 +532,20 @@ class NoInstance(Unavailable):
     """Raised when the registry knows a model (version, alias) that no running instance serves."""
 
     code = "no_instance"
+
+
+class QueryBusy(Unavailable):
+    """Raised when the lake runs as many queries as it allows and none ended in time."""
+
+    code = "query_busy"
+
+    def __init__(self, running: int, retry_after_s: float = 1.0) -> None:
+        super().__init__(
+            f"the lake runs {running} queries already (lake.max_concurrent_queries); retry shortly",
+            running=running,
+        )
+        self.running = running
+        self.retry_after_s = retry_after_s
 
 
 class UpstreamError(AimeshError):
@@ -539,16 +612,41 @@ class JobFailed(AimeshError):
         self.error_message = error_message
 
 
-class BusUnavailable(AimeshError):
+class BusUnavailable(Unavailable):
     """Raised when the NATS bus cannot be reached or started."""
 
     code = "bus_unavailable"
 
 
-class StoreUnavailable(AimeshError):
+class StoreUnavailable(Unavailable):
     """Raised when the registry database, artifact store or lake storage cannot be reached."""
 
     code = "store_unavailable"
+
+
+# A URL (scheme://...), or an absolute path of two segments or more: what a foreign
+# library's message may name of the server (files, folders, internal addresses).
+_SERVER_NAMES = re.compile(
+    r"[A-Za-z][\w+.-]*://[^\s'\"`<>]*[^\s'\"`<>:.,;)]"
+    r"|(?<![\w.~/-])(?:/[^\s'\"`<>|,;:()\[\]/]+){2,}/?"
+)
+
+
+def foreign_message(exc: BaseException, limit: int = 300, *, lines: int = 1) -> str:
+    """The first ``lines`` of a foreign library's error, fit for a user: paths, URLs hidden.
+
+    Errors translated at a boundary may quote the library when its words help the user
+    (a syntax error, a column that does not fit); the server's files, folders and internal
+    URLs never reach a response. The whole text stays on the exception's ``__cause__``, for
+    the log.
+    """
+    kept = [line.rstrip() for line in str(exc).strip().splitlines() if line.strip()][:lines]
+    return hide_server_names("\n".join(kept) if kept else type(exc).__name__)[:limit]
+
+
+def hide_server_names(text: str) -> str:
+    """``text`` with every URL and absolute path in it replaced by ``<hidden>``."""
+    return _SERVER_NAMES.sub("<hidden>", text)
 
 
 def _all_subclasses(cls: type[AimeshError]) -> list[type[AimeshError]]:

@@ -69,7 +69,7 @@ def home(
         AIMESH_GATEWAY__KEYS=json.dumps(KEYS),
         AIMESH_GATEWAY__MAX_REQUEST_BYTES=str(MAX_BODY),
     )  # fmt: skip
-    registry = h.registry()
+    registry = h.registry(allow_code_artifacts=True)
     push_fraud_models(registry, root, x, y)  # fraud 1 (champion), 2
     v1 = root / "v1.skops"
     push_model(registry, "fraud", v1, aliases=["next"])  # 3: known, never served
@@ -84,8 +84,16 @@ def home(
 
 
 def _in_parallel(*starts: Callable[[], Service]) -> list[Service]:
+    """Start services at once; if one fails, stop the others (a failed fixture leaks none)."""
     with ThreadPoolExecutor(len(starts)) as pool:
-        return list(pool.map(lambda start: start(), starts))
+        futures = [pool.submit(start) for start in starts]
+    errors = [exc for future in futures if (exc := future.exception()) is not None]
+    if errors:
+        for future in futures:
+            if future.exception() is None:
+                future.result().stop()
+        raise errors[0]
+    return [future.result() for future in futures]
 
 
 @pytest.fixture(scope="module")
@@ -219,21 +227,27 @@ def test_grpc_through_the_gateway_equals_direct_calls(
     assert through.get_model_metadata("fraud", "2", headers=dict(GRPC_USER)).versions == ["2"]
     failures = {
         "no key": lambda: through.infer("fraud", [inp]),
-        "unknown": lambda: through.infer("nope", [inp], headers=dict(GRPC_USER)),
+        "unknown": lambda: through.infer(
+            "nope", [inp], headers={**GRPC_USER, "x-request-id": "grpc-req-1"}
+        ),
         "unserved": lambda: through.infer("ghost", [inp], headers=dict(GRPC_USER)),
         "bad shape": lambda: through.infer("echo", [inp], headers=dict(GRPC_USER)),
     }
     statuses = {}
+    messages = {}
     for what, call in failures.items():
         with pytest.raises(InferenceServerException) as caught:
             call()
         statuses[what] = caught.value.status()
+        messages[what] = caught.value.message()
     assert statuses == {
         "no key": "StatusCode.UNAUTHENTICATED",
         "unknown": "StatusCode.NOT_FOUND",
         "unserved": "StatusCode.UNAVAILABLE",
         "bad shape": "StatusCode.INVALID_ARGUMENT",  # the model service's own status
     }
+    assert all("; request_id " in message for message in messages.values()), messages
+    assert "request_id grpc-req-1)" in messages["unknown"]
     direct.close()
     through.close()
 

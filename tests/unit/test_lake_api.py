@@ -215,3 +215,39 @@ def test_the_app_serves_a_given_lake_and_openapi(settings: Settings, tmp_path: P
         assert "/api/lake/query" in paths
         assert client.get("/health").json() == {"status": "ok"}
     assert json.loads(lake.describe("given").model_dump_json())["rows"] == 1
+
+
+def test_a_query_past_the_memory_limit_is_a_clear_error_and_the_service_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(home=tmp_path / "home", lake={"query_memory_limit": "20MB"})
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/api/lake/datasets/tx/ingest?format=csv", content=CSV).is_success
+
+        needy = "select list(range) from range(20000000)"  # a list cannot spill to disk
+        big = client.post("/api/lake/query", json={"sql": needy})
+        small = client.post("/api/lake/query", json={"sql": "select count(*) as n from tx"})
+
+    assert (big.status_code, big.json()["code"]) == (422, "query_too_large"), big.text
+    assert "20MB" in big.json()["error"]
+    assert str(tmp_path) not in big.text
+    assert small.status_code == 200, small.text
+    assert small.json()["rows"] == [[3]]
+    assert list((tmp_path / "home" / "lake-tmp").iterdir()) == []
+
+
+def test_a_query_beyond_the_concurrency_limit_is_refused_with_retry_after(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        home=tmp_path / "home", lake={"max_concurrent_queries": 1, "query_wait_s": 0}
+    )
+    lake = Lake.from_settings(settings)
+    with TestClient(create_app(settings, lake=lake)) as client:
+        with lake.engine.stream("select 1", batch_rows=10):  # holds the only slot
+            busy = client.post("/api/lake/query", json={"sql": "select 1 as one"})
+        after = client.post("/api/lake/query", json={"sql": "select 1 as one"})
+
+    assert (busy.status_code, busy.json()["code"]) == (503, "query_busy"), busy.text
+    assert busy.headers["retry-after"] == "1"
+    assert after.status_code == 200, after.text

@@ -156,3 +156,19 @@ def test_export_streams_the_whole_result_to_parquet_or_csv(lake: Lake, tmp_path:
         "all.parquet",
         "some.csv",
     ]
+
+
+def test_a_query_spills_only_into_a_folder_of_its_own_removed_after(tmp_path: Path) -> None:
+    spill = tmp_path / "spill"
+    lake = Lake(DeltaTables(str(tmp_path / "lake")), query_temp_dir=spill)
+
+    result = lake.query(
+        "select current_setting('temp_directory') as temp, "
+        "current_setting('home_directory') as home, current_setting('memory_limit') as mem"
+    )
+
+    row = result.table.to_pylist()[0]
+    assert Path(row["temp"]).parent == spill
+    assert row["home"] == row["temp"]
+    assert row["mem"].startswith("953")  # 1GB, as DuckDB prints it (MiB)
+    assert list(spill.iterdir()) == []

@@ -1,10 +1,11 @@
-"""ASGI plumbing of the gateway's REST adapter: types, statuses, bodies, responses, paths."""
+"""ASGI plumbing of the gateway's REST adapter: types, statuses, bodies, paths."""
 
 from __future__ import annotations
 
+import json
+
 from aimesh.errors import AimeshError
 from aimesh.rest import (
-    BASE_STATUS,
     JSON,
     REQUEST_ID,
     ASGIScope,
@@ -14,13 +15,15 @@ from aimesh.rest import (
     Send,
     allow,
     error_body,
+    internal_error,
+    log_failure,
     read_body,
     respond,
+    shown_message,
+    status_of,
 )
-from aimesh.rest import status_of as shared_status_of
 
 __all__ = [
-    "HTTP_STATUS",
     "JSON",
     "REQUEST_ID",
     "ASGIScope",
@@ -30,6 +33,8 @@ __all__ = [
     "Send",
     "allow",
     "gateway_error_body",
+    "gateway_internal_error",
+    "log_failure",
     "model_path",
     "query",
     "raw_target",
@@ -37,22 +42,6 @@ __all__ = [
     "respond",
     "status_of",
 ]
-
-HTTP_STATUS: dict[str, int] = {
-    **BASE_STATUS,
-    "unauthorized": 401,
-    "forbidden": 403,
-    "rate_limited": 429,
-    "overloaded": 429,
-    "no_instance": 503,
-    "queue_full": 503,
-    "unavailable": 503,
-    "store_unavailable": 503,
-    "bus_unavailable": 503,
-    "upstream_error": 502,
-    "upstream_timeout": 504,
-}
-"""From an error's code to the status the gateway answers with (else by family)."""
 
 
 def raw_target(scope: ASGIScope) -> bytes:
@@ -76,11 +65,11 @@ def model_path(name: str, version: str | None, suffix: bytes) -> bytes:
     return path + suffix
 
 
-def status_of(exc: AimeshError) -> int:
-    """The HTTP status the gateway answers an error with."""
-    return shared_status_of(exc, HTTP_STATUS)
-
-
-def gateway_error_body(exc: AimeshError) -> bytes:
+def gateway_error_body(exc: AimeshError, request_id: str) -> bytes:
     """The JSON error body of an error."""
-    return error_body(exc.message, exc.code)
+    return error_body(shown_message(exc, status_of(exc)), exc.code, request_id)
+
+
+def gateway_internal_error(request_id: str) -> bytes:
+    """The JSON body of an unexpected failure: the request id to find it in the log."""
+    return json.dumps(internal_error(request_id)).encode()

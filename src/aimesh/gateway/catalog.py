@@ -86,10 +86,13 @@ class RegistryCatalog:
                 registry.get_model(name)
                 return None
             return str(registry.get_version(name, ref).version)
+        except StoreUnavailable as exc:
+            # Its message names the registry's internal address: that stays in the log.
+            raise StoreUnavailable("the registry cannot be asked now; try again shortly") from exc
         except AimeshError:
             raise
         except Exception as exc:  # a store failure of any kind means: cannot be asked now
-            raise StoreUnavailable(f"the registry failed: {exc}") from exc
+            raise StoreUnavailable("the registry cannot be asked now; try again shortly") from exc
 
     def _open(self) -> Registry:
         with self._lock:

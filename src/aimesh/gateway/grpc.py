@@ -7,7 +7,7 @@ model together). ``ModelMetadata`` and ``ModelReady`` (and ``ModelInfer`` to an 
 without a REST address) are forwarded as raw bytes to its gRPC address. Requests are parsed
 only to read the model's name and version. ``ServerLive``, ``ServerReady`` and
 ``ServerMetadata`` are answered by the gateway. An upstream's error keeps its code and
-message; the gateway's own errors map by :func:`status_of`.
+message; the gateway's own errors map by the one table :data:`aimesh.protocol.grpc.GRPC_STATUS`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeAlias
@@ -25,12 +26,11 @@ from grpc import aio
 from aimesh.errors import (
     AimeshError,
     InvalidRequest,
-    NotFound,
     RateLimited,
-    Unavailable,
     UpstreamError,
     UpstreamTimeout,
     error_from_body,
+    foreign_message,
 )
 from aimesh.gateway._asgi import model_path
 from aimesh.gateway.auth import AccessControl, key_from_headers, retry_after
@@ -43,38 +43,14 @@ from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.protocol import grpc as pb
 from aimesh.protocol import rest_codec
 
-__all__ = ["GRPC_STATUS", "GrpcGateway", "status_of"]
+__all__ = ["GrpcGateway"]
 
 SERVICE = "inference.GRPCInferenceService"
+log = logging.getLogger("aimesh.gateway.grpc")
 _HEADER_LENGTH = b"inference-header-content-length"
-
-GRPC_STATUS: dict[str, grpc.StatusCode] = {
-    "unauthorized": grpc.StatusCode.UNAUTHENTICATED,
-    "forbidden": grpc.StatusCode.PERMISSION_DENIED,
-    "rate_limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "request_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "upstream_error": grpc.StatusCode.UNAVAILABLE,
-    "upstream_timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-"""Codes whose gRPC status is not the one of their family (see :func:`status_of`)."""
 
 # Said by gRPC when no connection could be made: the request never left.
 _NOT_CONNECTED = ("failed to connect", "connection refused", "(shutting_down)")
-
-
-def status_of(exc: AimeshError) -> grpc.StatusCode:
-    """The gRPC status for a gateway error: by code, else by family."""
-    if exc.code in GRPC_STATUS:
-        return GRPC_STATUS[exc.code]
-    if isinstance(exc, InvalidRequest):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, NotFound):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(exc, Unavailable):
-        return grpc.StatusCode.UNAVAILABLE
-    return grpc.StatusCode.INTERNAL
 
 
 class _UpstreamStatus(Exception):
@@ -159,7 +135,7 @@ class GrpcGateway:
         try:
             self._check(context)
         except AimeshError as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, pb.request_id_in(context.invocation_metadata()))
         return pb.ServerMetadataResponse(
             name="aimesh-gateway", version="0.1.0", extensions=["binary_tensor_data"]
         )
@@ -171,6 +147,7 @@ class GrpcGateway:
         route = _ROUTES[method]
         upstream_label = GATEWAY
         status = "OK"
+        metadata: list[tuple[str, str]] = []
         try:
             metadata = self._check(context)
             message, name, version = _parse(method, request)
@@ -202,8 +179,15 @@ class GrpcGateway:
             await context.abort(exc.code, exc.details)
             raise  # abort raises; this line is for the type checker
         except AimeshError as exc:
-            status = status_of(exc).name
-            await _abort(context, exc)
+            status = pb.grpc_status_of(exc).name
+            await _abort(context, exc, pb.request_id_in(metadata or context.invocation_metadata()))
+            raise
+        except Exception:
+            status = grpc.StatusCode.INTERNAL.name
+            request_id = pb.request_id_in(metadata or context.invocation_metadata())
+            log.exception("request %s failed unexpectedly", request_id,
+                          extra={"request_id": request_id})  # fmt: skip
+            await context.abort(grpc.StatusCode.INTERNAL, pb.internal_details(request_id))
             raise
         finally:
             self.metrics.observe(
@@ -297,7 +281,9 @@ class GrpcGateway:
                 answer, header_length=int(length) if length is not None else None
             )
         except (InvalidRequest, ValueError) as exc:
-            raise UpstreamError(f"the instance answered an unreadable response: {exc}") from exc
+            raise UpstreamError(
+                f"the instance answered an unreadable response: {foreign_message(exc)}"
+            ) from exc
         serialized: bytes = pb.response_to_pb(decoded).SerializeToString()
         return serialized
 
@@ -382,10 +368,14 @@ def _set_version(method: str, message: Any, version: str) -> None:
         message.version = version
 
 
-async def _abort(context: Context, exc: AimeshError) -> None:
+async def _abort(context: Context, exc: AimeshError, request_id: str) -> None:
+    status = pb.grpc_status_of(exc)
+    if status in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE) or exc.__cause__:
+        log.warning("request %s failed: %s (%s)", request_id, exc.message, exc.code,
+                    exc_info=exc, extra={"request_id": request_id})  # fmt: skip
     if isinstance(exc, RateLimited):
         context.set_trailing_metadata((("retry-after", retry_after(exc)),))
-    await context.abort(status_of(exc), f"{exc.message} ({exc.code})")
+    await context.abort(status, pb.grpc_details(exc, request_id))
 
 
 async def start_grpc(

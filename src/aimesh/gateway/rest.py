@@ -28,7 +28,6 @@ from aimesh.errors import (
 )
 from aimesh.gateway import aggregate
 from aimesh.gateway._asgi import (
-    HTTP_STATUS,
     JSON,
     REQUEST_ID,
     ASGIScope,
@@ -37,6 +36,8 @@ from aimesh.gateway._asgi import (
     Send,
     allow,
     gateway_error_body,
+    gateway_internal_error,
+    log_failure,
     model_path,
     query,
     raw_target,
@@ -56,7 +57,7 @@ from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.jobs import encode_job
 from aimesh.rest import DOCS_ASSETS_URL, docs_asset, swagger_page
 
-__all__ = ["HTTP_STATUS", "GatewayApp"]
+__all__ = ["GatewayApp"]
 
 log = logging.getLogger("aimesh.gateway")
 
@@ -144,17 +145,16 @@ class GatewayApp:
             if outcome.started:
                 log.warning("response cut short: %s", exc.message)
                 return
-            if status >= 500:
-                log.warning(exc.message, extra={"code": exc.code, "request_id": head.request_id})
+            log_failure(log, exc, status, head.request_id)
             extra = [_WWW_AUTHENTICATE] if status == 401 else []
             if isinstance(exc, RateLimited):
                 extra.append((b"retry-after", retry_after(exc).encode()))
-            await respond(send, status, gateway_error_body(exc), head.request_id, JSON, extra)
+            body = gateway_error_body(exc, head.request_id)
+            await respond(send, status, body, head.request_id, JSON, extra)
         except Exception:
             log.exception("unexpected error", extra={"request_id": head.request_id})
             if not outcome.started:
-                body = b'{"error":"internal error; see the gateway log","code":"internal_error"}'
-                await respond(send, 500, body, head.request_id)
+                await respond(send, 500, gateway_internal_error(head.request_id), head.request_id)
         finally:
             self.metrics.observe(
                 outcome.route,
@@ -400,7 +400,7 @@ class GatewayApp:
         try:
             response = await pool.request(b"GET", b"/openapi.json", [], b"", timeout=self.timeout)
         except NotSent as exc:
-            raise UpstreamError(f"cannot reach {source.name} at {source.label}") from exc
+            raise UpstreamError(f"cannot reach the {source.name} service") from exc
         body = await response.body(self.timeout)
         if response.status != 200:
             raise UpstreamError(f"{source.name} answered {response.status} for /openapi.json")

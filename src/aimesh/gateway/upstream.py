@@ -55,8 +55,9 @@ async def call_upstream(
                 on_not_sent(upstream, exc)
             remaining = [c for c in remaining if c is not upstream]
             if not remaining:
+                # Which instances (internal addresses) refused, and how, is for the log.
                 raise UpstreamError(
-                    f"no instance could be reached (last: {upstream.label}: {exc})"
+                    f"no instance could be reached ({len(candidates)} tried)"
                 ) from exc
         finally:
             upstream.outstanding -= 1

@@ -2,7 +2,7 @@
 
 Every route lives under ``/api/jobs`` so that the gateway can proxy it unchanged. Bodies
 are the msgspec types of :mod:`aimesh.jobs.types` as JSON. Errors are
-``{"error": message, "code": code}`` with the status from :data:`HTTP_STATUS`.
+``{"error": message, "code": code}`` with the status of :data:`aimesh.rest.HTTP_STATUS`.
 """
 
 from __future__ import annotations
@@ -20,31 +20,13 @@ from aimesh.jobs.client import JobClient
 from aimesh.jobs.data import JobData, job_result
 from aimesh.jobs.types import Job, JobSpec
 
-__all__ = ["HTTP_STATUS", "PREFIX", "openapi_components", "router"]
+__all__ = ["PREFIX", "openapi_components", "router"]
 
 PREFIX = "/api/jobs"
 # An SSE stream says something at least this often, so that proxies keep it open.
 KEEPALIVE_S = 15.0
 # Room in a submission's body for what surrounds the payload (kind, key, URL...).
 _SPEC_OVERHEAD_BYTES = 16 * 1024
-
-HTTP_STATUS: dict[str, int] = {
-    "invalid_request": 400,
-    "invalid_name": 400,
-    "job_not_found": 404,
-    "not_found": 404,
-    "job_finished": 409,
-    "job_pending": 409,
-    "job_failed": 409,
-    "result_expired": 410,
-    "conflict": 409,
-    "request_too_large": 413,
-    "deadline_exceeded": 504,
-    "bus_unavailable": 503,
-    "queue_full": 503,
-    "unavailable": 503,
-}
-"""From an error's code to the HTTP status the jobs service answers with."""
 
 _encoder = msgspec.json.Encoder()
 _spec_decoder = msgspec.json.Decoder(JobSpec)

@@ -12,7 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from aimesh.bus import open_bus
 from aimesh.config import Settings
-from aimesh.jobs.api import HTTP_STATUS, openapi_components, router
+from aimesh.jobs.api import openapi_components, router
 from aimesh.jobs.client import JobClient
 from aimesh.jobs.data import JobData
 from aimesh.rest import announced, service_app
@@ -44,7 +44,6 @@ def create_app(settings: Settings, *, public_url: str | None = None) -> FastAPI:
         title="aimesh jobs",
         description="Asynchronous jobs: submit, follow (SSE), cancel, fetch results.",
         router=router,
-        http_status=HTTP_STATUS,
         lifespan=lifespan,
     )
 

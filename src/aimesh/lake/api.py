@@ -1,7 +1,7 @@
 """The lake's REST adapter: decode, call :class:`Lake`, encode. Nothing else.
 
 Every route lives under ``/api/lake`` so that the gateway can proxy it unchanged. Errors
-are ``{"error": message, "code": code}`` with the status from :data:`HTTP_STATUS`.
+are ``{"error": message, "code": code}`` with the status of :data:`aimesh.rest.HTTP_STATUS`.
 """
 
 from __future__ import annotations
@@ -37,28 +37,9 @@ from aimesh.lake.types import (
     VacuumResult,
 )
 
-__all__ = ["HTTP_STATUS", "PREFIX", "LakeService", "answer", "router"]
+__all__ = ["PREFIX", "LakeService", "answer", "router"]
 
 PREFIX = "/api/lake"
-
-HTTP_STATUS: dict[str, int] = {
-    "invalid_request": 400,
-    "invalid_name": 400,
-    "invalid_query": 400,
-    "query_refused": 400,
-    "request_too_large": 413,
-    "schema_mismatch": 422,
-    "invalid_data": 422,
-    "not_found": 404,
-    "dataset_not_found": 404,
-    "dataset_version_not_found": 404,
-    "dataset_version_gone": 410,
-    "conflict": 409,
-    "query_timeout": 504,
-    "deadline_exceeded": 504,
-    "store_unavailable": 503,
-}
-"""From an error's code to the HTTP status the lake answers with."""
 
 _JSON = "application/json"
 _UPLOAD_CHUNK = 1024**2

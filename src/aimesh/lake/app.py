@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from aimesh.config import Settings
-from aimesh.lake.api import HTTP_STATUS, LakeService, router
+from aimesh.lake.api import LakeService, router
 from aimesh.lake.lake import Lake
 from aimesh.rest import announced, service_app
 
@@ -33,7 +33,6 @@ def create_app(
         title="aimesh lake",
         description="Versioned datasets (Delta Lake): list, schema, versions, SQL, ingest.",
         router=router,
-        http_status=HTTP_STATUS,
         lifespan=lifespan,
     )
     app.state.lake = LakeService(

@@ -47,6 +47,7 @@ from aimesh.errors import (
     InvalidRequest,
     SchemaMismatch,
     StoreUnavailable,
+    foreign_message,
 )
 from aimesh.lake.filesystems import native_filesystem
 from aimesh.lake.types import Column, DatasetVersion
@@ -104,9 +105,8 @@ _maintained_guard = threading.Lock()
 
 
 def first_line(exc: BaseException) -> str:
-    """An exception's message without the Rust backtrace delta-rs appends."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """An exception's message without the Rust backtrace delta-rs appends, nor server paths."""
+    return foreign_message(exc)
 
 
 def missing_file(exc: BaseException) -> tuple[str, str] | None:
@@ -122,7 +122,8 @@ def missing_file(exc: BaseException) -> tuple[str, str] | None:
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         found = _MISSING_OBJECT.search(str(cause))
-        if found is not None:
+        # Our own errors quote the library with the path hidden: the cause still has it.
+        if found is not None and "<hidden>" not in found.group(0):
             path = found.group(1) or found.group(2)
             folders = [p for p in path.split("/")[:-1] if p and "=" not in p]
             return (folders[-1] if folders else "", path)
@@ -161,7 +162,7 @@ class DeltaTables:
             try:
                 return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
             except OSError as exc:
-                raise StoreUnavailable(f"cannot list the lake at {self.root}: {exc}") from exc
+                raise StoreUnavailable(f"cannot list the lake: {first_line(exc)}") from exc
         return self._remote_names()
 
     def _remote_names(self) -> list[str]:
@@ -173,7 +174,7 @@ class DeltaTables:
             folders = [e.base_name for e in entries if e.type == pafs.FileType.Directory]
             logs = fs.get_file_info([f"{name}/_delta_log" for name in folders])
         except (DeltaError, OSError, pa.ArrowException) as exc:
-            raise StoreUnavailable(f"cannot list the lake at {self.root}: {exc}") from exc
+            raise StoreUnavailable(f"cannot list the lake: {first_line(exc)}") from exc
         return sorted(
             name
             for name, log in zip(folders, logs, strict=True)
@@ -185,7 +186,9 @@ class DeltaTables:
         try:
             return bool(DeltaTable.is_deltatable(self.uri(name), self._options()))
         except (DeltaError, OSError) as exc:
-            raise StoreUnavailable(f"cannot reach the lake at {self.root}: {exc}") from exc
+            raise StoreUnavailable(
+                f"cannot reach the lake for dataset {name!r}: {first_line(exc)}"
+            ) from exc
 
     def open(self, name: str, version: int | None = None) -> DeltaTable:
         """The table of ``name`` at ``version`` (default: the latest)."""
@@ -254,7 +257,8 @@ class DeltaTables:
                     infos = list(pool.map(lambda v: _commit_info(log, v), versions))
         except (DeltaError, OSError, pa.ArrowException) as exc:
             raise StoreUnavailable(
-                f"cannot read the history of {table.table_uri}: {first_line(exc)}"
+                f"cannot read the history of dataset {Path(table.table_uri).name!r}: "
+                f"{first_line(exc)}"
             ) from exc
         history = []
         for version, info in zip(versions, infos, strict=True):

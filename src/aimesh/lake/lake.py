@@ -67,14 +67,22 @@ class Lake:
         chunk_bytes: int = 8 * 1024**2,
         query_rows: int = 1_000,
         query_timeout_s: float | None = 30.0,
-        query_memory_limit: str | None = None,
+        query_memory_limit: str = "1GB",
+        max_concurrent_queries: int = 2,
+        query_wait_s: float = 5.0,
+        query_temp_dir: Path | None = None,
     ) -> None:
         self.tables = tables
         self.chunk_rows = chunk_rows
         self.chunk_bytes = chunk_bytes
         self.query_rows = query_rows
         self.engine = QueryEngine(
-            tables, timeout_s=query_timeout_s, memory_limit=query_memory_limit
+            tables,
+            timeout_s=query_timeout_s,
+            memory_limit=query_memory_limit,
+            max_concurrent=max_concurrent_queries,
+            wait_s=query_wait_s,
+            temp_dir=query_temp_dir,
         )
 
     @classmethod
@@ -88,6 +96,9 @@ class Lake:
             query_rows=lake.query_rows,
             query_timeout_s=lake.query_timeout_s,
             query_memory_limit=lake.query_memory_limit,
+            max_concurrent_queries=lake.max_concurrent_queries,
+            query_wait_s=lake.query_wait_s,
+            query_temp_dir=settings.home_dir / "lake-tmp",
         )
 
     @property
@@ -228,12 +239,9 @@ class Lake:
         """The error for a read of ``name`` at ``version`` that found a data file gone."""
         latest = int(self.tables.open(name).version())
         missing = missing_file(exc)
-        return DatasetVersionGone(
-            name,
-            latest if version is None else version,
-            latest,
-            missing[1] if missing is not None else first_line(exc),
-        )
+        # The file as the dataset names it (partition folders and file name), not its path.
+        file = missing[1].rpartition(f"/{name}/")[2] if missing is not None else first_line(exc)
+        return DatasetVersionGone(name, latest if version is None else version, latest, file)
 
     # -- writing ---------------------------------------------------------------------------
 

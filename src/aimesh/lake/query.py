@@ -9,15 +9,25 @@ the statement check might miss. The datasets come in one by one as DuckDB's bind
 them: each table it cannot find that names a dataset is registered as that Delta table's
 Arrow dataset at the asked version, and the query is bound again. A timer interrupts a query
 that runs past its timeout.
+
+Queries are bounded: each may use ``memory_limit`` (past it, what cannot spill fails with
+:class:`QueryTooLarge`), spills into a folder of its own under ``temp_dir`` that is removed
+when it ends (DuckDB's home is that folder too: nothing is written elsewhere), and at most
+``max_concurrent`` run at once; one more waits up to ``wait_s`` for a slot, then
+:class:`QueryBusy`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 import duckdb
@@ -27,9 +37,12 @@ from aimesh.errors import (
     AimeshError,
     DatasetNotFound,
     InvalidRequest,
+    QueryBusy,
     QueryError,
     QueryRefused,
     QueryTimeout,
+    QueryTooLarge,
+    foreign_message,
 )
 from aimesh.lake.delta import DeltaTables, first_line
 from aimesh.lake.refs import check_dataset_name
@@ -38,6 +51,7 @@ from aimesh.lake.types import QueryResult
 __all__ = ["QueryEngine"]
 
 T = TypeVar("T")
+log = logging.getLogger("aimesh.lake.query")
 
 _READ_ONLY = {duckdb.StatementType.SELECT}
 _MISSING_TABLE = re.compile(r"Table with name (.+?) does not exist", re.IGNORECASE)
@@ -53,11 +67,19 @@ class QueryEngine:
         tables: DeltaTables,
         *,
         timeout_s: float | None,
-        memory_limit: str | None = None,
+        memory_limit: str = "1GB",
+        max_concurrent: int = 2,
+        wait_s: float = 5.0,
+        temp_dir: Path | None = None,
     ) -> None:
         self.tables = tables
         self.timeout_s = timeout_s
         self.memory_limit = memory_limit
+        self.max_concurrent = max_concurrent
+        self.wait_s = wait_s
+        self.temp_dir = temp_dir
+        """Where each query's spill folder is made (default: the system's temp folder)."""
+        self._slots = threading.BoundedSemaphore(max_concurrent)
 
     @staticmethod
     def check(sql: str) -> str:
@@ -133,34 +155,63 @@ class QueryEngine:
     def _session(
         self, version: int | None, versions: Mapping[str, int], timeout_s: float | None
     ) -> Iterator[_Session]:
+        if not self._slots.acquire(timeout=self.wait_s):
+            raise QueryBusy(self.max_concurrent)
+        try:
+            with self._spill_folder() as spill, self._connect(spill) as con:
+                session = _Session(self.tables, con, version, dict(versions), self.memory_limit)
+                timer: threading.Timer | None = None
+                if timeout_s is not None:
+                    timer = threading.Timer(timeout_s, con.interrupt)
+                    timer.daemon = True
+                    timer.start()
+                try:
+                    yield session
+                except duckdb.InterruptException as exc:
+                    raise QueryTimeout(timeout_s or 0.0) from exc
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+        finally:
+            self._slots.release()
+
+    @contextlib.contextmanager
+    def _spill_folder(self) -> Iterator[Path]:
+        """A folder of this query's own for what DuckDB spills; removed when it ends."""
+        if self.temp_dir is not None:
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="query-", dir=self.temp_dir))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _connect(self, spill: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A sealed in-memory DuckDB connection, limited and confined to ``spill``."""
         config: dict[str, str | bool | int | float | list[str]] = {
             "enable_external_access": False,
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
+            "memory_limit": self.memory_limit,
+            "temp_directory": str(spill),
+            "home_directory": str(spill),
         }
-        if self.memory_limit:
-            config["memory_limit"] = self.memory_limit
         try:
             con = duckdb.connect(":memory:", config=config)
             # DuckDB would otherwise read any Python variable of this process by its name.
             con.execute("SET python_enable_replacements = false")
             con.execute("SET lock_configuration = true")
         except duckdb.Error as exc:
-            raise QueryError(f"cannot start the query engine: {_message(exc)}") from exc
-        session = _Session(self.tables, con, version, dict(versions))
-        timer: threading.Timer | None = None
+            # Its text may name the spill folder: the log keeps it, the error does not.
+            log.error("cannot start the query engine: %s", exc)
+            raise QueryError(
+                "cannot start the query engine (see the service log; is "
+                f"lake.query_memory_limit {self.memory_limit!r} valid?)"
+            ) from exc
         try:
-            if timeout_s is not None:
-                timer = threading.Timer(timeout_s, con.interrupt)
-                timer.daemon = True
-                timer.start()
-            try:
-                yield session
-            except duckdb.InterruptException as exc:
-                raise QueryTimeout(timeout_s or 0.0) from exc
+            yield con
         finally:
-            if timer is not None:
-                timer.cancel()
             con.close()
 
 
@@ -173,8 +224,10 @@ class _Session:
         con: duckdb.DuckDBPyConnection,
         version: int | None,
         versions: dict[str, int],
+        memory_limit: str,
     ) -> None:
         self.tables = tables
+        self.memory_limit = memory_limit
         self.con = con
         self.version = version
         self.versions = versions
@@ -192,7 +245,7 @@ class _Session:
             except duckdb.InterruptException:
                 raise
             except duckdb.Error as exc:
-                raise _translate(exc) from exc
+                raise self._translate(exc) from exc
             unread = sorted(set(self.versions) - set(self.read))
             if unread:
                 raise InvalidRequest(
@@ -209,7 +262,12 @@ class _Session:
         except duckdb.InterruptException:
             raise
         except duckdb.Error as exc:
-            raise _translate(exc) from exc
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: duckdb.Error) -> AimeshError:
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            return QueryTooLarge(self.memory_limit)
+        return _translate(exc)
 
     def _register(self, name: str) -> None:
         if name in self.read:  # registered, yet missing: not a name DuckDB can resolve
@@ -247,8 +305,7 @@ def _missing_table(exc: duckdb.CatalogException) -> str:
 
 
 def _message(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return "\n".join(lines[:4]) if lines else type(exc).__name__
+    return foreign_message(exc, 600, lines=4)
 
 
 def _translate(exc: duckdb.Error) -> AimeshError:

@@ -22,7 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from aimesh.errors import InvalidData, InvalidRequest, SchemaMismatch
+from aimesh.errors import InvalidData, InvalidRequest, SchemaMismatch, foreign_message
 from aimesh.lake._jsonarray import iter_json_array
 from aimesh.lake.schema import conform, plan_append
 from aimesh.lake.types import SourceFormat
@@ -250,7 +250,7 @@ class _Reader:
         ) as exc:
             raise self.invalid(file, exc) from exc
         except OSError as exc:
-            raise InvalidData(f"cannot read {file.path}: {exc}") from exc
+            raise InvalidData(f"cannot read {file.path.name}: {foreign_message(exc)}") from exc
 
     def _batches(
         self,
@@ -424,7 +424,7 @@ def _invalid(
     file: SourceFile, exc: BaseException, *, dataset: str = "", typed_by_dataset: bool = False
 ) -> InvalidData | SchemaMismatch:
     """A reader's error as ours: a value that fits no column type of the dataset is a mismatch."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    message = foreign_message(exc)
     conversion = any(w in message.lower() for w in ("conversion", "convert", "truncated"))
     if conversion and typed_by_dataset:
         return SchemaMismatch(dataset, [f"{file.path.name}: {message}"])
@@ -434,4 +434,4 @@ def _invalid(
             " (column types are inferred from the first block of the first file; a later "
             "value that does not fit them stops the ingest and nothing is written)"
         )
-    return InvalidData(f"cannot read {file.path.name}: {message}{hint}", file=str(file.path))
+    return InvalidData(f"cannot read {file.path.name}: {message}{hint}", file=file.path.name)

@@ -45,6 +45,12 @@ registry:
   port: 8100
   database_url: null         # unset: SQLite in HOME; or postgresql+psycopg://user@host/db
   artifacts_url: null        # unset: HOME/artifacts; or s3://bucket/prefix
+  # Artifacts whose loading runs code (pickle, joblib, python) and extra skops types are
+  # refused unless you allow them here; even then only an admin identity may push them
+  # (`aimesh models push m model.pkl --trust`). Trust only files from a known source.
+  # allow_code_artifacts: false
+  # gc_grace_s: 3600         # garbage collection keeps unused uploads this long
+  # gc_interval_s: 3600      # how often the registry collects it (0: `aimesh registry gc` only)
 
 gateway:
   host: 127.0.0.1
@@ -65,6 +71,14 @@ lake:
 jobs:
   port: 8300
   max_attempts: 3            # attempts before a job fails (into the dead-letter stream)
+  default_timeout_s: 600     # an attempt running longer is stopped; nothing it does after counts
+  timeouts_s: {training: 3600, inference: 60}   # per kind, for jobs that set no timeout
+  webhook_allow: []          # internal hosts/addresses/CIDRs webhooks may call, e.g. [10.1.0.0/16]
+
+# Which code training jobs may name beside scikit-learn, XGBoost and LightGBM estimators
+# and functions marked @aimesh.training.trainer.
+training:
+  allowed_trainers: []       # module:Class or module:* patterns, e.g. [mycompany.models:*]
 
 # Defaults of every model service (a services.models entry overrides its own).
 serving:

@@ -21,7 +21,12 @@ TENSOR_SCHEMA: dict[str, Any] = {
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["error", "code"],
-    "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
+    "properties": {
+        "error": {"type": "string"},
+        "code": {"type": "string"},
+        "request_id": {"type": "string", "description": "The id the service log has it under."},
+        "details": {"type": "object"},
+    },
 }
 INFER_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -1,7 +1,7 @@
 """The registry's REST adapter: decode, call :class:`LocalRegistry`, encode. Nothing else.
 
 Every route lives under ``/api/registry`` so that the gateway can proxy it unchanged.
-Errors are ``{"error": message, "code": code}`` with the status from :data:`HTTP_STATUS`.
+Errors are ``{"error": message, "code": code}`` with the status of :data:`aimesh.rest.HTTP_STATUS`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import FileResponse
 
+from aimesh.auth import LOCAL_OPERATOR, Identity
 from aimesh.errors import ArtifactTooLarge, InvalidRequest
 from aimesh.registry.service import LocalRegistry
 from aimesh.registry.types import (
     Alias,
     AliasMove,
     ArtifactInfo,
+    GarbageReport,
     HistoryEntry,
     ModelCreate,
     ModelInfo,
@@ -31,30 +33,6 @@ PREFIX = "/api/registry"
 ACTOR_HEADER = "X-Aimesh-Actor"
 SHA256_HEADER = "X-Aimesh-Sha256"
 
-HTTP_STATUS: dict[str, int] = {
-    "invalid_request": 400,
-    "invalid_name": 400,
-    "artifact_digest_mismatch": 400,
-    "not_found": 404,
-    "model_not_found": 404,
-    "version_not_found": 404,
-    "alias_not_found": 404,
-    "artifact_not_found": 404,
-    "conflict": 409,
-    "model_exists": 409,
-    "metric_exists": 409,
-    "version_archived": 409,
-    "artifact_too_large": 413,
-    "artifact_invalid": 422,
-    "unsafe_artifact": 422,
-    "untrusted_types": 422,
-    "runtime_unavailable": 422,
-    "artifact_tampered": 500,
-    "bus_unavailable": 503,
-    "store_unavailable": 503,
-}
-"""From an error's code to the HTTP status the registry answers with."""
-
 
 def registry(request: Request) -> LocalRegistry:
     """The registry this app serves (set up by the app's lifespan)."""
@@ -62,7 +40,19 @@ def registry(request: Request) -> LocalRegistry:
     return found
 
 
+def caller(request: Request) -> Identity:
+    """Who is calling: the one place the request's identity reaches the registry's core.
+
+    Until services authenticate on their own ports, every caller of this loopback-bound
+    service is the local operator; the auth layer replaces this with the identity it
+    resolved from the request's key.
+    """
+    found = getattr(request.state, "identity", None)
+    return found if isinstance(found, Identity) else LOCAL_OPERATOR
+
+
 Reg = Annotated[LocalRegistry, Depends(registry)]
+Caller = Annotated[Identity, Depends(caller)]
 Actor = Annotated[str | None, Header(alias=ACTOR_HEADER, max_length=256)]
 
 router = APIRouter(prefix=PREFIX, tags=["registry"])
@@ -94,8 +84,10 @@ def list_versions(reg: Reg, name: str) -> list[ModelVersion]:
 
 
 @router.post("/models/{name}/versions", status_code=201, summary="Create a version")
-def create_version(reg: Reg, name: str, spec: VersionCreate, actor: Actor = None) -> ModelVersion:
-    return reg.create_version(name, spec, actor=actor)
+def create_version(
+    reg: Reg, who: Caller, name: str, spec: VersionCreate, actor: Actor = None
+) -> ModelVersion:
+    return reg.create_version(name, spec, actor=actor, caller=who)
 
 
 @router.get("/models/{name}/versions/{ref}", summary="Show a version by number, alias or 'latest'")
@@ -189,6 +181,23 @@ async def upload_artifact(
         return await anyio.to_thread.run_sync(writer.commit)
 
 
-@router.get("/artifacts/{sha256}", summary="Show a stored artifact (404 when absent)")
+@router.get(
+    "/artifacts/{sha256}",
+    summary="Show a stored artifact, hashed again (404 when absent, 500 artifact_tampered when "
+    "damaged: upload the same bytes to repair it)",
+)
 def get_artifact(reg: Reg, sha256: str) -> ArtifactInfo:
-    return ArtifactInfo(sha256=sha256, size=reg.artifacts.size(sha256))
+    check_sha256(sha256)
+    return reg.artifacts.verify(sha256)
+
+
+@router.post(
+    "/gc",
+    summary="Remove artifacts no version uses and abandoned uploads, past the grace period",
+)
+def collect_garbage(
+    reg: Reg,
+    who: Caller,
+    dry_run: Annotated[bool, Query(description="Only list what would be removed.")] = False,
+) -> GarbageReport:
+    return reg.collect_garbage(dry_run=dry_run, caller=who)

@@ -2,12 +2,12 @@
 
 FastAPI services (registry, lake, jobs) install :func:`install_error_handlers`; the bare-ASGI
 hot-path services (model service, gateway) use the helpers of ``asgi.py``. Either way every
-error is ``{"error": message, "code": code}``. Every one serves its ``/docs`` page with
+error is ``{"error": message, "code": code}`` with the status of the one table in
+``status.py``. Every one serves its ``/docs`` page with
 ``docs.py``: Swagger UI from installed files, never from a CDN.
 """
 
 from aimesh.rest.asgi import (
-    BASE_STATUS,
     JSON,
     REQUEST_ID,
     ASGIScope,
@@ -20,17 +20,18 @@ from aimesh.rest.asgi import (
     declared_length,
     error_body,
     header,
+    internal_error,
     read_body,
     respond,
-    status_of,
 )
 from aimesh.rest.docs import DOCS_ASSETS_URL, DocsAsset, docs_asset, swagger_page
-from aimesh.rest.errors import install_error_handlers
+from aimesh.rest.errors import install_error_handlers, log_failure, request_id_of
 from aimesh.rest.service import announced, service_app
+from aimesh.rest.status import HTTP_STATUS, retry_after, shown_message, status_of
 
 __all__ = [
-    "BASE_STATUS",
     "DOCS_ASSETS_URL",
+    "HTTP_STATUS",
     "JSON",
     "REQUEST_ID",
     "ASGIScope",
@@ -47,9 +48,14 @@ __all__ = [
     "error_body",
     "header",
     "install_error_handlers",
+    "internal_error",
+    "log_failure",
     "read_body",
+    "request_id_of",
     "respond",
+    "retry_after",
     "service_app",
+    "shown_message",
     "status_of",
     "swagger_page",
 ]

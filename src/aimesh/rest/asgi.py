@@ -11,7 +11,25 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from aimesh.errors import AimeshError, InvalidRequest, NotFound, RequestTooLarge
+from aimesh.errors import InvalidRequest, MethodNotAllowed, RequestTooLarge, RouteNotFound
+
+__all__ = [
+    "JSON",
+    "REQUEST_ID",
+    "ASGIScope",
+    "Message",
+    "MethodNotAllowed",
+    "Receive",
+    "RouteNotFound",
+    "Send",
+    "allow",
+    "declared_length",
+    "error_body",
+    "header",
+    "internal_error",
+    "read_body",
+    "respond",
+]
 
 ASGIScope = dict[str, Any]
 Message = dict[str, Any]
@@ -22,45 +40,13 @@ JSON = b"application/json"
 REQUEST_ID = b"x-request-id"
 
 
-class RouteNotFound(NotFound):
-    """Raised for a path the service has no route for."""
-
-    code = "route_not_found"
-
-
-class MethodNotAllowed(AimeshError):
-    """Raised for a method the route does not take."""
-
-    code = "method_not_allowed"
-
-
-BASE_STATUS: dict[str, int] = {
-    "route_not_found": 404,
-    "method_not_allowed": 405,
-    "request_too_large": 413,
-}
-"""Statuses every bare-ASGI service shares; each adds its own table on top."""
-
-
-def status_of(exc: AimeshError, table: Mapping[str, int]) -> int:
-    """The HTTP status of an error: by code in ``table``, else by family."""
-    status = table.get(exc.code)
-    if status is not None:
-        return status
-    if isinstance(exc, InvalidRequest):
-        return 400
-    if isinstance(exc, NotFound):
-        return 404
-    return 500
-
-
 def allow(method: str, allowed: str) -> None:
     """Refuse any method but ``allowed`` (HEAD goes where GET does)."""
     if method != allowed and not (allowed == "GET" and method == "HEAD"):
         raise MethodNotAllowed(f"use {allowed}, not {method}")
 
 
-def header(scope: ASGIScope, name: bytes) -> str | None:
+def header(scope: Mapping[str, Any], name: bytes) -> str | None:
     """A request header's value (``name`` in lower case), or None."""
     for key, value in scope["headers"]:
         if key == name:
@@ -94,9 +80,18 @@ def declared_length(scope: ASGIScope) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-def error_body(message: str, code: str) -> bytes:
-    """``{"error": message, "code": code}``: the OIP error body, with our stable code."""
-    return json.dumps({"error": message, "code": code}).encode()
+def error_body(message: str, code: str, request_id: str) -> bytes:
+    """``{"error": message, "code": code, "request_id": id}``: the OIP error body, and ours."""
+    return json.dumps({"error": message, "code": code, "request_id": request_id}).encode()
+
+
+def internal_error(request_id: str) -> dict[str, str]:
+    """The body of an unexpected failure: nothing but the request id to look for in the log."""
+    return {
+        "error": f"internal error; the service log has it under request id {request_id}",
+        "code": "internal_error",
+        "request_id": request_id,
+    }
 
 
 async def respond(

@@ -1,47 +1,118 @@
-"""Every REST error is ``{"error": message, "code": code}``; never an HTML page or a bare 500.
+"""Every REST error is ``{"error": message, "code": code, "request_id": id}``; never a bare 500.
 
-Each service passes its own table from error code to HTTP status; codes it does not list
-fall back by family (not found 404, conflict 409, bad request 400, otherwise 500).
+The status is the one of :mod:`aimesh.rest.status`, the table every service shares. Every
+request has an id (``x-request-id``, passed on or made) that every answer and every error
+body carry; the service log keeps what the body leaves out (the foreign error behind ours,
+a stack trace) under the same id.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import re
+import uuid
+from collections.abc import MutableMapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from aimesh.errors import AimeshError, Conflict, InvalidRequest, NotFound
+from aimesh.errors import AimeshError
+from aimesh.rest.asgi import REQUEST_ID, ASGIScope, Message, Receive, Send, header, internal_error
+from aimesh.rest.status import retry_after, shown_message, status_of
+
+__all__ = ["RequestIds", "install_error_handlers", "log_failure", "request_id_of"]
 
 log = logging.getLogger("aimesh.rest")
 
 _HTTP_CODES = {404: "route_not_found", 405: "method_not_allowed", 413: "request_too_large"}
+_SCOPE_KEY = "aimesh.request_id"
+# A request id a client sends is kept when it is this tame (it lands in logs and headers).
+_TAME_ID = re.compile(r"^[\w.:-]{1,128}$")
 
 
-def _fallback_status(exc: AimeshError) -> int:
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, Conflict):
-        return 409
-    if isinstance(exc, InvalidRequest):
-        return 400
-    return 500
+def request_id_of(scope: MutableMapping[str, Any]) -> str:
+    """The request's id: the client's ``x-request-id`` when tame, else a new one (kept)."""
+    found: str | None = scope.get(_SCOPE_KEY)
+    if found is None:
+        given = header(scope, REQUEST_ID)
+        found = given if given is not None and _TAME_ID.match(given) else uuid.uuid4().hex
+        scope[_SCOPE_KEY] = found
+    return found
 
 
-def install_error_handlers(app: FastAPI, status: Mapping[str, int]) -> None:
-    """Answer every error on ``app`` with the JSON error body and a fitting status."""
+class RequestIds:
+    """ASGI middleware: every request gets its id, every response says it in ``x-request-id``."""
 
-    async def aimesh_error(_request: Request, exc: Exception) -> JSONResponse:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        value = request_id_of(scope).encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(key.lower() == REQUEST_ID for key, _ in headers):
+                    headers.append((REQUEST_ID, value))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def log_failure(logger: logging.Logger, exc: AimeshError, status: int, request_id: str) -> None:
+    """Log what the error body leaves out, under the request id.
+
+    A server error is logged with its stack and the foreign error behind it; a client error
+    only when a foreign error lies behind it (its text, which the body does not quote).
+    """
+    extra = {"code": exc.code, "request_id": request_id}
+    if status >= 500:
+        logger.error(
+            "request %s failed: %s (%s)", request_id, exc.message, exc.code, exc_info=exc,
+            extra=extra,
+        )  # fmt: skip
+    elif exc.__cause__ is not None:
+        cause = exc.__cause__
+        while cause.__cause__ is not None:  # the foreign error at the root says it all
+            cause = cause.__cause__
+        logger.info(
+            "request %s: %s (%s); behind it: %s: %s",
+            request_id, exc.message, exc.code, type(cause).__name__, str(cause).strip(),
+            extra=extra,
+        )  # fmt: skip
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error on ``app`` with the JSON error body, and give requests their ids."""
+    app.add_middleware(RequestIds)
+
+    def answer(
+        request: Request, body: dict[str, Any], status: int, headers: dict[str, str] | None = None
+    ) -> JSONResponse:
+        request_id = request_id_of(request.scope)
+        return JSONResponse(
+            {**body, "request_id": request_id},
+            status_code=status,
+            headers={**(headers or {}), REQUEST_ID.decode(): request_id},
+        )
+
+    async def aimesh_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AimeshError)
-        code = status.get(exc.code) or _fallback_status(exc)
-        if code >= 500:
-            log.error("request failed: %s", exc.message, extra={"code": exc.code})
-        return JSONResponse(exc.to_dict(), status_code=code)
+        status = status_of(exc)
+        log_failure(log, exc, status, request_id_of(request.scope))
+        wait = retry_after(exc)
+        headers = {"retry-after": wait} if wait is not None else {}
+        body = {**exc.to_dict(), "error": shown_message(exc, status)}
+        return answer(request, body, status, headers)
 
-    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         problems = [
             {"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", ""))}
@@ -49,23 +120,19 @@ def install_error_handlers(app: FastAPI, status: Mapping[str, int]) -> None:
         ]
         summary = "; ".join(f"{'.'.join(p['loc'])}: {p['msg']}" for p in problems[:5])
         body = {"error": f"invalid request: {summary}", "code": "invalid_request"}
-        return JSONResponse({**body, "details": problems}, status_code=400)
+        return answer(request, {**body, "details": problems}, 400)
 
-    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return JSONResponse(
-            {"error": str(exc.detail), "code": code},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        body = {"error": str(exc.detail), "code": code}
+        return answer(request, body, exc.status_code, getattr(exc, "headers", None))
 
-    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error", exc_info=exc)
-        return JSONResponse(
-            {"error": "internal error; see the service log", "code": "internal_error"},
-            status_code=500,
-        )
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = request_id_of(request.scope)
+        log.error("request %s failed unexpectedly", request_id, exc_info=exc,
+                  extra={"request_id": request_id})  # fmt: skip
+        return answer(request, internal_error(request_id), 500)
 
     app.add_exception_handler(AimeshError, aimesh_error)
     app.add_exception_handler(RequestValidationError, validation_error)

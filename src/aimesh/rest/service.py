@@ -2,7 +2,7 @@
 
 The registry, the lake and the jobs service differ in their routes and what they open at
 start; :func:`service_app` gives each the same frame (title, the JSON error handlers with
-the service's status table, its router, ``/health``, ``/docs`` with Swagger UI served from
+the platform's one status table, its router, ``/health``, ``/docs`` with Swagger UI served from
 installed files), and :func:`announced` keeps the service's discovery entry while the app
 runs, so that gateways proxy ``/api/<kind>``.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Literal
 
@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from aimesh.bus import announce, describe_service
 from aimesh.config import Settings
-from aimesh.rest.asgi import RouteNotFound
+from aimesh.errors import RouteNotFound
 from aimesh.rest.docs import DOCS_ASSETS_URL, docs_asset, swagger_page
 from aimesh.rest.errors import install_error_handlers
 
@@ -34,7 +34,6 @@ def service_app(
     title: str,
     description: str,
     router: APIRouter,
-    http_status: Mapping[str, int],
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
 ) -> FastAPI:
     """A FastAPI app with the platform's error bodies, ``router``, ``GET /health``, ``/docs``.
@@ -50,7 +49,7 @@ def service_app(
         docs_url=None,
         redoc_url=None,
     )
-    install_error_handlers(app, http_status)
+    install_error_handlers(app)
     app.include_router(router)
 
     @app.get("/docs", include_in_schema=False)

@@ -15,6 +15,7 @@ from typing import Protocol, cast
 
 from aimesh.errors import ArtifactError, RuntimeUnavailable
 from aimesh.protocol import Signature
+from aimesh.runtimes._threads import apply_thread_cap
 from aimesh.runtimes.base import Runtime, Trust
 
 
@@ -64,6 +65,14 @@ def executes_code(framework: str) -> bool:
     return _format(framework).executes_code
 
 
+def widened_types(trusted_types: Iterable[str]) -> list[str]:
+    """The types among ``trusted_types`` that widen what skops loads beyond what aimesh
+    already trusts by itself (scikit-learn's own data structures): a trust decision."""
+    from aimesh.runtimes.base import SKLEARN_OWN_TYPES
+
+    return sorted(set(trusted_types) - SKLEARN_OWN_TYPES)
+
+
 def inspect_artifact(
     framework: str, path: Path, *, trusted: bool = False, trusted_types: Iterable[str] = ()
 ) -> Signature:
@@ -78,8 +87,14 @@ def inspect_artifact(
 def load_runtime(
     framework: str, path: Path, *, trusted: bool = False, trusted_types: Iterable[str] = ()
 ) -> Runtime:
-    """Load an artifact into a runtime, under the same checks as inspect_artifact."""
-    return _module(framework, path).load(path, Trust(trusted, frozenset(trusted_types)))
+    """Load an artifact into a runtime, under the same checks as inspect_artifact.
+
+    The process's thread cap, if set, is applied again afterwards: a library the model
+    brought in is capped before its first predict.
+    """
+    runtime = _module(framework, path).load(path, Trust(trusted, frozenset(trusted_types)))
+    apply_thread_cap()
+    return runtime
 
 
 def _format(framework: str) -> _Format:
@@ -95,7 +110,7 @@ def _format(framework: str) -> _Format:
 def _module(framework: str, path: Path) -> _FormatModule:
     fmt = _format(framework)
     if not path.is_file():
-        raise ArtifactError(f"artifact file {path} does not exist", framework=framework)
+        raise ArtifactError(f"artifact file {path.name} does not exist", framework=framework)
     try:
         module = importlib.import_module(f"{__package__}.{fmt.module}")
     except ImportError as exc:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from aimesh.errors import ArtifactError, InvalidRequest, UnsafeArtifact
+from aimesh.errors import ArtifactError, InvalidRequest, UnsafeArtifact, foreign_message
 from aimesh.protocol import DATATYPE_TO_NUMPY, Signature, TensorSpec
 
 Array = npt.NDArray[Any]
@@ -31,6 +31,27 @@ class Runtime(Protocol):
     def predict(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         """Outputs by name for inputs by name; raises InvalidRequest for bad inputs."""
         ...
+
+
+SKLEARN_OWN_TYPES = frozenset(
+    {
+        "sklearn.tree._tree.Tree",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.neighbors._kd_tree.KDTree",
+        "sklearn.neighbors._ball_tree.BallTree",
+        "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+        "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+        *(
+            f"sklearn.metrics._dist_metrics.{metric}Distance{bits}"
+            for metric in ("Euclidean", "Manhattan", "Chebyshev", "Minkowski")
+            for bits in ("64", "32")
+        ),
+    }
+)
+"""scikit-learn's own data structures (trees, neighbour indexes, optimiser state, distance
+metrics), rebuilt from plain arrays. skops leaves them off its default list, which would
+refuse every forest, boosted, neighbours and MLP model; aimesh trusts them by itself, so
+they are no trust decision of the caller's."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +74,9 @@ def require_trust(framework: str, path: Path, trust: Trust) -> None:
 
 def unreadable(framework: str, path: Path, exc: BaseException) -> ArtifactError:
     """The error for a file the library could not read; use as ``raise ... from exc``."""
-    # Native libraries append C++ stack traces to their messages; the first line says it.
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    # Native libraries append C++ stack traces to their messages (and name the file by its
+    # server path, an upload's temp file): the first line says it, without the paths.
+    reason = foreign_message(exc)
     return ArtifactError(
         f"{path.name} is not a readable {framework} model: {reason}", framework=framework
     )

@@ -1,11 +1,12 @@
 """The model service's gRPC adapter: ``inference.GRPCInferenceService`` over :class:`DataPlane`.
 
 Each method converts the message, calls the data plane, converts back. Errors become gRPC
-status codes from :data:`GRPC_STATUS`; the same codes the REST adapter maps to HTTP.
+status codes by the one table :data:`aimesh.protocol.grpc.GRPC_STATUS`.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -13,40 +14,36 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
-from aimesh.errors import AimeshError, InvalidRequest, NotFound, Unavailable
+from aimesh.errors import AimeshError
 from aimesh.protocol import grpc as pb
 from aimesh.serving.dataplane import DataPlane
 from aimesh.serving.metrics import ServingMetrics
 
-GRPC_STATUS: dict[str, grpc.StatusCode] = {
-    "request_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-"""Codes whose status is not the one of their family (see :func:`status_of`)."""
-
 T = TypeVar("T")
-
-
-def status_of(exc: AimeshError) -> grpc.StatusCode:
-    """The gRPC status for an error: by code, else by family."""
-    if exc.code in GRPC_STATUS:
-        return GRPC_STATUS[exc.code]
-    if isinstance(exc, InvalidRequest):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, NotFound):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(exc, Unavailable):
-        return grpc.StatusCode.UNAVAILABLE
-    return grpc.StatusCode.INTERNAL
+log = logging.getLogger("aimesh.serving.grpc")
+# Statuses that say the service failed (not the request): logged with the whole story.
+_SERVER_FAULTS = frozenset(
+    {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS}
+)
 
 
 async def _answer(context: aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[T]]) -> T:
     try:
         return await call()
     except AimeshError as exc:
-        await context.abort(status_of(exc), f"{exc.message} ({exc.code})")
+        request_id = pb.request_id_in(context.invocation_metadata())
+        status = pb.grpc_status_of(exc)
+        if status in _SERVER_FAULTS or exc.__cause__ is not None:
+            log.warning("request %s failed: %s (%s)", request_id, exc.message, exc.code,
+                        exc_info=exc, extra={"request_id": request_id})  # fmt: skip
+        await context.abort(status, pb.grpc_details(exc, request_id))
         raise  # abort raises; this line is for the type checker
+    except Exception:
+        request_id = pb.request_id_in(context.invocation_metadata())
+        log.exception("request %s failed unexpectedly", request_id,
+                      extra={"request_id": request_id})  # fmt: skip
+        await context.abort(grpc.StatusCode.INTERNAL, pb.internal_details(request_id))
+        raise
 
 
 class InferenceServicer(pb.GRPCInferenceServiceServicer):

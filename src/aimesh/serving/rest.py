@@ -7,6 +7,7 @@ This is the inference hot path; the benchmark under ``bench/`` keeps it honest.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -15,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from aimesh.errors import AimeshError, InvalidRequest
 from aimesh.protocol import rest_codec
 from aimesh.rest import (
-    BASE_STATUS,
     DOCS_ASSETS_URL,
     JSON,
     REQUEST_ID,
@@ -29,8 +29,11 @@ from aimesh.rest import (
     docs_asset,
     error_body,
     header,
+    internal_error,
+    log_failure,
     read_body,
     respond,
+    shown_message,
     status_of,
     swagger_page,
 )
@@ -39,23 +42,6 @@ from aimesh.serving.metrics import ServingMetrics
 from aimesh.serving.openapi import OPENAPI_DOCUMENT
 
 log = logging.getLogger("aimesh.serving.rest")
-
-HTTP_STATUS: dict[str, int] = {
-    **BASE_STATUS,
-    "invalid_request": 400,
-    "input_mismatch": 400,
-    "datatype_mismatch": 400,
-    "shape_mismatch": 400,
-    "model_not_found": 404,
-    "version_not_found": 404,
-    "not_found": 404,
-    "overloaded": 429,
-    "unavailable": 503,
-    "queue_full": 503,
-    "shutting_down": 503,
-    "deadline_exceeded": 504,
-}
-"""From an error's code to the HTTP status this service answers with."""
 
 HEADER_LENGTH = b"inference-header-content-length"
 
@@ -112,13 +98,14 @@ class RestApp:
         try:
             await self._route(scope, receive, send, request_id)
         except AimeshError as exc:
-            status = status_of(exc, HTTP_STATUS)
-            if status >= 500:
-                log.warning(exc.message, extra={"code": exc.code, "request_id": request_id})
-            await respond(send, status, error_body(exc.message, exc.code), request_id)
+            status = status_of(exc)
+            log_failure(log, exc, status, request_id)
+            body = error_body(shown_message(exc, status), exc.code, request_id)
+            await respond(send, status, body, request_id)
         except Exception:
-            log.exception("unexpected error", extra={"request_id": request_id})
-            body = error_body("internal error; see the service log", "internal_error")
+            log.exception("request %s failed unexpectedly", request_id,
+                          extra={"request_id": request_id})  # fmt: skip
+            body = json.dumps(internal_error(request_id)).encode()
             await respond(send, 500, body, request_id)
 
     async def _route(self, scope: ASGIScope, receive: Receive, send: Send, request_id: str) -> None:

@@ -2,7 +2,8 @@
 
 The messages and service stubs are generated from ``proto/grpc_predict_v2.proto`` by
 ``scripts/gen_proto.sh`` (``make proto``); the converters in :mod:`.convert` turn them into
-aimesh's in-memory protocol types and back. tritonclient.grpc speaks this service unchanged.
+aimesh's in-memory protocol types and back; :mod:`.status` is the one table from an error
+to its gRPC status. tritonclient.grpc speaks this service unchanged.
 """
 
 from aimesh.protocol.grpc._generated.grpc_predict_v2_pb2 import (
@@ -38,8 +39,16 @@ from aimesh.protocol.grpc.convert import (
     response_from_pb,
     response_to_pb,
 )
+from aimesh.protocol.grpc.status import (
+    GRPC_STATUS,
+    grpc_details,
+    grpc_status_of,
+    internal_details,
+    request_id_in,
+)
 
 __all__ = [
+    "GRPC_STATUS",
     "GRPCInferenceServiceServicer",
     "GRPCInferenceServiceStub",
     "InferParameter",
@@ -57,6 +66,9 @@ __all__ = [
     "ServerReadyRequest",
     "ServerReadyResponse",
     "add_GRPCInferenceServiceServicer_to_server",
+    "grpc_details",
+    "grpc_status_of",
+    "internal_details",
     "metadata_from_pb",
     "metadata_to_pb",
     "model_metadata_from_pb",
@@ -64,6 +76,7 @@ __all__ = [
     "parameters_from_pb",
     "parameters_to_pb",
     "request_from_pb",
+    "request_id_in",
     "request_to_pb",
     "response_from_pb",
     "response_to_pb",
