@@ -590,7 +590,8 @@ class Unavailable(AimeshError):
 
 
 class QueueFull(Unavailable):
-    """Raised when a model's batch queue is full."""
+    """Raised when a model's batch queue is full, or the bus's job queue (the ``AIMESH_JOBS``
+    stream, or a jobs KV bucket) is at its size limit and refuses new jobs."""
 
     code = "queue_full"
 
