@@ -3,22 +3,46 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The exact dependency set (pyproject's extras all + dev, Python 3.11, Linux x86_64, with
+# hashes) that install, run, test and CI use; `make lock` re-resolves it.
+LOCK   := requirements.lock
+LATEST := .venv-latest
+# The resolver `make lock` runs, from a throwaway venv (never .venv, never a dependency).
+UV     := uv>=0.5,<1
 
-.PHONY: install run test lint format proto bench clean
+.PHONY: install lock run test test-latest lint format proto bench clean
 
-$(STAMP): pyproject.toml
+# A new lock rebuilds the venv from nothing: what is installed is exactly the lock.
+$(STAMP): $(LOCK) pyproject.toml
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[all,dev]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv with aimesh, every runtime and the dev tools
+install: $(STAMP)  ## create .venv: the locked dependencies, then aimesh itself (editable)
+
+lock:  ## re-resolve requirements.lock to the newest releases pyproject's ranges allow
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PYTHON) -m venv "$$tmp" && "$$tmp/bin/pip" install --quiet '$(UV)' && \
+	"$$tmp/bin/uv" pip compile pyproject.toml --extra all --extra dev --upgrade \
+		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+		--generate-hashes --custom-compile-command 'make lock' --quiet -o $(LOCK)
 
 run: $(STAMP)  ## the demo on the embedded defaults (bus, registry, the fraud model)
 	$(BIN)/aimesh demo
 
-test: $(STAMP)  ## the whole test suite
+test: $(STAMP)  ## the whole test suite, on the locked dependencies
 	$(BIN)/pytest
+
+test-latest:  ## the suite on the newest releases the ranges allow, in .venv-latest (drift, on purpose)
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet --upgrade -e '.[all,dev]'
+	$(LATEST)/bin/pip list --format=freeze > $(LATEST)/installed.txt
+	$(LATEST)/bin/pytest
 
 lint: $(STAMP)  ## ruff and mypy --strict (the package, then the benchmarks)
 	$(BIN)/ruff check src tests bench
@@ -40,6 +64,6 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
-clean:  ## stop the embedded bus of ./.aimesh and remove the venv and the home
+clean:  ## stop the embedded bus of ./.aimesh and remove the venvs and the home
 	-$(BIN)/aimesh bus stop
-	rm -rf $(VENV) .aimesh
+	rm -rf $(VENV) $(LATEST) .aimesh

@@ -164,17 +164,18 @@ class Server:
 # -- the three kinds of server ----------------------------------------------------------------
 
 
-def server_env(omp_threads: int) -> dict[str, str]:
-    """The environment every server runs in: ours, without AIMESH_*, OpenMP threads capped.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+"""Set by hand, these would change how fast a server is: the benchmarks never pass them on."""
 
-    ``omp_threads`` 0 leaves OpenMP alone. Capping it matters for HistGradientBoosting, whose
-    predict starts an OpenMP region per call: on a small machine its spinning threads fight
-    the event loop and the load generator for the cores, and every server's tail suffers.
+
+def server_env() -> dict[str, str]:
+    """The environment every server runs in: ours, without AIMESH_* or thread-pool variables.
+
+    aimesh is measured as a user gets it: it caps its native thread pools itself (each
+    worker to its share of the cores); the baselines run with their libraries' defaults.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
-    if omp_threads > 0:
-        env["OMP_NUM_THREADS"] = str(omp_threads)
-    return env
+    dropped = ("AIMESH_", *THREAD_VARIABLES)
+    return {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
 
 
 AIMESH_COMMAND = (sys.executable, "-m", "aimesh")
@@ -187,12 +188,11 @@ def aimesh_server(
     log_dir: Path,
     *,
     batching: bool,
-    omp_threads: int,
     command: Sequence[str] = AIMESH_COMMAND,
 ) -> Server:
     """``aimesh serve fraud@champion`` with one worker, batching on or off."""
     http_port, grpc_port = free_port(), free_port()
-    env = server_env(omp_threads) | {"AIMESH_HOME": str(model.home), "AIMESH_BUS__URL": bus_url}
+    env = server_env() | {"AIMESH_HOME": str(model.home), "AIMESH_BUS__URL": bus_url}
     argv = [*command, "serve", f"{MODEL_NAME}@{ALIAS}"]
     argv += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--workers", "1"]
     if batching:
@@ -211,9 +211,7 @@ def aimesh_server(
     )
 
 
-def baseline_server(
-    kind: str, model: BenchModel, log_dir: Path, *, route: str, omp_threads: int
-) -> Server:
+def baseline_server(kind: str, model: BenchModel, log_dir: Path, *, route: str) -> Server:
     """The FastAPI baseline or the bare ASGI ceiling (``kind``: ``fastapi`` or ``bare``)."""
     port = free_port()
     argv = [sys.executable, str(BENCH_DIR / "_baselines.py"), kind]
@@ -224,7 +222,7 @@ def baseline_server(
         http_port=port,
         body=model.json_body,
         log=log_dir / f"{kind}-{model.kind}.log",
-        env=server_env(omp_threads),
+        env=server_env(),
     )
 
 

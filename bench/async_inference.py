@@ -153,9 +153,9 @@ def running_stack(plan: Plan, model: BenchModel, folder: Path) -> Iterator[Stack
     logs.mkdir()
     with contextlib.ExitStack() as stack:
         bus = stack.enter_context(EmbeddedNats(folder / "bus", start_timeout=30))
-        env = server_env(1) | {"AIMESH_HOME": str(model.home), "AIMESH_BUS__URL": bus.url}
+        env = server_env() | {"AIMESH_HOME": str(model.home), "AIMESH_BUS__URL": bus.url}
         registry = stack.enter_context(_service("registry", ["registry", "serve"], env, logs))
-        served = aimesh_server(model, bus.url, logs, batching=True, omp_threads=1)
+        served = aimesh_server(model, bus.url, logs, batching=True)
         served.start_timeout_s = START_TIMEOUT_S
         stack.enter_context(served)
         jobs = stack.enter_context(_service("jobs", ["jobs", "serve"], env, logs))

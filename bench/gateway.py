@@ -49,7 +49,7 @@ def load(server: Server, body: Path, concurrency: int, duration: float) -> LoadR
 def gateway_server(home: Path, bus_url: str, body: bytes, log_dir: Path) -> Server:
     """``aimesh gateway serve`` on free ports, ready once an inference through it answers."""
     port, grpc_port = free_port(), free_port()
-    env = server_env(1) | {"AIMESH_HOME": str(home), "AIMESH_BUS__URL": bus_url}
+    env = server_env() | {"AIMESH_HOME": str(home), "AIMESH_BUS__URL": bus_url}
     argv = [sys.executable, "-m", "aimesh", "gateway", "serve"]
     argv += ["--port", str(port), "--grpc-port", str(grpc_port)]
     return Server(
@@ -75,9 +75,7 @@ def main() -> None:
         body = folder / "body.json"
         body.write_bytes(model.json_body)
         bus = stack.enter_context(EmbeddedNats(folder / "bus"))
-        replica_a = stack.enter_context(
-            aimesh_server(model, bus.url, folder, batching=True, omp_threads=1)
-        )
+        replica_a = stack.enter_context(aimesh_server(model, bus.url, folder, batching=True))
         gateway = stack.enter_context(gateway_server(model.home, bus.url, model.json_body, folder))
         for c in CONCURRENCIES:
             with console.status(f"concurrency {c}: direct and through the gateway (one replica)"):
@@ -87,7 +85,7 @@ def main() -> None:
                 rows.setdefault("gateway -> 1 replica", {})[c] = load(
                     gateway, body, c, args.duration
                 )
-        replica_b = aimesh_server(model, bus.url, folder, batching=True, omp_threads=1)
+        replica_b = aimesh_server(model, bus.url, folder, batching=True)
         replica_b.log = folder / "replica-b.log"
         stack.enter_context(replica_b)
         time.sleep(3)  # the gateway learns of the new replica from its discovery watch

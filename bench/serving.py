@@ -79,7 +79,6 @@ class Plan:
     duration_s: float
     warmup_s: float
     fastapi_route: str
-    omp_threads: int
     target_concurrency: int
     aimesh_command: list[str]
     retries: int
@@ -112,13 +111,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]
         choices=["async", "sync"],
         default="async",
         help="the baseline's route: async def (model inline) or def (thread pool)",
-    )
-    parser.add_argument(
-        "--omp-threads",
-        type=int,
-        default=1,
-        metavar="N",
-        help="OMP_NUM_THREADS for every server (default 1; 0: leave OpenMP's default)",
     )
     parser.add_argument(
         "--retries",
@@ -157,7 +149,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]
         duration_s=duration,
         warmup_s=warmup,
         fastapi_route=args.fastapi_route,
-        omp_threads=args.omp_threads,
         aimesh_command=shlex.split(args.aimesh_command),
         retries=max(0, args.retries),
         retry_until=time.monotonic() + RETRY_BUDGET_S,
@@ -265,11 +256,11 @@ def run(plan: Plan, folder: Path) -> list[Cell]:
             bodies["grpc"].write_bytes(model.grpc_body)
             batching_on = [s for s in AIMESH if s.batching]
             batching_off = [s for s in AIMESH if not s.batching]
-            route, omp = plan.fastapi_route, plan.omp_threads
-            aimesh = functools.partial(aimesh_server, omp_threads=omp, command=plan.aimesh_command)
+            route = plan.fastapi_route
+            aimesh = functools.partial(aimesh_server, command=plan.aimesh_command)
             servers: list[tuple[Server, list[System]]] = [
-                (baseline_server("fastapi", model, logs, route=route, omp_threads=omp), [FASTAPI]),
-                (baseline_server("bare", model, logs, route=route, omp_threads=omp), [BARE]),
+                (baseline_server("fastapi", model, logs, route=route), [FASTAPI]),
+                (baseline_server("bare", model, logs, route=route), [BARE]),
                 (aimesh(model, bus.url, logs, batching=True), batching_on),
                 (aimesh(model, bus.url, logs, batching=False), batching_off),
             ]
@@ -323,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         f"[bold]aimesh serving benchmark[/]: {', '.join(KINDS[m] for m in plan.models)}; "
         f"concurrency {', '.join(map(str, plan.concurrencies))}; {plan.duration_s:g} s per cell "
         f"after {plan.warmup_s:g} s warm-up; FastAPI route: {plan.fastapi_route} def; "
-        f"OMP_NUM_THREADS={plan.omp_threads or '(default)'} for every server",
+        "native threads as shipped (aimesh caps its own; no OMP_NUM_THREADS passed)",
         highlight=False,
     )
     console.print(

@@ -2,7 +2,7 @@
 
 The YAML is composed into nodes (which keep their marks) before it becomes data, so that a
 problem found later, by pydantic or by the unknown-key check here, can be reported as
-``aimesh.yaml:12: services.models.0.replicas: Input should be ...``. This module knows
+``aimesh.yaml:12: services.models.0.replicas: must be at least 1``. This module knows
 nothing of :class:`~aimesh.config.Settings`; it checks data against any pydantic model.
 """
 

@@ -8,11 +8,13 @@ Precedence, lowest first: defaults < ``aimesh.yaml`` < ``AIMESH_*`` environment 
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -26,6 +28,10 @@ from aimesh._project_file import Problem, ProjectFile
 from aimesh.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "aimesh.yaml"
+
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?")
+_KIND = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_TRAINER_PATTERN = re.compile(r"[A-Za-z_*][A-Za-z0-9_.*]*:[A-Za-z_*][A-Za-z0-9_*]*")
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,13 @@ class ServingSettings(BaseModel):
     http_port: int = Field(default=9000, ge=0, le=65535, description="REST port (0: any free).")
     grpc_port: int = Field(default=9001, ge=0, le=65535, description="gRPC port (0: any free).")
     workers: int = Field(default=1, ge=1, le=64, description="Processes sharing the ports.")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Native threads (OpenMP, BLAS, onnxruntime) per worker process; unset: "
+        "the cores divided among the workers (`aimesh up`: among every model process).",
+    )
     batching: bool = Field(default=True, description="Coalesce concurrent requests.")
     max_batch_size: int = Field(default=64, ge=1, le=65536, description="Rows in one model call.")
     max_latency_ms: float = Field(
@@ -203,6 +216,13 @@ class JobsSettings(BaseModel):
     concurrency: int = Field(
         default=1, ge=1, le=1024, description="Jobs one `aimesh worker` runs at once."
     )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Native threads (OpenMP, BLAS, onnxruntime) in one `aimesh worker`; "
+        "unset: every core (`aimesh up`: the cores divided among every model process).",
+    )
     drain_timeout_s: float = Field(
         default=30.0,
         ge=0,
@@ -230,6 +250,18 @@ class JobsSettings(BaseModel):
         description="Largest result kept in the job record; larger ones belong in a store, "
         "referenced by `result_ref`.",
     )
+    default_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="An attempt of a job that sets no timeout_s, of a kind `timeouts_s` does "
+        "not name, is stopped after this long; nothing it does afterwards takes effect.",
+    )
+    timeouts_s: dict[str, Annotated[float, Field(gt=0, le=7 * 24 * 3600)]] = Field(
+        default_factory=lambda: {"training": 3600.0, "inference": 60.0},
+        description="Default attempt timeout by job kind, for jobs that set no timeout_s "
+        "(setting it replaces the whole table; kinds it omits get default_timeout_s).",
+    )
     webhook_secret: SecretStr | None = Field(
         default=None,
         description="Key of the HMAC-SHA256 signature (X-Aimesh-Signature) on webhook "
@@ -241,6 +273,58 @@ class JobsSettings(BaseModel):
     webhook_attempts: int = Field(
         default=3, ge=1, le=20, description="Calls of a webhook before giving up on it."
     )
+    webhook_allow: list[str] = Field(
+        default_factory=list,
+        description="Hosts, IP addresses and CIDR networks webhooks may call although they "
+        "are loopback, private, link-local or metadata addresses (refused otherwise, with "
+        "url_refused), e.g. [hooks.internal, 10.1.0.0/16, 127.0.0.1].",
+    )
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _hosts_or_networks(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            text = entry.strip().strip("[]")
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                if not _HOST.fullmatch(text):
+                    raise ValueError(
+                        f"{entry!r} is not a host name, an IP address or a CIDR network"
+                    ) from None
+        return entries
+
+    @field_validator("timeouts_s")
+    @classmethod
+    def _kinds(cls, timeouts: dict[str, float]) -> dict[str, float]:
+        for kind in timeouts:
+            if not _KIND.fullmatch(kind):
+                raise ValueError(f"{kind!r} is not a job kind")
+        return timeouts
+
+    def timeout_for(self, kind: str) -> float:
+        """The attempt timeout of a job of ``kind`` that sets none itself."""
+        return self.timeouts_s.get(kind, self.default_timeout_s)
+
+
+class TrainingSettings(BaseModel):
+    """Training workers: which code a training job may name."""
+
+    allowed_trainers: list[str] = Field(
+        default_factory=list,
+        description="module:Class trainers a job may name beside the built-in ones "
+        "(scikit-learn, XGBoost and LightGBM estimators), as module:Class or module:* "
+        "patterns, e.g. [mycompany.models:*]. Anything else is refused before it is "
+        "imported; functions marked @aimesh.training.trainer need no entry.",
+    )
+
+    @field_validator("allowed_trainers")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if not _TRAINER_PATTERN.fullmatch(pattern):
+                raise ValueError(f"{pattern!r} is not a module:Class or module:* pattern")
+        return patterns
 
 
 class ModelServiceSpec(BaseModel):
@@ -419,6 +503,9 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings, description="Model services.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="The gateway.")
     jobs: JobsSettings = Field(default_factory=JobsSettings, description="Asynchronous jobs.")
+    training: TrainingSettings = Field(
+        default_factory=TrainingSettings, description="Training workers."
+    )
     services: ServicesSettings = Field(
         default_factory=ServicesSettings, description="What `aimesh up` runs."
     )
@@ -529,8 +616,32 @@ def _explain(
     problems = []
     for error in exc.errors():
         loc = tuple(error["loc"])
+        said = _in_our_words(error)
         if project is not None and (loc, error["type"]) in from_file:
-            problems.append(project.problem(loc, error["msg"]))
+            problems.append(project.problem(loc, said))
         else:
-            problems.append(Problem(0, ".".join(str(p) for p in loc), error["msg"]))
+            problems.append(Problem(0, ".".join(str(p) for p in loc), said))
     return problems
+
+
+# pydantic's error types are its stable interface; its sentences change between releases
+_BOUNDS = {
+    "greater_than_equal": ("ge", "must be at least {}"),
+    "less_than_equal": ("le", "must be at most {}"),
+    "greater_than": ("gt", "must be more than {}"),
+    "less_than": ("lt", "must be less than {}"),
+}
+
+
+def _in_our_words(error: Any) -> str:
+    """aimesh's sentence for the commonest validation errors, pydantic's for the others."""
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind in _BOUNDS and _BOUNDS[kind][0] in ctx:
+        key, sentence = _BOUNDS[kind]
+        return sentence.format(ctx[key])
+    if kind == "literal_error" and "expected" in ctx:
+        return f"must be one of {ctx['expected']}"
+    return str(error["msg"])

@@ -20,6 +20,7 @@ HTTP numbers.
     │   ├── SchemaMismatch           schema_mismatch
     │   ├── InvalidData              invalid_data
     │   ├── QueryRefused             query_refused
+    │   ├── UrlRefused               url_refused
     │   ├── QueryError               invalid_query
     │   └── QueryTooLarge            query_too_large
     ├── NotFound                     not_found
@@ -175,6 +176,19 @@ class QueryRefused(InvalidRequest):
     """Raised when a lake query is not a single read-only statement (or reaches outside)."""
 
     code = "query_refused"
+
+
+class UrlRefused(InvalidRequest):
+    """Raised when a user-supplied URL (a webhook) is not one aimesh may call: a scheme other
+    than http(s), user info, or a host that resolves to a loopback, private, link-local or
+    metadata address the operator did not allow."""
+
+    code = "url_refused"
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"URL {url[:200]!r} refused: {reason}", url=url[:200], reason=reason)
+        self.url = url
+        self.reason = reason
 
 
 class QueryError(InvalidRequest):

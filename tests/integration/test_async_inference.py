@@ -43,7 +43,13 @@ def home(
     root = tmp_path_factory.mktemp("async")
     x, y = fraud_data
     h = Home.create(
-        root, nats_url, x, AIMESH_JOBS__BACKOFF_S="0.05", AIMESH_JOBS__PROGRESS_INTERVAL_S="0.1"
+        root,
+        nats_url,
+        x,
+        AIMESH_JOBS__BACKOFF_S="0.05",
+        AIMESH_JOBS__PROGRESS_INTERVAL_S="0.1",
+        # The test's webhook receiver listens on loopback: the operator allows it.
+        AIMESH_JOBS__WEBHOOK_ALLOW='["127.0.0.1"]',
     )
     registry = h.registry()
     push_fraud_models(registry, root, x, y)
@@ -216,10 +222,14 @@ def test_what_cannot_be_queued_is_refused_at_once(gateway: str) -> None:
     assert (maybe.status_code, maybe.json()["code"]) == (400, "invalid_request")
     hook = httpx.post(f"{gateway}/v2/models/echo/infer?webhook=http://x/", json=_echo_body(0))
     assert (hook.status_code, hook.json()["code"]) == (400, "invalid_request")
-    bad_hook = httpx.post(
-        f"{gateway}/v2/models/echo/infer?async=true&webhook=ftp://x/", json=_echo_body(0)
-    )
-    assert (bad_hook.status_code, bad_hook.json()["code"]) == (400, "invalid_request")
+    # 127.0.0.1 is allowed here (the webhook test's receiver); no other internal address is.
+    for url in ("ftp://x/", "http://127.0.0.2:8200/", "http://169.254.169.254/", "http://[::1]/"):
+        bad_hook = httpx.post(
+            f"{gateway}/v2/models/echo/infer",
+            params={"async": "true", "webhook": url},
+            json=_echo_body(0),
+        )
+        assert (bad_hook.status_code, bad_hook.json()["code"]) == (400, "url_refused"), url
     after = len(httpx.get(f"{gateway}/api/jobs", params={"kind": "inference"}).json())
     assert after == before
 

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 
+from aimesh.cli.demo import DEMO_STOP_S
+
+
+@pytest.mark.timeout(900)  # the whole platform, from a cold start, then its stop
 def test_demo_ingests_trains_on_a_worker_runs_the_stack_and_predicts_three_ways(
     tmp_path: Path,
 ) -> None:
+    """``make run``, as a user runs it: then the bus goes away, and SIGTERM still stops it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
     env |= {"AIMESH_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
     # Port 0: any free port, so a stack someone runs on this machine is left alone.
@@ -21,19 +29,24 @@ def test_demo_ingests_trains_on_a_worker_runs_the_stack_and_predicts_three_ways(
         "AIMESH_GATEWAY__PORT": "0",
         "AIMESH_GATEWAY__GRPC_PORT": "0",
     }
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "aimesh", "demo", "--once", "--rows", "3000"],
+    output = tmp_path / "demo.out"
+    project = tmp_path / "home" / "demo" / "aimesh.yaml"
+    with output.open("wb") as sink:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "aimesh", "demo", "--rows", "3000"],
             env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
             cwd=tmp_path,
         )
-        project = tmp_path / "home" / "demo" / "aimesh.yaml"
-        shown = project.read_text() if project.exists() else "(no project file)"
-        assert result.returncode == 0, result.stdout + result.stderr[-3000:] + shown
-        out = result.stdout
+    try:
+        deadline = time.monotonic() + 300
+        while "the stack runs" not in output.read_text() and time.monotonic() < deadline:
+            shown = project.read_text() if project.exists() else "(no project file)"
+            assert demo.poll() is None, output.read_text()[-3000:] + shown
+            time.sleep(0.5)
+        out = output.read_text()
+        assert "the stack runs" in out, out[-3000:]
         assert "ingested 3000 rows" in out and "as transactions@0" in out
         assert "trained   fraud@1 by a training job on a worker" in out
         assert "alias moved: fraud@champion -> 1" in out
@@ -41,10 +54,21 @@ def test_demo_ingests_trains_on_a_worker_runs_the_stack_and_predicts_three_ways(
         assert "?async=true -> 202, job " in out
         assert out.count(" model ") >= 2  # two replicas in the stack table
         assert out.count(" worker ") >= 2  # the inference and the training worker
+
+        # The bus goes away under the running stack; the demo still stops on SIGTERM.
+        subprocess.run(
+            [sys.executable, "-m", "aimesh", "bus", "stop"], env=env, timeout=60, check=True
+        )
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=DEMO_STOP_S + 30) == 0, output.read_text()[-3000:]
+        out = output.read_text()
         assert "stopped the stack" in out
         stack = tmp_path / "home" / "run" / "stack.json"
         assert not stack.exists()  # down removed it
     finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
         subprocess.run(
             [sys.executable, "-m", "aimesh", "bus", "stop"],
             env=env,

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import http.server
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -34,7 +35,13 @@ from aimesh.bus import (
     connect,
 )
 from aimesh.config import JobsSettings
-from aimesh.errors import JobFailed, JobFinished, JobNotFound, JobNotRetryable
+from aimesh.errors import (
+    DeadlineExceeded,
+    JobFailed,
+    JobFinished,
+    JobNotFound,
+    JobNotRetryable,
+)
 from aimesh.jobs import (
     DeadLetter,
     Handler,
@@ -311,6 +318,77 @@ def test_an_attempt_over_its_timeout_is_stopped(bus_url: str) -> None:
     run(main())
 
 
+def test_a_thread_past_its_kinds_default_timeout_is_fenced_when_it_finishes_later(
+    bus_url: str,
+) -> None:
+    release, finished = threading.Event(), threading.Event()
+    committed: list[str] = []
+    refused: list[str] = []
+
+    def stubborn(ctx: JobContext) -> str:
+        try:
+            release.wait(WAIT_S)  # a thread the worker cannot stop
+            try:
+                with ctx.commit("writing the result"):
+                    committed.append("written")
+            except DeadlineExceeded as exc:
+                refused.append(exc.message)
+                raise
+            return "done"
+        finally:
+            finished.set()
+
+    # No timeout_s on the job: its kind's default applies.
+    settings = FAST.model_copy(update={"timeouts_s": {"stubborn": 0.3}})
+
+    async def main() -> None:
+        async with jobs_on(bus_url, settings) as (bus, client):
+            async with worker_running(bus, "stubborn", stubborn, settings) as worker:
+                job = await client.submit(JobSpec(kind="stubborn", max_attempts=1))
+                with pytest.raises(JobFailed) as failed:
+                    await client.wait(job.id, timeout=WAIT_S)
+                assert failed.value.error_code == "deadline_exceeded"
+                release.set()
+                assert await asyncio.to_thread(finished.wait, WAIT_S)
+                assert worker.stats.fenced == 1
+            final = await client.get(job.id)
+            assert (final.state, final.result) == ("failed", None)
+
+    run(main())
+    assert committed == []
+    assert refused == ["attempt 1 ran past its timeout of 0.3s: writing the result not done"]
+
+
+def test_a_commit_under_way_at_the_deadline_ends_and_the_job_ends_as_its_handler_says(
+    bus_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    in_commit, release = threading.Event(), threading.Event()
+
+    def committing(ctx: JobContext) -> str:
+        with ctx.commit("a slow write"):
+            in_commit.set()
+            release.wait(WAIT_S)
+        return "written"
+
+    async def main() -> Job:
+        async with (
+            jobs_on(bus_url) as (bus, client),
+            worker_running(bus, "committing", committing),
+        ):
+            job = await client.submit(JobSpec(kind="committing", timeout_s=0.3))
+            assert await asyncio.to_thread(in_commit.wait, WAIT_S)
+            deadline = time.monotonic() + WAIT_S
+            while "letting it end" not in caplog.text:  # the worker reached the deadline
+                assert time.monotonic() < deadline, caplog.text
+                await asyncio.sleep(0.02)
+            release.set()
+            return await client.wait(job.id, timeout=WAIT_S)
+
+    with caplog.at_level(logging.INFO, logger="aimesh.jobs.worker"):
+        done = run(main())
+    assert (done.state, done.result) == ("succeeded", "written")
+
+
 def test_duplicate_submissions_with_one_idempotency_key_make_one_job(bus_url: str) -> None:
     async def main() -> None:
         async with jobs_on(bus_url) as (bus, client):
@@ -584,7 +662,9 @@ def test_webhook_of_a_finished_job_carries_a_valid_signature(
     bus_url: str, receiver: tuple[str, list[tuple[bytes, dict[str, str]]]]
 ) -> None:
     url, calls = receiver
-    signed = JobsSettings.model_validate({**FAST.model_dump(), "webhook_secret": "s3cret"})
+    signed = JobsSettings.model_validate(
+        {**FAST.model_dump(), "webhook_secret": "s3cret", "webhook_allow": ["127.0.0.1"]}
+    )
 
     async def main() -> None:
         async with jobs_on(bus_url, signed) as (bus, client):
@@ -821,6 +901,20 @@ async def _next_event(lines: AsyncIterator[str]) -> tuple[str, dict[str, Any]] |
     return None
 
 
+WEBHOOKS_REFUSED = [
+    "http://127.0.0.1:8200/api/lake/datasets/tx/compact",
+    "http://[::1]/",
+    "http://169.254.169.254/latest",
+    "http://localhost/",
+    "http://127.1/",
+    "http://0x7f.1/",
+    "http://2130706433/",
+    "file:///etc/passwd",
+    "ftp://x",
+    "http://user:pw@example.com/",
+]
+
+
 def test_rest_api_submits_shows_lists_cancels_and_streams_events(
     bus_url: str, service: str
 ) -> None:
@@ -877,6 +971,12 @@ def test_rest_api_submits_shows_lists_cancels_and_streams_events(
             assert no_events.status_code == 404
             bad = await http.post("/api/jobs", json={"kind": "sleep", "colour": "red"})
             assert (bad.status_code, bad.json()["code"]) == (400, "invalid_request")
+            before = len((await http.get("/api/jobs")).json())
+            for hook in WEBHOOKS_REFUSED:
+                refused = await http.post("/api/jobs", json={"kind": "noop", "webhook_url": hook})
+                assert (refused.status_code, refused.json()["code"]) == (400, "url_refused"), hook
+                assert "refused" in refused.json()["error"]
+            assert len((await http.get("/api/jobs")).json()) == before  # nothing was queued
             huge = {"kind": "noop", "payload": {"blob": "x" * 400_000}}
             too_large = await http.post("/api/jobs", json=huge)
             assert (too_large.status_code, too_large.json()["code"]) == (413, "request_too_large")

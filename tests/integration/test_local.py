@@ -244,10 +244,7 @@ def test_a_broken_project_file_is_an_error_at_its_lines(
     result = project.aimesh("up", "--detach", "-f", str(broken), ok=False)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
-    assert (
-        f"error: {broken}:5: services.models.0.replicas: Input should be greater than or equal to 1"
-        in lines
-    )
+    assert f"error: {broken}:5: services.models.0.replicas: must be at least 1" in lines
     assert any(
         f"error: {broken}:7: gateway.prot: unknown setting (did you mean port?)" in line
         for line in lines

@@ -4,7 +4,9 @@ discovery, limits and metrics."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -439,3 +441,77 @@ def test_json_access_log_carries_the_request_id(home: Home) -> None:
     ]
     access = [line for line in lines if line.get("request_id") == "trace-me-42"]
     assert access and access[0]["status"] == 200 and access[0]["level"] == "info"
+
+
+def test_each_worker_caps_native_threads_to_its_share_of_the_cores_by_default(home: Home) -> None:
+    from aimesh.runtimes import share_of_cores
+
+    share = share_of_cores(2)
+    running = home.serve("fraud@2", "--workers", "2")
+    try:
+        line = re.compile(r"native threads capped at (\d+) per worker: (.*)")
+        assert _wait_for(lambda: line.search(running.log.read_text()))
+        reports = line.findall(running.log.read_text())
+    finally:
+        assert running.stop() == 0
+    for cap, pools in reports:
+        # threadpoolctl's view from the thread that runs the model, as it loaded
+        seen = dict(pool.rsplit(" ", 1) for pool in pools.split(", "))
+        assert int(cap) == share
+        assert seen.get("openmp") == str(share), pools  # HistGradientBoosting's pool
+        assert set(seen.values()) == {str(share)}, pools
+
+
+BLOCKING_MODEL = '''
+import pathlib
+import time
+
+
+class Model:
+    """Says it started (a file), then sleeps x[0, 0] seconds."""
+
+    signature = {
+        "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 1]}],
+        "outputs": [{"name": "y", "datatype": "FP64", "shape": [-1, 1]}],
+    }
+
+    def load(self) -> None:
+        pass
+
+    def predict(self, inputs):
+        pathlib.Path(STARTED).touch()
+        time.sleep(float(inputs["x"][0, 0]))
+        return {"y": inputs["x"]}
+'''
+
+
+def test_a_second_ctrl_c_exits_at_once_while_draining(
+    home: Home, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    folder = tmp_path_factory.mktemp("blocking")
+    started = folder / "started"
+    path = folder / "blocking.py"
+    path.write_text(f"STARTED = {str(started)!r}\n" + BLOCKING_MODEL)
+    registry = home.registry()
+    push_model(registry, "blocking", path, trusted=True)
+    registry.close()
+    service = home.with_env(AIMESH_SERVING__DRAIN_TIMEOUT_S="300").serve("blocking@1")
+
+    def call() -> None:
+        with contextlib.suppress(httpx.TransportError):  # the service dies under it
+            httpx.post(
+                f"{service.http}/v2/models/blocking/infer", json=_sleep_body(120), timeout=200
+            )
+
+    caller = threading.Thread(target=call)
+    try:
+        caller.start()
+        assert _wait_for(started.exists)  # the request is inside the model
+        service.proc.send_signal(signal.SIGINT)
+        assert _wait_for(lambda: "stopping blocking@1" in service.log.read_text())
+        assert service.proc.poll() is None  # draining: the request has minutes to go
+        service.proc.send_signal(signal.SIGINT)
+        assert service.proc.wait(timeout=10) == -signal.SIGINT
+    finally:
+        service.stop(signal.SIGKILL)
+        caller.join()

@@ -8,13 +8,15 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from aimesh.auth import Identity
 from aimesh.bus import connect
 from aimesh.config import JobsSettings, load_settings
 from aimesh.errors import JobFailed
@@ -28,6 +30,10 @@ SHOP_ROWS = 300
 
 # Installed on the worker's path by the operator; jobs only name these functions.
 USER_TRAINERS = """
+import os
+import time
+from pathlib import Path
+
 from lightgbm import LGBMClassifier
 from sklearn.linear_model import Ridge
 
@@ -46,6 +52,17 @@ def ridge(x, y, params):
 
 
 def helper(x, y, params):
+    return Ridge().fit(x, y)
+
+
+@trainer
+def gated(x, y, params):
+    # Says it is fitting, then fits only once the test creates the gate file: a fit that
+    # outlives its job's deadline.
+    gate = Path(os.environ["SHOP_GATE"])
+    gate.with_suffix(".fitting").touch()
+    while not gate.exists():
+        time.sleep(0.02)
     return Ridge().fit(x, y)
 """
 
@@ -89,6 +106,7 @@ def home(tmp_path: Path, nats_url: str, monkeypatch: pytest.MonkeyPatch) -> Iter
     (code / "shop_trainers.py").write_text(USER_TRAINERS)
     env = _env(nats_url, home)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
+    env["SHOP_GATE"] = str(tmp_path / "gate")
     for key in [k for k in os.environ if k.startswith("AIMESH_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("AIMESH_HOME", str(home))
@@ -154,6 +172,15 @@ def test_train_cli_registers_the_next_version_with_metrics_and_lineage(home: Pat
 BAD_REQUESTS: dict[str, tuple[dict[str, object], str]] = {
     "unknown-sklearn": ({"trainer": "sklearn:NoSuchModel", "target": "label"}, "NoSuchModel"),
     "bad-import-path": ({"trainer": "nowhere.at_all:Model", "target": "label"}, "nowhere"),
+    "class-not-allowed": ({"trainer": "os:system", "target": "label"}, "is not allowed"),
+    "path-param": (
+        {
+            "trainer": "sklearn:AgglomerativeClustering",
+            "target": "label",
+            "params": {"memory": "/tmp/c"},
+        },
+        "parameter 'memory' is refused",
+    ),
     "missing-target": (
         {"trainer": "sklearn:LogisticRegression", "target": "fraud"},
         "no target column",
@@ -220,6 +247,86 @@ def test_bad_requests_fail_at_once_with_a_clear_error(home: Path, nats_url: str)
         assert failed.error_code == "job_rejected", (case, failed.error_message)
         assert says in (failed.error_message or ""), (case, failed.error_message)
         assert attempts == 1, case  # not retried
+
+
+def _models() -> list[str]:
+    registry = LocalRegistry.from_settings(load_settings(), actor="test")
+    try:
+        return sorted(m.name for m in registry.list_models())
+    finally:
+        registry.close()
+
+
+def test_an_attempt_past_its_timeout_registers_nothing_when_its_fit_ends_later(
+    home: Path, nats_url: str, tmp_path: Path
+) -> None:
+    fitting = (tmp_path / "gate").with_suffix(".fitting")
+
+    async def main() -> JobFailed:
+        async with await connect(nats_url, timeout=10, name="test") as bus:
+            client = await JobClient.open(bus, JobsSettings())
+            try:
+                # A first job warms the worker up (imports), so that the next one reaches
+                # its fit well within its timeout.
+                warm = {
+                    "model": "warm", "dataset": "shop@0", "target": "amount",
+                    "trainer": "function:shop_trainers:ridge",
+                }  # fmt: skip
+                job = await client.submit(JobSpec(kind="training", payload=warm))
+                await client.wait(job.id, timeout=WAIT_S)
+                gated = {**warm, "model": "gated", "alias": "live"}
+                gated["trainer"] = "function:shop_trainers:gated"
+                spec = JobSpec(kind="training", payload=gated, timeout_s=3, max_attempts=1)
+                job = await client.submit(spec)
+                with pytest.raises(JobFailed) as failed:
+                    await client.wait(job.id, timeout=WAIT_S)
+                return failed.value
+            finally:
+                await client.close()
+
+    failed = asyncio.run(main())
+    assert failed.error_code == "deadline_exceeded", failed.error_message
+    assert fitting.exists()  # the deadline passed while the fit ran in its thread
+    (tmp_path / "gate").touch()  # the fit ends now, after its job failed
+    log = tmp_path / "worker.log"
+    # The worker logs when the fence stops the late push; then the thread has ended.
+    fenced = "is fenced (ran past its timeout of 3s): registering gated as @live not done"
+    assert _eventually(lambda: fenced in log.read_text()), log.read_text()
+    assert _models() == ["warm"]  # no version of gated, so no alias either
+
+
+def test_a_submitter_without_the_write_scope_registers_nothing(home: Path, nats_url: str) -> None:
+    async def main() -> JobFailed:
+        async with await connect(nats_url, timeout=10, name="test") as bus:
+            client = await JobClient.open(bus, JobsSettings())
+            try:
+                payload = {
+                    "model": "shop", "dataset": "shop@0", "trainer": "sklearn:Ridge",
+                    "target": "amount", "alias": "champion",
+                }  # fmt: skip
+                job = await client.submit(
+                    JobSpec(kind="training", payload=payload, max_attempts=3),
+                    identity=Identity.of("dashboard", ["read", "infer"]),
+                )
+                with pytest.raises(JobFailed) as failed:
+                    await client.wait(job.id, timeout=WAIT_S)
+                assert (await client.get(job.id)).attempts == 1  # not retried
+                return failed.value
+            finally:
+                await client.close()
+
+    failed = asyncio.run(main())
+    assert failed.error_code == "forbidden", failed.error_message
+    assert "shop" not in _models()
+
+
+def _eventually(check: Callable[[], bool], timeout: float = WAIT_S) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _served(registry: LocalRegistry, version: ModelVersion) -> dict[str, np.ndarray]:

@@ -64,12 +64,32 @@ def test_bad_yaml_points_at_the_line(tmp_path: Path) -> None:
         ("nonsense: 1\n", "nonsense"),
         ("- a list\n", "mapping"),
         ("log_level: loud\n", "log_level"),
+        ("jobs:\n  webhook_allow: [10.0.0.0/33]\n", "not a host name, an IP address or a CIDR"),
+        ("jobs:\n  webhook_allow: ['http://x']\n", "jobs.webhook_allow"),
+        ("jobs:\n  timeouts_s: {Training: 10}\n", "not a job kind"),
+        ("jobs:\n  timeouts_s: {training: 0}\n", "jobs.timeouts_s"),
+        ("training:\n  allowed_trainers: [os]\n", "not a module:Class or module:\\* pattern"),
     ],
 )
 def test_invalid_settings_are_named(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "aimesh.yaml").write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_settings()
+
+
+def test_job_timeouts_default_by_kind_and_webhook_and_trainer_lists_load(tmp_path: Path) -> None:
+    s = load_settings()
+    assert (s.jobs.timeout_for("training"), s.jobs.timeout_for("inference")) == (3600, 60)
+    assert s.jobs.timeout_for("anything") == s.jobs.default_timeout_s == 600
+    (tmp_path / "aimesh.yaml").write_text(
+        "jobs:\n  default_timeout_s: 30\n  timeouts_s: {training: 7200}\n"
+        "  webhook_allow: [hooks.internal, 10.1.0.0/16, '[::1]']\n"
+        "training:\n  allowed_trainers: ['mycompany.models:*']\n"
+    )
+    s = load_settings()
+    assert (s.jobs.timeout_for("training"), s.jobs.timeout_for("inference")) == (7200, 30)
+    assert s.jobs.webhook_allow == ["hooks.internal", "10.1.0.0/16", "[::1]"]
+    assert s.training.allowed_trainers == ["mycompany.models:*"]
 
 
 def test_missing_explicit_file(tmp_path: Path) -> None:

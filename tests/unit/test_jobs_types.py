@@ -8,7 +8,8 @@ import threading
 import msgspec
 import pytest
 
-from aimesh.errors import InvalidName, InvalidRequest, JobRejected, NotFound
+from aimesh.auth import LOCAL_OPERATOR, Identity
+from aimesh.errors import DeadlineExceeded, InvalidName, InvalidRequest, JobRejected, NotFound
 from aimesh.jobs import (
     Job,
     JobContext,
@@ -44,7 +45,8 @@ def test_kinds_that_are_not_subject_tokens_are_refused(kind: str) -> None:
         b'{"kind": "noop", "colour": "red"}',
         b'{"kind": "noop", "max_attempts": 0}',
         b'{"kind": "noop", "timeout_s": -1}',
-        b'{"kind": "noop", "webhook_url": "ftp://x"}',
+        b'{"kind": "noop", "webhook_url": ""}',
+        b'{"kind": "noop", "submitted_by": "admin;admin"}',
         b'{"kind": "noop", "payload": [1]}',
         b'{"kind": "noop", "idempotency_key": ""}',
     ],
@@ -59,6 +61,16 @@ def test_a_spec_becomes_a_queued_record_with_default_attempts() -> None:
     job = Job.from_spec(spec, job_id="c" * 32, max_attempts=5)
     assert (job.state, job.max_attempts, job.attempts, job.idempotency_key) == ("queued", 5, 0, "k")
     assert job.payload == {"seconds": 1} and not job.done
+
+
+def test_a_job_without_a_submitter_is_the_local_operators() -> None:
+    job = Job.from_spec(decode(b'{"kind": "noop"}'), job_id="c" * 32, max_attempts=1)
+    assert job.submitted_by is None and job.identity == LOCAL_OPERATOR
+    reader = Identity.of("dash", ["read"])
+    job = Job.from_spec(
+        decode(b'{"kind": "noop"}'), job_id="c" * 32, max_attempts=1, submitted_by=reader.header()
+    )
+    assert job.identity.scopes == reader.scopes and not job.identity.has("write")
 
 
 def test_builtin_handlers_are_found_by_kind() -> None:
@@ -115,3 +127,39 @@ def test_sleep_refuses_a_payload_it_cannot_use() -> None:
 
     with pytest.raises(JobRejected):
         asyncio.run(main())
+
+
+def test_a_fenced_context_refuses_commits_and_drops_progress() -> None:
+    job = Job.from_spec(JobSpec(kind="noop"), job_id="f" * 32, max_attempts=1)
+
+    async def main() -> list[str]:
+        done: list[str] = []
+        ctx = JobContext(job, 1, timeout_s=60)
+        with ctx.commit("first"):
+            done.append("first")
+        assert not ctx.expired
+        # The worker fences at the deadline; nothing was committing then.
+        assert ctx._trip() is False
+        assert ctx.expired
+        with pytest.raises(DeadlineExceeded, match="second not done"), ctx.commit("second"):
+            done.append("second")
+        ctx.progress(0.9, "late")
+        assert ctx._take_progress() is None
+        # A deadline passed is a fence even before the worker trips it (a thread sees it).
+        late = JobContext(job, 1, timeout_s=1e-9)
+        with pytest.raises(DeadlineExceeded, match="timeout"):
+            late.check("third")
+        return done
+
+    assert asyncio.run(main()) == ["first"]
+
+
+def test_a_commit_under_way_at_the_fence_is_reported_to_the_worker() -> None:
+    job = Job.from_spec(JobSpec(kind="noop"), job_id="f" * 32, max_attempts=1)
+
+    async def main() -> bool:
+        ctx = JobContext(job, 1, timeout_s=60)
+        with ctx.commit("slow write"):
+            return ctx._trip()
+
+    assert asyncio.run(main()) is True

@@ -42,10 +42,10 @@ def test_every_problem_is_reported_at_its_line_in_file_order(tmp_path: Path) -> 
         "  port: 70000\n"  # 9
     )
     assert _problems(tmp_path, text) == [
-        "aimesh.yaml:5: services.models.0.replicas: Input should be greater than or equal to 1",
-        "aimesh.yaml:6: services.models.1.ref: Field required",
-        "aimesh.yaml:7: log_level: Input should be 'debug', 'info', 'warning' or 'error'",
-        "aimesh.yaml:9: registry.port: Input should be less than or equal to 65535",
+        "aimesh.yaml:5: services.models.0.replicas: must be at least 1",
+        "aimesh.yaml:6: services.models.1.ref: is required",
+        "aimesh.yaml:7: log_level: must be one of 'debug', 'info', 'warning' or 'error'",
+        "aimesh.yaml:9: registry.port: must be at most 65535",
     ]
 
 
@@ -87,7 +87,7 @@ def test_an_unknown_key_is_told_once_beside_other_problems(tmp_path: Path) -> No
     unknown, invalid = _problems(tmp_path, "nonsense: 1\nregistry:\n  port: -1\n")
     assert unknown.startswith("aimesh.yaml:1: nonsense: unknown setting (known: home, log_level,")
     assert "services" in unknown
-    assert invalid == "aimesh.yaml:3: registry.port: Input should be greater than or equal to 0"
+    assert invalid == "aimesh.yaml:3: registry.port: must be at least 0"
 
 
 def test_a_problem_of_the_environment_has_no_line(
@@ -96,8 +96,8 @@ def test_a_problem_of_the_environment_has_no_line(
     monkeypatch.setenv("AIMESH_SERVING__WORKERS", "0")
     problems = _problems(tmp_path, "registry:\n  port: -1\n")
     assert problems == [
-        "aimesh.yaml:2: registry.port: Input should be greater than or equal to 0",
-        "invalid settings: serving.workers: Input should be greater than or equal to 1",
+        "aimesh.yaml:2: registry.port: must be at least 0",
+        "invalid settings: serving.workers: must be at least 1",
     ]
 
 

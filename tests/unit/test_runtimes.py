@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,14 @@ from aimesh.errors import (
 )
 from aimesh.protocol import Datatype, Signature, TensorSpec
 from aimesh.runtimes import (
+    cap_threads,
     detect_framework,
     executes_code,
     frameworks,
     inspect_artifact,
     load_runtime,
+    native_thread_pools,
+    thread_cap,
 )
 
 Array = npt.NDArray[Any]
@@ -379,11 +383,17 @@ def test_empty_batch_gives_empty_outputs(case: Case, data: Data) -> None:
 def test_public_face_is_exactly_the_runtime_api() -> None:
     assert sorted(aimesh.runtimes.__all__) == [
         "Runtime",
+        "apply_thread_cap",
+        "cap_threads",
         "detect_framework",
         "executes_code",
         "frameworks",
         "inspect_artifact",
         "load_runtime",
+        "machine_cores",
+        "native_thread_pools",
+        "share_of_cores",
+        "thread_cap",
     ]
 
 
@@ -651,3 +661,33 @@ def test_labels_are_the_most_probable_class(classifier: Case, rows: Array) -> No
     want = classifier.reference(rows)
     np.testing.assert_array_equal(got["label"], want["label"])
     np.testing.assert_allclose(got["probabilities"].sum(axis=1), 1.0)
+
+
+@pytest.fixture
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's models capped at one native thread, as a model service caps them."""
+    from threadpoolctl import threadpool_limits
+
+    from aimesh.runtimes import _threads
+
+    with threadpool_limits(limits=None):  # restores every pool's size on the way out
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            monkeypatch.setenv(name, os.environ.get(name, ""))
+        monkeypatch.setattr(_threads, "_cap", None)
+        cap_threads(1)
+        yield
+
+
+def test_predictions_are_the_same_under_a_thread_cap(
+    case: Case, data: Data, one_thread: None
+) -> None:
+    runtime = load_runtime(case.framework, case.path, **case.trust)
+    rows = data.x[:60]
+    got = runtime.predict({case.input_name: rows})
+    for name, expected in case.reference(rows).items():
+        if got[name].dtype.kind in "fc":
+            np.testing.assert_allclose(got[name], expected, rtol=1e-6, atol=case.atol)
+        else:
+            np.testing.assert_array_equal(got[name], expected)
+    assert thread_cap() == 1
+    assert set(native_thread_pools().values()) <= {1}

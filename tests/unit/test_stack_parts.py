@@ -11,6 +11,7 @@ import pytest
 from aimesh.config import Settings
 from aimesh.errors import ConfigError, NotFound
 from aimesh.local import RestartPolicy, follow, log_files, plan_stack, tail_lines
+from aimesh.runtimes import machine_cores
 
 
 def _settings(tmp_path: Path, **services: object) -> Settings:
@@ -49,6 +50,25 @@ def test_the_plan_starts_each_stage_in_order_on_distinct_ports(tmp_path: Path) -
     assert replica.args[:2] == ("serve", "fraud@champion") and "--no-batching" in replica.args
     assert replica.ready_url == f"http://127.0.0.1:{replica.http_port}/v2/health/ready"
     assert replica.log_file == settings.home_dir / "logs" / "fraud.1.log"
+
+
+def _option(args: tuple[str, ...], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_the_plan_divides_the_cores_among_the_processes_that_run_models(tmp_path: Path) -> None:
+    models = [{"ref": "fraud@champion", "replicas": 2}]
+    plan = plan_stack(_settings(tmp_path, models=models))
+    # two replicas and two job workers share the machine's cores
+    share = str(max(1, machine_cores() // 4))
+    running_models = [p for p in plan if p.kind in ("model", "worker")]
+    assert [_option(p.args, "--threads") for p in running_models] == [share] * 4
+    assert all("--threads" not in p.args for p in plan if p not in running_models)
+
+    pinned = _settings(tmp_path, models=models).model_copy(
+        update={"serving": Settings().serving.model_copy(update={"threads": 3})}
+    )
+    assert {_option(p.args, "--threads") for p in plan_stack(pinned) if p.kind == "model"} == {"3"}
 
 
 def test_two_services_of_one_model_are_named_by_their_selector(tmp_path: Path) -> None:

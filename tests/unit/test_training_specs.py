@@ -17,7 +17,7 @@ from xgboost import XGBClassifier
 
 from aimesh.errors import JobRejected
 from aimesh.runtimes import load_runtime
-from aimesh.training import Split, TrainRequest, resolve_trainer, trainer
+from aimesh.training import Split, TrainRequest, parse_params, resolve_trainer, trainer
 from aimesh.training.formats import save_model
 from aimesh.training.metrics import check_metrics, compute_metrics, plan_metrics
 from aimesh.training.split import split_rows
@@ -202,7 +202,12 @@ def test_a_metric_the_held_out_rows_cannot_give_is_skipped_with_its_reason() -> 
         ("sklearn:NoSuchModel", "sklearn has no estimator 'NoSuchModel'"),
         ("xgboost:DMatrix", "xgboost has no estimator 'DMatrix'"),
         ("lightgbm:Booster", "lightgbm has no estimator 'Booster'"),
-        ("os:system", "not an estimator class"),
+        ("os:system", "is not allowed"),
+        ("sklearn.utils:Bunch", "is not an estimator class"),
+        ("sklearn.base:BaseEstimator", "is not an estimator class"),
+        ("xgboost.sklearn:XGBClassifier", "is not allowed"),
+        ("antigravity:Fly", "is not allowed"),
+        ("function:antigravity:fly", "is not marked as a trainer"),
         ("function:os:system", "is not marked as a trainer"),
         ("function:test_training_specs:unmarked_fit", "decorate it with @aimesh.training.trainer"),
         ("function:nowhere.at_all:fit", "No module named 'nowhere'"),
@@ -214,6 +219,71 @@ def test_a_metric_the_held_out_rows_cannot_give_is_skipped_with_its_reason() -> 
 def test_trainers_that_cannot_be_resolved_are_rejected(spec: str, says: str) -> None:
     with pytest.raises(JobRejected, match=re.escape(says)):
         resolve_trainer(spec)
+
+
+@pytest.mark.parametrize(
+    ("trainer", "params", "says"),
+    [
+        ("sklearn:KMeans", {"memory": "/tmp/cache"}, "parameter 'memory' is refused"),
+        ("sklearn:AgglomerativeClustering", {"memory": "cache"}, "parameter 'memory' is refused"),
+        ("xgboost:XGBClassifier", {"callbacks": "x"}, "parameter 'callbacks' is refused"),
+        ("lightgbm:LGBMClassifier", {"output_model": "m.txt"}, "'output_model' is refused"),
+        ("lightgbm:LGBMClassifier", {"forcedsplits_filename": "s"}, "is refused"),
+        ("lightgbm:LGBMClassifier", {"input_model": "m.txt"}, "is refused"),
+        ("sklearn:LogisticRegression", {"log_dir": "x"}, "'log_dir' is refused"),
+        ("sklearn:LogisticRegression", {"score_fn": "x"}, "'score_fn' is refused"),
+        ("sklearn:LogisticRegression", {"weights_path": "x"}, "is refused"),
+        ("sklearn:LogisticRegression", {"_private": 1}, "is not a parameter name"),
+        ("sklearn:LogisticRegression", {"solver": "../x"}, "looks like a path"),
+        ("sklearn:LogisticRegression", {"solver": "..\\x"}, "looks like a path"),
+        ("sklearn:LogisticRegression", {"solver": "/etc/passwd"}, "looks like a path"),
+        ("sklearn:LogisticRegression", {"solver": "%2e%2e%2f"}, "looks like a path"),
+        ("sklearn:LogisticRegression", {"solver": "%252e%252e%252f"}, "looks like a path"),
+        ("sklearn:LogisticRegression", {"solver": "file:///etc/passwd"}, "looks like a path"),
+        ("sklearn:LogisticRegression", {"solver": "C:\\x"}, "looks like a path"),
+        ("sklearn:LogisticRegression", {"solver": "~root"}, "looks like a path"),
+        ("sklearn:LogisticRegression", {"solver": "os:system"}, "names code"),
+        ("sklearn:LogisticRegression", {"solver": "os.system"}, "names code"),
+        ("sklearn:LogisticRegression", {"solver": "x" * 201}, "longer than 200"),
+        ("function:test_training_specs:marked_fit", {"data_path": "d"}, "is refused"),
+    ],
+)
+def test_parameters_that_name_paths_or_code_are_refused(
+    trainer: str, params: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(JobRejected, match=re.escape(says)):
+        resolve_trainer(trainer, params)
+
+
+def test_plain_parameters_pass_and_null_is_none() -> None:
+    estimator = resolve_trainer(
+        "xgboost:XGBClassifier", {"objective": "binary:logistic", "max_depth": None}
+    ).estimator
+    assert estimator.get_params()["objective"] == "binary:logistic"
+    tree = resolve_trainer(
+        "sklearn:DecisionTreeClassifier", {"max_depth": None, "class_weight": "balanced"}
+    ).estimator
+    assert tree.get_params()["max_depth"] is None
+    assert parse_params(["max_depth=none", "C=0.5"]) == {"max_depth": None, "C": 0.5}
+
+
+def test_module_class_trainers_come_from_the_allow_list() -> None:
+    found = resolve_trainer("sklearn.linear_model:LogisticRegression", {"C": 0.5}).estimator
+    assert isinstance(found, LogisticRegression) and found.C == 0.5
+    with pytest.raises(JobRejected, match="is not allowed"):
+        resolve_trainer("test_training_specs:Homemade")
+    homemade = resolve_trainer("test_training_specs:Homemade", allowed=["test_training_specs:*"])
+    assert isinstance(homemade.estimator, Homemade)
+
+
+class Homemade:
+    """An estimator class of the operator's, admitted by training.allowed_trainers."""
+
+    def fit(self, x: Any, y: Any) -> Homemade:
+        return self
+
+    def predict(self, x: Any) -> Any:
+        return np.zeros(len(x))
 
 
 def test_bad_parameters_of_an_estimator_class_are_rejected() -> None:

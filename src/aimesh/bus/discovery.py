@@ -28,8 +28,11 @@ from aimesh.bus.home import ensure_bus
 from aimesh.bus.topology import DISCOVERY_BUCKET, declare_topology
 from aimesh.config import Settings
 from aimesh.errors import AimeshError, BusUnavailable
+from aimesh.observability import cancel_and_wait
 
 log = logging.getLogger("aimesh.bus.discovery")
+
+_STOP_S = 5.0  # a heartbeat still running after this is left behind: shutdown goes on
 
 
 class ServiceInstance(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,6 +92,7 @@ class Registration:
         self._kv: KeyValue | None = None
         self._key: str | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
 
     async def start(self) -> None:
         """Put the key now, then keep it alive in the background."""
@@ -107,10 +111,16 @@ class Registration:
         await self._kv.put(instance.key, msgspec.json.encode(instance))
 
     async def _beat(self) -> None:
-        while True:
+        # The loop ends on the flag, not only on cancellation: Python 3.11's wait_for (here,
+        # and inside nats-py's request) drops a cancellation that lands as the awaited
+        # future completes, and a heartbeat woken by a swap just before a shutdown hit that
+        # race, so the process ignored SIGTERM (its stop awaited this task for ever).
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval_s)
             self._wake.clear()
+            if self._stopping:
+                return
             try:
                 await self._put()
             except (nats.errors.Error, TimeoutError) as exc:
@@ -118,10 +128,10 @@ class Registration:
 
     async def stop(self) -> None:
         """Stop the heartbeat and delete the key."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None and not await cancel_and_wait([self._task], _STOP_S):
+            log.warning("the discovery heartbeat did not stop within %.0fs", _STOP_S)
         # Without the bus the key cannot be deleted now; it expires with its TTL instead
         # (and waiting for the purge's timeout would only hold up a shutdown).
         if self._kv is not None and self._key is not None and self._bus.connected:

@@ -104,17 +104,39 @@ def serve_service_app(
     ``create_app(settings, public_url=...)`` builds it; the URL it is announced at in
     discovery is the one it binds.
     """
+    import contextlib
+    from collections.abc import Iterator
+
     import uvicorn
 
-    from aimesh.observability import configure_logging
+    from aimesh.observability import configure_logging, run_service, stop_on_signals
+
+    class Server(uvicorn.Server):
+        """uvicorn without its own signal handling: stop_on_signals decides, as everywhere."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
 
     config = settings()
     configure_logging(config.log_level, config.log_format)
     console.print(f"{what} on http://{host}:{port}  (docs: /docs)")
-    uvicorn.run(
-        create_app(config, public_url=f"http://{host}:{port}"),
-        host=host,
-        port=port,
-        log_config=None,
-        timeout_graceful_shutdown=grace_s,
+    server = Server(
+        uvicorn.Config(
+            create_app(config, public_url=f"http://{host}:{port}"),
+            host=host,
+            port=port,
+            log_config=None,
+            timeout_graceful_shutdown=grace_s,
+        )
     )
+
+    def stop() -> None:
+        server.should_exit = True
+
+    async def main() -> None:
+        # the app's shutdown (leaving discovery, closing stores) comes after the drain
+        stop_on_signals(stop, what=what, grace_s=grace_s + 30)
+        await server.serve()
+
+    run_service(main())

@@ -12,7 +12,7 @@ and keeps the stack running until Ctrl-C (``--once`` stops after the predictions
 from __future__ import annotations
 
 import asyncio
-import signal
+import contextlib
 import socket
 import threading
 import time
@@ -30,6 +30,10 @@ from aimesh.config import Settings
 from aimesh.errors import AimeshError
 
 DATASET = "transactions"
+STACK_STOP_S = 120.0
+"""How long the demo waits for its stack's supervisor to stop before killing it."""
+DEMO_STOP_S = STACK_STOP_S + 30
+"""After a signal, the demo is gone within this, stopped in order or by its watchdog."""
 TRAINER = "sklearn:HistGradientBoostingClassifier"
 
 
@@ -198,11 +202,14 @@ def _predict_grpc(address: str, x: np.ndarray) -> tuple[str, np.ndarray]:
     return response.model_version or "?", outputs["probabilities"][:, 1]
 
 
-def _wait_for_ctrl_c() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+def _interrupt() -> None:
+    """The first SIGINT or SIGTERM: unwind whatever the demo does, to its stack's stop."""
+    raise KeyboardInterrupt
+
+
+def _until_a_signal() -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
 
 
 DEMO_PROJECT = """\
@@ -270,10 +277,14 @@ def demo(
     from aimesh.config import load_settings
     from aimesh.examples import make_fraud_dataset
     from aimesh.local import STAGES, stack_report, start_detached, stop_stack
+    from aimesh.observability import stop_on_signals
     from aimesh.registry import LocalRegistry
     from aimesh.registry.outbox import flush_outbox
 
     config = settings()
+    # One way to stop, in every phase: the first signal unwinds to the stack's stop below
+    # (bounded by the watchdog, whatever the bus or the stack do); the second exits at once.
+    stop_on_signals(_interrupt, what="the demo", grace_s=DEMO_STOP_S)
     bus_url = ensure_bus(config)
     console.print(f"[bold]bus[/bold]       {bus_url}  (embedded; stop it with `aimesh bus stop`)")
 
@@ -301,13 +312,14 @@ def demo(
     project = _write_project(config)
     stack = load_settings(project)
     home = stack.home_dir
-    with console.status(
-        "starting the stack: registry, lake, jobs, 2 replicas of fraud@champion, workers, gateway"
-    ):
-        state = start_detached(
-            home, ["up", "--file", str(project)], timeout_s=60.0 * len(STAGES) + 60
-        )
     try:
+        with console.status(
+            "starting the stack: registry, lake, jobs, 2 replicas of fraud@champion, workers, "
+            "gateway"
+        ):
+            state = start_detached(
+                home, ["up", "--file", str(project)], timeout_s=60.0 * len(STAGES) + 60
+            )
         show_stack(asyncio.run(stack_report(home)))
         # Where the gateway really listens (a port of 0 in the settings means any free one).
         front = next(p for p in state.processes if p.kind == "gateway")
@@ -348,8 +360,8 @@ def demo(
             "--target label --wait`, or `aimesh models alias fraud champion N` in another "
             "terminal. Ctrl-C stops it."
         )
-        _wait_for_ctrl_c()
+        _until_a_signal()
     finally:
         with console.status("stopping the stack"):
-            stop_stack(home, timeout_s=30.0 * len(STAGES) + 10)
+            stop_stack(home, timeout_s=STACK_STOP_S)
         console.print("stopped the stack (the bus keeps running: `aimesh bus stop`)")

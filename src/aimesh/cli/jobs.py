@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -374,6 +374,10 @@ def worker(
             min=0, max=65535, help="Serve /health and /metrics on this port (0: any free one)."
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, max=1024, help="Native threads for models (default: jobs.threads)."),
+    ] = None,
 ) -> None:
     """Run jobs of one kind until Ctrl-C, then drain: finish running jobs or hand them back.
 
@@ -381,9 +385,13 @@ def worker(
     """
     from aimesh.jobs import get_handler, load_handler
     from aimesh.observability import configure_logging
+    from aimesh.runtimes import cap_threads, share_of_cores
 
     config = settings()
     configure_logging(config.log_level, config.log_format)
+    # before a handler imports a model library: those read the cap when they load
+    cap = cap_threads(threads or config.jobs.threads or share_of_cores(1))
+    logging.getLogger("aimesh.jobs").info("native threads capped at %d", cap)
     run = load_handler(handler) if handler is not None else get_handler(kind)
     stats = asyncio.run(_run_worker(config, kind, run, concurrency, (host, port)))
     err_console.print(
@@ -403,6 +411,7 @@ async def _run_worker(
     from aimesh.bus import Registration, declare_topology, describe_service, open_bus
     from aimesh.jobs import Worker
     from aimesh.jobs.health import serve_health
+    from aimesh.observability import stop_on_signals
 
     async with await open_bus(config, name=f"worker-{kind}") as bus:
         await declare_topology(bus)
@@ -420,22 +429,21 @@ async def _run_worker(
         )  # fmt: skip
         registration = Registration(bus, describe, interval_s=config.serving.heartbeat_s)
         await registration.start()
-        loop = asyncio.get_running_loop()
-        stops = 0
 
-        def on_signal() -> None:
-            nonlocal stops
-            stops += 1
-            if stops == 1:
-                err_console.print(
-                    f"draining: finishing running jobs (up to {config.jobs.drain_timeout_s:g}s); "
-                    "Ctrl-C again to hand them back now",
-                    highlight=False,
-                )
-            job_worker.stop(hand_back=stops > 1)
+        def drain() -> None:
+            err_console.print(
+                f"draining: finishing running jobs (up to {config.jobs.drain_timeout_s:g}s); "
+                "Ctrl-C again to hand them back now",
+                highlight=False,
+            )
+            job_worker.stop(hand_back=False)
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
+        stop_on_signals(
+            drain,
+            what=f"worker {job_worker.id}",
+            grace_s=config.jobs.drain_timeout_s + 30,
+            hurry=lambda: job_worker.stop(hand_back=True),
+        )
         console.print(
             f"worker {job_worker.id}: jobs of kind {kind}, {job_worker.concurrency} at a time "
             "(Ctrl-C to stop)",
@@ -444,8 +452,6 @@ async def _run_worker(
         try:
             await job_worker.run()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
             await registration.stop()
             if health is not None:
                 health.cancel()

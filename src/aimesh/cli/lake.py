@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -152,22 +151,18 @@ async def _sink(
 ) -> None:
     from aimesh.bus import open_bus
     from aimesh.lake import LakeSink, SinkCommit, open_lake, sink_names
+    from aimesh.observability import stop_on_signals
 
     names = sink_names(name, subject)
     lake = open_lake(config)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     def on_signal() -> None:
-        if stop.is_set():  # a second Ctrl-C: stop now, without the batch in hand
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            raise KeyboardInterrupt
         err_console.print("stopping: committing the batch in hand (Ctrl-C again to quit now)")
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    # the batch in hand is one commit; a second Ctrl-C quits without it
+    stop_on_signals(on_signal, what=f"the sink into {name}", grace_s=120)
 
     totals = {"commits": 0, "rows": 0, "dead": 0}
 

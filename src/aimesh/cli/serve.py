@@ -35,6 +35,10 @@ def serve(
     batching: Annotated[
         bool | None, typer.Option("--batching/--no-batching", help="Coalesce concurrent requests.")
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, max=1024, help="Native threads per worker (default: serving.threads)."),
+    ] = None,
 ) -> None:
     """Serve a model over the Open Inference Protocol v2 (REST and gRPC) until Ctrl-C."""
     from aimesh.observability import configure_logging
@@ -52,6 +56,7 @@ def serve(
             "max_batch_size": max_batch_size,
             "max_latency_ms": max_latency_ms,
             "batching": batching,
+            "threads": threads,
         }.items()
         if value is not None
     }

@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
+from aimesh.auth import Identity
 from aimesh.bus import Bus, list_instances
 from aimesh.config import JobsSettings
 from aimesh.errors import (
@@ -172,10 +173,16 @@ class Deferrer:
         body: bytes,
         headers: list[tuple[bytes, bytes]],
         options: AsyncRequest,
+        identity: Identity | None = None,
     ) -> Job:
-        """Store the request and queue its job; returns the queued (or first) job."""
+        """Store the request and queue its job; returns the queued (or first) job.
+
+        A webhook URL the workers may not call is refused (``url_refused``) before anything
+        is stored. ``identity``: the caller (unset: the local operator).
+        """
         if self._jobs is None or self._data is None:
             raise BusUnavailable("the gateway is not connected to the bus yet; try again")
+        await self._jobs.check_webhook(options.webhook_url)
         content_type = "application/json"
         kept: list[tuple[str, str]] = []
         for name, value in headers:
@@ -202,7 +209,7 @@ class Deferrer:
             )
         except msgspec.ValidationError as exc:
             raise InvalidRequest(f"cannot defer this request: {exc}") from exc
-        return await self._jobs.submit(spec)
+        return await self._jobs.submit(spec, identity=identity)
 
 
 # -- the worker's side ------------------------------------------------------------------
@@ -275,7 +282,7 @@ async def inference_job(ctx: JobContext) -> dict[str, Any]:
     request = await data.get(input_key(payload.input))
     if request is None:
         raise JobRejected("the request of this job is gone (its input expired or was never stored)")
-    timeout = ctx.job.timeout_s or _DEFAULT_TIMEOUT_S
+    timeout = ctx.timeout_s or _DEFAULT_TIMEOUT_S
     headers = [(b"content-type", request.content_type.encode("latin-1"))]
     headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers]
     target = payload.path.encode()
@@ -302,7 +309,8 @@ async def inference_job(ctx: JobContext) -> dict[str, Any]:
     if status >= 400:
         raise _model_error(status, body)
     try:
-        await data.put_result(ctx.job.id, blob)
+        with ctx.commit("storing the model's answer"):
+            await data.put_result(ctx.job.id, blob)
     except RequestTooLarge as exc:
         raise JobRejected(
             f"the model's answer of {exc.size} bytes is larger than a result the bus carries "

@@ -48,7 +48,9 @@ _ASYNC_PARAMETERS = [
         "in": "query",
         "required": False,
         "schema": {"type": "string", "format": "uri", "pattern": "^https?://"},
-        "description": "With async: called (POST, the job's record, HMAC-signed) when it ends.",
+        "description": "With async: called (POST, the job's record, HMAC-signed) when it ends. "
+        "A URL whose host resolves to a loopback, private, link-local or metadata address "
+        "is refused (400 url_refused) unless jobs.webhook_allow names it.",
     },
     {
         "name": "Prefer",

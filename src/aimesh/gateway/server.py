@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -40,7 +39,7 @@ from aimesh.gateway.openapi import MergedOpenApi, gateway_document
 from aimesh.gateway.rest import GatewayApp
 from aimesh.gateway.routing import Router, RoutingTable
 from aimesh.gateway.watch import DiscoveryWatch, forget_on_registry_events
-from aimesh.observability import run_service
+from aimesh.observability import run_service, stop_on_signals
 
 __all__ = ["run_gateway", "serve"]
 
@@ -139,10 +138,7 @@ async def run_gateway(
     )
 
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop.set, what="the gateway", grace_s=2 * drain_s + 15)
     await asyncio.wait([serving, asyncio.ensure_future(stop.wait())], return_when="FIRST_COMPLETED")
 
     # Stop in order: leave discovery (the follower), stop accepting and drain, then close.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from aimesh.config import JobsSettings
-from aimesh.errors import AimeshError, InvalidRequest, foreign_message
+from aimesh.errors import AimeshError, Forbidden, InvalidRequest, Unauthorized, foreign_message
 from aimesh.jobs import states
 from aimesh.jobs.handlers import JobContext
 from aimesh.jobs.states import Attempt
@@ -27,6 +28,8 @@ from aimesh.jobs.types import Job, JobError
 __all__ = ["Outcome", "Run", "Slot", "WorkerStats", "outcome_of"]
 
 log = logging.getLogger("aimesh.jobs.worker")
+
+_FENCED_LOCK = threading.Lock()
 
 
 def _now() -> datetime:
@@ -43,6 +46,13 @@ class WorkerStats:
     cancelled: int = 0
     released: int = 0
     skipped: int = 0
+    fenced: int = 0
+    """Side effects refused because their attempt was past its deadline or stopped."""
+
+    def count_fenced(self) -> None:
+        """Count a refused side effect (called from a handler's thread, too)."""
+        with _FENCED_LOCK:
+            self.fenced += 1
 
 
 class Slot:
@@ -150,7 +160,8 @@ def _failure(
         # The job's record is read over the API: the server's paths stay in the log.
         error = JobError(code or "handler_error", f"{type(exc).__name__}: {foreign_message(exc)}")
         log.warning("attempt %d of job %s failed", attempt.number, run.job.id, exc_info=exc)
-    permanent = isinstance(exc, InvalidRequest)
+    # A bad request, or a submitter who may not do what the job does: never retried.
+    permanent = isinstance(exc, InvalidRequest | Forbidden | Unauthorized)
     if permanent or attempt.number >= run.job.max_attempts:
         return Outcome(
             lambda j: states.fail(j, error, now, attempt),

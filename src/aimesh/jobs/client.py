@@ -17,6 +17,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import Header
 
+from aimesh.auth import Identity
 from aimesh.bus import (
     Bus,
     JobEvent,
@@ -36,7 +37,7 @@ from aimesh.jobs import states
 from aimesh.jobs.events import change_between, job_event, notify_cancel
 from aimesh.jobs.store import JobStore, encode_job
 from aimesh.jobs.types import TERMINAL, Job, JobSpec, check_job_id, check_kind, new_job_id
-from aimesh.jobs.webhooks import WebhookSender
+from aimesh.jobs.webhooks import WebhookSender, check_webhook
 
 __all__ = ["COPY_HEADER", "REVISION_HEADER", "JobClient", "job_subject"]
 
@@ -67,12 +68,7 @@ class JobClient:
         self.bus = bus
         self.store = store
         self.settings = settings
-        secret = settings.webhook_secret
-        self._webhooks = WebhookSender(
-            secret=secret.get_secret_value() if secret is not None else None,
-            timeout_s=settings.webhook_timeout_s,
-            attempts=settings.webhook_attempts,
-        )
+        self._webhooks = WebhookSender.of(settings)
 
     @classmethod
     async def open(cls, bus: Bus, settings: JobsSettings, *, declare: bool = True) -> JobClient:
@@ -88,13 +84,22 @@ class JobClient:
 
     # -- submit -------------------------------------------------------------------------
 
-    async def submit(self, spec: JobSpec, *, retry_of: str | None = None) -> Job:
+    async def check_webhook(self, url: str | None) -> None:
+        """Refuse (``url_refused``) a webhook URL this system may not call; nothing else."""
+        await check_webhook(url, self._webhooks.policy)
+
+    async def submit(
+        self, spec: JobSpec, *, retry_of: str | None = None, identity: Identity | None = None
+    ) -> Job:
         """Queue a job; with an idempotency key already used, return that key's job instead.
 
-        Raises :class:`InvalidRequest` for a payload over ``jobs.max_payload_bytes``,
-        :class:`BusUnavailable` when the bus does not store the job.
+        ``identity`` is who submits (recorded as the job's ``submitted_by``; unset: the
+        local operator). Raises :class:`InvalidRequest` for a payload over
+        ``jobs.max_payload_bytes``, :class:`~aimesh.errors.UrlRefused` for a webhook URL that
+        may not be called, :class:`BusUnavailable` when the bus does not store the job.
         """
         check_kind(spec.kind)
+        await self.check_webhook(spec.webhook_url)
         size = len(msgspec.json.encode(spec.payload))
         if size > self.settings.max_payload_bytes:
             raise InvalidRequest(
@@ -104,7 +109,11 @@ class JobClient:
                 limit=self.settings.max_payload_bytes,
             )
         job = Job.from_spec(
-            spec, job_id=new_job_id(), max_attempts=self.settings.max_attempts, retry_of=retry_of
+            spec,
+            job_id=new_job_id(),
+            max_attempts=self.settings.max_attempts,
+            retry_of=retry_of,
+            submitted_by=identity.header() if identity is not None else None,
         )
         if spec.idempotency_key is not None:
             existing = await self._bind(spec.idempotency_key, job.id)
@@ -175,7 +184,7 @@ class JobClient:
             check_kind(kind)
         return await self.store.list(kind=kind, state=state, limit=limit)
 
-    async def retry(self, job_id: str) -> Job:
+    async def retry(self, job_id: str, *, identity: Identity | None = None) -> Job:
         """Run a failed or cancelled job again, as a new job (``retry_of`` names the old one).
 
         The new job has the old one's kind, payload, attempts, timeout and webhook. A job is
@@ -183,7 +192,8 @@ class JobClient:
         ``retry:<old id>``), so a client may repeat the call safely; to go again, retry the
         retry. Raises :class:`JobNotRetryable` for a job that is queued, running or
         succeeded. (An async inference keeps its request a day: retried later, the new job
-        fails at once, its request gone.)
+        fails at once, its request gone.) ``identity``: who retries (unset: the one who
+        submitted the old job).
         """
         job = await self.get(job_id)
         if job.state not in ("failed", "cancelled"):
@@ -196,7 +206,9 @@ class JobClient:
             webhook_url=job.webhook_url,
             timeout_s=job.timeout_s,
         )
-        return await self.submit(spec, retry_of=job.id)
+        if identity is None and job.submitted_by is not None:
+            identity = Identity.from_header(job.submitted_by)
+        return await self.submit(spec, retry_of=job.id, identity=identity)
 
     # -- cancel -------------------------------------------------------------------------
 

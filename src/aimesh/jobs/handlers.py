@@ -14,6 +14,15 @@ result (small JSON); it raises to fail the attempt: :class:`~aimesh.errors.Inval
 and its children (e.g. :class:`~aimesh.errors.JobRejected`) fail the job at once, anything
 else is retried until the job's attempts are spent.
 
+Every attempt has a deadline (the job's ``timeout_s``, else ``jobs.timeouts_s`` for its kind,
+else ``jobs.default_timeout_s``). At the deadline the worker cancels the handler and
+*fences* the attempt; a handler running in a thread cannot be stopped, so it must make each
+lasting side effect (a registry push, an alias move, a result written) inside
+:meth:`JobContext.commit`, which refuses (:class:`~aimesh.errors.DeadlineExceeded`) once the
+attempt is fenced: nothing it does after its deadline takes effect. Progress reports after
+it are dropped. A commit begun before the deadline is not interrupted, and the attempt then
+ends as its handler says: make the commit the handler's last step.
+
 The built-in kinds ``noop`` and ``sleep`` (see :mod:`aimesh.jobs.kinds`), ``training``
 (see :mod:`aimesh.training`) and ``inference`` (see :mod:`aimesh.gateway.deferred`) are
 imported when first asked for.
@@ -22,13 +31,17 @@ imported when first asked for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
-from collections.abc import Awaitable, Callable
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeAlias
 
 from aimesh.bus import Bus
-from aimesh.errors import InvalidRequest, NotFound
+from aimesh.errors import DeadlineExceeded, InvalidRequest, NotFound
 from aimesh.jobs.types import Job, check_kind
 
 __all__ = [
@@ -51,15 +64,33 @@ _BUILTIN = {
 }
 _handlers: dict[str, Handler] = {}
 
+log = logging.getLogger("aimesh.jobs.worker")
+
 
 class JobContext:
     """What a handler knows of its job, and how it reports progress and sees a cancel."""
 
-    def __init__(self, job: Job, attempt: int, bus: Bus | None = None) -> None:
+    def __init__(
+        self,
+        job: Job,
+        attempt: int,
+        bus: Bus | None = None,
+        *,
+        timeout_s: float | None = None,
+        on_fenced: Callable[[], None] | None = None,
+    ) -> None:
         self.job = job
         self.attempt = attempt
         """The attempt this is, from 1."""
+        self.timeout_s = timeout_s
+        """How long the attempt may run; ``None``: no deadline (a test's bare context)."""
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        """When the attempt's time is up (``time.monotonic()``), if it has a deadline."""
         self._bus = bus
+        self._fence = threading.Lock()
+        self._fenced: str | None = None
+        self._commits = 0
+        self._on_fenced = on_fenced
         self.result_ref: str | None = None
         """Set to a reference (a URI, a dataset version) when the result is too large to keep."""
         self._loop = asyncio.get_running_loop()
@@ -88,6 +119,57 @@ class JobContext:
         """
         return self._cancelled.is_set()
 
+    @property
+    def expired(self) -> bool:
+        """Whether the attempt is fenced: past its deadline, or stopped (cancelled, lost)."""
+        return self._fenced is not None or (
+            self.deadline is not None and time.monotonic() >= self.deadline
+        )
+
+    @contextlib.contextmanager
+    def commit(self, what: str) -> Iterator[None]:
+        """Do ``what`` (a lasting side effect) inside this block, unless the attempt is fenced.
+
+        Raises :class:`~aimesh.errors.DeadlineExceeded` before the block runs when the
+        attempt is past its deadline or was stopped; the worker logs it. Callable from a
+        thread. While the block runs the fence waits: the worker lets a commit begun in
+        time end, and the attempt ends as its handler says.
+        """
+        with self._fence:
+            reason = self._fenced
+            if reason is None and self.deadline is not None and time.monotonic() >= self.deadline:
+                reason = self._fenced = self._deadline_reason()
+            if reason is None:
+                self._commits += 1
+        if reason is not None:
+            if self._on_fenced is not None:
+                self._on_fenced()
+            log.warning(
+                "attempt %d of job %s is fenced (%s): %s not done", self.attempt, self.job.id,
+                reason, what,
+            )  # fmt: skip
+            raise DeadlineExceeded(f"attempt {self.attempt} {reason}: {what} not done")
+        try:
+            yield
+        finally:
+            with self._fence:
+                self._commits -= 1
+
+    def check(self, what: str) -> None:
+        """Raise :class:`~aimesh.errors.DeadlineExceeded` (logged) if the attempt is fenced."""
+        with self.commit(what):
+            pass
+
+    def _deadline_reason(self) -> str:
+        return f"ran past its timeout of {self.timeout_s:g}s"
+
+    def _trip(self, reason: str | None = None) -> bool:
+        """Fence the attempt; whether a commit is under way (it is let finish)."""
+        with self._fence:
+            if self._fenced is None:
+                self._fenced = reason or self._deadline_reason()
+            return self._commits > 0
+
     async def wait_cancelled(self) -> None:
         """Return once the job is asked to stop."""
         await self._cancelled.wait()
@@ -96,8 +178,10 @@ class JobContext:
         """Report how far the job is (0 to 1), with an optional message; callable from a thread.
 
         Reports are coalesced: the record keeps the latest one, written at most every
-        ``jobs.progress_interval_s``.
+        ``jobs.progress_interval_s``. Dropped once the attempt is fenced.
         """
+        if self.expired:
+            return
         self._reported = (fraction, message)
         if self._on_loop():
             self._wake.set()
@@ -114,7 +198,8 @@ class JobContext:
         reported, self._reported = self._reported, None
         return reported
 
-    def _cancel(self) -> None:
+    def _cancel(self, reason: str = "was stopped") -> None:
+        self._trip(reason)
         self._cancelled.set()
         self._wake.set()
 

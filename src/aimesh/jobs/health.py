@@ -3,7 +3,7 @@
 ``aimesh worker KIND --port P`` serves it next to the consumer loop (``aimesh up`` always
 does, so that it knows when a worker is ready). ``/health`` answers 200 once the worker
 pulls from its queue, 503 before and while it drains. ``/metrics`` counts the worker's
-jobs by outcome and shows how many run now.
+jobs by outcome and the side effects its fences refused, and shows how many run now.
 """
 
 from __future__ import annotations
@@ -54,6 +54,14 @@ class _WorkerCollector(Collector):
         for outcome in _OUTCOMES:
             jobs.add_metric([w.kind, outcome], getattr(w.stats, outcome))
         yield jobs
+        fenced = CounterMetricFamily(
+            "aimesh_worker_fenced",
+            "Side effects (registry pushes, alias moves, results) refused because their "
+            "attempt was past its deadline or stopped.",
+            labels=["kind"],
+        )
+        fenced.add_metric([w.kind], w.stats.fenced)
+        yield fenced
         running = GaugeMetricFamily("aimesh_worker_running", "Jobs running now.", labels=["kind"])
         running.add_metric([w.kind], w.running)
         yield running

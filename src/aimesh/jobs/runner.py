@@ -127,7 +127,11 @@ class Attempts:
         yet). ``hand_back``: the worker is stopping, so the attempt is handed back unrun.
         ``slot`` is freed once the handler returns, before the outcome is written.
         """
-        run = Run(msg, attempt, JobContext(job, attempt.number, self._bus), job, revision)
+        timeout_s = job.timeout_s or self._settings.timeout_for(job.kind)
+        ctx = JobContext(
+            job, attempt.number, self._bus, timeout_s=timeout_s, on_fenced=self._stats.count_fenced
+        )
+        run = Run(msg, attempt, ctx, job, revision)
         run.queued = queued
         self.running[job.id] = run
         try:
@@ -135,7 +139,7 @@ class Attempts:
                 run.released = True  # claimed while the worker began to stop: hand it back
             else:
                 run.last_flush = time.monotonic()
-                run.task = asyncio.create_task(self._call(run.ctx, job.timeout_s))
+                run.task = asyncio.create_task(self._call(run.ctx))
                 await self._supervise(run)
             slot.free()
             await self._conclude(run)
@@ -145,19 +149,38 @@ class Attempts:
             if run.task is not None and not run.task.done():
                 run.task.cancel()
 
-    async def _call(self, ctx: JobContext, timeout_s: float | None) -> object:
-        if timeout_s is None:
-            return await call_handler(self._handler, ctx)
-        deadline = asyncio.timeout(timeout_s)
+    async def _call(self, ctx: JobContext) -> object:
+        """The handler's result; at the deadline, the attempt fenced and its handler cancelled.
+
+        A handler in a thread runs on after its task is cancelled: the fence (see
+        :meth:`JobContext.commit`) keeps whatever it does afterwards from taking effect. A
+        commit under way at the deadline is let finish, and the handler's outcome counts.
+        """
+        handler = asyncio.ensure_future(call_handler(self._handler, ctx))
+        if ctx.timeout_s is None:
+            return await handler
         try:
-            async with deadline:
-                return await call_handler(self._handler, ctx)
-        except TimeoutError as exc:
-            if deadline.expired():
-                raise DeadlineExceeded(
-                    f"attempt {ctx.attempt} ran longer than the job's timeout of {timeout_s:g}s"
-                ) from exc
+            done, _ = await asyncio.wait({handler}, timeout=ctx.timeout_s)
+            if done:
+                return handler.result()
+            if ctx._trip():
+                log.info(
+                    "attempt %d of job %s reached its deadline during a commit; letting it end",
+                    ctx.attempt, ctx.job.id,
+                )  # fmt: skip
+                return await handler
+        except asyncio.CancelledError:
+            ctx._trip("was stopped")
+            handler.cancel()
             raise
+        handler.cancel()
+        log.warning(
+            "attempt %d of job %s ran past its timeout of %gs: stopped and fenced",
+            ctx.attempt, ctx.job.id, ctx.timeout_s,
+        )  # fmt: skip
+        raise DeadlineExceeded(
+            f"attempt {ctx.attempt} ran longer than the job's timeout of {ctx.timeout_s:g}s"
+        )
 
     async def _supervise(self, run: Run) -> None:
         """Wait for the handler; meanwhile heartbeat, write progress, honour a cancel."""

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from aimesh.auth import LOCAL_OPERATOR, Identity
 from aimesh.bus import JobState
 from aimesh.errors import InvalidName, InvalidRequest
 
@@ -42,7 +43,9 @@ Attempts = Annotated[int, msgspec.Meta(ge=1, le=100)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$", max_length=2048)]
+# Checked by aimesh.outbound when submitted (url_refused), not by a pattern here, so that
+# every refused URL gets the same answer.
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
 
 
 def new_job_id() -> str:
@@ -125,6 +128,10 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     timeout_s: float | None = None
     retry_of: str | None = None
     """The failed or cancelled job this one runs again (``aimesh jobs retry``)."""
+    submitted_by: str | None = None
+    """Who submitted the job, as :meth:`aimesh.auth.Identity.header` writes it
+    (``name;scope,scope``); set by the service from the caller, never by the caller's body.
+    Unset: the local operator."""
     created: datetime = msgspec.field(default_factory=_now)
     updated: datetime = msgspec.field(default_factory=_now)
     started: datetime | None = None
@@ -136,9 +143,22 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         """Whether the job reached a terminal state."""
         return self.state in TERMINAL
 
+    @property
+    def identity(self) -> Identity:
+        """Who submitted the job: what its handler may do on their behalf."""
+        if self.submitted_by is None:
+            return LOCAL_OPERATOR
+        return Identity.from_header(self.submitted_by)
+
     @classmethod
     def from_spec(
-        cls, spec: JobSpec, *, job_id: str, max_attempts: int, retry_of: str | None = None
+        cls,
+        spec: JobSpec,
+        *,
+        job_id: str,
+        max_attempts: int,
+        retry_of: str | None = None,
+        submitted_by: str | None = None,
     ) -> Job:
         """The queued record of a new job (that runs ``retry_of`` again, if given)."""
         now = _now()
@@ -152,6 +172,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
             webhook_url=spec.webhook_url,
             timeout_s=spec.timeout_s,
             retry_of=retry_of,
+            submitted_by=submitted_by,
             created=now,
             updated=now,
         )

@@ -6,6 +6,11 @@ with a timeout and a bounded number of attempts, so they never hold up a worker'
 acknowledgement; a process that stops waits a little for the calls still going (see
 :meth:`WebhookSender.close`). Delivery is at most ``webhook_attempts`` tries, by the process
 that ended the job: one that dies first does not call.
+
+URLs go through :mod:`aimesh.outbound`: checked when the job is submitted
+(:func:`check_webhook`, ``url_refused``) and again when the call is made, to the address
+checked, with redirects off; loopback, private, link-local and metadata addresses are
+refused unless ``jobs.webhook_allow`` names them.
 """
 
 from __future__ import annotations
@@ -18,10 +23,20 @@ import logging
 
 import httpx
 
+from aimesh.config import JobsSettings
+from aimesh.errors import UrlRefused
 from aimesh.jobs.store import encode_job
 from aimesh.jobs.types import Job
+from aimesh.outbound import OutboundClient, OutboundPolicy, check_url
 
-__all__ = ["JOB_HEADER", "SIGNATURE_HEADER", "WebhookSender", "sign", "verify_signature"]
+__all__ = [
+    "JOB_HEADER",
+    "SIGNATURE_HEADER",
+    "WebhookSender",
+    "check_webhook",
+    "sign",
+    "verify_signature",
+]
 
 log = logging.getLogger("aimesh.jobs.webhooks")
 
@@ -40,6 +55,12 @@ def verify_signature(body: bytes, signature: str | None, secret: str) -> bool:
     return signature is not None and hmac.compare_digest(sign(body, secret), signature)
 
 
+async def check_webhook(url: str | None, policy: OutboundPolicy) -> None:
+    """Refuse (:class:`~aimesh.errors.UrlRefused`) a webhook URL the worker may not call."""
+    if url is not None:
+        await check_url(url, policy)
+
+
 class WebhookSender:
     """Calls the webhooks of finished jobs in background tasks."""
 
@@ -49,13 +70,29 @@ class WebhookSender:
         secret: str | None,
         timeout_s: float,
         attempts: int,
-        transport: httpx.AsyncBaseTransport | None = None,
+        policy: OutboundPolicy,
     ) -> None:
         self._secret = secret
         self._attempts = attempts
-        self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
+        self._client = OutboundClient(policy, timeout_s=timeout_s)
         self._pending: set[asyncio.Task[None]] = set()
         self._warned = False
+
+    @classmethod
+    def of(cls, settings: JobsSettings) -> WebhookSender:
+        """The sender the jobs settings describe (secret, timeout, attempts, allow-list)."""
+        secret = settings.webhook_secret
+        return cls(
+            secret=secret.get_secret_value() if secret is not None else None,
+            timeout_s=settings.webhook_timeout_s,
+            attempts=settings.webhook_attempts,
+            policy=OutboundPolicy.of(settings.webhook_allow),
+        )
+
+    @property
+    def policy(self) -> OutboundPolicy:
+        """The allow-list the URLs are checked against."""
+        return self._client.policy
 
     def send(self, job: Job) -> None:
         """Call ``job``'s webhook (if it has one) in the background."""
@@ -80,6 +117,9 @@ class WebhookSender:
         for attempt in range(1, self._attempts + 1):
             try:
                 response = await self._client.post(url, content=body, headers=headers)
+            except UrlRefused as exc:
+                log.warning("webhook of job %s not called: %s", job.id, exc.message)
+                return
             except httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:

@@ -119,12 +119,7 @@ class Worker:
         self._store: JobStore | None = None
         self._attempts: Attempts | None = None
         """Runs the attempts (made once the store is open)."""
-        secret = settings.webhook_secret
-        self._webhooks = WebhookSender(
-            secret=secret.get_secret_value() if secret is not None else None,
-            timeout_s=settings.webhook_timeout_s,
-            attempts=settings.webhook_attempts,
-        )
+        self._webhooks = WebhookSender.of(settings)
 
     def stop(self, *, hand_back: bool = False) -> None:
         """Stop pulling and drain (see the module's doc); :meth:`run` returns when done.

@@ -18,6 +18,7 @@ from pathlib import Path
 from aimesh.config import ModelServiceSpec, Settings, WorkerSpec
 from aimesh.errors import ConfigError
 from aimesh.local.state import ProcessKind, ProcessState, logs_dir
+from aimesh.runtimes import share_of_cores
 
 # The stages, in start order; stopping walks them backwards.
 STAGES: tuple[ProcessKind, ...] = ("registry", "lake", "jobs", "model", "worker", "gateway")
@@ -122,10 +123,11 @@ def plan_stack(settings: Settings) -> list[ProcessSpec]:
             )
         )
     names = _service_names(settings.services.models)
+    share = model_threads(settings)
     for spec, service in zip(settings.services.models, names, strict=True):
-        specs += _model_replicas(settings, spec, service, ports, logs)
+        specs += _model_replicas(settings, spec, service, ports, logs, share)
     for worker in settings.services.workers:
-        specs += _workers(worker, ports, logs)
+        specs += _workers(worker, ports, logs, settings.jobs.threads or share)
     if settings.services.gateway:
         gateway = settings.gateway
         port = ports.fixed("gateway.port", gateway.host, gateway.port)
@@ -147,11 +149,28 @@ def plan_stack(settings: Settings) -> list[ProcessSpec]:
     return specs
 
 
+def model_threads(settings: Settings) -> int:
+    """Native threads for each process of the stack that runs models: the cores divided.
+
+    Every model worker process and every job worker counts (each may load a model);
+    ``serving.threads`` set in the project wins for model services.
+    """
+    processes = sum(m.replicas * m.workers for m in settings.services.models)
+    processes += sum(w.replicas for w in settings.services.workers)
+    return share_of_cores(processes)
+
+
 def _model_replicas(
-    settings: Settings, spec: ModelServiceSpec, service: str, ports: _PortBook, logs: Path
+    settings: Settings,
+    spec: ModelServiceSpec,
+    service: str,
+    ports: _PortBook,
+    logs: Path,
+    share: int,
 ) -> list[ProcessSpec]:
     host = settings.serving.host
-    options = ["--workers", str(spec.workers)]
+    threads = settings.serving.threads or share
+    options = ["--workers", str(spec.workers), "--threads", str(threads)]
     if spec.batching is not None:
         options.append("--batching" if spec.batching else "--no-batching")
     if spec.max_batch_size is not None:
@@ -181,13 +200,14 @@ def _model_replicas(
     return replicas
 
 
-def _workers(spec: WorkerSpec, ports: _PortBook, logs: Path) -> list[ProcessSpec]:
+def _workers(spec: WorkerSpec, ports: _PortBook, logs: Path, threads: int) -> list[ProcessSpec]:
     host = "127.0.0.1"  # the health route is for the supervisor on this machine
     options: list[str] = []
     if spec.concurrency is not None:
         options += ["--concurrency", str(spec.concurrency)]
     if spec.handler is not None:
         options += ["--handler", spec.handler]
+    options += ["--threads", str(threads)]
     workers = []
     for replica in range(1, spec.replicas + 1):
         name = f"worker-{spec.kind}.{replica}"

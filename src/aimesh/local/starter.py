@@ -65,6 +65,14 @@ lake:
 jobs:
   port: 8300
   max_attempts: 3            # attempts before a job fails (into the dead-letter stream)
+  default_timeout_s: 600     # an attempt running longer is stopped; nothing it does after counts
+  timeouts_s: {training: 3600, inference: 60}   # per kind, for jobs that set no timeout
+  webhook_allow: []          # internal hosts/addresses/CIDRs webhooks may call, e.g. [10.1.0.0/16]
+
+# Which code training jobs may name beside scikit-learn, XGBoost and LightGBM estimators
+# and functions marked @aimesh.training.trainer.
+training:
+  allowed_trainers: []       # module:Class or module:* patterns, e.g. [mycompany.models:*]
 
 # Defaults of every model service (a services.models entry overrides its own).
 serving:

@@ -34,6 +34,7 @@ from aimesh.local.state import (
     remove_state,
     write_state,
 )
+from aimesh.observability import stop_on_signals
 
 log = logging.getLogger("aimesh.local")
 
@@ -76,6 +77,11 @@ class Supervisor:
             env["AIMESH_CONFIG"] = str(self.config_file)
         return env
 
+    @property
+    def stop_grace_s(self) -> float:
+        """How long stopping may take before the watchdog ends the supervisor: every stage."""
+        return len(STAGES) * (self.settings.serving.drain_timeout_s + STOP_MARGIN_S) + 30.0
+
     def request_stop(self) -> None:
         """Stop the stack (what SIGINT and SIGTERM do); a second request stops without drain."""
         if self._stop.is_set():
@@ -94,17 +100,19 @@ class Supervisor:
             await clear_leftovers(self.home, read_state(self.home))
             self._processes = [self._managed(spec) for spec in plan_stack(self.settings)]
             self._save()
-            loop = asyncio.get_running_loop()
-            signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-            for sig in signals:
-                loop.add_signal_handler(sig, self.request_stop)
+            # A second signal stops the processes without drain; a third exits at once.
+            stop_on_signals(
+                self.request_stop,
+                what="the stack",
+                grace_s=self.stop_grace_s,
+                hurry=self.request_stop,
+                signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
+            )
             try:
                 await self._until_stopped(on_running)
             finally:
                 self._set_phase("stopping")
                 await self._stop_all()
-                for sig in signals:
-                    loop.remove_signal_handler(sig)
                 if self._bus is not None:
                     await self._bus.close()
                 remove_state(self.home)

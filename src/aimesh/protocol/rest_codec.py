@@ -221,6 +221,31 @@ _ENCODER: Final = msgspec.json.Encoder()
 _DECODE_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
+def _is_utf8(data: memoryview | bytes) -> bool:
+    try:
+        bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _why_undecodable(data: memoryview | bytes, exc: BaseException) -> str:
+    """aimesh's own words for why msgspec refused ``data``; msgspec's detail in brackets.
+
+    Only the kind of fault is decided here (and tested): the library's wording, which
+    changes between releases, is passed on as detail and never matched.
+    """
+    if not len(data):
+        return "the body is empty"
+    if not _is_utf8(data):
+        return "it is not valid UTF-8"
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply"
+    if isinstance(exc, msgspec.ValidationError):
+        return f"it does not follow the protocol's schema ({exc})"
+    return f"it is not valid JSON ({exc})"
+
+
 # --- reading "data" -----------------------------------------------------------------------
 
 _DATA_DECODERS: dict[tuple[str, int], msgspec.json.Decoder[Any]] = {}
@@ -259,7 +284,17 @@ def _values_from_raw(datatype: str, raw: msgspec.Raw) -> tuple[Any, int]:
     try:
         return _data_decoder(datatype, depth).decode(raw), depth
     except _DECODE_ERRORS as exc:
-        raise InvalidRequest(f"{datatype} data: {exc}") from None
+        if datatype == "BYTES" and not _is_utf8(raw):
+            raise InvalidRequest(
+                "BYTES data is not valid UTF-8, which JSON cannot carry: send such bytes "
+                "as binary data (parameters.binary_data_size)"
+            ) from None
+        if isinstance(exc, msgspec.ValidationError):
+            raise InvalidRequest(
+                f"{datatype} data holds a value {datatype} does not take ({exc})"
+            ) from None
+        why = _why_undecodable(raw, exc)
+        raise InvalidRequest(f"{datatype} data is not valid: {why}") from None
 
 
 def _array_from_values(
@@ -385,7 +420,7 @@ def _decode_header(header: memoryview, typed: Any, general: Any, what: str) -> A
     try:
         return general.decode(header)
     except _DECODE_ERRORS as exc:
-        raise InvalidRequest(f"invalid inference {what}: {exc}") from None
+        raise InvalidRequest(f"invalid inference {what}: {_why_undecodable(header, exc)}") from None
 
 
 def decode_request(

@@ -15,6 +15,7 @@ from typing import Protocol, cast
 
 from aimesh.errors import ArtifactError, RuntimeUnavailable
 from aimesh.protocol import Signature
+from aimesh.runtimes._threads import apply_thread_cap
 from aimesh.runtimes.base import Runtime, Trust
 
 
@@ -78,8 +79,14 @@ def inspect_artifact(
 def load_runtime(
     framework: str, path: Path, *, trusted: bool = False, trusted_types: Iterable[str] = ()
 ) -> Runtime:
-    """Load an artifact into a runtime, under the same checks as inspect_artifact."""
-    return _module(framework, path).load(path, Trust(trusted, frozenset(trusted_types)))
+    """Load an artifact into a runtime, under the same checks as inspect_artifact.
+
+    The process's thread cap, if set, is applied again afterwards: a library the model
+    brought in is capped before its first predict.
+    """
+    runtime = _module(framework, path).load(path, Trust(trusted, frozenset(trusted_types)))
+    apply_thread_cap()
+    return runtime
 
 
 def _format(framework: str) -> _Format:

@@ -8,12 +8,14 @@ indices 0..k-1, so labels are INT64.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightgbm
 import numpy as np
 
 from aimesh.protocol import Signature
 from aimesh.runtimes._tabular import Head, Prediction, Probabilities, TabularRuntime
+from aimesh.runtimes._threads import thread_cap
 from aimesh.runtimes.base import Array, Trust, unreadable
 
 FRAMEWORK = "lightgbm"
@@ -31,8 +33,13 @@ def load(path: Path, trust: Trust) -> TabularRuntime:
     except (lightgbm.basic.LightGBMError, ValueError) as exc:
         raise unreadable(FRAMEWORK, path, exc) from exc
 
+    options: dict[str, Any] = {}
+    cap = thread_cap()
+    if cap is not None:
+        options["num_threads"] = cap  # its own OpenMP setting, passed per call
+
     def predict_raw(matrix: Array) -> Array:
-        return np.asarray(booster.predict(matrix))
+        return np.asarray(booster.predict(matrix, **options))
 
     return TabularRuntime(FRAMEWORK, booster.num_feature(), _head(booster), predict_raw)
 

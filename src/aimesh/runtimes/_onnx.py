@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from aimesh.errors import ArtifactError, InvalidRequest
 from aimesh.protocol import Datatype, Signature, TensorSpec
+from aimesh.runtimes._threads import thread_cap
 from aimesh.runtimes.base import Array, Trust, take_inputs, unreadable
 
 FRAMEWORK = "onnx"
@@ -79,7 +80,15 @@ def inspect(path: Path, trust: Trust) -> Signature:
 def load(path: Path, trust: Trust) -> OnnxRuntime:
     """Open an ONNX file in a CPU session (trust is not needed: the graph holds no code)."""
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        cap = thread_cap()
+        if cap is not None:
+            # onnxruntime keeps its own pools, sized by the cores unless told
+            options.intra_op_num_threads = cap
+            options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
     # onnxruntime's errors (InvalidProtobuf, Fail, NoSuchFile...) share no base but Exception.
     except Exception as exc:
         raise unreadable(FRAMEWORK, path, exc) from exc

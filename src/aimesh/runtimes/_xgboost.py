@@ -16,6 +16,7 @@ import xgboost
 
 from aimesh.protocol import Signature
 from aimesh.runtimes._tabular import Head, Labels, Prediction, Probabilities, TabularRuntime
+from aimesh.runtimes._threads import thread_cap
 from aimesh.runtimes.base import Array, Trust, unreadable
 
 FRAMEWORK = "xgboost"
@@ -32,6 +33,9 @@ def load(path: Path, trust: Trust) -> TabularRuntime:
         # From bytes, not the path: given a path, xgboost picks JSON or UBJSON by its
         # extension and warns when there is none (artifact stores name blobs by digest).
         booster = xgboost.Booster(model_file=bytearray(path.read_bytes()))
+        cap = thread_cap()
+        if cap is not None:
+            booster.set_param({"nthread": cap})  # its own OpenMP setting, read per call
         learner = json.loads(booster.save_config())["learner"]
         objective = str(learner["objective"]["name"])
         params = learner["learner_model_param"]

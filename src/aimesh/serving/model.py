@@ -22,7 +22,7 @@ from aimesh.protocol import (
     datatype_of,
 )
 from aimesh.registry import ModelVersion
-from aimesh.runtimes import Runtime
+from aimesh.runtimes import Runtime, apply_thread_cap, native_thread_pools
 from aimesh.serving.batching import Batcher, BatchStats
 
 log = logging.getLogger("aimesh.serving")
@@ -55,7 +55,10 @@ class ServedModel:
         self.signature: Signature = version.signature or runtime.signature
         self.load_seconds = load_seconds
         # One thread per model: model calls leave the event loop, and never run twice at once.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{version.ref}")
+        # OpenMP's thread count is per calling thread: the cap is applied in this one.
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix=f"model-{version.ref}", initializer=apply_thread_cap
+        )
         self.batcher: Batcher | None = None
         if batching.enabled and runtime.batchable:
             self.batcher = Batcher(
@@ -135,6 +138,11 @@ class ServedModel:
                     f"model {self.name} has no output(s) {unknown}; it gives {sorted(outputs)}"
                 )
         return [_output_tensor(name, outputs[name], self._outputs.get(name)) for name in names]
+
+    async def native_thread_pools(self) -> dict[str, int]:
+        """The threads each native pool uses in the thread that runs this model."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, native_thread_pools)
 
     async def drain(self, timeout: float) -> bool:
         """Wait until no request is in flight; False if ``timeout`` passed first."""

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 import uvicorn
 
+from aimesh import runtimes
 from aimesh.bus import (
     Bus,
     Registration,
@@ -32,6 +33,7 @@ from aimesh.bus import (
 )
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
+from aimesh.observability import STOP_SIGNALS, cancel_and_wait, stop_on_signals
 from aimesh.registry import open_registry
 from aimesh.serving.dataplane import DataPlane
 from aimesh.serving.grpc import start_grpc_server
@@ -41,6 +43,8 @@ from aimesh.serving.model import BatchingOptions, ServedModel
 from aimesh.serving.rest import RestApp
 
 log = logging.getLogger("aimesh.serving")
+
+_BACKGROUND_STOP_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,16 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
+def stop_grace_s(settings: Settings) -> float:
+    """How long a worker may take to stop after a signal before its watchdog ends it.
+
+    Its steps each wait up to the drain timeout (gRPC, REST, the data plane's requests,
+    the model's), but in sequence only while requests are still running: twice it, and
+    time for the bus and the discovery entry.
+    """
+    return 2 * settings.serving.drain_timeout_s + 15.0
+
+
 def batching_options(settings: Settings) -> BatchingOptions:
     """The batching the settings ask for."""
     s = settings.serving
@@ -91,6 +105,8 @@ def batching_options(settings: Settings) -> BatchingOptions:
 async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
     """Serve until SIGTERM or SIGINT, then stop in order."""
     s = settings.serving
+    # before the model loads: its libraries start capped (and each load caps them again)
+    threads = runtimes.cap_threads(s.threads or runtimes.share_of_cores(plan.workers))
     registry = open_registry(settings)
     metrics = ServingMetrics()
     registration: Registration | None = None
@@ -109,6 +125,12 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
         on_swap=swapped,
     )
     await host.start()
+    pools = await host.current.native_thread_pools()
+    log.info(
+        "native threads capped at %d per worker: %s",
+        threads,
+        ", ".join(f"{api} {n}" for api, n in sorted(pools.items())) or "no native pool loaded",
+    )
     # Everything loaded so far (libraries, the model) lives as long as the process: move it
     # out of the collector's sight, so full collections under load stay short (measured:
     # p99 without batching fell from ~300 ms to ~70 ms at concurrency 64). Swaps do it again.
@@ -155,9 +177,9 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
         )
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    # Under a parent (--workers N), SIGTERM is the parent's word; a Ctrl-C is its to answer.
+    signals = (signal.SIGTERM,) if plan.workers > 1 else STOP_SIGNALS
+    stop_on_signals(stop.set, what=str(plan.ref), grace_s=stop_grace_s(settings), signals=signals)
 
     bus, background = await _join_bus(settings, host)
     if bus is not None and plan.index == 0:
@@ -177,6 +199,7 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
     await asyncio.wait([serving, asyncio.ensure_future(stop.wait())], return_when="FIRST_COMPLETED")
 
     # Stop in order: leave discovery, stop accepting, drain, release.
+    log.info("stopping %s: draining for up to %.0fs", plan.ref, s.drain_timeout_s)
     if registration is not None:
         await registration.stop()
     server.should_exit = True
@@ -184,9 +207,8 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await serving
     await plane.drain(s.drain_timeout_s)
-    for task in background:
-        task.cancel()
-    await asyncio.gather(*background, return_exceptions=True)
+    if not await cancel_and_wait(background, _BACKGROUND_STOP_S):
+        log.warning("following %s did not stop; shutting down anyway", plan.ref)
     await host.close()
     if bus is not None:
         # nats-py flushes into a closed transport when the bus is gone, which uvloop refuses.

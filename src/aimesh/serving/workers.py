@@ -8,6 +8,7 @@ model; it forwards SIGTERM/SIGINT, restarts a worker that dies (with backoff), a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -19,8 +20,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from aimesh.config import Settings
-from aimesh.observability import run_service
-from aimesh.serving.server import WorkerPlan, run_worker
+from aimesh.observability import run_service, stop_on_signals
+from aimesh.serving.server import WorkerPlan, run_worker, stop_grace_s
 
 log = logging.getLogger("aimesh.serving")
 
@@ -35,6 +36,10 @@ def free_port(host: str) -> int:
 
 def _worker_main(settings_json: str, plan: WorkerPlan) -> None:
     from aimesh.observability import configure_logging
+
+    # A Ctrl-C in the terminal reaches the whole group; the parent answers it by sending
+    # each worker one SIGTERM (a worker counting both would exit at once, without draining).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_level, settings.log_format)
@@ -89,16 +94,27 @@ def _supervise(settings: Settings, plan: WorkerPlan) -> None:
         proc.start()
         return proc
 
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+    def send(sig: signal.Signals) -> None:
         for proc in procs:
             if proc.is_alive() and proc.pid is not None:
-                os.kill(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, sig)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    procs = [start(i) for i in range(plan.workers)]
+    def stop() -> None:
+        nonlocal stopping
+        stopping = True
+        send(signal.SIGTERM)
+
+    def hurry() -> None:
+        send(signal.SIGKILL)
+        os._exit(128 + signal.SIGINT)
+
+    procs: list[BaseProcess] = []
+    stop_on_signals(
+        stop, what=f"{plan.ref} ({plan.workers} workers)", grace_s=stop_grace_s(settings) + 5,
+        hurry=hurry,
+    )  # fmt: skip
+    procs += [start(i) for i in range(plan.workers)]
     restarts = [0] * plan.workers
     while not stopping:
         time.sleep(0.2)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aimesh.auth import LOCAL_OPERATOR, Identity
 from aimesh.errors import InvalidRequest, JobRejected, NotFound
 from aimesh.training.formats import SavedModel, save_model
 from aimesh.training.metrics import Scores, compute_metrics, plan_metrics
@@ -38,8 +40,15 @@ def train(
     *,
     ctx: JobContext | None = None,
     job_id: str | None = None,
+    identity: Identity = LOCAL_OPERATOR,
 ) -> dict[str, Any]:
-    """Run ``request`` end to end; the job's result."""
+    """Run ``request`` end to end on behalf of ``identity``; the job's result.
+
+    Registering a version (and moving ``request.alias``) needs ``identity``'s write scope:
+    :class:`~aimesh.errors.Forbidden` before anything is read otherwise. In a job, the
+    registry push is a commit (:meth:`JobContext.commit`): an attempt past its deadline
+    registers nothing, even when its fit returns later.
+    """
     from sklearn.base import is_classifier
 
     from aimesh.registry import check_model_name
@@ -48,13 +57,25 @@ def train(
         if ctx is not None:
             if ctx.cancelled:
                 raise _Stopped("training stopped")
+            ctx.check(message)  # past its deadline: stop here (logged), do nothing more
+            ctx.progress(fraction, message)
+
+    def after_fit(fraction: float, message: str) -> None:
+        # What is left after the fit is cheap; its one lasting step, the push, is fenced.
+        if ctx is not None:
             ctx.progress(fraction, message)
 
     try:
         check_model_name(request.model)
     except InvalidRequest as exc:
         raise JobRejected(str(exc)) from exc
-    trainer = resolve_trainer(request.trainer, request.params, seed=request.seed)
+    identity.require("write")  # a version and perhaps an alias move, for whoever submitted
+    trainer = resolve_trainer(
+        request.trainer,
+        request.params,
+        seed=request.seed,
+        allowed=settings.training.allowed_trainers,
+    )
     if trainer.estimator is not None:  # a class: its metrics are checked before any work
         plan_metrics(request.metrics, trainer.estimator, request.trainer)
 
@@ -68,11 +89,11 @@ def train(
     progress(0.2, f"fitting {request.trainer} on {len(train_rows)} rows of {ref}")
     estimator = trainer.fit(train_rows.x, train_rows.y)
 
-    progress(0.7, f"evaluating on {len(test_rows)} rows")
+    after_fit(0.7, f"evaluating on {len(test_rows)} rows")
     names = plan_metrics(request.metrics, estimator, request.trainer)
     scores = compute_metrics(names, estimator, test_rows.x, test_rows.y)
 
-    progress(0.8, f"registering {request.model}")
+    after_fit(0.8, f"registering {request.model}")
     with tempfile.TemporaryDirectory(prefix="aimesh-train-") as folder:
         saved = save_model(estimator, Path(folder), request.model, request.trainer)
         extra = {
@@ -81,8 +102,11 @@ def train(
             "train_rows": len(train_rows),
             "test_rows": len(test_rows),
         }
-        version = _push(settings, request, saved, ref, scores, job_id, extra)
-    progress(1.0, f"registered {request.model}@{version.version}")
+        what = f"registering {request.model}" + (f" as @{request.alias}" if request.alias else "")
+        with ctx.commit(what) if ctx is not None else contextlib.nullcontext():
+            version = _push(settings, request, saved, ref, scores, job_id, extra)
+    if ctx is not None:  # committed: nothing after it may fail the job
+        ctx.progress(1.0, f"registered {request.model}@{version.version}")
     result: dict[str, Any] = {
         "model": request.model,
         "version": version.version,
@@ -152,4 +176,4 @@ def train_job(ctx: JobContext) -> dict[str, Any]:
     from aimesh.config import load_settings
 
     request = TrainRequest.from_payload(ctx.payload)
-    return train(request, load_settings(), ctx=ctx, job_id=ctx.job.id)
+    return train(request, load_settings(), ctx=ctx, job_id=ctx.job.id, identity=ctx.job.identity)

@@ -16,7 +16,7 @@ from aimesh.training.split import Split
 
 __all__ = ["Scalar", "TrainRequest", "parse_params"]
 
-Scalar = bool | int | float | str
+Scalar = bool | int | float | str | None
 
 _REQUIRED = ("model", "dataset", "trainer", "target")
 
@@ -51,9 +51,12 @@ class TrainRequest:
                 raise JobRejected(f"training payload: {key} must be a string, not {value!r}")
         params = payload.get("params") or {}
         if not isinstance(params, dict) or not all(
-            isinstance(v, bool | int | float | str) for v in params.values()
+            v is None or isinstance(v, bool | int | float | str) for v in params.values()
         ):
-            raise JobRejected("training payload: params must map names to scalars")
+            raise JobRejected(
+                "training payload: params must map names to scalars (numbers, strings, "
+                "true/false, null)"
+            )
         alias = payload.get("alias")
         if alias is not None and not isinstance(alias, str):
             raise JobRejected(f"training payload: alias must be a string, not {alias!r}")
@@ -115,7 +118,7 @@ def _scalar(text: str) -> Scalar:
     if lowered in ("true", "false"):
         return lowered == "true"
     if lowered in ("none", "null"):
-        return text  # keep as text: payload values are scalars
+        return None
     for convert in (int, float):
         try:
             return convert(text)
