@@ -14,9 +14,17 @@ import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -47,12 +55,52 @@ _project: ContextVar[_FileSource | None] = ContextVar("aimesh_project", default=
 
 
 class BusSettings(BaseModel):
-    """Where the NATS bus is, or how to start the embedded one."""
+    """Where the NATS bus is, how to authenticate to it, or how to start the embedded one.
+
+    The embedded server of a home needs none of the credential fields: it generates its own
+    token into HOME/bus/token (mode 0600), which every aimesh process of the home reads. The
+    credential fields are for an external server set in ``url``; each follows the standard
+    NATS way of giving it (a user and password also work inside the URL,
+    ``nats://user:password@host:4222``, and a token as ``nats://token@host:4222``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     url: str | None = Field(
         default=None,
-        description="NATS URL of an existing server or cluster (e.g. nats://nats:4222). "
-        "Unset: use the embedded server of this home, starting it if needed.",
+        description="NATS URL of an existing server or cluster (e.g. nats://nats:4222, or "
+        "tls://nats:4222 for TLS). Unset: use the embedded server of this home, starting it "
+        "if needed.",
+    )
+    user: str | None = Field(
+        default=None, description="User name for an external server (with `password`)."
+    )
+    password: SecretStr | None = Field(
+        default=None, description="Password of `user` for an external server."
+    )
+    token: SecretStr | None = Field(
+        default=None, description="Authentication token for an external server."
+    )
+    nkey_seed_file: Path | None = Field(
+        default=None,
+        description="File holding the NKey seed (SU...) of an NKey user of an external server. "
+        "Needs the `nkeys` package.",
+    )
+    creds_file: Path | None = Field(
+        default=None,
+        description="A `.creds` file (user JWT and NKey seed, as `nsc` writes it) for an "
+        "external server in operator mode. Needs the `nkeys` package.",
+    )
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the certificate authorities that sign the server's "
+        "certificate. Setting any tls_* field turns TLS on; unset: the system's CAs.",
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM client certificate, for a server that verifies clients."
+    )
+    tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of `tls_cert_file`."
     )
     connect_timeout_s: float = Field(
         default=2.0, gt=0, le=60, description="Seconds to wait when connecting to the bus."
@@ -63,6 +111,57 @@ class BusSettings(BaseModel):
         le=120,
         description="Seconds to wait for the embedded server to be ready.",
     )
+    events_max_bytes: int = Field(
+        default=1024**3,
+        ge=1024**2,
+        description="Size limit of the AIMESH_EVENTS stream; when full, the oldest events are "
+        "dropped (events are also dropped after a week).",
+    )
+    jobs_max_bytes: int = Field(
+        default=1024**3,
+        ge=1024,
+        description="Size limit of the AIMESH_JOBS work queue (jobs waiting for a worker); "
+        "when full, new jobs are refused with queue_full until workers catch up.",
+    )
+    jobs_max_msgs: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most jobs waiting in the AIMESH_JOBS work queue; beyond, new jobs are "
+        "refused with queue_full.",
+    )
+    dlq_max_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1024**2,
+        description="Size limit of the AIMESH_JOBS_DLQ stream (jobs that failed their last "
+        "attempt); when full, the oldest are dropped (they are also dropped after 30 days).",
+    )
+    job_records_max_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1024**2,
+        description="Size limit of the aimesh_jobs KV bucket (job records, kept a week); "
+        "when full, new jobs are refused with queue_full.",
+    )
+    job_data_max_bytes: int = Field(
+        default=1024**3,
+        ge=1024**2,
+        description="Size limit of the aimesh_job_data KV bucket (large job inputs and "
+        "results, kept a day); when full, new ones are refused with queue_full.",
+    )
+
+    @model_validator(mode="after")
+    def _pairs_are_whole(self) -> Self:
+        if (self.user is None) != (self.password is None):
+            raise ValueError("bus.user and bus.password go together: set both or neither")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "bus.tls_cert_file and bus.tls_key_file go together: set both or neither"
+            )
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether any TLS option is set (a ``tls://`` URL turns TLS on by itself too)."""
+        return any(f is not None for f in (self.tls_ca_file, self.tls_cert_file))
 
 
 class RegistrySettings(BaseModel):
@@ -102,6 +201,33 @@ class RegistrySettings(BaseModel):
         default=None,
         description="Sent as X-API-Key to `url`: set it when `url` is a gateway that requires "
         "keys (http://gateway:8080; the registry is proxied under /api/registry).",
+    )
+    allow_code_artifacts: bool = Field(
+        default=False,
+        description="Accept formats whose loading runs code from the artifact (pickle, "
+        "joblib, python), and extra skops types beyond the safe defaults (--trust-type). "
+        "Off: such pushes are refused (400 trust_disabled) before the artifact is read. On: "
+        "only an identity with the admin scope may push them, and who did is recorded on "
+        "the version. Inspecting such an artifact runs it in a separate, short-lived process.",
+    )
+    inspect_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="Longest a code-running artifact's inspection (in its own process) may "
+        "take before the push is refused (422 artifact_invalid).",
+    )
+    gc_grace_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Garbage collection keeps an unreferenced artifact or a staging file "
+        "younger than this, in seconds (an upload whose version is not created yet).",
+    )
+    gc_interval_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How often the registry service collects garbage on its own, in seconds "
+        "(also once when it starts); 0: only `aimesh registry gc`.",
     )
 
 
@@ -474,6 +600,13 @@ class LakeSettings(BaseModel):
         default=7 * 24 * 3600.0,
         gt=0,
         description="Age at which a stream the sink creates for its subject drops messages.",
+    )
+    sink_max_bytes: int = Field(
+        default=1024**3,
+        ge=1024**2,
+        description="Size limit of a stream the sink creates for its subject; when full, the "
+        "oldest messages are dropped (whether the sink has read them or not), so publishers "
+        "are never refused. Size it to hold what arrives while a sink is stopped.",
     )
 
 

@@ -22,7 +22,8 @@ HTTP numbers.
     │   ├── QueryRefused             query_refused
     │   ├── UrlRefused               url_refused
     │   ├── QueryError               invalid_query
-    │   └── QueryTooLarge            query_too_large
+    │   ├── QueryTooLarge            query_too_large
+    │   └── TrustDisabled            trust_disabled
     ├── NotFound                     not_found
     │   ├── ModelNotFound            model_not_found
     │   ├── VersionNotFound          version_not_found
@@ -104,6 +105,13 @@ class InvalidRequest(AimeshError):
     """Raised when a request is malformed or violates a documented limit."""
 
     code = "invalid_request"
+
+
+class TrustDisabled(InvalidRequest):
+    """Raised when a push needs trust (a code-running format, extra skops types) and the
+    registry's policy (``registry.allow_code_artifacts``) does not allow any."""
+
+    code = "trust_disabled"
 
 
 class InvalidName(InvalidRequest):
@@ -508,7 +516,8 @@ class Unavailable(AimeshError):
 
 
 class QueueFull(Unavailable):
-    """Raised when a model's batch queue is full."""
+    """Raised when a model's batch queue is full, or the bus's job queue (the ``AIMESH_JOBS``
+    stream, or a jobs KV bucket) is at its size limit and refuses new jobs."""
 
     code = "queue_full"
 

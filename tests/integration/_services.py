@@ -145,8 +145,11 @@ class Home:
         own = {"AIMESH_HOME": str(settings.home_dir), "AIMESH_BUS__URL": nats_url}
         return cls(settings, inherited | own | env, x)
 
-    def registry(self) -> LocalRegistry:
-        return LocalRegistry.from_settings(self.settings, actor="test")
+    def registry(self, *, allow_code_artifacts: bool = False) -> LocalRegistry:
+        """The home's registry; ``allow_code_artifacts`` to push trusted (code) models."""
+        registry = LocalRegistry.from_settings(self.settings, actor="test")
+        registry.allow_code_artifacts = allow_code_artifacts
+        return registry
 
     def publish(self, registry: LocalRegistry) -> None:
         flush_outbox(registry.store, self.settings)

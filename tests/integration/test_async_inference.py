@@ -51,7 +51,7 @@ def home(
         # The test's webhook receiver listens on loopback: the operator allows it.
         AIMESH_JOBS__WEBHOOK_ALLOW='["127.0.0.1"]',
     )
-    registry = h.registry()
+    registry = h.registry(allow_code_artifacts=True)
     push_fraud_models(registry, root, x, y)
     echo = root / "echo.py"
     echo.write_text(ECHO_MODEL)

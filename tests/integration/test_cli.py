@@ -81,7 +81,7 @@ def test_bad_input_is_one_red_line_and_exit_1(cli: Cli, fraud_skops: Path, tmp_p
     pkl = tmp_path / "model.pkl"
     pkl.write_bytes(pickle.dumps({"not": "a model"}))
     unsafe = cli("models", "push", "fraud", str(pkl), ok=False)
-    assert unsafe.returncode == 1 and "unsafe_artifact" in unsafe.stderr
+    assert unsafe.returncode == 1 and "trust_disabled" in unsafe.stderr
     odd = tmp_path / "model.weird"
     odd.write_bytes(b"x")
     assert "--framework" in cli("models", "push", "fraud", str(odd), ok=False).stderr
@@ -94,8 +94,10 @@ def test_trusted_pickle_is_recorded_and_shown(cli: Cli, tmp_path: Path) -> None:
 
     pkl = tmp_path / "dummy.pkl"
     pkl.write_bytes(pickle.dumps(DummyClassifier().fit([[0.0], [1.0]], [0, 1])))
-    cli("models", "push", "dummy", str(pkl), "--trust")
-    assert "code in this artifact runs" in cli("models", "show", "dummy@1").stdout
+    trusting = Cli(cli.home, {"AIMESH_REGISTRY__ALLOW_CODE_ARTIFACTS": "true"})
+    trusting("models", "push", "dummy", str(pkl), "--trust")
+    shown = cli("models", "show", "dummy@1").stdout
+    assert "code in this artifact runs" in shown and "trusted by" in shown
 
 
 @pytest.fixture
@@ -159,3 +161,74 @@ def test_cli_against_a_running_registry_publishes_events(
     assert "champion" in cli("models", "list").stdout
     # The client's home holds no registry of its own: everything went through the service.
     assert not (tmp_path / "client-home" / "registry.db").exists()
+
+
+def _evil_pickle(sentinel: Path) -> bytes:
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (eval, (f"__import__('pathlib').Path({str(sentinel)!r}).write_text('ran')",))
+
+    return pickle.dumps(Payload())
+
+
+def _blobs(home: Path) -> set[str]:
+    return {p.name for p in (home / "artifacts" / "sha256").rglob("*") if p.is_file()}
+
+
+def test_refused_push_leaves_no_model_and_no_blob(cli: Cli, tmp_path: Path) -> None:
+    sentinel = tmp_path / "ran"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(_evil_pickle(sentinel))
+    for extra in ([], ["--trust"]):
+        refused = cli("models", "push", "evil", str(evil), *extra, ok=False)
+        assert refused.returncode == 1 and "trust_disabled" in refused.stderr
+    assert "evil" not in cli("models", "list").stdout
+    assert not sentinel.exists()
+    assert not (cli.home / "artifacts" / "sha256").exists() or _blobs(cli.home) == set()
+
+
+def test_damaged_blob_is_repaired_by_pushing_the_same_file(cli: Cli, fraud_skops: Path) -> None:
+    cli("models", "push", "fraud", str(fraud_skops))
+    (blob,) = [p for p in (cli.home / "artifacts" / "sha256").rglob("*") if p.is_file()]
+    blob.write_bytes(b"bit rot" + blob.read_bytes()[7:])
+    dest = cli.home / "out.skops"
+    broken = cli("models", "download", "fraud@1", str(dest), ok=False)
+    assert broken.returncode == 1 and "artifact_tampered" in broken.stderr
+    cli("models", "push", "fraud", str(fraud_skops))  # the repair: one command
+    cli("models", "download", "fraud@1", str(dest))
+    assert dest.read_bytes() == fraud_skops.read_bytes()
+
+
+def test_registry_gc_removes_what_no_version_uses(cli: Cli, fraud_skops: Path) -> None:
+    from aimesh.config import Settings
+    from aimesh.registry import LocalRegistry
+
+    cli("models", "push", "fraud", str(fraud_skops))
+    local = LocalRegistry.from_settings(Settings(home=cli.home))
+    try:
+        orphan = local.upload_chunks([b"an upload nobody registered"]).sha256
+        old = time.time() - 7200
+        os.utime(local.artifacts._blob(orphan), (old, old))
+    finally:
+        local.close()
+    dry = cli("registry", "gc", "--dry-run").stdout
+    assert f"would remove artifact {orphan}" in dry and "would free" in dry
+    assert orphan in _blobs(cli.home)
+    done = cli("registry", "gc").stdout
+    assert f"removed artifact {orphan}" in done and "27 bytes freed" in done
+    assert "1 artifact(s) in use" in done
+    assert orphan not in _blobs(cli.home) and len(_blobs(cli.home)) == 1
+
+
+def test_cli_against_a_running_registry_refuses_trust_it_does_not_allow(
+    registry_service: str, tmp_path: Path
+) -> None:
+    remote = Cli(tmp_path / "client-home", env={"AIMESH_REGISTRY__URL": registry_service})
+    sentinel = tmp_path / "ran"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(_evil_pickle(sentinel))
+    refused = remote("models", "push", "evil", str(evil), "--trust", ok=False)
+    assert refused.returncode == 1 and "trust_disabled" in refused.stderr
+    assert "evil" not in remote("models", "list").stdout
+    assert not sentinel.exists()
+    assert "0 file(s)" in remote("registry", "gc").stdout  # the refusal left no blob behind

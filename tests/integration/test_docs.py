@@ -35,7 +35,7 @@ def servers(
 ) -> Iterator[dict[str, Service]]:
     root = tmp_path_factory.mktemp("docs")
     home = Home.create(root, nats_url, np.zeros((1, 1)))
-    registry = home.registry()
+    registry = home.registry(allow_code_artifacts=True)
     echo = root / "echo.py"
     echo.write_text(ECHO_MODEL)
     push_model(registry, "echo", echo, trusted=True)

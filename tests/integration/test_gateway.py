@@ -69,7 +69,7 @@ def home(
         AIMESH_GATEWAY__KEYS=json.dumps(KEYS),
         AIMESH_GATEWAY__MAX_REQUEST_BYTES=str(MAX_BODY),
     )  # fmt: skip
-    registry = h.registry()
+    registry = h.registry(allow_code_artifacts=True)
     push_fraud_models(registry, root, x, y)  # fraud 1 (champion), 2
     v1 = root / "v1.skops"
     push_model(registry, "fraud", v1, aliases=["next"])  # 3: known, never served
@@ -84,8 +84,16 @@ def home(
 
 
 def _in_parallel(*starts: Callable[[], Service]) -> list[Service]:
+    """Start services at once; if one fails, stop the others (a failed fixture leaks none)."""
     with ThreadPoolExecutor(len(starts)) as pool:
-        return list(pool.map(lambda start: start(), starts))
+        futures = [pool.submit(start) for start in starts]
+    errors = [exc for future in futures if (exc := future.exception()) is not None]
+    if errors:
+        for future in futures:
+            if future.exception() is None:
+                future.result().stop()
+        raise errors[0]
+    return [future.result() for future in futures]
 
 
 @pytest.fixture(scope="module")

@@ -180,19 +180,22 @@ def test_corrupted_upload_is_refused(client: TestClient, settings: Settings) -> 
     assert client.get(f"{API}/artifacts/{declared}").status_code == 404
 
 
-def test_unsafe_pickle_needs_trust(client: TestClient, tmp_path: Path) -> None:
+def test_unsafe_pickle_needs_trust(tmp_path: Path) -> None:
     from sklearn.dummy import DummyClassifier
 
-    model = DummyClassifier().fit([[0.0], [1.0]], [0, 1])
-    art = _upload(client, pickle.dumps(model))
-    client.post(f"{API}/models", json={"name": "fraud"})
-    spec = {"artifact_sha256": art["sha256"], "framework": "pickle"}
-    r = client.post(f"{API}/models/fraud/versions", json=spec)
-    assert (r.status_code, r.json()["code"]) == (422, "unsafe_artifact")
-    assert client.get(f"{API}/models/fraud/versions").json() == []
-    r = client.post(f"{API}/models/fraud/versions", json={**spec, "trusted": True})
-    assert r.status_code == 201 and r.json()["trusted"] is True
-    assert r.json()["version"] == 1  # the refused push used no number
+    settings = Settings(home=tmp_path / "home", registry={"allow_code_artifacts": True})
+    with TestClient(create_app(settings, publish_events=False)) as client:
+        model = DummyClassifier().fit([[0.0], [1.0]], [0, 1])
+        art = _upload(client, pickle.dumps(model))
+        client.post(f"{API}/models", json={"name": "fraud"})
+        spec = {"artifact_sha256": art["sha256"], "framework": "pickle"}
+        r = client.post(f"{API}/models/fraud/versions", json=spec)
+        assert (r.status_code, r.json()["code"]) == (422, "unsafe_artifact")
+        assert client.get(f"{API}/models/fraud/versions").json() == []
+        _upload(client, pickle.dumps(model))  # the refusal removed the unused blob
+        r = client.post(f"{API}/models/fraud/versions", json={**spec, "trusted": True})
+        assert r.status_code == 201 and r.json()["trusted"] is True
+        assert r.json()["version"] == 1  # the refused push used no number
 
 
 def test_untrusted_skops_type_is_refused(client: TestClient, tmp_path: Path) -> None:

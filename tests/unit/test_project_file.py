@@ -136,3 +136,13 @@ def test_the_fraud_example_loads() -> None:
     settings = load_settings(REPO / "examples" / "fraud" / "aimesh.yaml")
     [model] = settings.services.models
     assert (model.ref, model.replicas) == ("fraud@champion", 2)
+
+
+def test_the_starter_file_shows_the_trust_policy_commented_and_off() -> None:
+    assert "  # allow_code_artifacts: false" in STARTER_PROJECT_FILE
+    uncommented = [
+        line.split("#")[0]
+        for line in STARTER_PROJECT_FILE.splitlines()
+        if "allow_code_artifacts" in line.split("#")[0]
+    ]
+    assert uncommented == []

@@ -389,11 +389,13 @@ def test_public_face_is_exactly_the_runtime_api() -> None:
         "executes_code",
         "frameworks",
         "inspect_artifact",
+        "inspect_isolated",
         "load_runtime",
         "machine_cores",
         "native_thread_pools",
         "share_of_cores",
         "thread_cap",
+        "widened_types",
     ]
 
 

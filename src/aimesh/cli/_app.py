@@ -12,8 +12,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from aimesh._private_files import ensure_private_dir
 from aimesh.config import Settings, load_settings
-from aimesh.errors import AimeshError
+from aimesh.errors import AimeshError, ConfigError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -34,8 +35,17 @@ def set_config_file(path: Path | None) -> None:
 
 
 def settings() -> Settings:
-    """The settings for this invocation: defaults < project file < environment."""
-    return load_settings(_state["config_file"])
+    """The settings for this invocation: defaults < project file < environment.
+
+    The home folder is made (or tightened to) 0700 here, before any command writes to it:
+    it holds the bus's token, the registry database and the logs.
+    """
+    loaded = load_settings(_state["config_file"])
+    try:
+        ensure_private_dir(loaded.home_dir)
+    except OSError as exc:
+        raise ConfigError(f"cannot make the home folder {loaded.home_dir}: {exc}") from exc
+    return loaded
 
 
 def config_file() -> Path | None:

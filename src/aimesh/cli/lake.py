@@ -195,6 +195,7 @@ async def _sink(
             batch_seconds=batch_seconds or config.lake.sink_batch_seconds,
             ack_wait_s=config.lake.sink_ack_wait_s,
             max_age_s=config.lake.sink_max_age_s,
+            max_bytes=config.lake.sink_max_bytes,
             evolve=evolve,
             on_commit=on_commit,
             on_start=on_start,

@@ -93,11 +93,16 @@ def push(
     trust: Annotated[
         bool,
         typer.Option(
-            "--trust", help="Allow a format that runs code when loaded (pickle, Python). Recorded."
+            "--trust",
+            help="Allow a format that runs code when loaded (pickle, joblib, Python): needs "
+            "registry.allow_code_artifacts and the admin scope. Recorded with who trusted it.",
         ),
     ] = False,
     trust_type: Annotated[
-        list[str], typer.Option(help="A type a skops file may hold beyond the safe defaults.")
+        list[str],
+        typer.Option(
+            help="A type a skops file may hold beyond the safe defaults (same policy as --trust)."
+        ),
     ] = [],  # noqa: B006
     json_out: JsonFlag = False,
 ) -> None:
@@ -301,6 +306,8 @@ def _print_version(v: ModelVersion) -> None:
     console.print(f"  trusted    {trust}")
     if v.trusted_types:
         console.print(f"  trusted types  {', '.join(v.trusted_types)}")
+    if v.trusted_by:
+        console.print(f"  trusted by {v.trusted_by}")
     if v.signature:
         for kind, specs in (("input", v.signature.inputs), ("output", v.signature.outputs)):
             for s in specs:

@@ -1,4 +1,4 @@
-"""``aimesh registry``: run the registry as its own service."""
+"""``aimesh registry``: run the registry as its own service, and collect its garbage."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from aimesh.cli._app import handle_errors, serve_service_app, settings
+from aimesh.cli._app import console, handle_errors, serve_service_app, settings
 
 app = typer.Typer(help="The model registry service.", no_args_is_help=True)
 
@@ -30,4 +30,44 @@ def serve(
         create_app,
         host=host or registry.host,
         port=registry.port if port is None else port,
+    )
+
+
+@app.command()
+@handle_errors
+def gc(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be removed.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Remove artifacts no version uses and abandoned uploads older than registry.gc_grace_s.
+
+    Works on the registry at registry.url when one is set (its admin scope), else on the
+    local store. A running registry service also does this on its own
+    (registry.gc_interval_s).
+    """
+    from aimesh.registry import open_registry
+
+    registry = open_registry(settings())
+    try:
+        report = registry.collect_garbage(dry_run=dry_run)
+    finally:
+        registry.close()
+    if json_out:
+        console.print_json(report.model_dump_json())
+        return
+    verb = "would remove" if dry_run else "removed"
+    for found in report.removed:
+        console.print(
+            f"{verb} {found.kind} {found.name}  {found.size} bytes  "
+            f"(unused for {found.age_s:.0f} s)",
+            highlight=False,
+        )
+    freed = "would free" if dry_run else "freed"
+    console.print(
+        f"{len(report.removed)} file(s), {report.bytes_freed} bytes {freed}; kept "
+        f"{report.kept_referenced} artifact(s) in use and {report.kept_young} inside the "
+        "grace period",
+        highlight=False,
     )

@@ -21,10 +21,9 @@ from aimesh.bus import (
     Bus,
     Registration,
     ServiceInstance,
-    connect,
     declare_topology,
     describe_service,
-    ensure_bus,
+    open_bus,
 )
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
@@ -251,8 +250,7 @@ async def _connect_patiently(settings: Settings) -> Bus:
     warned = False
     while True:
         try:
-            url = await asyncio.to_thread(ensure_bus, settings)
-            bus = await connect(url, timeout=settings.bus.connect_timeout_s, name="gateway")
+            bus = await open_bus(settings, name="gateway")
         except AimeshError as exc:
             if not warned:
                 log.warning("no bus yet (%s); the gateway keeps trying", exc.message)

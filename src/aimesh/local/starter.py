@@ -45,6 +45,12 @@ registry:
   port: 8100
   database_url: null         # unset: SQLite in HOME; or postgresql+psycopg://user@host/db
   artifacts_url: null        # unset: HOME/artifacts; or s3://bucket/prefix
+  # Artifacts whose loading runs code (pickle, joblib, python) and extra skops types are
+  # refused unless you allow them here; even then only an admin identity may push them
+  # (`aimesh models push m model.pkl --trust`). Trust only files from a known source.
+  # allow_code_artifacts: false
+  # gc_grace_s: 3600         # garbage collection keeps unused uploads this long
+  # gc_interval_s: 3600      # how often the registry collects it (0: `aimesh registry gc` only)
 
 gateway:
   host: 127.0.0.1

@@ -12,12 +12,14 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import FileResponse
 
+from aimesh.auth import LOCAL_OPERATOR, Identity
 from aimesh.errors import ArtifactTooLarge, InvalidRequest
 from aimesh.registry.service import LocalRegistry
 from aimesh.registry.types import (
     Alias,
     AliasMove,
     ArtifactInfo,
+    GarbageReport,
     HistoryEntry,
     ModelCreate,
     ModelInfo,
@@ -38,7 +40,19 @@ def registry(request: Request) -> LocalRegistry:
     return found
 
 
+def caller(request: Request) -> Identity:
+    """Who is calling: the one place the request's identity reaches the registry's core.
+
+    Until services authenticate on their own ports, every caller of this loopback-bound
+    service is the local operator; the auth layer replaces this with the identity it
+    resolved from the request's key.
+    """
+    found = getattr(request.state, "identity", None)
+    return found if isinstance(found, Identity) else LOCAL_OPERATOR
+
+
 Reg = Annotated[LocalRegistry, Depends(registry)]
+Caller = Annotated[Identity, Depends(caller)]
 Actor = Annotated[str | None, Header(alias=ACTOR_HEADER, max_length=256)]
 
 router = APIRouter(prefix=PREFIX, tags=["registry"])
@@ -70,8 +84,10 @@ def list_versions(reg: Reg, name: str) -> list[ModelVersion]:
 
 
 @router.post("/models/{name}/versions", status_code=201, summary="Create a version")
-def create_version(reg: Reg, name: str, spec: VersionCreate, actor: Actor = None) -> ModelVersion:
-    return reg.create_version(name, spec, actor=actor)
+def create_version(
+    reg: Reg, who: Caller, name: str, spec: VersionCreate, actor: Actor = None
+) -> ModelVersion:
+    return reg.create_version(name, spec, actor=actor, caller=who)
 
 
 @router.get("/models/{name}/versions/{ref}", summary="Show a version by number, alias or 'latest'")
@@ -165,6 +181,23 @@ async def upload_artifact(
         return await anyio.to_thread.run_sync(writer.commit)
 
 
-@router.get("/artifacts/{sha256}", summary="Show a stored artifact (404 when absent)")
+@router.get(
+    "/artifacts/{sha256}",
+    summary="Show a stored artifact, hashed again (404 when absent, 500 artifact_tampered when "
+    "damaged: upload the same bytes to repair it)",
+)
 def get_artifact(reg: Reg, sha256: str) -> ArtifactInfo:
-    return ArtifactInfo(sha256=sha256, size=reg.artifacts.size(sha256))
+    check_sha256(sha256)
+    return reg.artifacts.verify(sha256)
+
+
+@router.post(
+    "/gc",
+    summary="Remove artifacts no version uses and abandoned uploads, past the grace period",
+)
+def collect_garbage(
+    reg: Reg,
+    who: Caller,
+    dry_run: Annotated[bool, Query(description="Only list what would be removed.")] = False,
+) -> GarbageReport:
+    return reg.collect_garbage(dry_run=dry_run, caller=who)

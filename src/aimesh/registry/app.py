@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from aimesh.config import Settings
+from aimesh.errors import AimeshError
 from aimesh.registry.api import router
 from aimesh.registry.outbox import OutboxRelay
 from aimesh.registry.service import LocalRegistry
@@ -30,19 +31,27 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = LocalRegistry.from_settings(settings, actor="registry-api")
         app.state.registry = registry
-        relay: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
         if publish_events:
             outbox = OutboxRelay(registry.store, settings)
             registry.on_change = outbox.kick
-            relay = asyncio.create_task(outbox.run(), name="outbox-relay")
+            tasks.append(asyncio.create_task(outbox.run(), name="outbox-relay"))
+        if settings.registry.gc_interval_s > 0:
+            tasks.append(
+                asyncio.create_task(
+                    collect_garbage_every(registry, settings.registry.gc_interval_s),
+                    name="registry-gc",
+                )
+            )
         try:
             async with announced(settings, "registry", public_url):
                 yield
         finally:
-            if relay is not None:
-                relay.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await relay
+                    await task
             registry.close()
 
     return service_app(
@@ -51,3 +60,23 @@ def create_app(
         router=router,
         lifespan=lifespan,
     )
+
+
+async def collect_garbage_every(registry: LocalRegistry, interval_s: float) -> None:
+    """Collect the registry's garbage now, then every ``interval_s`` seconds, until cancelled.
+
+    A failed round is logged and the next one tried: garbage waits, serving does not.
+    """
+    while True:
+        try:
+            report = await asyncio.to_thread(registry.collect_garbage)
+        except (AimeshError, OSError) as exc:
+            log.warning("garbage collection failed: %s", exc)
+        else:
+            if report.removed:
+                log.info(
+                    "garbage collection removed %d file(s), freeing %d bytes",
+                    len(report.removed),
+                    report.bytes_freed,
+                )
+        await asyncio.sleep(interval_s)

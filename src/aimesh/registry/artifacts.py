@@ -1,18 +1,24 @@
 """Content-addressed artifact storage: a local folder by default, any fsspec URL by config.
 
-A blob's name is its sha256. Writes are staged and renamed into place, so a reader never
-sees half a blob; every read hashes the bytes again, so a blob changed on disk after it was
-stored is refused (:class:`ArtifactTampered`) rather than loaded.
+A blob's name is its sha256. Writes are staged, flushed to disk (the file, then on POSIX its
+folder) and renamed into place, so a reader never sees half a blob, even after a crash;
+every read hashes the bytes again, so a blob changed on disk after it was stored is refused
+(:class:`ArtifactTampered`) rather than loaded. Storing bytes whose blob is there but
+damaged replaces it: pushing the same file again is the repair.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -45,6 +51,34 @@ def file_chunks(f: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
     """Read an open binary file in chunks."""
     while chunk := f.read(size):
         yield chunk
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a closed file's bytes to disk."""
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_folder(path: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be
+    opened (Windows)."""
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file the garbage collector may consider: a blob (``sha256`` set) or staging."""
+
+    path: str
+    size: int
+    age_s: float
+    sha256: str | None = None
 
 
 class ArtifactStore:
@@ -104,16 +138,70 @@ class ArtifactStore:
             return self.put(file_chunks(f), max_bytes=max_bytes)
 
     def _commit(self, staged: Path, sha256: str) -> None:
+        """Move verified bytes into place, unless an intact copy is there already."""
         target = self._blob(sha256)
-        if self._fs.exists(target):
-            return  # content-addressed: the same bytes are already there
+        if self._fs.exists(target) and self._intact(sha256):
+            # Content-addressed: the same bytes are there. Touch them, so that garbage
+            # collection counts this upload's grace period from now.
+            self._touch(target)
+            return
+        # Absent, or there but damaged (bit rot, a torn write): these bytes replace it.
         if self._local:
+            fsync_file(staged)
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, target)
+            fsync_folder(Path(target).parent)
             return
         partial = f"{target}.{uuid.uuid4().hex}.part"
         self._fs.put_file(str(staged), partial)
         self._fs.mv(partial, target)
+
+    def _intact(self, sha256: str) -> bool:
+        try:
+            self.fetch(sha256)
+        except (ArtifactTampered, ArtifactNotFound):
+            return False
+        return True
+
+    def _touch(self, target: str) -> None:
+        if self._local:
+            os.utime(target)
+        # fsspec's remote stores cannot set a time; their grace runs from the first upload.
+
+    def verify(self, sha256: str) -> ArtifactInfo:
+        """The stored blob, hashed just now: :class:`ArtifactTampered` when it is damaged."""
+        path = self.fetch(sha256)
+        return ArtifactInfo(sha256=sha256, size=path.stat().st_size)
+
+    def delete(self, sha256: str) -> None:
+        """Remove a blob (and its cached copy); nothing happens when it is absent."""
+        target = self._blob(check_sha256(sha256))
+        with contextlib.suppress(FileNotFoundError):
+            self._fs.rm_file(target)
+        (self._cache / sha256).unlink(missing_ok=True)
+
+    def stored_files(self) -> Iterator[StoredFile]:
+        """Every blob and every staging file, with its age: what garbage collection sees."""
+        now = time.time()
+        blobs = f"{self._root}/sha256"
+        if self._fs.exists(blobs):
+            for path, info in self._fs.find(blobs, detail=True).items():
+                name = path.rsplit("/", 1)[-1]
+                sha = name if len(name) == 64 and "." not in name else None
+                yield StoredFile(path, int(info.get("size") or 0), now - _mtime(info, now), sha)
+        if self._staging.exists():
+            for part in self._staging.iterdir():
+                if part.is_file():
+                    stat = part.stat()
+                    yield StoredFile(str(part), stat.st_size, now - stat.st_mtime)
+
+    def remove_file(self, path: str) -> None:
+        """Remove a file :meth:`stored_files` listed."""
+        if path.startswith(str(self._staging)):
+            Path(path).unlink(missing_ok=True)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self._fs.rm_file(path)
 
     def fetch(self, sha256: str) -> Path:
         """A local path to the blob's bytes, verified against its sha256 just now."""
@@ -157,6 +245,17 @@ class ArtifactStore:
         """Write the verified blob to ``dest``."""
         shutil.copyfile(self.fetch(sha256), dest)
         return dest
+
+
+def _mtime(info: Mapping[str, Any], default: float) -> float:
+    """A listed file's modification time as epoch seconds, whatever the filesystem calls it."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, datetime):
+            return value.timestamp()
+    return default
 
 
 class BlobWriter:

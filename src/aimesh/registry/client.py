@@ -20,6 +20,7 @@ from aimesh.registry.types import (
     Alias,
     AliasMove,
     ArtifactInfo,
+    GarbageReport,
     HistoryEntry,
     ModelCreate,
     ModelInfo,
@@ -91,7 +92,8 @@ class RegistryClient:
         try:
             return self._call(ArtifactInfo, "GET", f"/artifacts/{digest}")
         except AimeshError as exc:
-            if exc.code != "artifact_not_found":
+            # Absent, or stored but damaged: these bytes (re)place it.
+            if exc.code not in ("artifact_not_found", "artifact_tampered"):
                 raise
         with path.open("rb") as f:
             return self._call(
@@ -169,6 +171,10 @@ class RegistryClient:
         return self._call(
             ModelVersion, "POST", f"/models/{name}/versions/{number}/metrics", json=metrics
         )
+
+    def collect_garbage(self, *, dry_run: bool = False) -> GarbageReport:
+        """Remove unused artifacts and abandoned uploads past the grace period (admin)."""
+        return self._call(GarbageReport, "POST", "/gc", params={"dry_run": dry_run})
 
     # -- aliases and history ----------------------------------------------------------------
 

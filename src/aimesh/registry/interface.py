@@ -9,6 +9,7 @@ from aimesh.config import Settings
 from aimesh.registry.types import (
     Alias,
     ArtifactInfo,
+    GarbageReport,
     HistoryEntry,
     ModelCreate,
     ModelInfo,
@@ -38,6 +39,7 @@ class Registry(Protocol):
     def delete_alias(self, name: str, alias: str) -> None: ...
     def list_aliases(self, name: str) -> list[Alias]: ...
     def history(self, name: str, *, limit: int = 100) -> list[HistoryEntry]: ...
+    def collect_garbage(self, *, dry_run: bool = False) -> GarbageReport: ...
 
 
 def open_registry(settings: Settings) -> Registry:

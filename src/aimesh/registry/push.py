@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
 from aimesh import runtimes
-from aimesh.errors import InvalidRequest, ModelExists, ModelNotFound
+from aimesh.errors import ArtifactNotFound, InvalidRequest
 from aimesh.protocol import Signature
 from aimesh.registry.interface import Registry
 from aimesh.registry.types import (
     Lineage,
-    ModelCreate,
     ModelVersion,
     VersionCreate,
     check_model_name,
@@ -34,7 +32,10 @@ def push_model(
     trusted: bool = False,
     trusted_types: Sequence[str] = (),
 ) -> ModelVersion:
-    """Upload ``path`` and register it as the next version of ``name`` (created if new)."""
+    """Upload ``path`` and register it as the next version of ``name`` (created if new).
+
+    A refused push (no trust, a file its runtime cannot read) leaves nothing behind.
+    """
     check_model_name(name)
     if not path.is_file():
         raise InvalidRequest(f"{path} is not a file")
@@ -44,14 +45,11 @@ def push_model(
             f"cannot tell the framework of {path.name}; pass --framework "
             f"({', '.join(runtimes.frameworks())})"
         )
-    try:
-        registry.get_model(name)
-    except ModelNotFound:
-        # Another client may create it first: fine, versions are numbered atomically.
-        with contextlib.suppress(ModelExists):
-            registry.create_model(ModelCreate(name=name))
     artifact = registry.upload_artifact(path)
     spec = VersionCreate(
+        # The model is created with its first version, in one transaction: a refused
+        # version leaves no empty model (and the registry removes its unused blob).
+        create_model=True,
         artifact_sha256=artifact.sha256,
         framework=framework,
         signature=signature,
@@ -63,4 +61,10 @@ def push_model(
         trusted_types=list(trusted_types),
         aliases=list(aliases),
     )
-    return registry.create_version(name, spec)
+    try:
+        return registry.create_version(name, spec)
+    except ArtifactNotFound:
+        # A concurrent push of the same bytes was refused and removed the blob between our
+        # upload and our version: upload it again, once.
+        registry.upload_artifact(path)
+        return registry.create_version(name, spec)

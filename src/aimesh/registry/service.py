@@ -2,30 +2,46 @@
 
 Plain Python, no web framework: the REST adapter (``api.py``) and the CLI in local mode
 both call :class:`LocalRegistry`; the HTTP client (``client.py``) offers the same methods.
+
+Trust is the operator's decision: a version that runs code when loaded (pickle, joblib,
+Python) or widens skops' types is accepted only when ``registry.allow_code_artifacts`` is
+on and the caller holds the admin scope, and such an artifact is inspected in a process of
+its own, never in this one. A refused version leaves nothing behind: no model, no blob.
 """
 
 from __future__ import annotations
 
 import getpass
+import logging
 import socket
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from aimesh import runtimes
+from aimesh.auth import LOCAL_OPERATOR, Identity
 from aimesh.config import Settings
-from aimesh.errors import ArtifactNotFound
+from aimesh.errors import AimeshError, ArtifactNotFound, TrustDisabled, UnsafeArtifact
+from aimesh.protocol import Signature
 from aimesh.registry.artifacts import ArtifactStore
 from aimesh.registry.store import RegistryStore
 from aimesh.registry.types import (
     Alias,
     ArtifactInfo,
+    CollectedFile,
+    GarbageReport,
     HistoryEntry,
     ModelCreate,
     ModelInfo,
     ModelUpdate,
     ModelVersion,
     VersionCreate,
+    check_model_name,
 )
+
+log = logging.getLogger("aimesh.registry")
+
+CODE_FORMATS = "pickle, joblib, python"
 
 
 def default_actor() -> str:
@@ -48,12 +64,21 @@ class LocalRegistry:
         max_artifact_bytes: int,
         actor: str | None = None,
         on_change: Callable[[], None] | None = None,
+        allow_code_artifacts: bool = False,
+        inspect_timeout_s: float = 120.0,
+        gc_grace_s: float = 3600.0,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.max_artifact_bytes = max_artifact_bytes
         self.actor = actor or default_actor()
         self.on_change = on_change
+        self.allow_code_artifacts = allow_code_artifacts
+        self.inspect_timeout_s = inspect_timeout_s
+        self.gc_grace_s = gc_grace_s
+        # Held while a blob is judged unused and removed, and while a version that uses a
+        # blob is committed: this process never removes a blob a version is being made of.
+        self._blobs = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, actor: str | None = None) -> LocalRegistry:
@@ -67,6 +92,9 @@ class LocalRegistry:
             ),
             max_artifact_bytes=settings.registry.max_artifact_bytes,
             actor=actor,
+            allow_code_artifacts=settings.registry.allow_code_artifacts,
+            inspect_timeout_s=settings.registry.inspect_timeout_s,
+            gc_grace_s=settings.registry.gc_grace_s,
         )
 
     def close(self) -> None:
@@ -128,33 +156,142 @@ class LocalRegistry:
     # -- versions -------------------------------------------------------------------------
 
     def create_version(
-        self, name: str, spec: VersionCreate, *, actor: str | None = None
+        self,
+        name: str,
+        spec: VersionCreate,
+        *,
+        actor: str | None = None,
+        caller: Identity = LOCAL_OPERATOR,
     ) -> ModelVersion:
         """Register an uploaded artifact as the next version of a model.
 
-        The artifact is checked by its runtime first: a format that runs code needs
-        ``trusted``, a skops file may hold only trusted types, and an unreadable file is
-        refused. The signature is read from the artifact unless the spec gives one.
+        First the trust decision, before the artifact is read: a format that runs code, or
+        skops types beyond the safe ones, needs the registry's policy
+        (:class:`TrustDisabled` otherwise) and an admin ``caller``
+        (:class:`~aimesh.errors.Forbidden` otherwise). Then the artifact is checked by its
+        runtime (a code-running one in a separate process) and its signature read unless
+        the spec gives one. A refused version leaves no model and removes its blob when no
+        other version uses it.
         """
-        self.store.get_model(name)  # unknown model: fail before touching the artifact
-        if not self.artifacts.exists(spec.artifact_sha256):
-            raise ArtifactNotFound(
-                f"no artifact with sha256 {spec.artifact_sha256}: upload it first",
-                sha256=spec.artifact_sha256,
-            )
-        path = self.artifacts.fetch(spec.artifact_sha256)
-        inspected = runtimes.inspect_artifact(
-            spec.framework, path, trusted=spec.trusted, trusted_types=spec.trusted_types
-        )
-        version = self.store.create_version(
-            name,
-            spec,
-            size=path.stat().st_size,
-            signature=spec.signature or inspected,
-            actor=actor or self.actor,
-        )
+        try:
+            trusted_by = self._decide_trust(spec, caller, actor or self.actor)
+            if not spec.create_model:
+                self.store.get_model(name)  # unknown model: fail before touching the artifact
+            else:
+                check_model_name(name)
+            if not self.artifacts.exists(spec.artifact_sha256):
+                raise ArtifactNotFound(
+                    f"no artifact with sha256 {spec.artifact_sha256}: upload it first",
+                    sha256=spec.artifact_sha256,
+                )
+            path = self.artifacts.fetch(spec.artifact_sha256)
+            inspected = self._inspect(spec, path)
+            with self._blobs:
+                # Checked again under the lock: a refused push may have removed the blob.
+                if not self.artifacts.exists(spec.artifact_sha256):
+                    raise ArtifactNotFound(
+                        f"no artifact with sha256 {spec.artifact_sha256}: upload it again",
+                        sha256=spec.artifact_sha256,
+                    )
+                version = self.store.create_version(
+                    name,
+                    spec,
+                    size=path.stat().st_size,
+                    signature=spec.signature or inspected,
+                    actor=actor or self.actor,
+                    trusted_by=trusted_by,
+                )
+        except AimeshError:
+            self._discard_unused(spec.artifact_sha256)
+            raise
         self._changed()
         return version
+
+    def _decide_trust(self, spec: VersionCreate, caller: Identity, actor: str) -> str | None:
+        """Who trusts this version (None: it needs no trust), or refuse it."""
+        code = runtimes.executes_code(spec.framework)
+        widened = runtimes.widened_types(spec.trusted_types)
+        if not (code or spec.trusted or widened):
+            return None
+        if not self.allow_code_artifacts:
+            raise TrustDisabled(
+                "this registry does not accept artifacts that run code when loaded "
+                f"({CODE_FORMATS}) or extra skops types; its operator can allow them with "
+                "registry.allow_code_artifacts: true (pushes then need the admin scope)",
+                framework=spec.framework,
+            )
+        if code and not spec.trusted:
+            raise UnsafeArtifact(
+                f"the {spec.framework} format runs code from the artifact when it loads; "
+                "refusing it without explicit trust (--trust; trust only artifacts from a "
+                "known source)",
+                framework=spec.framework,
+            )
+        caller.require("admin")
+        # The operator at this machine is a person: name them as the actor does.
+        return actor if caller.kind == "operator" else caller.name
+
+    def _inspect(self, spec: VersionCreate, path: Path) -> Signature:
+        if runtimes.executes_code(spec.framework):
+            return runtimes.inspect_isolated(
+                spec.framework,
+                path,
+                trusted_types=spec.trusted_types,
+                timeout_s=self.inspect_timeout_s,
+            )
+        return runtimes.inspect_artifact(
+            spec.framework, path, trusted=spec.trusted, trusted_types=spec.trusted_types
+        )
+
+    def _discard_unused(self, sha256: str) -> None:
+        """Remove a refused version's blob, unless a version uses it."""
+        with self._blobs:
+            try:
+                if not self.store.is_artifact_referenced(sha256):
+                    self.artifacts.delete(sha256)
+            # Cleanup must never hide the refusal; garbage collection takes it later.
+            except (AimeshError, OSError) as exc:
+                log.warning("could not remove refused artifact %s: %s", sha256[:12], exc)
+
+    # -- garbage ----------------------------------------------------------------------------
+
+    def collect_garbage(
+        self,
+        *,
+        dry_run: bool = False,
+        grace_s: float | None = None,
+        caller: Identity = LOCAL_OPERATOR,
+    ) -> GarbageReport:
+        """Remove blobs no version uses and abandoned staging files, both older than the
+        grace period (``registry.gc_grace_s``); with ``dry_run``, only list them."""
+        caller.require("admin")
+        grace = self.gc_grace_s if grace_s is None else grace_s
+        removed: list[CollectedFile] = []
+        kept_referenced = kept_young = 0
+        with self._blobs:
+            referenced = self.store.referenced_artifacts()
+            for found in self.artifacts.stored_files():
+                if found.sha256 is not None and found.sha256 in referenced:
+                    kept_referenced += 1
+                    continue
+                if found.age_s < grace:
+                    kept_young += 1
+                    continue
+                kind = "artifact" if found.sha256 is not None else "staging"
+                name = found.sha256 or found.path.replace("\\", "/").rsplit("/", 1)[-1]
+                removed.append(
+                    CollectedFile(kind=kind, name=name, size=found.size, age_s=found.age_s)
+                )
+                if not dry_run:
+                    self.artifacts.remove_file(found.path)
+        report = GarbageReport(
+            dry_run=dry_run,
+            removed=removed,
+            bytes_freed=sum(f.size for f in removed),
+            kept_referenced=kept_referenced,
+            kept_young=kept_young,
+        )
+        return report
 
     def list_versions(self, name: str) -> list[ModelVersion]:
         """Every version of a model, oldest first."""

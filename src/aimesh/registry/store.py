@@ -159,15 +159,54 @@ class RegistryStore:
     # -- versions -------------------------------------------------------------------------
 
     def create_version(
-        self, name: str, spec: VersionCreate, *, size: int, signature: Signature | None, actor: str
+        self,
+        name: str,
+        spec: VersionCreate,
+        *,
+        size: int,
+        signature: Signature | None,
+        actor: str,
+        trusted_by: str | None = None,
     ) -> ModelVersion:
         """Add the next version of a model, and point ``spec.aliases`` at it, atomically.
 
         The version number comes from an atomic increment of the model's counter, so that
         concurrent pushes (several processes, SQLite or PostgreSQL) get distinct numbers.
+        With ``spec.create_model``, a missing model is created in the same transaction.
         """
+        try:
+            return self._create_version(name, spec, size, signature, actor, trusted_by)
+        except IntegrityError:
+            if not spec.create_model:
+                raise
+            # Another writer created the model between our look and our insert: it exists
+            # now, so the second attempt finds it.
+            return self._create_version(name, spec, size, signature, actor, trusted_by)
+
+    def _create_version(
+        self,
+        name: str,
+        spec: VersionCreate,
+        size: int,
+        signature: Signature | None,
+        actor: str,
+        trusted_by: str | None,
+    ) -> ModelVersion:
         now = utcnow()
         with self._transaction() as s:
+            if spec.create_model and _find_model(s, name) is None:
+                s.add(
+                    ModelRow(
+                        name=name,
+                        description="",
+                        tags={},
+                        latest_version=0,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                s.flush()
+                _record(s, "model", "created", name, actor=actor)
             model = _model_row(s, name)
             number = s.execute(
                 sa.update(ModelRow)
@@ -187,6 +226,7 @@ class RegistryStore:
                 tags=dict(spec.tags),
                 trusted=spec.trusted,
                 trusted_types=list(spec.trusted_types),
+                trusted_by=trusted_by,
                 archived=False,
                 created_at=now,
                 created_by=actor,
@@ -201,7 +241,11 @@ class RegistryStore:
                 name,
                 version=number,
                 actor=actor,
-                data={"sha256": spec.artifact_sha256, "framework": spec.framework},
+                data={
+                    "sha256": spec.artifact_sha256,
+                    "framework": spec.framework,
+                    "trusted_by": trusted_by,
+                },
             )
             for alias in spec.aliases:
                 _move_alias(s, model, alias, row, actor)
@@ -327,6 +371,11 @@ class RegistryStore:
                 .values(published_at=utcnow())
             )
 
+    def referenced_artifacts(self) -> set[str]:
+        """The sha256 of every artifact a version uses (archived ones too)."""
+        with self._transaction() as s:
+            return set(s.scalars(sa.select(VersionRow.artifact_sha256).distinct()).all())
+
     def is_artifact_referenced(self, sha256: str) -> bool:
         """Whether any version uses the artifact (so it must be kept)."""
         with self._transaction() as s:
@@ -365,9 +414,13 @@ def _record(
     )
 
 
-def _model_row(s: Session, name: str) -> ModelRow:
+def _find_model(s: Session, name: str) -> ModelRow | None:
     check_model_name(name)
-    row = s.scalar(sa.select(ModelRow).where(ModelRow.name == name))
+    return s.scalar(sa.select(ModelRow).where(ModelRow.name == name))
+
+
+def _model_row(s: Session, name: str) -> ModelRow:
+    row = _find_model(s, name)
     if row is None:
         raise ModelNotFound(f"no model named {name!r}", name=name)
     return row
@@ -487,6 +540,7 @@ def _version(s: Session, model: str, row: VersionRow) -> ModelVersion:
         tags=row.tags,
         trusted=row.trusted,
         trusted_types=list(row.trusted_types),
+        trusted_by=row.trusted_by,
         archived=row.archived,
         created_at=row.created_at,
         created_by=row.created_by,

@@ -77,6 +77,8 @@ class VersionRow(Base):
     tags: Mapped[dict[str, Any]] = mapped_column(default=dict)
     trusted: Mapped[bool] = mapped_column(default=False)
     trusted_types: Mapped[list[Any]] = mapped_column(default=list)
+    trusted_by: Mapped[str | None] = mapped_column(sa.String(256), nullable=True)
+    """Who made the trust decision (``trusted`` or extra types): the admin identity."""
     archived: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(sa.String(256))

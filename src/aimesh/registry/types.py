@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -106,12 +106,21 @@ class VersionCreate(_Frozen):
     description: str = Field(default="", max_length=10_000)
     tags: dict[str, str] = Field(default_factory=dict)
     trusted: bool = Field(
-        default=False, description="Allow formats that run code when loaded (pickle, Python)."
+        default=False,
+        description="Allow formats that run code when loaded (pickle, joblib, Python): "
+        "needs registry.allow_code_artifacts and the admin scope.",
     )
     trusted_types: list[str] = Field(
-        default_factory=list, description="Extra types a skops artifact may hold."
+        default_factory=list,
+        description="Extra types a skops artifact may hold: beyond scikit-learn's own, needs "
+        "registry.allow_code_artifacts and the admin scope.",
     )
     aliases: list[str] = Field(default_factory=list, description="Aliases to point at it.")
+    create_model: bool = Field(
+        default=False,
+        description="Create the model too when it does not exist, in the same transaction "
+        "as the version: a refused version then leaves no empty model behind.",
+    )
 
     @field_validator("artifact_sha256")
     @classmethod
@@ -145,6 +154,9 @@ class ModelVersion(_Frozen):
     tags: dict[str, str]
     trusted: bool
     trusted_types: list[str]
+    trusted_by: str | None = Field(
+        default=None, description="Who decided to trust it (an admin identity), if anyone."
+    )
     archived: bool
     created_at: datetime
     created_by: str
@@ -190,3 +202,24 @@ class HistoryEntry(_Frozen):
     actor: str
     at: datetime
     data: dict[str, Scalar]
+
+
+class CollectedFile(_Frozen):
+    """One file garbage collection removed (or, in a dry run, would remove)."""
+
+    kind: Literal["artifact", "staging"] = Field(
+        description="artifact: a blob no version uses; staging: an abandoned upload."
+    )
+    name: str = Field(description="The blob's sha256, or the staging file's name.")
+    size: int
+    age_s: float = Field(description="Seconds since it was last written.")
+
+
+class GarbageReport(_Frozen):
+    """What a garbage collection removed, and the bytes it freed."""
+
+    dry_run: bool
+    removed: list[CollectedFile]
+    bytes_freed: int
+    kept_referenced: int = Field(description="Blobs kept because a version uses them.")
+    kept_young: int = Field(description="Files kept because they are inside the grace period.")

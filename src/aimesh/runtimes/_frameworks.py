@@ -65,6 +65,14 @@ def executes_code(framework: str) -> bool:
     return _format(framework).executes_code
 
 
+def widened_types(trusted_types: Iterable[str]) -> list[str]:
+    """The types among ``trusted_types`` that widen what skops loads beyond what aimesh
+    already trusts by itself (scikit-learn's own data structures): a trust decision."""
+    from aimesh.runtimes.base import SKLEARN_OWN_TYPES
+
+    return sorted(set(trusted_types) - SKLEARN_OWN_TYPES)
+
+
 def inspect_artifact(
     framework: str, path: Path, *, trusted: bool = False, trusted_types: Iterable[str] = ()
 ) -> Signature:

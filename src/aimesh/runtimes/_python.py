@@ -82,7 +82,8 @@ def load(path: Path, trust: Trust) -> PythonRuntime:
 
 def _model_class(path: Path) -> type[Any]:
     try:
-        code = compile(path.read_bytes(), str(path), "exec")
+        # Named by the file's name only: a SyntaxError's text must not carry a server path.
+        code = compile(path.read_bytes(), path.name, "exec")
     except (OSError, SyntaxError, ValueError) as exc:
         raise unreadable(FRAMEWORK, path, exc) from exc
     # Compiled by hand rather than imported: the artifact may have no .py suffix, and an

@@ -14,18 +14,9 @@ from aimesh.errors import UntrustedTypes
 from aimesh.protocol import Signature
 from aimesh.runtimes._estimator import estimator_runtime
 from aimesh.runtimes._tabular import TabularRuntime
-from aimesh.runtimes.base import Trust, unreadable
+from aimesh.runtimes.base import SKLEARN_OWN_TYPES, Trust, unreadable
 
 FRAMEWORK = "sklearn"
-
-SKLEARN_TREE_TYPES = frozenset(
-    {
-        "sklearn.tree._tree.Tree",
-        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    }
-)
-"""scikit-learn's own tree structures, rebuilt from plain arrays. skops leaves them off its
-default list, which would refuse every forest and boosted model; aimesh trusts them."""
 
 
 def inspect(path: Path, trust: Trust) -> Signature:
@@ -50,7 +41,7 @@ def _checked_types(path: Path, trust: Trust) -> list[str]:
         found: list[str] = skops.io.get_untrusted_types(file=path)
     except Exception as exc:
         raise unreadable(FRAMEWORK, path, exc) from exc
-    untrusted = sorted(set(found) - trust.types - SKLEARN_TREE_TYPES)
+    untrusted = sorted(set(found) - trust.types - SKLEARN_OWN_TYPES)
     if untrusted:
         raise UntrustedTypes(untrusted)
     return sorted(found)

@@ -33,6 +33,27 @@ class Runtime(Protocol):
         ...
 
 
+SKLEARN_OWN_TYPES = frozenset(
+    {
+        "sklearn.tree._tree.Tree",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.neighbors._kd_tree.KDTree",
+        "sklearn.neighbors._ball_tree.BallTree",
+        "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+        "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+        *(
+            f"sklearn.metrics._dist_metrics.{metric}Distance{bits}"
+            for metric in ("Euclidean", "Manhattan", "Chebyshev", "Minkowski")
+            for bits in ("64", "32")
+        ),
+    }
+)
+"""scikit-learn's own data structures (trees, neighbour indexes, optimiser state, distance
+metrics), rebuilt from plain arrays. skops leaves them off its default list, which would
+refuse every forest, boosted, neighbours and MLP model; aimesh trusts them by itself, so
+they are no trust decision of the caller's."""
+
+
 @dataclass(frozen=True)
 class Trust:
     """What the caller vouches for: running the artifact's code, and extra skops types."""

@@ -24,10 +24,9 @@ from aimesh.bus import (
     Bus,
     Registration,
     ServiceInstance,
-    connect,
     declare_topology,
-    ensure_bus,
     new_instance_id,
+    open_bus,
     this_host,
     this_pid,
 )
@@ -223,8 +222,7 @@ async def _join_bus(
 ) -> tuple[Bus | None, list[asyncio.Task[None]]]:
     """Connect to the bus and follow the alias; without a bus, say so once and serve anyway."""
     try:
-        url = await asyncio.to_thread(ensure_bus, settings)
-        bus = await connect(url, timeout=settings.bus.connect_timeout_s, name=f"serve-{host.ref}")
+        bus = await open_bus(settings, name=f"serve-{host.ref}")
         await declare_topology(bus)
     except AimeshError as exc:
         log.warning(
