@@ -14,9 +14,17 @@ import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -48,12 +56,52 @@ _project: ContextVar[_FileSource | None] = ContextVar("aimesh_project", default=
 
 
 class BusSettings(BaseModel):
-    """Where the NATS bus is, or how to start the embedded one."""
+    """Where the NATS bus is, how to authenticate to it, or how to start the embedded one.
+
+    The embedded server of a home needs none of the credential fields: it generates its own
+    token into HOME/bus/token (mode 0600), which every aimesh process of the home reads. The
+    credential fields are for an external server set in ``url``; each follows the standard
+    NATS way of giving it (a user and password also work inside the URL,
+    ``nats://user:password@host:4222``, and a token as ``nats://token@host:4222``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     url: str | None = Field(
         default=None,
-        description="NATS URL of an existing server or cluster (e.g. nats://nats:4222). "
-        "Unset: use the embedded server of this home, starting it if needed.",
+        description="NATS URL of an existing server or cluster (e.g. nats://nats:4222, or "
+        "tls://nats:4222 for TLS). Unset: use the embedded server of this home, starting it "
+        "if needed.",
+    )
+    user: str | None = Field(
+        default=None, description="User name for an external server (with `password`)."
+    )
+    password: SecretStr | None = Field(
+        default=None, description="Password of `user` for an external server."
+    )
+    token: SecretStr | None = Field(
+        default=None, description="Authentication token for an external server."
+    )
+    nkey_seed_file: Path | None = Field(
+        default=None,
+        description="File holding the NKey seed (SU...) of an NKey user of an external server. "
+        "Needs the `nkeys` package.",
+    )
+    creds_file: Path | None = Field(
+        default=None,
+        description="A `.creds` file (user JWT and NKey seed, as `nsc` writes it) for an "
+        "external server in operator mode. Needs the `nkeys` package.",
+    )
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the certificate authorities that sign the server's "
+        "certificate. Setting any tls_* field turns TLS on; unset: the system's CAs.",
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM client certificate, for a server that verifies clients."
+    )
+    tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of `tls_cert_file`."
     )
     connect_timeout_s: float = Field(
         default=2.0, gt=0, le=60, description="Seconds to wait when connecting to the bus."
@@ -64,6 +112,57 @@ class BusSettings(BaseModel):
         le=120,
         description="Seconds to wait for the embedded server to be ready.",
     )
+    events_max_bytes: int = Field(
+        default=1024**3,
+        ge=1024**2,
+        description="Size limit of the AIMESH_EVENTS stream; when full, the oldest events are "
+        "dropped (events are also dropped after a week).",
+    )
+    jobs_max_bytes: int = Field(
+        default=1024**3,
+        ge=1024,
+        description="Size limit of the AIMESH_JOBS work queue (jobs waiting for a worker); "
+        "when full, new jobs are refused with queue_full until workers catch up.",
+    )
+    jobs_max_msgs: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most jobs waiting in the AIMESH_JOBS work queue; beyond, new jobs are "
+        "refused with queue_full.",
+    )
+    dlq_max_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1024**2,
+        description="Size limit of the AIMESH_JOBS_DLQ stream (jobs that failed their last "
+        "attempt); when full, the oldest are dropped (they are also dropped after 30 days).",
+    )
+    job_records_max_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1024**2,
+        description="Size limit of the aimesh_jobs KV bucket (job records, kept a week); "
+        "when full, new jobs are refused with queue_full.",
+    )
+    job_data_max_bytes: int = Field(
+        default=1024**3,
+        ge=1024**2,
+        description="Size limit of the aimesh_job_data KV bucket (large job inputs and "
+        "results, kept a day); when full, new ones are refused with queue_full.",
+    )
+
+    @model_validator(mode="after")
+    def _pairs_are_whole(self) -> Self:
+        if (self.user is None) != (self.password is None):
+            raise ValueError("bus.user and bus.password go together: set both or neither")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "bus.tls_cert_file and bus.tls_key_file go together: set both or neither"
+            )
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether any TLS option is set (a ``tls://`` URL turns TLS on by itself too)."""
+        return any(f is not None for f in (self.tls_ca_file, self.tls_cert_file))
 
 
 class RegistrySettings(BaseModel):
@@ -91,6 +190,11 @@ class RegistrySettings(BaseModel):
     )
     max_artifact_bytes: int = Field(
         default=2 * 1024**3, gt=0, description="Largest artifact accepted by an upload, in bytes."
+    )
+    max_request_bytes: int = Field(
+        default=1024**2,
+        gt=0,
+        description="Largest JSON request body (413 beyond); uploads have max_artifact_bytes.",
     )
     host: str = Field(default="127.0.0.1", description="Address `aimesh registry serve` binds.")
     port: int = Field(
@@ -239,6 +343,29 @@ class AuthSettings(BaseModel):
     failure_window_s: float = Field(
         default=60.0, gt=0, le=86400, description="The window of max_failures, in seconds."
     )
+    # The HTTP edge of every service (aimesh.rest.guard, aimesh.rest.exposure).
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins (scheme://host[:port]) whose pages may send changing "
+        "requests (anything but GET/HEAD/OPTIONS); others get 403 origin_refused. Requests "
+        "without an Origin (CLI, servers) and a service's own pages always pass. '*': any.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the services answer to besides localhost, 127.0.0.1, [::1], "
+        "the bind address and the address a connection reached (DNS rebinding defense): "
+        "e.g. gateway.example.com or *.example.com; others get 400 host_refused. '*': any.",
+    )
+    insecure: bool = Field(
+        default=False,
+        description="Let services bind non-loopback addresses while no API key exists "
+        "(what --insecure says for one command); a warning is logged at every start.",
+    )
+
+    @field_validator("allowed_origins", "allowed_hosts")
+    @classmethod
+    def _lower_case(cls, values: list[str]) -> list[str]:
+        return [v.strip().lower().rstrip("/") for v in values if v.strip()]
 
 
 class GatewaySettings(BaseModel):
@@ -306,6 +433,12 @@ class JobsSettings(BaseModel):
     )
     max_payload_bytes: int = Field(
         default=256 * 1024, gt=0, le=1024**2, description="Largest job payload, as JSON."
+    )
+    max_request_bytes: int = Field(
+        default=1024**2,
+        gt=0,
+        description="Largest JSON request body (413 beyond); a submission is also bounded by "
+        "max_payload_bytes.",
     )
     max_result_bytes: int = Field(
         default=64 * 1024,
@@ -514,6 +647,12 @@ class LakeSettings(BaseModel):
     max_upload_bytes: int = Field(
         default=2 * 1024**3, gt=0, description="Largest file accepted by an ingest upload."
     )
+    max_request_bytes: int = Field(
+        default=1024**2,
+        gt=0,
+        description="Largest JSON request body, e.g. a query (413 beyond); uploads have "
+        "max_upload_bytes.",
+    )
     host: str = Field(default="127.0.0.1", description="Address `aimesh lake serve` binds.")
     port: int = Field(default=8200, ge=0, le=65535, description="Port `aimesh lake serve` binds.")
     sink_batch_rows: int = Field(
@@ -538,6 +677,13 @@ class LakeSettings(BaseModel):
         default=7 * 24 * 3600.0,
         gt=0,
         description="Age at which a stream the sink creates for its subject drops messages.",
+    )
+    sink_max_bytes: int = Field(
+        default=1024**3,
+        ge=1024**2,
+        description="Size limit of a stream the sink creates for its subject; when full, the "
+        "oldest messages are dropped (whether the sink has read them or not), so publishers "
+        "are never refused. Size it to hold what arrives while a sink is stopped.",
     )
 
 
@@ -566,9 +712,6 @@ class Settings(BaseSettings):
     )
     serving: ServingSettings = Field(default_factory=ServingSettings, description="Model services.")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings, description="The gateway.")
-    auth: AuthSettings = Field(
-        default_factory=AuthSettings, description="API keys and the service credential."
-    )
     jobs: JobsSettings = Field(default_factory=JobsSettings, description="Asynchronous jobs.")
     training: TrainingSettings = Field(
         default_factory=TrainingSettings, description="Training workers."
@@ -577,6 +720,10 @@ class Settings(BaseSettings):
         default_factory=ServicesSettings, description="What `aimesh up` runs."
     )
     lake: LakeSettings = Field(default_factory=LakeSettings, description="The data lake.")
+    auth: AuthSettings = Field(
+        default_factory=AuthSettings,
+        description="API keys, the service credential and the services' HTTP edge.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -10,9 +10,12 @@ HTTP numbers.
 
     AimeshError
     ├── ConfigError                  config_invalid
+    │   └── InsecureBind             insecure_bind
     ├── InvalidRequest               invalid_request
     │   ├── InvalidName              invalid_name
     │   ├── RequestTooLarge          request_too_large
+    │   ├── UnsupportedMediaType     unsupported_media_type
+    │   ├── HostRefused              host_refused
     │   ├── InputMismatch            input_mismatch
     │   ├── DatatypeMismatch         datatype_mismatch
     │   ├── ShapeMismatch            shape_mismatch
@@ -55,6 +58,7 @@ HTTP numbers.
     ├── RuntimeUnavailable           runtime_unavailable
     ├── Unauthorized                 unauthorized
     ├── Forbidden                    forbidden
+    ├── OriginRefused                origin_refused
     ├── Overloaded                   overloaded
     │   └── RateLimited              rate_limited
     │       └── AuthThrottled        auth_throttled
@@ -104,6 +108,26 @@ class ConfigError(AimeshError):
     code = "config_invalid"
 
 
+class InsecureBind(ConfigError):
+    """Raised when a service is told to bind a non-loopback address while no API key exists.
+
+    The operator may accept the exposure with ``--insecure`` (``auth.insecure``).
+    """
+
+    code = "insecure_bind"
+
+    def __init__(self, host: str, service: str) -> None:
+        super().__init__(
+            f"{service} refuses to bind {host}: no API key exists, so anyone who can reach "
+            f"{host} could use it. Bind 127.0.0.1, create a key, or accept the exposure "
+            "with --insecure (auth.insecure: true for `aimesh up`)",
+            host=host,
+            service=service,
+        )
+        self.host = host
+        self.service = service
+
+
 class InvalidRequest(AimeshError):
     """Raised when a request is malformed or violates a documented limit."""
 
@@ -134,6 +158,39 @@ class RequestTooLarge(InvalidRequest):
         )
         self.size = size
         self.limit = limit
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """Raised when a request body's Content-Type is not one the endpoint reads."""
+
+    code = "unsupported_media_type"
+
+    def __init__(self, content_type: str | None, accepted: str) -> None:
+        given = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        super().__init__(
+            f"{given}: this endpoint reads {accepted}",
+            content_type=content_type,
+            accepted=accepted,
+        )
+        self.content_type = content_type
+        self.accepted = accepted
+
+
+class HostRefused(InvalidRequest):
+    """Raised when a request's Host header names none of the names the service answers to.
+
+    A browser tricked by DNS rebinding sends the attacker's name here; list a deployment's
+    own names in ``auth.allowed_hosts``.
+    """
+
+    code = "host_refused"
+
+    def __init__(self, host: str) -> None:
+        super().__init__(
+            f"Host {host!r} is not a name this service answers to (add it to auth.allowed_hosts)",
+            host=host,
+        )
+        self.host = host
 
 
 class InputMismatch(InvalidRequest):
@@ -503,6 +560,23 @@ class Forbidden(AimeshError):
         self.scope = scope
 
 
+class OriginRefused(AimeshError):
+    """Raised when a changing request comes from a browser page of a foreign origin.
+
+    Allowed: no ``Origin`` (CLI, servers), the service's own pages, ``auth.allowed_origins``.
+    """
+
+    code = "origin_refused"
+
+    def __init__(self, origin: str) -> None:
+        super().__init__(
+            f"requests that change things from the browser origin {origin!r} are refused "
+            "(add it to auth.allowed_origins)",
+            origin=origin,
+        )
+        self.origin = origin
+
+
 class Overloaded(AimeshError):
     """Raised when a service already has as many requests in flight as it allows."""
 
@@ -548,7 +622,8 @@ class Unavailable(AimeshError):
 
 
 class QueueFull(Unavailable):
-    """Raised when a model's batch queue is full."""
+    """Raised when a model's batch queue is full, or the bus's job queue (the ``AIMESH_JOBS``
+    stream, or a jobs KV bucket) is at its size limit and refuses new jobs."""
 
     code = "queue_full"
 

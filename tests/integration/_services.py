@@ -105,6 +105,7 @@ def start(
     http: str,
     grpc: str = "",
     ready_path: str,
+    wait_s: float = WAIT_S,
 ) -> Service:
     """Start ``python -m aimesh ARGV`` and wait until ``http + ready_path`` answers 200."""
     proc = subprocess.Popen(
@@ -114,7 +115,7 @@ def start(
         stderr=subprocess.STDOUT,
     )
     service = Service(proc, http, grpc, log)
-    deadline = time.monotonic() + WAIT_S
+    deadline = time.monotonic() + wait_s
     while True:
         if proc.poll() is not None:
             raise AssertionError(f"{argv[0]} exited early:\n{log.read_text()}")

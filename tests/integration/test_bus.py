@@ -36,10 +36,12 @@ from aimesh.bus import (
     EmbeddedNats,
     Event,
     RegistryEvent,
+    bus_credentials,
     connect,
     declare_topology,
     embedded_bus_status,
     ensure_bus,
+    open_bus,
     publish_event,
     stop_embedded_bus,
     subscribe_events,
@@ -256,7 +258,8 @@ def test_a_restarted_bus_takes_its_old_port_so_clients_reconnect(home: Settings)
     url = ensure_bus(home)
 
     async def scenario() -> RegistryEvent:
-        async with await connect(url, timeout=WAIT_S, name="test") as bus:
+        credentials = bus_credentials(home)
+        async with await connect(url, timeout=WAIT_S, name="test", credentials=credentials) as bus:
             await declare_topology(bus)
             async with await subscribe_events(bus) as stream:
                 await asyncio.to_thread(stop_embedded_bus, home)
@@ -546,7 +549,7 @@ def test_cli_starts_reports_and_stops_the_bus(home: Settings) -> None:
     assert state["url"] in started.stdout
 
     async def streams() -> list[str]:
-        async with await connect(state["url"], timeout=WAIT_S, name="test") as bus:
+        async with await open_bus(home, name="test") as bus:
             return sorted([await bus.js.find_stream_name_by_subject("aimesh.jobs.x")])
 
     assert run(streams()) == [JOBS_STREAM]  # `start` declared the topology

@@ -17,6 +17,7 @@ from pathlib import Path
 import nats.js.errors
 import pyarrow as pa
 import pytest
+from nats.js.api import DiscardPolicy
 
 from aimesh.bus import LEASE_TTL_S, LEASES_BUCKET, Bus, connect
 from aimesh.config import Settings
@@ -270,5 +271,31 @@ def test_a_sink_that_loses_its_lease_stops(nats_url: str, lake: Lake) -> None:
             await leases.put(sink_names(dataset, subject).durable, b"{}")
             with pytest.raises(Conflict, match="another process took its lease"):
                 await asyncio.wait_for(running, LEASE_TTL_S)
+
+    asyncio.run(scenario())
+
+
+def test_the_sinks_stream_is_bounded_and_an_older_unbounded_one_gets_the_limit(
+    nats_url: str, lake: Lake
+) -> None:
+    made, older = f"lake_test.{_unique()}.raw", f"lake_test.{_unique()}.raw"
+
+    async def scenario() -> None:
+        async with await connect(nats_url, timeout=5, name="test") as bus:
+            sink = _sink(lake, bus, f"tx_{_unique()}", made, max_bytes=8 * 1024**2)
+            await _run_until_drained(sink, bus)
+            config = (await bus.js.stream_info(sink_names(sink.dataset, made).stream)).config
+            assert config.max_bytes == 8 * 1024**2
+            assert config.discard == DiscardPolicy.OLD
+
+            # As an older release made it: the sink's own stream, with no size limit.
+            dataset = f"tx_{_unique()}"
+            name = sink_names(dataset, older).stream
+            await bus.js.add_stream(name=name, subjects=[older], max_age=3600)
+            await _publish(bus, older, range(3))
+            await _run_until_drained(_sink(lake, bus, dataset, older, max_bytes=4 * 1024**2), bus)
+            info = await bus.js.stream_info(name)
+            assert info.config.max_bytes == 4 * 1024**2
+            assert info.state.messages == 3  # nothing dropped on the way
 
     asyncio.run(scenario())

@@ -492,7 +492,7 @@ def test_a_second_ctrl_c_exits_at_once_while_draining(
     started = folder / "started"
     path = folder / "blocking.py"
     path.write_text(f"STARTED = {str(started)!r}\n" + BLOCKING_MODEL)
-    registry = home.registry()
+    registry = home.registry(allow_code_artifacts=True)
     push_model(registry, "blocking", path, trusted=True)
     registry.close()
     service = home.with_env(AIMESH_SERVING__DRAIN_TIMEOUT_S="300").serve("blocking@1")

@@ -95,3 +95,39 @@ def test_job_timeouts_default_by_kind_and_webhook_and_trainer_lists_load(tmp_pat
 def test_missing_explicit_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.yaml")
+
+
+def test_bus_credentials_come_from_the_file_or_the_environment_and_are_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "aimesh.yaml").write_text(
+        "bus:\n  url: nats://nats:4222\n  user: alice\n  password: file-secret\n"
+        "  tls_ca_file: ca.pem\n  jobs_max_bytes: 2048\n"
+    )
+    s = load_settings()
+    assert s.bus.user == "alice" and s.bus.password is not None
+    assert s.bus.password.get_secret_value() == "file-secret"
+    assert s.bus.tls and s.bus.tls_ca_file == Path("ca.pem")
+    assert s.bus.jobs_max_bytes == 2048
+    assert "file-secret" not in repr(s) and "file-secret" not in str(s.model_dump())
+    monkeypatch.setenv("AIMESH_BUS__TOKEN", "env-token")
+    token = load_settings().bus.token
+    assert token is not None and token.get_secret_value() == "env-token"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("bus:\n  user: alice\n", "bus.user and bus.password go together"),
+        ("bus:\n  password: x\n", "bus.user and bus.password go together"),
+        ("bus:\n  tls_cert_file: c.pem\n", "tls_cert_file and bus.tls_key_file go together"),
+        ("bus:\n  jobs_max_bytes: 10\n", "bus.jobs_max_bytes"),
+        ("bus:\n  pasword: x\n", "bus.pasword"),
+    ],
+)
+def test_incomplete_bus_credentials_and_tiny_limits_are_refused(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "aimesh.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings()

@@ -77,3 +77,21 @@ def test_an_unusable_request_id_is_replaced(request_id: bytes) -> None:
     head = RequestHead.read([(b"x-request-id", request_id), (b"traceparent", b"nonsense")])
     assert len(head.request_id) == 32 and head.request_id.isalnum()
     assert head.traceparent.startswith(f"00-{head.request_id}-")
+
+
+def test_the_edge_reads_host_origin_and_type_and_origin_stops_here() -> None:
+    head = RequestHead.read(
+        [
+            (b"host", b"127.0.0.1:8080"),
+            (b"origin", b"http://127.0.0.1:8080"),
+            (b"content-type", b"application/json"),
+        ]
+    )
+    assert (head.host, head.origin, head.content_type) == (
+        b"127.0.0.1:8080",
+        b"http://127.0.0.1:8080",
+        b"application/json",
+    )
+    names = [name for name, _ in head.forward]
+    assert b"content-type" in names  # the upstream reads the body by it
+    assert b"origin" not in names and b"host" not in names  # judged here; re-made upstream

@@ -140,3 +140,10 @@ def test_a_handed_back_attempt_is_queued_again_and_not_counted(
     job, outcome = _end(body, released=True)
     assert (job.state, job.attempts, outcome.ack, outcome.nak_delay) == ("queued", 0, False, 0.0)
     assert outcome.counter == "released"
+
+
+def test_a_handler_error_is_recorded_without_the_servers_paths() -> None:
+    failure = FileNotFoundError("[Errno 2] No such file: '/srv/aimesh/home/cache/x.bin'")
+    job, _outcome = _end(_raises(failure), attempts_before=2)
+    assert job.error is not None
+    assert job.error.message == "FileNotFoundError: [Errno 2] No such file: '<hidden>'"

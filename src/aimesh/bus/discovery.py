@@ -23,8 +23,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from aimesh.bus.connection import Bus, connect
-from aimesh.bus.home import ensure_bus
+from aimesh.bus.connection import Bus, open_bus
 from aimesh.bus.topology import DISCOVERY_BUCKET, declare_topology
 from aimesh.config import Settings
 from aimesh.errors import AimeshError, BusUnavailable
@@ -211,10 +210,7 @@ async def announce(
     kind = describe().kind
     while True:
         try:
-            url = await asyncio.to_thread(ensure_bus, settings)
-            async with await connect(
-                url, timeout=settings.bus.connect_timeout_s, name=f"{kind}-discovery"
-            ) as bus:
+            async with await open_bus(settings, name=f"{kind}-discovery") as bus:
                 await declare_topology(bus)
                 registration = Registration(bus, describe, interval_s=interval_s)
                 await registration.start()

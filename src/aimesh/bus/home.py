@@ -6,6 +6,11 @@ and records where it listens in ``HOME/bus/server.json``. Later processes read t
 check that the server still answers with the recorded id, and use it. An ``fcntl`` lock on
 ``HOME/bus/server.lock`` makes two processes that start at once agree on one server.
 
+The server lets in only clients that present the home's token (``HOME/bus/token``, 0600,
+made once and kept across restarts; see :mod:`aimesh.bus.credentials`). The home and its
+bus folder are made 0700. A recorded server that lets anyone in (started by an aimesh
+release before credentials) is stopped and started again with them.
+
 How it stops: ``aimesh bus stop`` (:func:`stop_embedded_bus`), or SIGTERM to the pid in
 ``server.json``. Nothing stops it when the process that started it exits, on purpose: the
 other processes of the home may still be using it. A machine reboot leaves a stale record,
@@ -28,11 +33,20 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from aimesh.bus.server import FORBIDDEN_PORT, LOG_FILE, EmbeddedNats, probe_server
+from aimesh._private_files import ensure_private_dir
+from aimesh.bus.credentials import bus_credentials, embedded_token
+from aimesh.bus.server import FORBIDDEN_PORT, LOG_FILE, EmbeddedNats, ServerInfo, probe_server
 from aimesh.config import Settings
 from aimesh.errors import BusUnavailable
 
-__all__ = ["BusStatus", "ServerRecord", "embedded_bus_status", "ensure_bus", "stop_embedded_bus"]
+__all__ = [
+    "BusStatus",
+    "ServerRecord",
+    "embedded_bus_status",
+    "ensure_bus",
+    "redact_url",
+    "stop_embedded_bus",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -61,6 +75,11 @@ class BusStatus(msgspec.Struct, frozen=True, kw_only=True):
     monitor_url: str | None = None
     folder: str | None = None
     log_file: str | None = None
+    credentials: list[str] = msgspec.field(default_factory=list)
+    """The kinds of credential clients present (``token``, ``user/password``, ``nkey``,
+    ``creds``, ``tls``); empty when none are configured. Never the secret itself."""
+    auth_required: bool | None = None
+    """Whether the server refuses clients without credentials (``None``: not answering)."""
 
 
 # Detached servers this process started, kept so that one stopped from here is reaped, and
@@ -77,16 +96,25 @@ def ensure_bus(settings: Settings) -> str:
     if settings.bus.url:
         return settings.bus.url
     folder = settings.bus_dir
-    with _home_lock(folder):
+    with _home_lock(folder, settings.home_dir):
+        token = embedded_token(folder, home=settings.home_dir)
         record = _read_record(folder)
-        if record is not None and _serving(record):
+        info = _serving_info(record) if record is not None else None
+        if record is not None and info is not None and info.auth_required:
             return record.url
-        if record is not None:
+        if record is not None and info is not None:
+            _log.warning(
+                "the embedded bus (pid %s) lets in clients without credentials; restarting "
+                "it with the home's token",
+                record.pid,
+            )
+            _terminate(record.pid, settings.bus.start_timeout_s)
+        elif record is not None:
             _log.info("the embedded bus (pid %s) is gone; starting a new one", record.pid)
             gone = _started_here.pop(record.pid, None)
             if gone is not None:
                 gone.stop()
-        server = _start_detached(folder, settings, record)
+        server = _start_detached(folder, settings, record, token)
         url = server.url
         assert server.pid is not None
         _started_here[server.pid] = server
@@ -103,19 +131,20 @@ def ensure_bus(settings: Settings) -> str:
         return url
 
 
-def _start_detached(folder: Path, settings: Settings, last: ServerRecord | None) -> EmbeddedNats:
+def _start_detached(
+    folder: Path, settings: Settings, last: ServerRecord | None, token: str
+) -> EmbeddedNats:
     # The previous server's port first: clients still connected to it reconnect by themselves.
     port = urlsplit(last.url).port if last is not None else None
+    timeout = settings.bus.start_timeout_s
     if port is not None and port != FORBIDDEN_PORT:
-        server = EmbeddedNats(
-            folder, port=port, start_timeout=settings.bus.start_timeout_s, detached=True
-        )
+        server = EmbeddedNats(folder, port=port, start_timeout=timeout, detached=True, token=token)
         try:
             server.start()
             return server
         except BusUnavailable as exc:
             _log.info("cannot reuse port %s (%s); taking a free one", port, exc.message)
-    server = EmbeddedNats(folder, start_timeout=settings.bus.start_timeout_s, detached=True)
+    server = EmbeddedNats(folder, start_timeout=timeout, detached=True, token=token)
     server.start()
     return server
 
@@ -131,7 +160,7 @@ def stop_embedded_bus(settings: Settings, *, timeout: float = 10.0) -> bool:
     folder = settings.bus_dir
     if not (folder / RECORD_FILE).exists():
         return False
-    with _home_lock(folder):
+    with _home_lock(folder, settings.home_dir):
         record = _read_record(folder)
         if record is None or not _serving(record):
             return False
@@ -141,15 +170,27 @@ def stop_embedded_bus(settings: Settings, *, timeout: float = 10.0) -> bool:
 
 def embedded_bus_status(settings: Settings) -> BusStatus:
     """The bus this home uses: the configured one, or the embedded one and its process."""
+    kinds = bus_credentials(settings).kinds
     if settings.bus.url:
-        answers = probe_server(settings.bus.url) is not None
-        return BusStatus(mode="external", running=answers, url=settings.bus.url)
+        info = probe_server(settings.bus.url)
+        return BusStatus(
+            mode="external",
+            running=info is not None,
+            url=redact_url(settings.bus.url),
+            credentials=kinds,
+            auth_required=info.auth_required if info is not None else None,
+        )
     folder = settings.bus_dir
     status = BusStatus(
-        mode="embedded", running=False, folder=str(folder), log_file=str(folder / LOG_FILE)
+        mode="embedded",
+        running=False,
+        folder=str(folder),
+        log_file=str(folder / LOG_FILE),
+        credentials=kinds,
     )
     record = _read_record(folder)
-    if record is None or not _serving(record):
+    info = _serving_info(record) if record is not None else None
+    if record is None or info is None:
         return status
     return msgspec.structs.replace(
         status,
@@ -158,12 +199,23 @@ def embedded_bus_status(settings: Settings) -> BusStatus:
         pid=record.pid,
         started=record.started,
         monitor_url=record.monitor_url,
+        auth_required=info.auth_required,
     )
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any password (or token) in it masked, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url
+    userinfo = f"{parts.username}:***" if parts.password is not None else "***"
+    netloc = f"{userinfo}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
 @contextlib.contextmanager
-def _home_lock(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
+def _home_lock(folder: Path, home: Path) -> Iterator[None]:
+    ensure_private_dir(folder, top=home if home in folder.parents else None)
     # Never deleted: unlinking a lock file lets two processes each lock a different file.
     with (folder / LOCK_FILE).open("a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
@@ -195,10 +247,15 @@ def _write_record(folder: Path, record: ServerRecord) -> None:
 
 
 def _serving(record: ServerRecord) -> bool:
+    return _serving_info(record) is not None
+
+
+def _serving_info(record: ServerRecord) -> ServerInfo | None:
+    """What the recorded server says of itself, if it still runs and is that server."""
     if not _pid_alive(record.pid):
-        return False
+        return None
     info = probe_server(record.url)
-    return info is not None and info.server_id == record.server_id
+    return info if info is not None and info.server_id == record.server_id else None
 
 
 def _pid_alive(pid: int) -> bool:

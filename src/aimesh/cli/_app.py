@@ -6,14 +6,15 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from aimesh._private_files import ensure_private_dir
 from aimesh.config import Settings, load_settings
-from aimesh.errors import AimeshError
+from aimesh.errors import AimeshError, ConfigError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -27,6 +28,15 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 _state: dict[str, Path | None] = {"config_file": None}
 
+Insecure = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Bind a non-loopback address although no API key exists (warns at every start).",
+    ),
+]
+"""The option of every serving command that accepts an exposed, keyless bind."""
+
 
 def set_config_file(path: Path | None) -> None:
     """Remember the project file given with the global ``-f`` option."""
@@ -34,8 +44,17 @@ def set_config_file(path: Path | None) -> None:
 
 
 def settings() -> Settings:
-    """The settings for this invocation: defaults < project file < environment."""
-    return load_settings(_state["config_file"])
+    """The settings for this invocation: defaults < project file < environment.
+
+    The home folder is made (or tightened to) 0700 here, before any command writes to it:
+    it holds the bus's token, the registry database and the logs.
+    """
+    loaded = load_settings(_state["config_file"])
+    try:
+        ensure_private_dir(loaded.home_dir)
+    except OSError as exc:
+        raise ConfigError(f"cannot make the home folder {loaded.home_dir}: {exc}") from exc
+    return loaded
 
 
 def config_file() -> Path | None:
@@ -91,12 +110,22 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def check_exposure(config: Settings, host: str, service: str, *, insecure: bool) -> None:
+    """Refuse a keyless non-loopback bind unless ``insecure``; warn when it is accepted."""
+    from aimesh.rest import check_bind
+
+    warning = check_bind(config, host, service, insecure=insecure)
+    if warning is not None:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+
+
 def serve_service_app(
     what: str,
     create_app: Callable[..., FastAPI],
     *,
     host: str,
     port: int,
+    insecure: bool = False,
     grace_s: int = 10,
 ) -> None:
     """Serve a platform service's FastAPI app (registry, lake, jobs) until Ctrl-C.
@@ -120,6 +149,7 @@ def serve_service_app(
 
     config = settings()
     configure_logging(config.log_level, config.log_format)
+    check_exposure(config, host, what, insecure=insecure)
     console.print(f"{what} on http://{host}:{port}  (docs: /docs)")
     server = Server(
         uvicorn.Config(

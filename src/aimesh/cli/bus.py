@@ -10,10 +10,11 @@ import typer
 
 from aimesh.bus import (
     BusStatus,
-    connect,
     declare_topology,
     embedded_bus_status,
     ensure_bus,
+    open_bus,
+    redact_url,
     stop_embedded_bus,
 )
 from aimesh.cli._app import console, handle_errors, settings
@@ -45,16 +46,16 @@ def start(
     With bus.url set (AIMESH_BUS__URL), nothing is started: the configured bus is checked.
     """
     cfg = settings()
-    url = ensure_bus(cfg)
+    ensure_bus(cfg)
     if topology:
-        asyncio.run(_declare(url, cfg))
+        asyncio.run(_declare(cfg))
     _print_status(embedded_bus_status(cfg))
     if cfg.bus.url is None:
         console.print("stop it with [bold]aimesh bus stop[/bold]", style="dim")
 
 
-async def _declare(url: str, cfg: Settings) -> None:
-    async with await connect(url, timeout=cfg.bus.connect_timeout_s, name="aimesh-cli") as bus:
+async def _declare(cfg: Settings) -> None:
+    async with await open_bus(cfg, name="aimesh-cli") as bus:
         await declare_topology(bus)
 
 
@@ -65,7 +66,11 @@ def status(
         bool, typer.Option("--json", help="Print the status as one JSON object.")
     ] = False,
 ) -> None:
-    """Show which bus this home uses, whether it answers, and the embedded server's pid."""
+    """Show which bus this home uses, whether it answers, and the embedded server's pid.
+
+    Also whether clients authenticate, and how (token, user/password, nkey, creds, tls):
+    never the secret itself.
+    """
     state = embedded_bus_status(settings())
     if as_json:
         typer.echo(msgspec.json.encode(state).decode())
@@ -88,18 +93,30 @@ def stop() -> None:
     else:
         console.print("no embedded bus was running for this home")
     if cfg.bus.url:
-        console.print(f"the configured bus at {cfg.bus.url} is not aimesh's to stop", style="dim")
+        shown = redact_url(cfg.bus.url)
+        console.print(f"the configured bus at {shown} is not aimesh's to stop", style="dim")
 
 
 def _print_status(state: BusStatus) -> None:
     if state.mode == "external":
         health = "[green]answers[/green]" if state.running else "[red]does not answer[/red]"
-        console.print(f"configured bus {state.url} {health}")
+        console.print(f"configured bus {state.url} {health}", highlight=False)
+        console.print(f"  credentials: {_credentials(state)}", highlight=False)
         return
     if not state.running:
         console.print("no embedded bus is running for this home (start: aimesh bus start)")
         return
     console.print(f"embedded bus [green]running[/green] at [bold]{state.url}[/bold]")
     console.print(f"  pid {state.pid}, started {state.started:%Y-%m-%d %H:%M:%S %Z}")
+    console.print(f"  credentials: {_credentials(state)}", highlight=False)
     console.print(f"  monitoring {state.monitor_url}")
     console.print(f"  data {state.folder}, log {state.log_file}", highlight=False)
+
+
+def _credentials(state: BusStatus) -> str:
+    sent = ", ".join(state.credentials) or "none"
+    if state.auth_required is None:
+        return f"{sent} (server not asked)"
+    if state.auth_required:
+        return f"on ({sent})"
+    return f"[red]off[/red]: the server lets any local client in (sent: {sent})"

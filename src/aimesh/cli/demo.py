@@ -48,11 +48,13 @@ def _port(preferred: int) -> int:
         return port
 
 
-async def _first_alias_event(url: str, model: str, timeout: float, ready: asyncio.Event) -> str:
+async def _first_alias_event(
+    config: Settings, model: str, timeout: float, ready: asyncio.Event
+) -> str:
     """The first alias move of ``model`` seen on the bus, described in one line."""
-    from aimesh.bus import connect, declare_topology, subscribe_events
+    from aimesh.bus import declare_topology, open_bus, subscribe_events
 
-    async with await connect(url, timeout=2.0, name="aimesh-demo") as bus:
+    async with await open_bus(config, name="aimesh-demo", timeout=2.0) as bus:
         await declare_topology(bus)
         subject = f"aimesh.events.registry.alias.moved.{model}"
         async with await subscribe_events(bus, subject) as events:
@@ -100,13 +102,13 @@ def _ingest(config: Settings, rows: int) -> tuple[str, str]:
 
 
 async def _train_on_a_worker(
-    config: Settings, bus_url: str, dataset: str, publish: Callable[[], object]
+    config: Settings, dataset: str, publish: Callable[[], object]
 ) -> tuple[dict[str, Any], float, str]:
     """Train ``fraud`` through a training job run by a worker; alias it champion.
 
     Returns the job's result, how long the job took, and the alias event seen on the bus.
     """
-    from aimesh.bus import connect, declare_topology
+    from aimesh.bus import declare_topology, open_bus
     from aimesh.jobs import JobClient, JobSpec, Worker, get_handler
     from aimesh.training import TrainRequest
 
@@ -119,9 +121,9 @@ async def _train_on_a_worker(
         alias="champion",
     )
     ready = asyncio.Event()
-    watcher = asyncio.create_task(_first_alias_event(bus_url, "fraud", 600.0, ready))
+    watcher = asyncio.create_task(_first_alias_event(config, "fraud", 600.0, ready))
     await ready.wait()
-    async with await connect(bus_url, timeout=5.0, name="aimesh-demo-training") as bus:
+    async with await open_bus(config, name="aimesh-demo-training", timeout=5.0) as bus:
         await declare_topology(bus)
         jobs = await JobClient.open(bus, config.jobs, declare=False)
         worker = Worker(bus, "training", get_handler("training"), settings=config.jobs)
@@ -279,7 +281,7 @@ def demo(
     job and aliases it champion, runs the stack (registry, lake, jobs, 2 replicas, workers,
     gateway), predicts through the gateway over REST, gRPC and async REST.
     """
-    from aimesh.bus import ensure_bus
+    from aimesh.bus import ensure_bus, redact_url
     from aimesh.cli.local import show_stack
     from aimesh.cli.models import versions_table
     from aimesh.config import load_settings
@@ -294,7 +296,9 @@ def demo(
     # (bounded by the watchdog, whatever the bus or the stack do); the second exits at once.
     stop_on_signals(_interrupt, what="the demo", grace_s=DEMO_STOP_S)
     bus_url = ensure_bus(config)
-    console.print(f"[bold]bus[/bold]       {bus_url}  (embedded; stop it with `aimesh bus stop`)")
+    console.print(
+        f"[bold]bus[/bold]       {redact_url(bus_url)}  (embedded; stop it with `aimesh bus stop`)"
+    )
 
     dataset, said = _ingest(config, rows)
     console.print(f"[bold]lake[/bold]      {said}")
@@ -303,9 +307,7 @@ def demo(
     try:
         with console.status(f"training fraud on {dataset} ({TRAINER}) with a training job"):
             result, took, event = asyncio.run(
-                _train_on_a_worker(
-                    config, bus_url, dataset, lambda: flush_outbox(registry.store, config)
-                )
+                _train_on_a_worker(config, dataset, lambda: flush_outbox(registry.store, config))
             )
         scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result["metrics"].items()))
         console.print(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from aimesh.cli._app import console, handle_errors, settings
+from aimesh.cli._app import Insecure, check_exposure, console, handle_errors, settings
 
 app = typer.Typer(help="The gateway: routing, auth, limits, aggregation.", no_args_is_help=True)
 
@@ -23,6 +23,7 @@ def serve(
     grpc_port: Annotated[
         int | None, typer.Option(help="gRPC port (default: gateway.grpc_port, 8081; 0: any free).")
     ] = None,
+    insecure: Insecure = False,
 ) -> None:
     """Serve the gateway (REST and gRPC) until Ctrl-C; GET /health answers 200 once ready."""
     from aimesh.gateway import serve as run
@@ -37,6 +38,7 @@ def serve(
     gateway = config.gateway.model_validate({**config.gateway.model_dump(), **overrides})
     config = config.model_copy(update={"gateway": gateway})
     configure_logging(config.log_level, config.log_format)
+    check_exposure(config, gateway.host, "the gateway", insecure=insecure)
     console.print(
         f"gateway on http://{gateway.host}:{gateway.port} and grpc {gateway.host}:"
         f"{gateway.grpc_port}  (docs: /docs)",

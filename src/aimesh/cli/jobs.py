@@ -15,7 +15,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from aimesh.cli._app import console, err_console, handle_errors, serve_service_app, settings
+from aimesh.cli._app import (
+    Insecure,
+    check_exposure,
+    console,
+    err_console,
+    handle_errors,
+    serve_service_app,
+    settings,
+)
 from aimesh.config import Settings
 from aimesh.errors import InvalidRequest, JobFailed
 
@@ -338,6 +346,7 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port to bind (default: jobs.port, 8300).")
     ] = None,
+    insecure: Insecure = False,
 ) -> None:
     """Serve the jobs REST API (/api/jobs, with SSE per job), docs at /docs."""
     from aimesh.jobs.app import create_app
@@ -348,6 +357,7 @@ def serve(
         create_app,
         host=host or jobs.host,
         port=jobs.port if port is None else port,
+        insecure=insecure,
         grace_s=5,
     )
 
@@ -379,6 +389,7 @@ def worker(
         int | None,
         typer.Option(min=1, max=1024, help="Native threads for models (default: jobs.threads)."),
     ] = None,
+    insecure: Insecure = False,
 ) -> None:
     """Run jobs of one kind until Ctrl-C, then drain: finish running jobs or hand them back.
 
@@ -390,6 +401,8 @@ def worker(
 
     config = settings()
     configure_logging(config.log_level, config.log_format)
+    if port is not None:
+        check_exposure(config, host, f"worker {kind}", insecure=insecure)
     # before a handler imports a model library: those read the cap when they load
     cap = cap_threads(threads or config.jobs.threads or share_of_cores(1))
     logging.getLogger("aimesh.jobs").info("native threads capped at %d", cap)
@@ -440,7 +453,7 @@ async def _work(
         rest_url = None
         host, port = listen
         if port is not None:
-            health, bound = await serve_health(job_worker, host, port, keyring)
+            health, bound = await serve_health(job_worker, host, port, keyring, config.auth)
             rest_url = f"http://{host}:{bound}"
             console.print(f"health and metrics on {rest_url}", highlight=False)
         describe = describe_service(

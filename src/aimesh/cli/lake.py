@@ -21,7 +21,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from aimesh.cli._app import console, err_console, handle_errors, serve_service_app, settings
+from aimesh.cli._app import (
+    Insecure,
+    console,
+    err_console,
+    handle_errors,
+    serve_service_app,
+    settings,
+)
 from aimesh.config import Settings
 from aimesh.errors import InvalidRequest
 
@@ -195,6 +202,7 @@ async def _sink(
             batch_seconds=batch_seconds or config.lake.sink_batch_seconds,
             ack_wait_s=config.lake.sink_ack_wait_s,
             max_age_s=config.lake.sink_max_age_s,
+            max_bytes=config.lake.sink_max_bytes,
             evolve=evolve,
             on_commit=on_commit,
             on_start=on_start,
@@ -439,13 +447,18 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port to bind (default: lake.port, 8200).")
     ] = None,
+    insecure: Insecure = False,
 ) -> None:
     """Serve the lake's REST API (/api/lake), with OpenAPI docs at /docs."""
     from aimesh.lake.app import create_app
 
     lake = settings().lake
     serve_service_app(
-        "lake", create_app, host=host or lake.host, port=lake.port if port is None else port
+        "lake",
+        create_app,
+        host=host or lake.host,
+        port=lake.port if port is None else port,
+        insecure=insecure,
     )
 
 

@@ -17,7 +17,14 @@ import msgspec
 import typer
 from rich.table import Table
 
-from aimesh.cli._app import config_file, console, handle_errors, set_config_file, settings
+from aimesh.cli._app import (
+    check_exposure,
+    config_file,
+    console,
+    handle_errors,
+    set_config_file,
+    settings,
+)
 from aimesh.config import Settings, find_config_file, load_settings
 from aimesh.errors import ConfigError, Conflict
 
@@ -78,6 +85,8 @@ def up(
     path = _project_file(file)
     config = _settings(path)
     home = config.home_dir
+    for service, host in _binds(config):  # before anything starts; each child checks again
+        check_exposure(config, host, service, insecure=False)
     if detach:
         # Checked here, so that problems (a running stack, ports in use) are shown, not logged.
         with hold_stack_lock(home):
@@ -106,6 +115,24 @@ def up(
 
     supervisor = Supervisor(config, config_file=path, ready_timeout_s=ready_timeout)
     asyncio.run(supervisor.run(on_running=running))
+
+
+def _binds(config: Settings) -> list[tuple[str, str]]:
+    """The services `aimesh up` starts and the address each binds (workers: loopback)."""
+    services = config.services
+    binds = [
+        (name, host)
+        for name, enabled, host in (
+            ("registry", services.registry, config.registry.host),
+            ("lake", services.lake, config.lake.host),
+            ("jobs API", services.jobs, config.jobs.host),
+            ("the gateway", services.gateway, config.gateway.host),
+        )
+        if enabled
+    ]
+    if services.models:
+        binds.append(("the model services", config.serving.host))
+    return binds
 
 
 @handle_errors

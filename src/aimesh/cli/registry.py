@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from aimesh.cli._app import console, handle_errors, serve_service_app, settings
+from aimesh.cli._app import Insecure, console, handle_errors, serve_service_app, settings
 
 app = typer.Typer(help="The model registry service.", no_args_is_help=True)
 
@@ -20,6 +20,7 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port to bind (default: registry.port, 8100).")
     ] = None,
+    insecure: Insecure = False,
 ) -> None:
     """Serve the registry's REST API, with OpenAPI docs at /docs."""
     from aimesh.registry.app import create_app
@@ -30,6 +31,7 @@ def serve(
         create_app,
         host=host or registry.host,
         port=registry.port if port is None else port,
+        insecure=insecure,
     )
 
 

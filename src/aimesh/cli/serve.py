@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from aimesh.cli._app import console, handle_errors, settings
+from aimesh.cli._app import Insecure, check_exposure, console, handle_errors, settings
 
 
 @handle_errors
@@ -39,6 +39,7 @@ def serve(
         int | None,
         typer.Option(min=1, max=1024, help="Native threads per worker (default: serving.threads)."),
     ] = None,
+    insecure: Insecure = False,
 ) -> None:
     """Serve a model over the Open Inference Protocol v2 (REST and gRPC) until Ctrl-C."""
     from aimesh.observability import configure_logging
@@ -63,6 +64,7 @@ def serve(
     serving = config.serving.model_validate({**config.serving.model_dump(), **overrides})
     config = config.model_copy(update={"serving": serving})
     configure_logging(config.log_level, config.log_format)
+    check_exposure(config, serving.host, "the model service", insecure=insecure)
     model = ModelRef.parse(ref)
     console.print(
         f"serving [bold]{model}[/bold] on http://{serving.host}:{serving.http_port} "

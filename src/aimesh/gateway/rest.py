@@ -22,6 +22,7 @@ from aimesh.auth import Identity, Keyring, Scope, key_from_headers, retry_after
 from aimesh.errors import (
     AimeshError,
     BusUnavailable,
+    InvalidRequest,
     NoInstance,
     RateLimited,
     UpstreamError,
@@ -55,7 +56,15 @@ from aimesh.gateway.openapi import MergedOpenApi
 from aimesh.gateway.routing import Router
 from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.jobs import encode_job
-from aimesh.rest import DOCS_ASSETS_URL, docs_asset, swagger_page
+from aimesh.protocol import rest_codec
+from aimesh.rest import (
+    DOCS_ASSETS_URL,
+    Guard,
+    check_infer_type,
+    check_json_type,
+    docs_asset,
+    swagger_page,
+)
 
 __all__ = ["GatewayApp"]
 
@@ -71,6 +80,14 @@ _WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="aimesh"')
 _SERVER_METADATA = json.dumps(
     {"name": "aimesh-gateway", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 ).encode()
+
+
+def _check_request(body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    """Refuse a body that is no OIP request (JSON, or the binary extension's framing)."""
+    length = next((v for n, v in headers if n == b"inference-header-content-length"), None)
+    if length is not None and not length.isdigit():
+        raise InvalidRequest("Inference-Header-Content-Length must be a number of bytes")
+    rest_codec.decode_request(body, header_length=None if length is None else int(length))
 
 
 class _Outcome:
@@ -105,7 +122,10 @@ class GatewayApp:
         ready: Callable[[], bool],
         registry_fallback: Upstream | None = None,
         deferrer: Deferrer | None = None,
+        guard: Guard | None = None,
     ) -> None:
+        self.guard = guard or Guard()
+        """Browser origins and Host names (:mod:`aimesh.rest.guard`)."""
         self.router = router
         self.client = client
         self.policy = policy
@@ -169,6 +189,7 @@ class GatewayApp:
     ) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
+        self.guard.check(method, head.host, head.origin, scope)
         if path.startswith("/v2/models/"):
             await self._model(scope, receive, send, head, outcome, path[11:].split("/"))
             return
@@ -188,6 +209,8 @@ class GatewayApp:
         outcome.route = route
         allow(method, allowed)
         self._check(scope, head, scope_needed)
+        if allowed == "POST" and head.content_type is not None:
+            check_json_type(head.content_type)
         body = await self._body(head, receive) if allowed == "POST" else b""
         await answer(send, head, outcome, body)
 
@@ -241,6 +264,7 @@ class GatewayApp:
         allow(scope["method"], allowed)
         deferred = None
         if suffix == b"/infer":
+            check_infer_type(head.content_type)
             deferred = async_request(scope["query_string"], head.prefer, head.idempotency_key)
         caller = self._check(scope, head, "infer")
         body = await self._body(head, receive) if allowed == "POST" else b""
@@ -279,6 +303,7 @@ class GatewayApp:
         outcome.route = "infer_async"
         if self.deferrer is None:
             raise BusUnavailable("async inference needs the bus, which this gateway has not")
+        _check_request(body, head.forward)  # a 400 now, not a failed job later
         job = await self.deferrer.submit(
             model=name, version=version, path=path, body=body, headers=head.forward,
             options=options, identity=caller,

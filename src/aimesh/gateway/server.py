@@ -21,10 +21,9 @@ from aimesh.bus import (
     Bus,
     Registration,
     ServiceInstance,
-    connect,
     declare_topology,
     describe_service,
-    ensure_bus,
+    open_bus,
 )
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
@@ -40,6 +39,7 @@ from aimesh.gateway.routing import Router, RoutingTable
 from aimesh.gateway.watch import DiscoveryWatch, forget_on_registry_events
 from aimesh.observability import cancel_and_wait, run_service, stop_on_signals
 from aimesh.registry import KeyWatch
+from aimesh.rest import Guard
 
 __all__ = ["run_gateway", "serve"]
 
@@ -99,6 +99,7 @@ async def run_gateway(
         metrics=metrics, openapi=openapi, max_request_bytes=g.max_request_bytes,
         upstream_timeout_s=g.upstream_timeout_s, ready=ready.is_set,
         registry_fallback=registry_fallback, deferrer=deferrer,
+        guard=Guard.from_settings(settings.auth),
     )  # fmt: skip
     grpc_gateway = GrpcGateway(
         router=router, client=client, policy=policy, keyring=keys.keyring,
@@ -254,8 +255,7 @@ async def _connect_patiently(settings: Settings) -> Bus:
     warned = False
     while True:
         try:
-            url = await asyncio.to_thread(ensure_bus, settings)
-            bus = await connect(url, timeout=settings.bus.connect_timeout_s, name="gateway")
+            bus = await open_bus(settings, name="gateway")
         except AimeshError as exc:
             if not warned:
                 log.warning("no bus yet (%s); the gateway keeps trying", exc.message)

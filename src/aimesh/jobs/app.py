@@ -50,6 +50,8 @@ def create_app(settings: Settings, *, public_url: str | None = None) -> FastAPI:
         lifespan=lifespan,
         keyring=keys.keyring,
         background=[keys.run],
+        auth=settings.auth,
+        max_body_bytes=settings.jobs.max_request_bytes,
     )
 
     def openapi() -> dict[str, Any]:

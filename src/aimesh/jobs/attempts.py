@@ -19,7 +19,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from aimesh.config import JobsSettings
-from aimesh.errors import AimeshError, Forbidden, InvalidRequest, Unauthorized
+from aimesh.errors import AimeshError, Forbidden, InvalidRequest, Unauthorized, foreign_message
 from aimesh.jobs import states
 from aimesh.jobs.handlers import JobContext
 from aimesh.jobs.states import Attempt
@@ -157,7 +157,8 @@ def _failure(
     if isinstance(exc, AimeshError):
         error = JobError(code or exc.code, exc.message)
     else:
-        error = JobError(code or "handler_error", f"{type(exc).__name__}: {exc}")
+        # The job's record is read over the API: the server's paths stay in the log.
+        error = JobError(code or "handler_error", f"{type(exc).__name__}: {foreign_message(exc)}")
         log.warning("attempt %d of job %s failed", attempt.number, run.job.id, exc_info=exc)
     # A bad request, or a submitter who may not do what the job does: never retried.
     permanent = isinstance(exc, InvalidRequest | Forbidden | Unauthorized)

@@ -23,20 +23,23 @@ from aimesh.bus import (
     JobEvent,
     JobState,
     declare_topology,
+    storage_full,
 )
 from aimesh.config import JobsSettings
 from aimesh.errors import (
+    AimeshError,
     BusUnavailable,
     DeadlineExceeded,
     InvalidRequest,
     JobFailed,
     JobNotFound,
     JobNotRetryable,
+    QueueFull,
 )
 from aimesh.jobs import states
 from aimesh.jobs.events import change_between, job_event, notify_cancel
 from aimesh.jobs.store import JobStore, encode_job
-from aimesh.jobs.types import TERMINAL, Job, JobSpec, check_job_id, check_kind, new_job_id
+from aimesh.jobs.types import TERMINAL, Job, JobError, JobSpec, check_job_id, check_kind, new_job_id
 from aimesh.jobs.webhooks import WebhookSender, check_webhook
 
 __all__ = ["COPY_HEADER", "REVISION_HEADER", "JobClient", "job_subject"]
@@ -96,7 +99,10 @@ class JobClient:
         ``identity`` is who submits (recorded as the job's ``submitted_by``; unset: the
         local operator). Raises :class:`InvalidRequest` for a payload over
         ``jobs.max_payload_bytes``, :class:`~aimesh.errors.UrlRefused` for a webhook URL that
-        may not be called, :class:`BusUnavailable` when the bus does not store the job.
+        may not be called, :class:`QueueFull` when the job queue (or the jobs bucket) is at
+        its size limit (``bus.jobs_max_bytes``, ``bus.jobs_max_msgs``): the job's record then
+        ends failed with code ``queue_full``; :class:`BusUnavailable` when the bus does not
+        store the job.
         """
         check_kind(spec.kind)
         await self.check_webhook(spec.webhook_url)
@@ -167,7 +173,29 @@ class JobClient:
                 "declare the topology first"
             ) from exc
         except (TimeoutError, nats.errors.Error) as exc:
+            if storage_full(exc):
+                full = QueueFull(
+                    f"job {job.id} was refused: the job queue is full; retry later, or run "
+                    "more workers (its limits are bus.jobs_max_bytes and bus.jobs_max_msgs)",
+                    job_id=job.id,
+                )
+                await self._end_unqueued(job, revision, full)
+                raise full from exc
             raise BusUnavailable(f"job {job.id} was not queued on the bus: {exc}") from exc
+
+    async def _end_unqueued(self, job: Job, revision: int, error: QueueFull) -> None:
+        """End a record whose message the queue refused, so that it never waits queued."""
+        reason = JobError(code=error.code, message=error.message)
+        try:
+            await self.store.change(
+                job.id,
+                lambda current: (
+                    states.fail(current, reason, _now()) if current.state == "queued" else current
+                ),
+                known=(job, revision),
+            )
+        except AimeshError as exc:  # the record expires with its bucket's TTL anyway
+            log.warning("job %s refused by a full queue, record not ended: %s", job.id, exc)
 
     # -- read ---------------------------------------------------------------------------
 

@@ -18,8 +18,15 @@ import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from aimesh.bus import JOB_DATA_BUCKET, Bus
-from aimesh.errors import BusUnavailable, JobFailed, JobPending, RequestTooLarge, ResultExpired
+from aimesh.bus import JOB_DATA_BUCKET, Bus, storage_full
+from aimesh.errors import (
+    BusUnavailable,
+    JobFailed,
+    JobPending,
+    QueueFull,
+    RequestTooLarge,
+    ResultExpired,
+)
 from aimesh.jobs.client import JobClient
 
 __all__ = ["Blob", "JobData", "input_key", "job_result", "result_key", "result_path"]
@@ -110,6 +117,11 @@ class JobData:
         try:
             await self._kv.put(key, _encoder.encode(blob))
         except (nats.errors.Error, TimeoutError) as exc:
+            if storage_full(exc):
+                raise QueueFull(
+                    f"could not store {key}: {JOB_DATA_BUCKET} is full "
+                    "(bus.job_data_max_bytes); retry later"
+                ) from exc
             raise BusUnavailable(f"could not store {key} in {JOB_DATA_BUCKET}: {exc}") from exc
 
 

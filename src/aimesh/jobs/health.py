@@ -21,11 +21,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from aimesh.auth import Keyring, key_from_headers
+from aimesh.config import AuthSettings
 from aimesh.errors import AimeshError
 from aimesh.jobs.worker import Worker
 from aimesh.rest import (
     JSON,
     ASGIScope,
+    Guard,
     Receive,
     RouteNotFound,
     Send,
@@ -80,9 +82,10 @@ class _WorkerCollector(Collector):
 class WorkerHealth:
     """The ASGI app of a worker's HTTP face."""
 
-    def __init__(self, worker: Worker, keyring: Keyring) -> None:
+    def __init__(self, worker: Worker, keyring: Keyring, guard: Guard | None = None) -> None:
         self.worker = worker
         self.keyring = keyring
+        self.guard = guard or Guard()
         self.metrics = CollectorRegistry(auto_describe=True)
         self.metrics.register(_WorkerCollector(worker))
 
@@ -91,6 +94,7 @@ class WorkerHealth:
             return
         path: str = scope["path"]
         try:
+            self.guard.check_scope(scope)
             allow(scope["method"], "GET")
             if path == "/health":
                 ok = self.worker.ready.is_set() and not self.worker.stopping
@@ -127,7 +131,7 @@ class _Quiet(uvicorn.Server):
 
 
 async def serve_health(
-    worker: Worker, host: str, port: int, keyring: Keyring
+    worker: Worker, host: str, port: int, keyring: Keyring, auth: AuthSettings | None = None
 ) -> tuple[asyncio.Task[None], int]:
     """Serve the worker's health and metrics; returns the server's task and its port.
 
@@ -138,10 +142,10 @@ async def serve_health(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(64)
+    app = WorkerHealth(worker, keyring, Guard.from_settings(auth or AuthSettings()))
     server = _Quiet(
         uvicorn.Config(
-            WorkerHealth(worker, keyring), lifespan="off", log_config=None, access_log=False,
-            server_header=False,
+            app, lifespan="off", log_config=None, access_log=False, server_header=False,
         )
     )  # fmt: skip
     bound: int = sock.getsockname()[1]

@@ -26,8 +26,8 @@ import nats.js.errors
 from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
-from aimesh.bus import JOBS_BUCKET, Bus, JobState
-from aimesh.errors import BusUnavailable, Conflict, JobNotFound
+from aimesh.bus import JOBS_BUCKET, Bus, JobState, storage_full
+from aimesh.errors import BusUnavailable, Conflict, JobNotFound, QueueFull
 from aimesh.jobs._wire import StoredWrites, WrongRevision
 from aimesh.jobs.types import Job
 
@@ -59,7 +59,11 @@ class RevisionMismatch(Exception):
     """Raised when a record changed since it was read (the caller reads it again)."""
 
 
-def _bus_error(what: str, exc: Exception) -> BusUnavailable:
+def _bus_error(what: str, exc: Exception) -> BusUnavailable | QueueFull:
+    if storage_full(exc):
+        return QueueFull(
+            f"could not {what}: the jobs bucket is full (bus.job_records_max_bytes); retry later"
+        )
     return BusUnavailable(f"could not {what} in the jobs bucket: {exc or type(exc).__name__}")
 
 

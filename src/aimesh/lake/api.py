@@ -37,9 +37,11 @@ from aimesh.lake.types import (
     VacuumResult,
 )
 
-__all__ = ["PREFIX", "LakeService", "answer", "router"]
+__all__ = ["PREFIX", "RAW_BODIES", "LakeService", "answer", "router"]
 
 PREFIX = "/api/lake"
+RAW_BODIES = (PREFIX + r"/datasets/[^/]+/ingest",)
+"""Routes whose body is a file, bounded by ``lake.max_upload_bytes``; every other is JSON."""
 
 _JSON = "application/json"
 _UPLOAD_CHUNK = 1024**2

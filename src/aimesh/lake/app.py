@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from aimesh.config import Settings
-from aimesh.lake.api import LakeService, router
+from aimesh.lake.api import RAW_BODIES, LakeService, router
 from aimesh.lake.lake import Lake
 from aimesh.registry import KeyWatch
 from aimesh.rest import announced, service_app
@@ -39,6 +39,9 @@ def create_app(
         lifespan=lifespan,
         keyring=keys.keyring,
         background=[keys.run],
+        auth=settings.auth,
+        max_body_bytes=settings.lake.max_request_bytes,
+        raw_bodies=RAW_BODIES,
     )
     app.state.lake = LakeService(
         lake=lake or Lake.from_settings(settings),

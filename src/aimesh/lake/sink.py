@@ -12,7 +12,9 @@ window. A message that is not rows, or whose rows do not fit the dataset, goes t
 ``aimesh.dlq.lake.<dataset>`` with the reason and is acknowledged: it never blocks the sink.
 
 The sink reads from whichever stream captures its subject; when none does, it creates one
-(``AIMESH_LAKE_<hash of the subject>``, messages kept ``max_age_s``). With ``evolve``, new
+(``AIMESH_LAKE_<hash of the subject>``, messages kept ``max_age_s``, at most ``max_bytes``:
+when full, the oldest messages go, read or not, so publishers are never refused; one made
+by an older release without a size limit gets it). With ``evolve``, new
 fields become new columns; without it, a row with an unknown field is a dead letter.
 
 One sink per dataset and subject at a time: two would share the consumer and interleave
@@ -37,7 +39,7 @@ import nats.errors
 import nats.js.errors
 import pyarrow as pa
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy
 
 from aimesh.bus import Bus, Lease, StreamSpec, declare_topology
 from aimesh.errors import (
@@ -140,6 +142,7 @@ class LakeSink:
         batch_seconds: float,
         ack_wait_s: float,
         max_age_s: float,
+        max_bytes: int = 1024**3,
         evolve: bool = False,
         on_commit: Callable[[SinkCommit], None] | None = None,
         on_start: Callable[[], None] | None = None,
@@ -154,6 +157,7 @@ class LakeSink:
         self.batch_seconds = batch_seconds
         self.ack_wait_s = ack_wait_s
         self.max_age_s = max_age_s
+        self.max_bytes = max_bytes
         self.evolve = evolve
         self.on_commit = on_commit
         self.on_start = on_start
@@ -207,20 +211,26 @@ class LakeSink:
     async def _ensure_stream(self) -> str:
         """The stream that captures the subject, created (kept ``max_age_s``) if none does."""
         js = self.bus.js
+        spec = StreamSpec(
+            name=self.names.stream,
+            subjects=(self.subject,),
+            description=f"Messages on {self.subject} kept for lake sinks; when full, the "
+            "oldest go first.",
+            max_age_s=self.max_age_s,
+            max_bytes=self.max_bytes,
+            discard="old",
+        )
         try:
-            return str(await js.find_stream_name_by_subject(self.subject))
+            found = str(await js.find_stream_name_by_subject(self.subject))
+            if found == spec.name:
+                await self._bound(spec)
+            return found
         except nats.js.errors.NotFoundError:
             pass
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusUnavailable(
                 f"cannot look up streams on the bus at {self.bus.url}: {exc}"
             ) from exc
-        spec = StreamSpec(
-            name=self.names.stream,
-            subjects=(self.subject,),
-            description=f"Messages on {self.subject} kept for lake sinks.",
-            max_age_s=self.max_age_s,
-        )
         try:
             await js.add_stream(spec.to_config())
         except nats.js.errors.BadRequestError as exc:
@@ -232,6 +242,16 @@ class LakeSink:
             raise BusUnavailable(f"cannot create stream {spec.name}: {exc}") from exc
         log.info("created stream %s for %s", spec.name, self.subject)
         return spec.name
+
+    async def _bound(self, spec: StreamSpec) -> None:
+        """Give a stream of ours made by an older release (no size limit) its limit."""
+        info = await self.bus.js.stream_info(spec.name)
+        if info.config.max_bytes not in (None, -1):
+            return  # bounded already, perhaps by an operator: theirs to tune
+        info.config.max_bytes = spec.max_bytes
+        info.config.discard = DiscardPolicy.OLD
+        await self.bus.js.update_stream(info.config)
+        log.info("limited stream %s to %d bytes", spec.name, spec.max_bytes)
 
     async def _consumer(self) -> Any:
         js, durable = self.bus.js, self.names.durable

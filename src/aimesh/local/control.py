@@ -21,6 +21,7 @@ from pathlib import Path
 
 import nats.errors
 
+from aimesh.bus import home_credentials
 from aimesh.errors import Unavailable
 from aimesh.local.discovery import purge_quietly
 from aimesh.local.logs import SUPERVISOR_LOG, read_from
@@ -136,6 +137,7 @@ async def clear_leftovers(home: Path, state: StackState | None) -> int:
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await purge_quietly(
                 state.bus_url,
+                credentials=home_credentials(home),
                 ports={p.http_port for p in state.processes},
                 pids={p.pid for p in state.processes if p.pid is not None},
             )

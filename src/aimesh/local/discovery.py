@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import nats.errors
 
-from aimesh.bus import Bus, ServiceInstance, discovery_bucket, list_instances
+from aimesh.bus import Bus, BusCredentials, ServiceInstance, discovery_bucket, list_instances
 from aimesh.errors import BusUnavailable
 
 
@@ -47,10 +47,14 @@ async def forget_instances(bus: Bus, *, ports: set[int], pids: set[int]) -> int:
     return purged
 
 
-async def purge_quietly(bus_url: str, *, ports: set[int], pids: set[int]) -> None:
+async def purge_quietly(
+    bus_url: str, *, credentials: BusCredentials, ports: set[int], pids: set[int]
+) -> None:
     """:func:`forget_instances` on a short-lived connection, ignoring a bus that is gone."""
     from aimesh.bus import connect
 
     with contextlib.suppress(BusUnavailable):
-        async with await connect(bus_url, timeout=2.0, name="aimesh-cleanup") as bus:
+        async with await connect(
+            bus_url, timeout=2.0, name="aimesh-cleanup", credentials=credentials
+        ) as bus:
             await forget_instances(bus, ports=ports, pids=pids)

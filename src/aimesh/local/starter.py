@@ -68,6 +68,11 @@ auth:
   #     scopes: [infer]       # read, infer, write (read+infer+changes), admin (everything)
   #     rate_per_s: 100
   reload_s: 30               # re-read the stored keys this often, besides on key events
+  # The HTTP edge of every service: who may call from a browser, under which names, and
+  # whether a service may bind beyond loopback (host: 0.0.0.0) while no API key exists.
+  allowed_origins: []        # browser pages that may change things: https://dash.example.com
+  allowed_hosts: []          # names besides localhost and the bind address: gateway.example.com
+  insecure: false            # true: bind beyond loopback without keys (warns at every start)
 
 lake:
   port: 8200
@@ -84,6 +89,7 @@ jobs:
 # and functions marked @aimesh.training.trainer.
 training:
   allowed_trainers: []       # module:Class or module:* patterns, e.g. [mycompany.models:*]
+
 
 # Defaults of every model service (a services.models entry overrides its own).
 serving:

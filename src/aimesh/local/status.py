@@ -14,7 +14,7 @@ import msgspec
 import nats.errors
 
 from aimesh.auth import service_key
-from aimesh.bus import ServiceInstance, connect
+from aimesh.bus import ServiceInstance, connect, home_credentials
 from aimesh.errors import AimeshError
 from aimesh.local.discovery import instances_by_port
 from aimesh.local.state import ProcessState, StackState, read_state, supervisor_running
@@ -49,7 +49,7 @@ async def stack_report(home: Path, *, probe_timeout_s: float = 2.0) -> StackRepo
     running = supervisor_running(home)
     if state is None:
         return StackReport(running=running, home=str(home))
-    instances = await _discovered(state.bus_url)
+    instances = await _discovered(state.bus_url, home)
     now = datetime.now(UTC)
     # Health is open; a model's metadata needs a key when keys exist: the service credential.
     headers = {"x-api-key": await asyncio.to_thread(service_key, home)}
@@ -86,12 +86,15 @@ async def _probe(client: httpx.AsyncClient, process: ProcessState) -> Health:
     return "ready" if response.status_code == 200 else "not ready"
 
 
-async def _discovered(bus_url: str | None) -> dict[int, ServiceInstance]:
+async def _discovered(bus_url: str | None, home: Path) -> dict[int, ServiceInstance]:
     """This machine's discovery entries by port; empty (and a log line) without a bus."""
     if bus_url is None:
         return {}
+    credentials = home_credentials(home)
     try:
-        async with await connect(bus_url, timeout=2.0, name="aimesh-status") as bus:
+        async with await connect(
+            bus_url, timeout=2.0, name="aimesh-status", credentials=credentials
+        ) as bus:
             return await instances_by_port(bus)
     except (AimeshError, nats.errors.Error, TimeoutError) as exc:
         log.warning("discovery not read (%s)", getattr(exc, "message", exc))

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aimesh.bus import Bus, connect, declare_topology, ensure_bus
+from aimesh.bus import Bus, bus_credentials, connect, declare_topology, ensure_bus, redact_url
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
 from aimesh.local.control import clear_leftovers
@@ -140,13 +140,18 @@ class Supervisor:
 
     async def _start_all(self) -> None:
         url = await asyncio.to_thread(ensure_bus, self.settings)
-        self.state.bus_url = url
+        # The state file is no place for a password an external bus URL may carry.
+        self.state.bus_url = redact_url(url)
         self._save()
         self._bus = await connect(
-            url, timeout=self.settings.bus.connect_timeout_s, name="aimesh-supervisor"
+            url,
+            timeout=self.settings.bus.connect_timeout_s,
+            name="aimesh-supervisor",
+            credentials=bus_credentials(self.settings),
+            limits=self.settings.bus,
         )
         await declare_topology(self._bus)
-        log.info("bus at %s", url)
+        log.info("bus at %s", self._bus.url)
         for stage in STAGES:
             # Replicas of a stage start together; the next stage waits for all of them.
             starting = [

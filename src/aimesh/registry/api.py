@@ -35,6 +35,8 @@ from aimesh.registry.types import (
 from aimesh.rest import Caller, route_scope
 
 PREFIX = "/api/registry"
+RAW_BODIES = (PREFIX + "/artifacts",)
+"""Routes whose body is raw bytes, bounded by ``registry.max_artifact_bytes``; others: JSON."""
 ACTOR_HEADER = "X-Aimesh-Actor"
 SHA256_HEADER = "X-Aimesh-Sha256"
 

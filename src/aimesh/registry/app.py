@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
-from aimesh.registry.api import router
+from aimesh.registry.api import RAW_BODIES, router
 from aimesh.registry.keys import KeyWatch
 from aimesh.registry.outbox import OutboxRelay
 from aimesh.registry.service import LocalRegistry
@@ -66,6 +66,9 @@ def create_app(
         lifespan=lifespan,
         keyring=keys.keyring,
         background=[keys.run],
+        auth=settings.auth,
+        max_body_bytes=settings.registry.max_request_bytes,
+        raw_bodies=RAW_BODIES,
     )
 
 

@@ -13,7 +13,7 @@ import logging
 
 import anyio.to_thread
 
-from aimesh.bus import Bus, RegistryEvent, connect, declare_topology, ensure_bus, publish_event
+from aimesh.bus import Bus, RegistryEvent, declare_topology, open_bus, publish_event
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
 from aimesh.registry.store import RegistryStore
@@ -55,8 +55,7 @@ async def publish_pending(store: RegistryStore, bus: Bus) -> int:
 
 
 async def _flush(store: RegistryStore, settings: Settings) -> int:
-    url = await anyio.to_thread.run_sync(ensure_bus, settings)
-    async with await connect(url, timeout=settings.bus.connect_timeout_s, name="aimesh-cli") as bus:
+    async with await open_bus(settings, name="aimesh-cli") as bus:
         await declare_topology(bus)
         return await publish_pending(store, bus)
 
@@ -92,12 +91,9 @@ class OutboxRelay:
         warned = False
         while True:
             try:
-                url = await anyio.to_thread.run_sync(ensure_bus, self._settings)
-                async with await connect(
-                    url, timeout=self._settings.bus.connect_timeout_s, name="aimesh-registry"
-                ) as bus:
+                async with await open_bus(self._settings, name="aimesh-registry") as bus:
                     await declare_topology(bus)
-                    log.info("publishing registry events on %s", url)
+                    log.info("publishing registry events on %s", bus.url)
                     backoff, warned = 0.5, False
                     while True:
                         await publish_pending(self._store, bus)

@@ -5,7 +5,9 @@ FastAPI services (registry, lake, jobs) are built by :func:`service_app`, which 
 the bare-ASGI hot-path services (model service, gateway) use the helpers of ``asgi.py``.
 Either way every error is ``{"error": message, "code": code}`` with the status of the one table in
 ``status.py``. Every one serves its ``/docs`` page with
-``docs.py``: Swagger UI from installed files, never from a CDN.
+``docs.py``: Swagger UI from installed files, never from a CDN. Every one stands behind the
+same edge: ``guard.py`` (browser origins, Host names, JSON bodies typed and bounded) and
+``exposure.py`` (no keyless bind beyond loopback without ``--insecure``).
 """
 
 from aimesh.rest.asgi import (
@@ -25,9 +27,20 @@ from aimesh.rest.asgi import (
     read_body,
     respond,
 )
+from aimesh.rest.callers import SCOPE_KEY, Caller, identity, route_scope, scope_of
 from aimesh.rest.docs import DOCS_ASSETS_URL, DocsAsset, docs_asset, swagger_page
 from aimesh.rest.errors import install_error_handlers, log_failure, request_id_of
-from aimesh.rest.guard import SCOPE_KEY, Caller, identity, route_scope, scope_of
+from aimesh.rest.exposure import auth_configured, check_bind, is_loopback
+from aimesh.rest.guard import (
+    SAFE_METHODS,
+    Guard,
+    GuardedApp,
+    check_infer_type,
+    check_json_type,
+    host_name,
+    is_infer_type,
+    is_json_type,
+)
 from aimesh.rest.service import announced, service_app
 from aimesh.rest.status import HTTP_STATUS, retry_after, shown_message, status_of
 
@@ -36,10 +49,13 @@ __all__ = [
     "HTTP_STATUS",
     "JSON",
     "REQUEST_ID",
+    "SAFE_METHODS",
     "SCOPE_KEY",
     "ASGIScope",
     "Caller",
     "DocsAsset",
+    "Guard",
+    "GuardedApp",
     "Message",
     "MethodNotAllowed",
     "Receive",
@@ -47,13 +63,21 @@ __all__ = [
     "Send",
     "allow",
     "announced",
+    "auth_configured",
+    "check_bind",
+    "check_infer_type",
+    "check_json_type",
     "declared_length",
     "docs_asset",
     "error_body",
     "header",
+    "host_name",
     "identity",
     "install_error_handlers",
     "internal_error",
+    "is_infer_type",
+    "is_json_type",
+    "is_loopback",
     "log_failure",
     "read_body",
     "request_id_of",

@@ -20,12 +20,13 @@ from fastapi.responses import HTMLResponse, Response
 
 from aimesh.auth import Keyring
 from aimesh.bus import announce, describe_service
-from aimesh.config import Settings
+from aimesh.config import AuthSettings, Settings
 from aimesh.errors import RouteNotFound
 from aimesh.observability import cancel_and_wait
+from aimesh.rest.callers import identity, route_scope
 from aimesh.rest.docs import DOCS_ASSETS_URL, docs_asset, swagger_page
 from aimesh.rest.errors import install_error_handlers
-from aimesh.rest.guard import identity, route_scope
+from aimesh.rest.guard import Guard, GuardedApp
 
 __all__ = ["announced", "service_app"]
 
@@ -40,16 +41,22 @@ def service_app(
     description: str,
     router: APIRouter,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+    auth: AuthSettings,
+    max_body_bytes: int,
     keyring: Keyring,
+    raw_bodies: Sequence[str] = (),
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> FastAPI:
     """A FastAPI app with the platform's error bodies, ``router``, ``GET /health``, ``/docs``.
 
-    Every route checks the caller's key against ``keyring`` (:mod:`aimesh.rest.guard`);
+    It stands behind :class:`~aimesh.rest.GuardedApp`: ``auth``'s origins and hosts, JSON
+    bodies up to ``max_body_bytes`` except on the routes ``raw_bodies`` matches (uploads).
+    Every route checks the caller's key against ``keyring`` (:mod:`aimesh.rest.callers`);
     ``/health`` and the docs are open. ``background`` tasks (keeping the keyring current)
-    run while the app does. FastAPI's own ``/docs`` and ``/redoc`` load their scripts from
-    a CDN; these pages load them from this server (:mod:`aimesh.rest.docs`), so the docs
-    work offline.
+    run while the app does.
+
+    FastAPI's own ``/docs`` and ``/redoc`` load their scripts from a CDN; these pages load
+    them from this server (:mod:`aimesh.rest.docs`), so the docs work offline.
     """
 
     @contextlib.asynccontextmanager
@@ -71,7 +78,11 @@ def service_app(
         dependencies=[Depends(identity)],
     )
     app.state.keyring = keyring
-    install_error_handlers(app)
+    guard = Guard.from_settings(auth)
+    app.add_middleware(
+        GuardedApp, guard=guard, max_body_bytes=max_body_bytes, raw_bodies=raw_bodies
+    )
+    install_error_handlers(app)  # outside the guard: its refusals carry the request id too
     app.include_router(router)
 
     @app.get("/docs", include_in_schema=False)

@@ -21,11 +21,13 @@ from aimesh.rest import (
     JSON,
     REQUEST_ID,
     ASGIScope,
+    Guard,
     Message,
     Receive,
     RouteNotFound,
     Send,
     allow,
+    check_infer_type,
     declared_length,
     docs_asset,
     error_body,
@@ -62,7 +64,10 @@ class RestApp:
         access_log: bool = False,
         on_startup: Callable[[], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
+        guard: Guard | None = None,
     ) -> None:
+        self.guard = guard or Guard()
+        """Browser origins and Host names (:mod:`aimesh.rest.guard`)."""
         self.plane = plane
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
@@ -101,6 +106,7 @@ class RestApp:
         if self.access_log:
             send = _AccessLog(scope, send, request_id)
         try:
+            self.guard.check_scope(scope)
             await self._route(scope, receive, send, request_id)
         except AimeshError as exc:
             status = status_of(exc)
@@ -202,6 +208,7 @@ class RestApp:
         status = "error"
         served_version = version or "?"
         try:
+            check_infer_type(_content_type(scope))
             body = await read_body(receive, declared_length(scope), self.max_request_bytes)
             header_length = header(scope, HEADER_LENGTH)
             request = rest_codec.decode_request(
@@ -226,6 +233,14 @@ class RestApp:
             self.metrics.observe(
                 name, served_version, "rest", status, time.perf_counter() - started
             )
+
+
+def _content_type(scope: ASGIScope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            found: bytes = value
+            return found
+    return None
 
 
 def _parse_length(value: str) -> int:

@@ -24,10 +24,9 @@ from aimesh.bus import (
     Bus,
     Registration,
     ServiceInstance,
-    connect,
     declare_topology,
-    ensure_bus,
     new_instance_id,
+    open_bus,
     this_host,
     this_pid,
 )
@@ -35,6 +34,7 @@ from aimesh.config import Settings
 from aimesh.errors import AimeshError
 from aimesh.observability import STOP_SIGNALS, cancel_and_wait, stop_on_signals
 from aimesh.registry import KeyWatch, open_registry
+from aimesh.rest import Guard
 from aimesh.serving.dataplane import DataPlane
 from aimesh.serving.grpc import start_grpc_server
 from aimesh.serving.host import ModelHost, ModelRef, settle_heap
@@ -148,7 +148,7 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
     )  # fmt: skip
     app = RestApp(
         plane, metrics, max_request_bytes=s.max_request_bytes, keyring=keys.keyring,
-        access_log=s.access_log,
+        access_log=s.access_log, guard=Guard.from_settings(settings.auth),
     )  # fmt: skip
     server = _Uvicorn(
         uvicorn.Config(
@@ -229,8 +229,7 @@ async def _join_bus(
 ) -> tuple[Bus | None, list[asyncio.Task[None]]]:
     """Connect to the bus and follow the alias; without a bus, say so once and serve anyway."""
     try:
-        url = await asyncio.to_thread(ensure_bus, settings)
-        bus = await connect(url, timeout=settings.bus.connect_timeout_s, name=f"serve-{host.ref}")
+        bus = await open_bus(settings, name=f"serve-{host.ref}")
         await declare_topology(bus)
     except AimeshError as exc:
         log.warning(
