@@ -341,3 +341,24 @@ def test_the_insecure_option_is_offered_by_every_serving_command() -> None:
             capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=120,
         )  # fmt: skip
         assert "--insecure" in shown.stdout, argv
+
+
+def test_a_key_made_with_the_cli_lets_a_service_bind_beyond_loopback(
+    tmp_path: Path, nats_url: str, fraud_data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    keyed = Home.create(tmp_path / "keyed", nats_url, fraud_data[0])
+    run_aimesh(keyed.env, "keys", "create", "ops", "--scope", "admin")
+    port = free_port()
+    log = tmp_path / "keyed.log"
+    service = start(
+        ["registry", "serve", "--host", "0.0.0.0", "--port", str(port)],
+        env=keyed.env,
+        log=log,
+        http=f"http://127.0.0.1:{port}",  # connect only to loopback
+        ready_path="/health",
+    )
+    try:
+        assert service.proc.poll() is None
+    finally:
+        service.stop()
+    assert "no API key" not in log.read_text()

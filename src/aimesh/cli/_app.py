@@ -114,7 +114,14 @@ def check_exposure(config: Settings, host: str, service: str, *, insecure: bool)
     """Refuse a keyless non-loopback bind unless ``insecure``; warn when it is accepted."""
     from aimesh.rest import check_bind
 
-    warning = check_bind(config, host, service, insecure=insecure)
+    def stored_keys() -> bool:
+        from aimesh.registry import KeyWatch
+
+        # Keys made with `aimesh keys create`; unreadable keys count as present (the service
+        # then refuses callers until it can read them, never the other way round).
+        return KeyWatch(config, events=False).keyring.enabled
+
+    warning = check_bind(config, host, service, insecure=insecure, stored_keys=stored_keys)
     if warning is not None:
         err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 
 from aimesh.config import Settings
 from aimesh.errors import InsecureBind
@@ -42,13 +43,22 @@ def auth_configured(settings: Settings) -> bool:
 
 
 def check_bind(
-    settings: Settings, host: str, service: str, *, insecure: bool = False
+    settings: Settings,
+    host: str,
+    service: str,
+    *,
+    insecure: bool = False,
+    stored_keys: Callable[[], bool] | None = None,
 ) -> str | None:
     """Refuse to bind ``host`` beyond loopback without keys, unless told ``insecure``.
 
-    Returns the warning to show when the exposure was accepted (also logged), else None.
+    ``stored_keys`` answers whether the key store holds any key (asked only for a bind
+    beyond loopback without static keys). Returns the warning to show when the exposure was
+    accepted (also logged), else None.
     """
     if is_loopback(host) or auth_configured(settings):
+        return None
+    if stored_keys is not None and stored_keys():
         return None
     if not (insecure or settings.auth.insecure):
         raise InsecureBind(host, service)
