@@ -295,7 +295,9 @@ def test_an_attempt_past_its_timeout_registers_nothing_when_its_fit_ends_later(
     assert _models() == ["warm"]  # no version of gated, so no alias either
 
 
-def test_a_submitter_without_the_write_scope_registers_nothing(home: Path, nats_url: str) -> None:
+def test_a_submitter_without_the_write_scope_registers_nothing_and_one_with_it_is_recorded(
+    home: Path, nats_url: str
+) -> None:
     async def main() -> JobFailed:
         async with await connect(nats_url, timeout=10, name="test") as bus:
             client = await JobClient.open(bus, JobsSettings())
@@ -311,13 +313,25 @@ def test_a_submitter_without_the_write_scope_registers_nothing(home: Path, nats_
                 with pytest.raises(JobFailed) as failed:
                     await client.wait(job.id, timeout=WAIT_S)
                 assert (await client.get(job.id)).attempts == 1  # not retried
+                assert "shop" not in _models()
+                # With the write scope it registers, and the registry records the submitter.
+                job = await client.submit(
+                    JobSpec(kind="training", payload=payload, max_attempts=1),
+                    identity=Identity.of("ci", ["write"]),
+                )
+                await client.wait(job.id, timeout=WAIT_S)
                 return failed.value
             finally:
                 await client.close()
 
     failed = asyncio.run(main())
     assert failed.error_code == "forbidden", failed.error_message
-    assert "shop" not in _models()
+    registry = LocalRegistry.from_settings(load_settings(), actor="test")
+    try:
+        actors = {entry.actor for entry in registry.history("shop")}
+    finally:
+        registry.close()
+    assert actors == {"ci"}, actors
 
 
 def _eventually(check: Callable[[], bool], timeout: float = WAIT_S) -> bool:

@@ -81,4 +81,4 @@ def open_registry(settings: Settings, *, on_behalf: Identity | None = None) -> R
         )
     from aimesh.registry.service import LocalRegistry
 
-    return LocalRegistry.from_settings(settings)
+    return LocalRegistry.from_settings(settings, actor=on_behalf.name if on_behalf else None)

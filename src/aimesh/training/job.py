@@ -104,7 +104,7 @@ def train(
         }
         what = f"registering {request.model}" + (f" as @{request.alias}" if request.alias else "")
         with ctx.commit(what) if ctx is not None else contextlib.nullcontext():
-            version = _push(settings, request, saved, ref, scores, job_id, extra)
+            version = _push(settings, request, saved, ref, scores, job_id, extra, identity)
     if ctx is not None:  # committed: nothing after it may fail the job
         ctx.progress(1.0, f"registered {request.model}@{version.version}")
     result: dict[str, Any] = {
@@ -138,10 +138,13 @@ def _push(
     scores: Scores,
     job_id: str | None,
     extra: dict[str, Any],
+    identity: Identity,
 ) -> ModelVersion:
     from aimesh.registry import Lineage, open_registry, push_model
 
-    registry = open_registry(settings)
+    # For whoever submitted the job: the registry checks and records them, not the worker.
+    on_behalf = identity if identity.kind != "operator" else None
+    registry = open_registry(settings, on_behalf=on_behalf)
     try:
         return push_model(
             registry,
