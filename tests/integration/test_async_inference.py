@@ -328,16 +328,17 @@ def test_the_cli_fetches_a_result_or_says_why_not(home: Home, gateway: str, tmp_
     def aimesh(*args: str) -> subprocess.CompletedProcess[str]:
         return run_aimesh(home.env, "jobs", *args, ok=False, timeout=60)
 
-    slow = httpx.post(f"{gateway}/v2/models/echo/infer?async=true", json=_echo_body(2.0)).json()
+    # The model answers after 8 s: longer than the CLI takes to start, even on a busy machine.
+    slow = httpx.post(f"{gateway}/v2/models/echo/infer?async=true", json=_echo_body(8.0)).json()
     pending = aimesh("result", slow["id"])
     assert pending.returncode == 1 and "job_pending" in pending.stderr
     assert _until_done(gateway, slow["id"])["state"] == "succeeded"
     shown = aimesh("result", slow["id"])
     assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["outputs"][0]["data"] == [4.0]
+    assert json.loads(shown.stdout)["outputs"][0]["data"] == [16.0]
     out = tmp_path / "answer.json"
     wrote = aimesh("result", slow["id"], "--output", str(out))
-    assert wrote.returncode == 0 and json.loads(out.read_bytes())["outputs"][0]["data"] == [4.0]
+    assert wrote.returncode == 0 and json.loads(out.read_bytes())["outputs"][0]["data"] == [16.0]
 
 
 def test_an_answer_too_large_for_the_bus_fails_its_job_clearly(gateway: str) -> None:
