@@ -37,6 +37,7 @@ def _register() -> None:
     from aimesh.cli import (
         bus,
         demo,
+        doctor,
         gateway,
         jobs,
         keys,
@@ -59,6 +60,7 @@ def _register() -> None:
     app.command("serve")(serve.serve)
     app.command("train")(train.train)
     app.command("demo")(demo.demo)
+    app.command("doctor")(doctor.doctor)
     for command in (local.up, local.status, local.logs, local.down, local.init):
         app.command()(command)
 
