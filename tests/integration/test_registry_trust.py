@@ -14,41 +14,47 @@ import json
 import os
 import pickle
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from _services import wait_for
-from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
 
 from aimesh.auth import Identity
 from aimesh.config import Settings
 from aimesh.errors import ArtifactError, Forbidden, TrustDisabled
-from aimesh.registry import LocalRegistry, VersionCreate
+from aimesh.registry import KeyCreate, LocalRegistry, VersionCreate
 from aimesh.registry.app import create_app
 
 API = "/api/registry"
-AS = "x-test-identity"
-"""Stands in for the auth layer: the identity a request's key would resolve to."""
+KEYS: dict[str, str] = {}
+"""Real API keys made in each registry before it starts, by ``name:scope``; the operator's
+admin key is sent by default, a test names another identity to act as it."""
+IDENTITIES = ("ann:admin", "ci:write")
 
 SECRET = "AIMESH_TEST_REGISTRY_SECRET"
 
 
-def _app(settings: Settings) -> FastAPI:
+def _keyed_client(settings: Settings) -> TestClient:
+    """The registry service of ``settings``, with the keys of :data:`IDENTITIES` made first."""
+    registry = LocalRegistry.from_settings(settings, actor="test")
+    try:
+        for identity in IDENTITIES:
+            name, _, scope = identity.partition(":")
+            made = registry.create_key(KeyCreate(name=name, scopes=[scope]))
+            KEYS[f"{settings.home}:{identity}"] = made.key
+    finally:
+        registry.close()
     app = create_app(settings, publish_events=False)
+    return TestClient(app, headers={"x-api-key": KEYS[f"{settings.home}:ann:admin"]})
 
-    @app.middleware("http")
-    async def identify(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        if AS in request.headers:
-            name, _, scopes = request.headers[AS].partition(":")
-            request.state.identity = Identity.of(name, scopes.split(","))
-        return await call_next(request)
 
-    return app
+def _as(client: TestClient, identity: str) -> dict[str, str]:
+    """The headers that make a request ``identity``'s (``name:scope``) on ``client``."""
+    home = next(k.rsplit(":", 2)[0] for k, v in KEYS.items() if v == client.headers["x-api-key"])
+    return {"x-api-key": KEYS[f"{home}:{identity}"]}
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +66,7 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, TestC
         home=root / "allowing",
         registry={"allow_code_artifacts": True, "gc_interval_s": 0, "inspect_timeout_s": 60},
     )
-    with (
-        TestClient(_app(forbidding)) as off,
-        TestClient(_app(allowing)) as on,
-    ):
+    with _keyed_client(forbidding) as off, _keyed_client(allowing) as on:
         yield {"off": off, "on": on}
 
 
@@ -127,7 +130,7 @@ def _push(
     identity: str | None = None,
     **kw: object,
 ) -> tuple[int, dict[str, object]]:
-    headers = {AS: identity} if identity else {}
+    headers = _as(client, identity) if identity else {}
     body = {"artifact_sha256": sha, "framework": framework, "create_model": True, **kw}
     r = client.post(f"{API}/models/{name}/versions", json=body, headers=headers)
     payload: dict[str, object] = r.json()
@@ -369,7 +372,7 @@ def test_gc_removes_orphans_and_stale_uploads_and_keeps_the_rest(
     for path in (registry.artifacts._blob(used), registry.artifacts._blob(orphan), stale_part):
         os.utime(path, (old, old))
 
-    r = client.post(f"{API}/gc", params={"dry_run": True}, headers={AS: "ci:write"})
+    r = client.post(f"{API}/gc", params={"dry_run": True}, headers=_as(client, "ci:write"))
     assert (r.status_code, r.json()["code"]) == (403, "forbidden")
     dry = client.post(f"{API}/gc", params={"dry_run": True}).json()
     listed = {(f["kind"], f["name"]) for f in dry["removed"]}
@@ -389,9 +392,9 @@ def test_gc_removes_orphans_and_stale_uploads_and_keeps_the_rest(
 
 def test_the_registry_service_collects_garbage_when_it_starts(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home", registry={"gc_grace_s": 0})
-    with TestClient(_app(settings)) as client:
+    with TestClient(create_app(settings, publish_events=False)) as client:
         orphan = _upload(client, b"left behind by a crashed push")
-    with TestClient(_app(settings)) as client:
+    with TestClient(create_app(settings, publish_events=False)) as client:
         # The first round runs as the service starts, in the background: wait for it.
         assert wait_for(lambda: not _stored(client, orphan), timeout=30)
 
