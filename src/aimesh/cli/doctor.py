@@ -10,7 +10,6 @@ network without keys), so scripts and CI can gate on it.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import stat
@@ -40,14 +39,11 @@ class Finding:
     fix: str = ""
 
 
-def _loopback(host: str) -> bool:
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (the rule the services' bind check uses)."""
+    from aimesh.rest import is_loopback as loopback  # imported late: `aimesh --help` stays quick
+
+    return loopback(host)
 
 
 def _mode(path: Path) -> int | None:
@@ -95,7 +91,7 @@ def check_binds(config: Settings, keys: int) -> list[Finding]:
     }
     found = []
     for service, host in binds.items():
-        if _loopback(host):
+        if is_loopback(host):
             found.append(Finding("bind", "ok", f"{service} binds {host} (this machine only)"))
         elif keys:
             found.append(Finding("bind", "ok", f"{service} binds {host}; keys required"))
@@ -216,7 +212,7 @@ def check_bus(config: Settings) -> list[Finding]:
         )
     hosts = [part.rsplit("@", 1)[-1].rsplit(":", 1)[0] for part in _hosts(bus.url)]
     tls = bus.url.startswith("tls://") or bus.tls_ca_file is not None
-    if not tls and not all(_loopback(h) for h in hosts):
+    if not tls and not all(is_loopback(h) for h in hosts):
         found.append(
             Finding(
                 "bus",
