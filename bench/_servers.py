@@ -174,8 +174,16 @@ def server_env() -> dict[str, str]:
     aimesh is measured as a user gets it: it caps its native thread pools itself (each
     worker to its share of the cores); the baselines run with their libraries' defaults.
     """
-    dropped = ("AIMESH_", *THREAD_VARIABLES)
-    return {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+    return {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED)}
+
+
+def dropped_variables() -> str:
+    """What :func:`server_env` leaves out of this environment, to print beside the figures."""
+    found = sorted(k for k in os.environ if k.startswith(_DROPPED))
+    return ", ".join(found) if found else "none"
+
+
+_DROPPED = ("AIMESH_", *THREAD_VARIABLES)
 
 
 AIMESH_COMMAND = (sys.executable, "-m", "aimesh")

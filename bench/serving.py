@@ -58,6 +58,7 @@ from _servers import (
     busy,
     check_grpc,
     check_rest,
+    dropped_variables,
     interrupt_on_sigterm,
     workdir,
 )
@@ -314,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         f"[bold]aimesh serving benchmark[/]: {', '.join(KINDS[m] for m in plan.models)}; "
         f"concurrency {', '.join(map(str, plan.concurrencies))}; {plan.duration_s:g} s per cell "
         f"after {plan.warmup_s:g} s warm-up; FastAPI route: {plan.fastapi_route} def; "
-        "native threads as shipped (aimesh caps its own; no OMP_NUM_THREADS passed)",
+        "native threads as shipped (aimesh caps its own); variables of this shell not passed "
+        f"to the servers: {dropped_variables()}",
         highlight=False,
     )
     console.print(

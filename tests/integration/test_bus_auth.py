@@ -8,7 +8,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -359,7 +358,6 @@ def test_an_external_server_with_a_token_works_through_settings(tmp_path: Path) 
         server.stop()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
 def test_an_external_server_over_tls_is_trusted_through_its_ca_file(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
