@@ -19,10 +19,10 @@ from aimesh.auth import (
     hash_key,
     key_from_headers,
     new_key,
-    retry_after,
     service_key,
 )
 from aimesh.errors import AimeshError, AuthThrottled, RateLimited
+from aimesh.rest import retry_after
 
 
 class Clock:

@@ -51,7 +51,6 @@ __all__ = [
     "hash_key",
     "key_from_headers",
     "new_key",
-    "retry_after",
     "service_key",
 ]
 
@@ -128,7 +127,6 @@ from aimesh.auth.keyring import (  # noqa: E402
     KeyEntry,
     Keyring,
     TokenBucket,
-    retry_after,
 )
 from aimesh.auth.keys import (  # noqa: E402
     KEY_NAME_PATTERN,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -34,7 +33,6 @@ __all__ = [
     "KeyEntry",
     "Keyring",
     "TokenBucket",
-    "retry_after",
 ]
 
 SERVICE = "service"
@@ -232,8 +230,3 @@ ANONYMOUS = Identity.of("anonymous", ())
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()
-
-
-def retry_after(exc: RateLimited) -> str:
-    """The ``Retry-After`` value: whole seconds, rounded up, at least 1."""
-    return str(max(1, math.ceil(exc.retry_after_s)))

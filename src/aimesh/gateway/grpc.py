@@ -23,11 +23,10 @@ from typing import Any, TypeAlias
 import grpc
 from grpc import aio
 
-from aimesh.auth import IDENTITY_HEADER, Keyring, key_from_headers, retry_after
+from aimesh.auth import IDENTITY_HEADER, Keyring, key_from_headers
 from aimesh.errors import (
     AimeshError,
     InvalidRequest,
-    RateLimited,
     UpstreamError,
     UpstreamTimeout,
     error_from_body,
@@ -42,6 +41,7 @@ from aimesh.gateway.routing import Router
 from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.protocol import grpc as pb
 from aimesh.protocol import rest_codec
+from aimesh.rest import retry_after
 
 __all__ = ["GrpcGateway"]
 
@@ -389,8 +389,9 @@ async def _abort(context: Context, exc: AimeshError, request_id: str) -> None:
     if status in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE) or exc.__cause__:
         log.warning("request %s failed: %s (%s)", request_id, exc.message, exc.code,
                     exc_info=exc, extra={"request_id": request_id})  # fmt: skip
-    if isinstance(exc, RateLimited):
-        context.set_trailing_metadata((("retry-after", retry_after(exc)),))
+    wait = retry_after(exc)  # rate limits, throttled keys: when to try again
+    if wait is not None:
+        context.set_trailing_metadata((("retry-after", wait),))
     await context.abort(status, pb.grpc_details(exc, request_id))
 
 

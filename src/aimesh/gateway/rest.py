@@ -18,13 +18,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from aimesh.auth import Identity, Keyring, Scope, key_from_headers, retry_after
+from aimesh.auth import Identity, Keyring, Scope, key_from_headers
 from aimesh.errors import (
     AimeshError,
     BusUnavailable,
     InvalidRequest,
     NoInstance,
-    RateLimited,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -63,6 +62,7 @@ from aimesh.rest import (
     check_infer_type,
     check_json_type,
     docs_asset,
+    retry_after,
     swagger_page,
 )
 
@@ -167,8 +167,9 @@ class GatewayApp:
                 return
             log_failure(log, exc, status, head.request_id)
             extra = [_WWW_AUTHENTICATE] if status == 401 else []
-            if isinstance(exc, RateLimited):
-                extra.append((b"retry-after", retry_after(exc).encode()))
+            wait = retry_after(exc)
+            if wait is not None:
+                extra.append((b"retry-after", wait.encode()))
             body = gateway_error_body(exc, head.request_id)
             await respond(send, status, body, head.request_id, JSON, extra)
         except Exception:
