@@ -36,6 +36,8 @@ from aimesh.local.state import (
 log = logging.getLogger("aimesh.local")
 
 POLL_S = 0.1
+# How long `down` waits for a supervisor that released its lock to leave the process table.
+EXIT_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,11 @@ def stop_stack(home: Path, *, timeout_s: float) -> StopReport:
             _wait_until(lambda: not supervisor_running(home), 5.0)
             break
         time.sleep(POLL_S)
+    # The lock goes with the supervisor's last step, the interpreter's exit after it: `down`
+    # returns when the process itself is gone, not only its lock.
+    if not _wait_until(functools.partial(_gone, pid), EXIT_WAIT_S):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     leftovers = asyncio.run(clear_leftovers(home, read_state(home)))
     return StopReport(was_running=True, supervisor_pid=pid, leftovers=leftovers)
 
