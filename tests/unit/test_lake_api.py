@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pyarrow as pa
 import pytest
+from _bad_paths import BAD_NAMES
 from fastapi.testclient import TestClient
 
 from aimesh.config import Settings
@@ -251,3 +253,34 @@ def test_a_query_beyond_the_concurrency_limit_is_refused_with_retry_after(
     assert (busy.status_code, busy.json()["code"]) == (503, "query_busy"), busy.text
     assert busy.headers["retry-after"] == "1"
     assert after.status_code == 200, after.text
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.usefixtures("tx")
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_dataset_names_that_look_like_paths_are_refused_and_touch_nothing(
+    client: TestClient, settings: Settings, tmp_path: Path, bad: str
+) -> None:
+    name = quote(bad, safe="")
+    before = _files(tmp_path)
+    answers = [
+        client.get(f"/api/lake/datasets/{name}"),
+        client.get(f"/api/lake/datasets/{name}/schema"),
+        client.get(f"/api/lake/datasets/{name}/versions"),
+        client.post(f"/api/lake/datasets/{name}/ingest?format=csv", content=CSV),
+        client.post(f"/api/lake/datasets/{name}/compact"),
+        client.post(f"/api/lake/datasets/{name}/vacuum", params={"dry_run": False}),
+        client.post("/api/lake/query", json={"sql": "select 1 from tx", "versions": {bad: 0}}),
+        client.post("/api/lake/query", json={"sql": f'select * from "{bad}"'}),
+        client.post("/api/lake/query", json={"sql": f"select * from '{bad}'"}),
+    ]
+    for got in answers:
+        assert 400 <= got.status_code < 500, (got.request.url, got.status_code, got.text)
+        assert set(got.json()) >= {"error", "code"}, got.text
+        assert "root:" not in got.text  # /etc/passwd was never read
+    assert _files(tmp_path) == before
+    listed = client.get("/api/lake/datasets").json()
+    assert [d["name"] for d in listed] == ["tx"]

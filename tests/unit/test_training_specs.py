@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from _bad_paths import BAD_NAMES
 from lightgbm import LGBMClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.svm import LinearSVC
@@ -389,3 +390,23 @@ def test_a_booster_trained_on_labels_it_cannot_serve_is_rejected(tmp_path: Path)
     estimator = LGBMClassifier(n_estimators=3, verbose=-1).fit(x, y)
     with pytest.raises(JobRejected, match=r"encode the target as 0\.\.1"):
         save_model(estimator, tmp_path, "m", "lightgbm:LGBMClassifier")
+
+
+@pytest.mark.parametrize("field", ["model", "dataset", "alias"])
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_names_that_look_like_paths_are_rejected_before_anything_is_read(
+    field: str, bad: str
+) -> None:
+    payload = {"model": "m", "dataset": "tx@0", "trainer": "sklearn:Ridge", "target": "y"}
+    if (field, bad) == ("dataset", "x\n"):  # a reference is stripped, as the CLI's is: `x`
+        assert TrainRequest.from_payload({**payload, field: bad}).dataset.strip() == "x"
+        return
+    with pytest.raises(JobRejected, match=r"^training payload: invalid"):
+        TrainRequest.from_payload({**payload, field: bad})
+
+
+@pytest.mark.parametrize("dataset", ["tx@¹", "tx@٣", "tx@-1", "tx@1.0", "tx@"])
+def test_a_dataset_version_is_ascii_digits(dataset: str) -> None:
+    payload = {"model": "m", "dataset": dataset, "trainer": "sklearn:Ridge", "target": "y"}
+    with pytest.raises(JobRejected, match="invalid dataset reference"):
+        TrainRequest.from_payload(payload)

@@ -51,7 +51,7 @@ def hash_key(key: str) -> str:
 
 def check_key_name(name: str) -> str:
     """Return ``name`` if it can name a key, else raise :class:`InvalidName`."""
-    if not _KEY_NAME.match(name):
+    if not _KEY_NAME.fullmatch(name):
         raise InvalidName(
             f"key name {name!r} must be letters, digits, '_' or '-', starting with a letter "
             "or digit (at most 64)",

@@ -91,9 +91,9 @@ class InferencePayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
     def check(self) -> InferencePayload:
         """Raise :class:`JobRejected` unless every field is safe to route and send."""
-        if not MODEL_NAME.match(self.model):
+        if not MODEL_NAME.fullmatch(self.model):
             raise JobRejected(f"{self.model!r} is not a model name")
-        if self.version is not None and not VERSION_REF.match(self.version):
+        if self.version is not None and not VERSION_REF.fullmatch(self.version):
             raise JobRejected(f"{self.version!r} is not a model version or alias")
         prefix = f"/v2/models/{self.model}/"
         if (

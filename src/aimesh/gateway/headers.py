@@ -44,7 +44,7 @@ def valid_traceparent(value: str) -> bool:
     """Whether ``value`` is a W3C ``traceparent`` worth passing on."""
     return (
         len(value) == 55
-        and _TRACEPARENT.match(value) is not None
+        and _TRACEPARENT.fullmatch(value) is not None
         and not value.startswith("ff")
         and value[3:35] != _ZERO_TRACE
         and value[36:52] != _ZERO_SPAN

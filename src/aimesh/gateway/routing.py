@@ -220,9 +220,9 @@ class Router:
             return found
         what = f"model {name!r}" + (f" version {version!r}" if version else "")
         # What cannot be a name is not one: no need to ask (nor to build a URL from it).
-        if not MODEL_NAME.match(name):
+        if not MODEL_NAME.fullmatch(name):
             raise ModelNotFound(f"no model named {name!r}", name=name)
-        if version is not None and not VERSION_REF.match(version):
+        if version is not None and not VERSION_REF.fullmatch(version):
             raise VersionNotFound(f"model {name!r} has no version {version!r}", model=name)
         try:
             number = await self.catalog.lookup(name, version)

@@ -55,7 +55,7 @@ def new_job_id() -> str:
 
 def check_kind(kind: str) -> str:
     """Return ``kind`` if it is a valid job kind, else raise :class:`InvalidName`."""
-    if not _KIND.match(kind):
+    if not _KIND.fullmatch(kind):
         raise InvalidName(
             f"job kind {kind!r} must be lowercase letters, digits, '_' or '-', "
             "starting with a letter (at most 64)",
@@ -66,7 +66,7 @@ def check_kind(kind: str) -> str:
 
 def check_job_id(job_id: str) -> str:
     """Return ``job_id`` if it looks like a job id, else raise :class:`InvalidRequest`."""
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise InvalidRequest(f"{job_id!r} is not a job id (32 hex digits)", job_id=job_id)
     return job_id
 

@@ -44,7 +44,7 @@ class DatasetRef:
         name, sep, version = text.strip().partition("@")
         if not sep or version == "latest":
             return cls(name)
-        if not version.isdigit():
+        if not (version.isascii() and version.isdigit()):  # not '¹': int() refuses it
             raise InvalidRequest(
                 f"invalid dataset reference {text!r}: expected NAME, NAME@VERSION or NAME@latest"
             )

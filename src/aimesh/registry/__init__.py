@@ -27,6 +27,7 @@ from aimesh.registry.types import (
     ModelVersion,
     NewKey,
     VersionCreate,
+    check_alias_name,
     check_model_name,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "Registry",
     "RegistryStore",
     "VersionCreate",
+    "check_alias_name",
     "check_model_name",
     "open_registry",
     "push_model",

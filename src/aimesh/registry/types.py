@@ -23,7 +23,7 @@ Scalar = str | int | float | bool | None
 
 def check_model_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise :class:`InvalidName`."""
-    if not MODEL_NAME.match(name):
+    if not MODEL_NAME.fullmatch(name):
         raise InvalidName(
             f"invalid model name {name!r}: use 1-128 letters, digits, '-' or '_', "
             "starting with a letter or digit",
@@ -34,7 +34,7 @@ def check_model_name(name: str) -> str:
 
 def check_alias_name(name: str) -> str:
     """Return ``name`` if it is a valid alias, else raise :class:`InvalidName`."""
-    if not ALIAS_NAME.match(name) or name == LATEST:
+    if not ALIAS_NAME.fullmatch(name) or name == LATEST:
         raise InvalidName(
             f"invalid alias {name!r}: use 1-64 letters, digits, '-' or '_', starting with a "
             f"letter ({LATEST!r} is reserved)",
@@ -45,7 +45,7 @@ def check_alias_name(name: str) -> str:
 
 def check_sha256(digest: str) -> str:
     """Return ``digest`` if it is a lowercase hex sha256, else raise :class:`InvalidName`."""
-    if not SHA256_HEX.match(digest):
+    if not SHA256_HEX.fullmatch(digest):
         raise InvalidName(f"invalid sha256 {digest!r}: expected 64 lowercase hex digits")
     return digest
 

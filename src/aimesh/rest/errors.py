@@ -38,7 +38,7 @@ def request_id_of(scope: MutableMapping[str, Any]) -> str:
     found: str | None = scope.get(_SCOPE_KEY)
     if found is None:
         given = header(scope, REQUEST_ID)
-        found = given if given is not None and _TAME_ID.match(given) else uuid.uuid4().hex
+        found = given if given is not None and _TAME_ID.fullmatch(given) else uuid.uuid4().hex
         scope[_SCOPE_KEY] = found
     return found
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aimesh.errors import InvalidRequest, JobRejected
+from aimesh.lake import DatasetRef
+from aimesh.registry import check_alias_name, check_model_name
 from aimesh.training.metrics import check_metrics
 from aimesh.training.split import Split
 
@@ -60,6 +62,13 @@ class TrainRequest:
         alias = payload.get("alias")
         if alias is not None and not isinstance(alias, str):
             raise JobRejected(f"training payload: alias must be a string, not {alias!r}")
+        try:  # names first: nothing is read, trained or pushed for a name that can't be one
+            check_model_name(strings["model"])
+            DatasetRef.parse(strings["dataset"])
+            if alias is not None:
+                check_alias_name(alias)
+        except InvalidRequest as exc:
+            raise JobRejected(f"training payload: {exc}") from exc
         seed = payload.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise JobRejected(f"training payload: seed must be an integer, not {seed!r}")

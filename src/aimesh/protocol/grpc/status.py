@@ -102,6 +102,6 @@ def internal_details(request_id: str) -> str:
 def request_id_in(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     """The call's ``x-request-id`` when tame, else a new one."""
     for key, value in metadata or ():
-        if key == "x-request-id" and isinstance(value, str) and _TAME_ID.match(value):
+        if key == "x-request-id" and isinstance(value, str) and _TAME_ID.fullmatch(value):
             return value
     return uuid.uuid4().hex
