@@ -5,7 +5,9 @@ the limits every stream and bucket has (a full job queue refuses jobs clearly)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import stat
@@ -44,9 +46,11 @@ from aimesh.bus import (
 )
 from aimesh.bus.home import ServerRecord
 from aimesh.bus.server import probe_server
-from aimesh.config import BusSettings, Settings
-from aimesh.errors import BusUnavailable, ConfigError, QueueFull
+from aimesh.config import AuthSettings, BusSettings, Settings
+from aimesh.errors import BusUnavailable, ConfigError, QueueFull, Unauthorized
 from aimesh.jobs import JobClient, JobSpec
+from aimesh.registry import KeyCreate, KeyWatch, LocalRegistry
+from aimesh.registry.outbox import flush_outbox
 
 T = TypeVar("T")
 WAIT_S = 10.0
@@ -506,3 +510,44 @@ def test_an_nkey_or_creds_file_that_cannot_be_used_is_a_clear_config_error(
     else:  # a creds file the server does not know: refused, clearly
         with pytest.raises((BusUnavailable, ConfigError)):
             run(declare_and_name_jobs_stream(given))
+
+
+def test_services_hear_key_events_through_the_token_of_the_homes_bus(home: Settings) -> None:
+    """A key made by the CLI takes effect on its event, not on the (hourly) reload."""
+    settings = home.model_copy(update={"auth": AuthSettings(reload_s=3600)})
+    registry = LocalRegistry.from_settings(settings, actor="test")
+    polls = itertools.count()
+
+    def make(name: str) -> str:
+        made = registry.create_key(KeyCreate(name=name, scopes=["read"]))
+        flush_outbox(registry.store, settings)  # as `aimesh keys create` does
+        return made.key
+
+    def knows(watch: KeyWatch, key: str) -> bool:
+        try:
+            # A client of its own each time: polls with a key not known yet are no guesses.
+            client = f"poll-{next(polls)}"
+            return watch.keyring.authenticate(key, client=client).name != ""
+        except Unauthorized:
+            return False
+
+    async def main() -> None:
+        early = await asyncio.to_thread(make, "early")
+        watch = KeyWatch(settings)
+        listening = asyncio.create_task(watch.run())
+        try:
+            # Read on subscribing ("whatever changed before we listened"): it is listening.
+            while not knows(watch, early):
+                await asyncio.sleep(0.05)
+            late = await asyncio.to_thread(make, "late")
+            while not knows(watch, late):
+                await asyncio.sleep(0.05)
+        finally:
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
+
+    try:
+        run(asyncio.wait_for(main(), WAIT_S * 3))
+    finally:
+        registry.close()

@@ -25,7 +25,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from aimesh.auth import FailedAttempts, KeyEntry, Keyring
-from aimesh.bus import KEY_SUBJECTS, connect, ensure_bus, subscribe_events
+from aimesh.bus import KEY_SUBJECTS, open_bus, subscribe_events
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
 from aimesh.observability import cancel_and_wait
@@ -139,10 +139,10 @@ class KeyWatch:
         backoff = 0.5
         while True:
             try:
-                url = await asyncio.to_thread(ensure_bus, self.settings)
-                timeout = self.settings.bus.connect_timeout_s
+                # With the home's credentials: a bare connect is refused by a bus with a token,
+                # and keys would then change only on the interval.
                 async with (
-                    await connect(url, timeout=timeout, name="keys") as bus,
+                    await open_bus(self.settings, name="keys") as bus,
                     await subscribe_events(bus, KEY_SUBJECTS) as events,
                 ):
                     backoff = 0.5
