@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import secrets
 from collections.abc import Generator, Iterator
 
 import pytest
@@ -15,7 +16,8 @@ from aimesh.bus import EmbeddedNats
 # call that never returns) would hang the whole run instead: this watchdog, a C thread of
 # faulthandler's, prints every thread's stack and ends the run once a test overruns it.
 HARD_TIMEOUT_S = 420
-_real_stderr: list[int] = []  # a copy of fd 2 taken while output is not captured
+_real_stderr: list[int] = []
+SESSION_TOKEN = secrets.token_hex(16)  # a copy of fd 2 taken while output is not captured
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -39,7 +41,9 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
     ``start()`` returns once the server's ``/healthz`` says ok; the server is stopped at the
     end of the session even when tests fail (and by ``start()`` itself if it never gets ready).
     """
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), start_timeout=30)
+    # With a token, as every home's bus has one: a client that forgets the credentials
+    # fails here as it would for a user (the URL carries the token: see ``nats_url``).
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), start_timeout=30, token=SESSION_TOKEN)
     server.start()
     try:
         yield server
@@ -49,5 +53,5 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
 
 @pytest.fixture(scope="session")
 def nats_url(nats_server: EmbeddedNats) -> str:
-    """The ``nats://`` URL of the session's NATS server."""
-    return nats_server.url
+    """The ``nats://TOKEN@host:port`` URL of the session's NATS server."""
+    return nats_server.url.replace("nats://", f"nats://{SESSION_TOKEN}@", 1)
