@@ -142,7 +142,7 @@ class GatewayApp:
             "/health": ("health", "GET", None, self._health),
             "/v2/health/live": ("health", "GET", None, self._live),
             "/v2/health/ready": ("health", "GET", None, self._ready),
-            "/v2": ("server", "GET", "infer", self._server),
+            "/v2": ("server", "GET", None, self._server),
             "/v2/aggregate": ("aggregate", "POST", "infer", self._aggregate),
             "/metrics": ("metrics", "GET", "read", self._metrics),
             "/openapi.json": ("openapi", "GET", None, self._openapi),
