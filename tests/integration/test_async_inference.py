@@ -162,6 +162,9 @@ def test_prefer_respond_async_and_an_idempotency_key(home: Home, gateway: str) -
     assert (first.status_code, again.status_code) == (202, 202)
     assert first.headers["preference-applied"] == "respond-async"
     assert first.json()["id"] == again.json()["id"]
+    # The same key with another request is refused, not answered with the first job.
+    other = httpx.post(url, json=_fraud_body(home.x[1:2]), headers=headers)
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict")
     assert _until_done(gateway, first.json()["id"])["state"] == "succeeded"
 
 
