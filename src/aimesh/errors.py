@@ -47,6 +47,7 @@ HTTP numbers.
     │   ├── VersionArchived          version_archived
     │   ├── JobFinished              job_finished
     │   ├── JobNotRetryable          job_not_retryable
+    │   ├── IdempotencyConflict      idempotency_conflict
     │   ├── JobPending               job_pending
     │   └── LeaseHeld                lease_held
     ├── ArtifactError                artifact_invalid
@@ -680,6 +681,21 @@ class QueryTimeout(DeadlineExceeded):
     def __init__(self, timeout_s: float) -> None:
         super().__init__(f"query stopped after {timeout_s:g}s", timeout_s=timeout_s)
         self.timeout_s = timeout_s
+
+
+class IdempotencyConflict(Conflict):
+    """Raised when an idempotency key is submitted again with a different request: the key
+    names its first request (whose job it returns when repeated), never another."""
+
+    code = "idempotency_conflict"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"this idempotency key was used for another request (job {job_id}); a repeat must "
+            "send the same request, a new request needs a new key",
+            job_id=job_id,
+        )
+        self.job_id = job_id
 
 
 class JobPending(Conflict):

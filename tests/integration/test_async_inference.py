@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import pickle
 import subprocess
 import threading
 import time
@@ -162,6 +163,9 @@ def test_prefer_respond_async_and_an_idempotency_key(home: Home, gateway: str) -
     assert (first.status_code, again.status_code) == (202, 202)
     assert first.headers["preference-applied"] == "respond-async"
     assert first.json()["id"] == again.json()["id"]
+    # The same key with another request is refused, not answered with the first job.
+    other = httpx.post(url, json=_fraud_body(home.x[1:2]), headers=headers)
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict")
     assert _until_done(gateway, first.json()["id"])["state"] == "succeeded"
 
 
@@ -200,18 +204,29 @@ def test_binary_tensors_round_trip_as_tritonclient_encodes_them(home: Home, gate
     np.testing.assert_array_equal(parsed.as_numpy("label"), expected.as_numpy("label"))
 
 
-def test_bad_input_fails_the_job_with_the_models_error_code(gateway: str) -> None:
-    bad = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]}
-    accepted = httpx.post(f"{gateway}/v2/models/echo/infer?async=true", json=bad)
-    assert accepted.status_code == 202
-    job_id = accepted.json()["id"]
-    done = _until_done(gateway, job_id)
-    assert done["state"] == "failed"
-    direct = httpx.post(f"{gateway}/v2/models/echo/infer", json=bad)
-    assert done["error"]["code"] == direct.json()["code"]
-    assert done["attempts"] == 1  # a bad request is not retried
-    result = httpx.get(f"{gateway}/api/jobs/{job_id}/result")
-    assert (result.status_code, result.json()["code"]) == (409, "job_failed")
+def test_bad_input_is_refused_at_once_as_the_sync_call_refuses_it(gateway: str) -> None:
+    before = len(httpx.get(f"{gateway}/api/jobs", params={"kind": "inference"}).json())
+    x = {"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [0.0]}
+    json_bodies = [
+        {"inputs": [{**x, "shape": [1, 3], "data": [1, 2, 3]}]},  # shape_mismatch
+        {"inputs": [{**x, "name": "z"}]},  # input_mismatch
+        {"inputs": [{**x, "datatype": "INT64", "data": [0]}]},  # datatype_mismatch
+        {"inputs": [{**x, "shape": [10**8, 1]}]},  # 10**8 rows said, one sent
+    ]
+    bodies = [json.dumps(body).encode() for body in json_bodies]
+    bodies.append(pickle.dumps({"inputs": [x]}))  # not JSON at all
+    url = f"{gateway}/v2/models/echo/infer"
+    for body in bodies:
+        headers = {"content-type": "application/json"}
+        direct = httpx.post(url, content=body, headers=headers)
+        deferred = httpx.post(url, params={"async": "true"}, content=body, headers=headers)
+        assert 400 <= direct.status_code < 500, direct.text
+        assert (deferred.status_code, deferred.json()["code"]) == (
+            direct.status_code,
+            direct.json()["code"],
+        ), body[:80]
+    after = len(httpx.get(f"{gateway}/api/jobs", params={"kind": "inference"}).json())
+    assert after == before  # nothing was queued
 
 
 def test_what_cannot_be_queued_is_refused_at_once(gateway: str) -> None:

@@ -183,7 +183,16 @@ def test_a_change_is_recorded_as_made_by_the_key_that_made_it(
     history = httpx.get(
         f"{registry}/api/registry/models/by-writer/history", headers=_as(keys["reader"])
     ).json()
-    assert history[0]["actor"] == "writer"  # the key's holder, not what a header claims
+    # The key's holder; what a header claims is only detail beneath it, never the actor.
+    assert history[0]["actor"] == "writer (someone-else)"
+    plain = httpx.post(
+        f"{registry}/api/registry/models", json={"name": "by-writer-2"}, headers=_as(keys["writer"])
+    )
+    assert plain.status_code == 201, plain.text
+    history = httpx.get(
+        f"{registry}/api/registry/models/by-writer-2/history", headers=_as(keys["reader"])
+    ).json()
+    assert history[0]["actor"] == "writer"
 
 
 # -- the model service, the worker, the gateway's own routes -----------------------------------
@@ -212,7 +221,6 @@ def test_model_routes_need_infer_and_metrics_need_read(
         ("POST", "/v2/models/fraud/infer"),
         ("GET", "/v2/models/fraud"),
         ("GET", "/v2/models/fraud/ready"),
-        ("GET", "/v2"),
     ]
     body = _infer_body(home)
     for method, path in routes:
@@ -225,8 +233,8 @@ def test_model_routes_need_infer_and_metrics_need_read(
     assert httpx.get(f"{base}/metrics").status_code == 401
     assert httpx.get(f"{base}/metrics", headers=_as(keys["inferer"])).status_code == 403
     assert httpx.get(f"{base}/metrics", headers=_as(keys["reader"])).status_code == 200
-    for path in ("/v2/health/live", "/v2/health/ready"):
-        assert httpx.get(base + path).status_code == 200
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2"):  # open, as on gRPC
+        assert httpx.get(base + path).status_code == 200, path
 
 
 def test_the_workers_health_is_open_and_its_metrics_need_read(
@@ -241,13 +249,16 @@ def test_the_workers_health_is_open_and_its_metrics_need_read(
 
 
 @pytest.mark.parametrize("server", ["model", "gateway"])
-def test_grpc_calls_need_infer(
+def test_grpc_model_calls_need_infer_and_health_and_server_metadata_are_open(
     home: Home, stack: dict[str, Service], keys: dict[str, str], server: str
 ) -> None:
     with grpc.insecure_channel(stack[server].grpc) as channel:
         stub = pb.GRPCInferenceServiceStub(channel)
         request = pb.ModelMetadataRequest(name="fraud")
-        assert stub.ServerLive(pb.ServerLiveRequest()).live  # open
+        # Health and server metadata are open, as on REST.
+        assert stub.ServerLive(pb.ServerLiveRequest(), timeout=30).live
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=30).ready
+        assert stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=30).name
         for metadata, code in [
             ((), grpc.StatusCode.UNAUTHENTICATED),
             ((("x-api-key", "amk_wrong"),), grpc.StatusCode.UNAUTHENTICATED),

@@ -341,7 +341,7 @@ def _both_used(gateway: Service, replicas: list[Service], url: str) -> bool:
         ("GET", "/api/registry/models", AS_USER, 403, "forbidden"),
         ("GET", "/api/registry/models", {}, 401, "unauthorized"),
         ("POST", "/v2/aggregate", {}, 401, "unauthorized"),
-        ("GET", "/v2", {}, 401, "unauthorized"),
+        ("GET", "/v2/models/fraud", {}, 401, "unauthorized"),
     ],
 )
 def test_keys_and_scopes_are_enforced(
@@ -354,7 +354,8 @@ def test_keys_and_scopes_are_enforced(
 
 
 def test_health_and_docs_stay_open_and_metrics_need_read(gateway: Service) -> None:
-    for path in ("/health", "/v2/health/live", "/v2/health/ready", "/openapi.json"):
+    # Server metadata (GET /v2) is open like health, as over gRPC.
+    for path in ("/health", "/v2/health/live", "/v2/health/ready", "/v2", "/openapi.json"):
         assert httpx.get(gateway.http + path).status_code == 200, path
     assert httpx.get(f"{gateway.http}/metrics").status_code == 401
     assert httpx.get(f"{gateway.http}/metrics", headers=AS_USER).status_code == 403
@@ -365,8 +366,8 @@ def test_health_and_docs_stay_open_and_metrics_need_read(gateway: Service) -> No
 
 def test_a_key_over_its_rate_gets_429_with_retry_after(gateway: Service) -> None:
     with httpx.Client(base_url=gateway.http, headers={"X-API-Key": LIMITED}) as client:
-        answers = [client.get("/v2") for _ in range(3)]
-    assert [r.status_code for r in answers] == [200, 200, 429]
+        answers = [client.get("/v2/models/fraud") for _ in range(3)]
+    assert [r.status_code == 429 for r in answers] == [False, False, True]
     assert answers[2].json()["code"] == "rate_limited"
     assert answers[2].headers["retry-after"] == "1"
 

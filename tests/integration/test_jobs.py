@@ -37,6 +37,7 @@ from aimesh.bus import (
 from aimesh.config import JobsSettings
 from aimesh.errors import (
     DeadlineExceeded,
+    IdempotencyConflict,
     JobFailed,
     JobFinished,
     JobNotFound,
@@ -405,7 +406,16 @@ def test_duplicate_submissions_with_one_idempotency_key_make_one_job(bus_url: st
             assert worker.stats.succeeded == 2
             again = await client.submit(spec)  # long after: still the same job, not rerun
             assert (again.id, again.state) == (jobs[0].id, "succeeded")
+            # The key names its first request: another payload under it is a conflict.
+            changed = JobSpec(kind="noop", payload={"n": 2}, idempotency_key="order-42/charge")
+            with pytest.raises(IdempotencyConflict) as conflict:
+                await client.submit(changed)
+            assert (conflict.value.code, conflict.value.job_id) == (
+                "idempotency_conflict",
+                jobs[0].id,
+            )
             assert await stream_messages(bus, JOBS_STREAM) == 0
+            assert len(await client.list()) == 2
 
     run(main())
 
@@ -716,7 +726,9 @@ def _worker(env: dict[str, str], log: Path, kind: str) -> subprocess.Popen[bytes
 def test_worker_killed_mid_job_is_redelivered_and_completes_once(
     bus_url: str, tmp_path: Path
 ) -> None:
-    env = _env(bus_url, tmp_path / "home")
+    # ack_wait of a minute: the job comes back sooner because its worker's discovery entry
+    # is gone (the other worker hands it back), well within the wait below.
+    env = _env(bus_url, tmp_path / "home") | {"AIMESH_JOBS__ACK_WAIT_S": "60"}
     first = _worker(env, tmp_path / "first.log", "sleep")
     second: subprocess.Popen[bytes] | None = None
     try:
@@ -730,12 +742,19 @@ def test_worker_killed_mid_job_is_redelivered_and_completes_once(
                     second = _worker(env, tmp_path / "second.log", "sleep")
                     first.send_signal(signal.SIGKILL)
                     first.wait(timeout=10)
-                    done = await client.wait(job.id, timeout=WAIT_S)
+                    done = await client.wait(job.id, timeout=WAIT_S)  # < ack_wait
                     assert (done.state, done.attempts) == ("succeeded", 2)
                     assert done.worker != running.worker
-                # The second attempt took over from the lost first one, and succeeded once.
+                # The killed attempt shows, ended worker_lost; the second one succeeded once.
+                log = [(a.number, a.worker, a.outcome) for a in done.attempt_log]
+                assert log == [
+                    (1, running.worker, "worker_lost"),
+                    (2, done.worker, "succeeded"),
+                ]
+                assert done.attempt_log[0].error is not None
+                assert done.attempt_log[0].error.code == "worker_lost"
                 steps = [change for change in changes[job.id] if change != "progress"]
-                assert steps == ["queued", "running", "running", "succeeded"]
+                assert steps == ["queued", "running", "retrying", "running", "succeeded"]
                 assert "progress" in changes[job.id]
                 assert await stream_messages(bus, JOBS_STREAM) == 0
                 assert await stream_messages(bus, DLQ_STREAM) == 0
@@ -752,7 +771,7 @@ def test_worker_killed_mid_job_is_redelivered_and_completes_once(
                 proc.wait()
 
 
-def test_a_worker_lost_before_it_claims_its_job_costs_the_job_no_attempt(
+def test_a_worker_lost_before_it_claims_its_job_shows_as_a_lost_attempt(
     bus_url: str, tmp_path: Path
 ) -> None:
     # ack_wait 6 s: claimed 2 s after it starts, and redelivered 6 s after the loss.
@@ -781,7 +800,11 @@ def test_a_worker_lost_before_it_claims_its_job_costs_the_job_no_attempt(
                     assert (await client.get(job.id)).state == "queued"
                     second = _worker(env, tmp_path / "second.log", "sleep")
                     done = await client.wait(job.id, timeout=WAIT_S)
-                assert (done.state, done.attempts) == ("succeeded", 1)
+                # Nothing was written of the first delivery: its redelivery enters it, in the
+                # same write as its own claim.
+                assert (done.state, done.attempts) == ("succeeded", 2)
+                log = [(a.number, a.worker, a.outcome) for a in done.attempt_log]
+                assert log == [(1, None, "worker_lost"), (2, done.worker, "succeeded")]
                 steps = [change for change in changes[job.id] if change != "progress"]
                 assert steps == ["queued", "running", "succeeded"]
                 await drained(bus)

@@ -70,9 +70,10 @@ def test_alias_moves_are_recorded_with_the_actor(client: TestClient, fraud_skops
         json={"version": 2},
         headers={"X-Aimesh-Actor": "ann"},
     )
-    assert r.status_code == 200 and r.json()["updated_by"] == "ann"
+    # No key exists: the caller is the local operator; the header only adds detail.
+    assert r.status_code == 200 and r.json()["updated_by"] == "operator (ann)"
     history = client.get(f"{API}/models/fraud/history").json()
-    assert history[0]["kind"] == "alias" and history[0]["actor"] == "ann"
+    assert history[0]["kind"] == "alias" and history[0]["actor"] == "operator (ann)"
     assert client.delete(f"{API}/models/fraud/aliases/champion").status_code == 204
     assert client.get(f"{API}/models/fraud/aliases").json() == []
 

@@ -110,7 +110,7 @@ def test_what_a_worker_does_with_a_delivery(job: Job, seq: int, expected: str) -
 OPERATIONS = st.sampled_from(
     [
         "start-a", "start-b", "succeed", "succeed-stale", "fail", "fail-lost", "retry",
-        "release", "request-cancel", "cancel", "progress",
+        "release", "request-cancel", "cancel", "progress", "lose-worker", "lost-unclaimed",
     ]
 )  # fmt: skip
 
@@ -152,6 +152,10 @@ def test_any_sequence_of_changes_keeps_the_record_consistent(
                 job = states.cancel(job, now, current if job.state == "running" else None)
             elif operation == "progress" and current is not None:
                 job = states.record_progress(job, current, step / 30, "half", now)
+            elif operation == "lose-worker" and current is not None:
+                job = states.lose_worker(job, current.worker, now)
+            elif operation == "lost-unclaimed" and job.attempts < job.max_attempts:
+                job = states.lost_unclaimed(job, now)
         except (InvalidTransition, StaleAttempt, JobFinished):
             assert job is before  # a refused change changes nothing
         if before.state in TERMINAL:
@@ -164,4 +168,34 @@ def test_any_sequence_of_changes_keeps_the_record_consistent(
             assert job.worker is not None and job.attempts >= 1
         if job.state == "succeeded":
             assert job.error is None
+        # Every attempt is in the log: one open entry while running (the last, its worker's),
+        # and as many counted (not handed-back) entries as attempts.
+        open_entries = [i for i, a in enumerate(job.attempt_log) if a.outcome is None]
+        assert open_entries == ([len(job.attempt_log) - 1] if job.state == "running" else [])
+        if job.state == "running":
+            assert job.attempt_log[-1].worker == job.worker
+        counted = [a for a in job.attempt_log if a.outcome != "released"]
+        assert len(counted) == job.attempts
     assert successes <= 1
+
+
+def test_a_killed_attempt_stays_in_the_log_as_worker_lost() -> None:
+    job, _first = states.start(queued(), worker="w1", seq=7, now=T0, delivery="$JS.ACK.x")
+    assert (job.delivery, job.attempt_log[0].outcome) == ("$JS.ACK.x", None)
+    lost = states.lose_worker(job, "w1", T0)  # its discovery entry is gone
+    assert states.lose_worker(job, "w2", T0) is job  # not w2's attempt: nothing changes
+    assert (lost.state, lost.attempts, lost.error) == ("queued", 1, states.WORKER_LOST)
+    job, second = states.start(lost, worker="w2", seq=7, now=T0)
+    job = states.succeed(job, second, result=1, result_ref=None, now=T0)
+    outcomes = [(a.number, a.worker, a.outcome) for a in job.attempt_log]
+    assert outcomes == [(1, "w1", "worker_lost"), (2, "w2", "succeeded")]
+    # Redelivered after ack_wait instead: the start closes the open attempt the same way.
+    job, _first = states.start(queued(), worker="w1", seq=7, now=T0)
+    job, _second = states.start(job, worker="w2", seq=7, now=T0)
+    assert [a.outcome for a in job.attempt_log] == ["worker_lost", None]
+
+
+def test_a_delivery_lost_before_its_claim_counts_as_an_attempt() -> None:
+    job = states.lost_unclaimed(queued(max_attempts=1), T0)
+    assert (job.state, job.attempts, job.attempt_log[0].worker) == ("queued", 1, None)
+    assert states.on_delivery(job, 7) == "exhausted"

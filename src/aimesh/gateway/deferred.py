@@ -6,7 +6,8 @@ a synchronous one (an unknown model is a 404 now, not a failed job later), store
 body and the headers that go with it as an input blob (:mod:`aimesh.jobs.data`), queues a
 job of kind ``inference`` and answers ``202 Accepted`` with the job's record and
 ``Location: /api/jobs/{id}``. Options: ``Idempotency-Key: K`` (a retried submission
-returns the first job), ``webhook=URL`` in the query (called, signed, when the job ends).
+returns the first job; the key reused for another request is a 409
+``idempotency_conflict``), ``webhook=URL`` in the query (called, signed, when the job ends).
 
 A worker (``aimesh worker inference``) runs :func:`inference_job`: it finds the model's
 instances in discovery with the gateway's own routing table and instance policy, sends
@@ -20,6 +21,7 @@ a 5xx is retried with backoff, then dead-lettered, like any job.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import weakref
 from typing import Any
@@ -199,13 +201,15 @@ class Deferrer:
                 content_type = value.decode("latin-1")
             elif name not in _NOT_REPLAYED:
                 kept.append((name.decode("latin-1"), value.decode("latin-1")))
+        target = (path + options.query).decode("latin-1")
+        # What the key is bound to: the model call (not the token of its stored copy, nor
+        # its request id or trace context, new each time), so that a client's retry finds
+        # its first job and another request conflicts.
+        framing = next((v for n, v in kept if n == "inference-header-content-length"), None)
+        call = [model, version, target, content_type, framing, options.webhook_url]
+        digest = hashlib.sha256(msgspec.json.encode(call) + b"\n" + body).hexdigest()
         token = await self._data.put_input(Blob(body=body, content_type=content_type, headers=kept))
-        payload = InferencePayload(
-            model=model,
-            version=version,
-            path=(path + options.query).decode("latin-1"),
-            input=token,
-        )
+        payload = InferencePayload(model=model, version=version, path=target, input=token)
         try:
             spec = msgspec.convert(
                 {
@@ -218,7 +222,7 @@ class Deferrer:
             )
         except msgspec.ValidationError as exc:
             raise InvalidRequest(f"cannot defer this request: {exc}") from exc
-        return await self._jobs.submit(spec, identity=identity)
+        return await self._jobs.submit(spec, identity=identity, digest=digest)
 
 
 # -- the worker's side ------------------------------------------------------------------

@@ -6,8 +6,9 @@ far less CPU than a second gRPC hop (measured: about a third less per call, gate
 model together). ``ModelMetadata`` and ``ModelReady`` (and ``ModelInfer`` to an instance
 without a REST address) are forwarded as raw bytes to its gRPC address. Requests are parsed
 only to read the model's name and version. ``ServerLive``, ``ServerReady`` and
-``ServerMetadata`` are answered by the gateway. An upstream's error keeps its code and
-message; the gateway's own errors map by the one table :data:`aimesh.protocol.grpc.GRPC_STATUS`.
+``ServerMetadata`` are answered by the gateway, open (no key needed) as on REST. An
+upstream's error keeps its code and message; the gateway's own errors map by the one table
+:data:`aimesh.protocol.grpc.GRPC_STATUS`.
 """
 
 from __future__ import annotations
@@ -132,10 +133,7 @@ class GrpcGateway:
         return pb.ServerReadyResponse(ready=self.ready())
 
     async def _metadata(self, request: Any, context: Context) -> Any:
-        try:
-            self._check(context)
-        except AimeshError as exc:
-            await _abort(context, exc, pb.request_id_in(context.invocation_metadata()))
+        # Open, like health and REST's GET /v2: nothing in it a caller could misuse.
         return pb.ServerMetadataResponse(
             name="aimesh-gateway", version="0.1.0", extensions=["binary_tensor_data"]
         )

@@ -171,7 +171,7 @@ def gateway_document(*, auth: bool) -> dict[str, Any]:
         "/health": {"get": {"summary": "Gateway health", "responses": _OPEN_READY}},
         "/v2/health/live": {"get": {"summary": "Liveness", "responses": _OPEN_READY}},
         "/v2/health/ready": {"get": {"summary": "Readiness", "responses": _OPEN_READY}},
-        "/v2": {"get": guarded({"summary": "Server metadata", "responses": _META})},
+        "/v2": {"get": {"summary": "Server metadata", "responses": _META}},
         "/v2/aggregate": {"post": guarded(_AGGREGATE)},
         "/metrics": {
             "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}

@@ -52,10 +52,10 @@ from aimesh.gateway.http1 import HttpClient, UpstreamResponse
 from aimesh.gateway.instances import InstancePolicy, Upstream
 from aimesh.gateway.metrics import GATEWAY, GatewayMetrics
 from aimesh.gateway.openapi import MergedOpenApi
-from aimesh.gateway.routing import Router
+from aimesh.gateway.routing import Router, Target
 from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.jobs import encode_job
-from aimesh.protocol import rest_codec
+from aimesh.protocol import InferenceRequest, check_inputs, rest_codec
 from aimesh.rest import (
     DOCS_ASSETS_URL,
     Guard,
@@ -82,12 +82,12 @@ _SERVER_METADATA = json.dumps(
 ).encode()
 
 
-def _check_request(body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    """Refuse a body that is no OIP request (JSON, or the binary extension's framing)."""
+def _decode_request(body: bytes, headers: list[tuple[bytes, bytes]]) -> InferenceRequest:
+    """The OIP request in ``body`` (JSON, or the binary extension's framing), else raise."""
     length = next((v for n, v in headers if n == b"inference-header-content-length"), None)
     if length is not None and not length.isdigit():
         raise InvalidRequest("Inference-Header-Content-Length must be a number of bytes")
-    rest_codec.decode_request(body, header_length=None if length is None else int(length))
+    return rest_codec.decode_request(body, header_length=None if length is None else int(length))
 
 
 class _Outcome:
@@ -142,7 +142,7 @@ class GatewayApp:
             "/health": ("health", "GET", None, self._health),
             "/v2/health/live": ("health", "GET", None, self._live),
             "/v2/health/ready": ("health", "GET", None, self._ready),
-            "/v2": ("server", "GET", "infer", self._server),
+            "/v2": ("server", "GET", None, self._server),
             "/v2/aggregate": ("aggregate", "POST", "infer", self._aggregate),
             "/metrics": ("metrics", "GET", "read", self._metrics),
             "/openapi.json": ("openapi", "GET", None, self._openapi),
@@ -275,6 +275,8 @@ class GatewayApp:
         else:  # an alias resolved here: name the version (or none) the instance knows
             path = model_path(name, target.version, suffix)
         if deferred is not None:
+            # Checked as the model would check it: a 4xx now, not a failed job later.
+            await self._check_async(head, target, _decode_request(body, head.forward))
             routed = version if target.version is None else target.version
             await self._defer(send, head, outcome, name, routed, path, body, deferred, caller)
             return
@@ -304,7 +306,6 @@ class GatewayApp:
         outcome.route = "infer_async"
         if self.deferrer is None:
             raise BusUnavailable("async inference needs the bus, which this gateway has not")
-        _check_request(body, head.forward)  # a 400 now, not a failed job later
         job = await self.deferrer.submit(
             model=name, version=version, path=path, body=body, headers=head.forward,
             options=options, identity=caller,
@@ -314,6 +315,34 @@ class GatewayApp:
         if options.prefer:
             extra.append((b"preference-applied", b"respond-async"))
         await respond(send, 202, encode_job(job), head.request_id, JSON, extra)
+
+    async def _check_async(
+        self, head: RequestHead, target: Target, request: InferenceRequest
+    ) -> None:
+        """Check a deferred call's inputs against the model's own metadata (its input names,
+        datatypes and shapes), by the check the model service runs (:func:`check_inputs`).
+
+        The metadata comes from an instance, as the caller would read it; an instance that
+        cannot say leaves the check to the job (the model checks every call anyway).
+        """
+        path = model_path(target.model, target.version, b"")
+        headers = head.forward_credentials + head.forward_tracing
+        try:
+            response = await call_upstream(
+                target.candidates,
+                self._exchange(b"GET", path, headers, b"", None),
+                policy=self.policy,
+                on_not_sent=self._not_sent,
+            )
+            body = await response.body(self.timeout)
+        except AimeshError as exc:
+            log.info("no metadata of %s to check an async call against: %s", target.model, exc)
+            return
+        if response.status != 200:
+            log.info("no metadata of %s to check an async call against (%d)",
+                     target.model, response.status)  # fmt: skip
+            return
+        check_inputs(target.model, rest_codec.decode_model_inputs(body), request.inputs)
 
     def _exchange(
         self,

@@ -7,6 +7,7 @@ call. It needs nothing but a bus connection and the jobs settings.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -30,6 +31,7 @@ from aimesh.errors import (
     AimeshError,
     BusUnavailable,
     DeadlineExceeded,
+    IdempotencyConflict,
     InvalidRequest,
     JobFailed,
     JobNotFound,
@@ -38,11 +40,11 @@ from aimesh.errors import (
 )
 from aimesh.jobs import states
 from aimesh.jobs.events import change_between, job_event, notify_cancel
-from aimesh.jobs.store import JobStore, encode_job
+from aimesh.jobs.store import Binding, JobStore, encode_job
 from aimesh.jobs.types import TERMINAL, Job, JobError, JobSpec, check_job_id, check_kind, new_job_id
 from aimesh.jobs.webhooks import WebhookSender, check_webhook
 
-__all__ = ["COPY_HEADER", "REVISION_HEADER", "JobClient", "job_subject"]
+__all__ = ["COPY_HEADER", "REVISION_HEADER", "JobClient", "job_subject", "request_digest"]
 
 log = logging.getLogger("aimesh.jobs")
 
@@ -62,6 +64,12 @@ def job_subject(kind: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def request_digest(spec: JobSpec) -> str:
+    """The digest of what ``spec`` asks (all but its idempotency key), as canonical JSON."""
+    asked = msgspec.structs.replace(spec, idempotency_key=None)
+    return hashlib.sha256(msgspec.json.encode(asked, order="sorted")).hexdigest()
 
 
 class JobClient:
@@ -92,17 +100,24 @@ class JobClient:
         await check_webhook(url, self._webhooks.policy)
 
     async def submit(
-        self, spec: JobSpec, *, retry_of: str | None = None, identity: Identity | None = None
+        self,
+        spec: JobSpec,
+        *,
+        retry_of: str | None = None,
+        identity: Identity | None = None,
+        digest: str | None = None,
     ) -> Job:
         """Queue a job; with an idempotency key already used, return that key's job instead.
 
-        ``identity`` is who submits (recorded as the job's ``submitted_by``; unset: the
-        local operator). Raises :class:`InvalidRequest` for a payload over
-        ``jobs.max_payload_bytes``, :class:`~aimesh.errors.UrlRefused` for a webhook URL that
-        may not be called, :class:`QueueFull` when the job queue (or the jobs bucket) is at
-        its size limit (``bus.jobs_max_bytes``, ``bus.jobs_max_msgs``): the job's record then
-        ends failed with code ``queue_full``; :class:`BusUnavailable` when the bus does not
-        store the job.
+        The key is bound to the digest of its first request (``digest``, or
+        :func:`request_digest` of ``spec``): submitted again with another request, it raises
+        :class:`IdempotencyConflict`. ``identity`` is who submits (recorded as the job's
+        ``submitted_by``; unset: the local operator). Raises :class:`InvalidRequest` for a
+        payload over ``jobs.max_payload_bytes``, :class:`~aimesh.errors.UrlRefused` for a
+        webhook URL that may not be called, :class:`QueueFull` when the job queue (or the
+        jobs bucket) is at its size limit (``bus.jobs_max_bytes``, ``bus.jobs_max_msgs``):
+        the job's record then ends failed with code ``queue_full``; :class:`BusUnavailable`
+        when the bus does not store the job.
         """
         check_kind(spec.kind)
         await self.check_webhook(spec.webhook_url)
@@ -122,21 +137,25 @@ class JobClient:
             submitted_by=identity.header() if identity is not None else None,
         )
         if spec.idempotency_key is not None:
-            existing = await self._bind(spec.idempotency_key, job.id)
+            binding = Binding(job.id, digest or request_digest(spec))
+            existing = await self._bind(spec.idempotency_key, binding)
             if existing is not None:
                 return existing
         revision = await self.store.create(job)
         await self._publish(job, revision)
         return job
 
-    async def _bind(self, key: str, job_id: str) -> Job | None:
-        """Bind ``key`` to ``job_id``; or the job the key is bound to (re-queued if needed)."""
+    async def _bind(self, key: str, binding: Binding) -> Job | None:
+        """Bind ``key`` as ``binding`` says; or the job the key is bound to (re-queued if
+        needed). Raises :class:`IdempotencyConflict` if it is bound to another request."""
         while True:
-            bound = await self.store.bind_key(key, job_id)
+            bound = await self.store.bind_key(key, binding)
             if bound is None:
                 return None
-            other, binding = bound
-            found = await self._await_record(other)
+            first, revision = bound
+            if first.digest is not None and first.digest != binding.digest:
+                raise IdempotencyConflict(first.job)
+            found = await self._await_record(first.job)
             if found is not None:
                 job, revision = found
                 if job.state == "queued":
@@ -147,7 +166,7 @@ class JobClient:
                     await self._publish(job, revision, copy=True)
                 return job
             # The first submission died between binding the key and storing its job.
-            if await self.store.rebind_key(key, job_id, binding):
+            if await self.store.rebind_key(key, binding, revision):
                 return None
 
     async def _await_record(self, job_id: str) -> tuple[Job, int] | None:

@@ -304,14 +304,12 @@ class Attempts:
             return  # the attempt that took over owns the message now
         outcome = outcome_of(run, self._settings)
         if run.queued is not None:  # never claimed: the attempt ended within claim_after_s
-            if outcome.counter == "released":
-                self._stats.released += 1
-                await run.msg.nak()  # nothing was written: not an attempt
-                return
             if outcome.counter == "succeeded":
                 await self._succeed_unclaimed(run, outcome.change(run.job))
                 return
-            await self._claim_late(run)  # a failure or cancel is written the usual way
+            # A failure, a cancel or a hand-back is written the usual way, after its claim:
+            # every delivery shows in the record's attempt log.
+            await self._claim_late(run)
         if run.abandoned:
             await run.msg.nak()
             return

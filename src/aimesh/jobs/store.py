@@ -9,9 +9,10 @@ both start or finish one attempt.
 A record's changes are heard by watching its key (:meth:`JobStore.watch`): each write is
 a message on the bucket's stream, so nothing else needs publishing to tell them.
 
-Idempotency keys live under ``idem.<sha256 of the key>`` -> job id, written with
-``create`` (which fails when the key exists): a key stays bound to its first job for as
-long as the bucket keeps it, well beyond the job stream's duplicate window.
+Idempotency keys live under ``idem.<sha256 of the key>`` -> :class:`Binding` (the job id
+and the digest of the request it was made for), written with ``create`` (which fails when
+the key exists): a key stays bound to its first job for as long as the bucket keeps it,
+well beyond the job stream's duplicate window.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from aimesh.errors import BusUnavailable, Conflict, JobNotFound, QueueFull
 from aimesh.jobs._wire import StoredWrites, WrongRevision
 from aimesh.jobs.types import Job
 
-__all__ = ["JobStore", "RevisionMismatch"]
+__all__ = ["Binding", "JobStore", "RevisionMismatch"]
 
 log = logging.getLogger("aimesh.jobs")
 
@@ -53,6 +54,23 @@ _decoder = msgspec.json.Decoder(Job)
 
 Versioned = tuple[Job, int]
 """A record and the KV revision it was read at (or written as)."""
+
+
+class Binding(msgspec.Struct, frozen=True):
+    """What an idempotency key is bound to: a job, and the digest of its request."""
+
+    job: str
+    digest: str | None = None
+    """``None`` for a binding stored before digests were (its request is not compared)."""
+
+
+_binding = msgspec.json.Decoder(Binding)
+
+
+def _decode_binding(value: bytes) -> Binding:
+    if value.startswith(b"{"):
+        return _binding.decode(value)
+    return Binding(value.decode())  # a bare job id: stored by an older version
 
 
 class RevisionMismatch(Exception):
@@ -238,15 +256,15 @@ class JobStore:
         found.sort(key=lambda j: j.created, reverse=True)
         return found[:limit]
 
-    async def bind_key(self, key: str, job_id: str) -> tuple[str, int] | None:
-        """Bind idempotency ``key`` to ``job_id`` unless it is bound already.
+    async def bind_key(self, key: str, binding: Binding) -> tuple[Binding, int] | None:
+        """Bind idempotency ``key`` as ``binding`` says unless it is bound already.
 
-        Returns ``None`` when this call bound it; otherwise the id of the job it is bound
-        to and the binding's revision.
+        Returns ``None`` when this call bound it; otherwise what the key is bound to and
+        the binding's revision.
         """
         name = _IDEM + hashlib.sha256(key.encode()).hexdigest()
         try:
-            await self._kv.create(name, job_id.encode())
+            await self._kv.create(name, _encoder.encode(binding))
             return None
         except nats.js.errors.KeyWrongLastSequenceError:
             pass
@@ -255,18 +273,21 @@ class JobStore:
         try:
             entry = await self._kv.get(name)
         except nats.js.errors.KeyNotFoundError:
-            return await self.bind_key(key, job_id)  # removed meanwhile: try again
+            return await self.bind_key(key, binding)  # removed meanwhile: try again
         except (nats.errors.Error, TimeoutError) as exc:
             raise _bus_error("read an idempotency key", exc) from exc
         if not entry.value or entry.revision is None:
-            return await self.bind_key(key, job_id)
-        return entry.value.decode(), entry.revision
+            return await self.bind_key(key, binding)
+        try:
+            return _decode_binding(entry.value), entry.revision
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            raise Conflict("this idempotency key's binding is unreadable; use another key") from exc
 
-    async def rebind_key(self, key: str, job_id: str, revision: int) -> bool:
-        """Move ``key`` to ``job_id`` if its binding is still at ``revision``."""
+    async def rebind_key(self, key: str, binding: Binding, revision: int) -> bool:
+        """Bind ``key`` as ``binding`` says if its binding is still at ``revision``."""
         name = _IDEM + hashlib.sha256(key.encode()).hexdigest()
         try:
-            await self._kv.update(name, job_id.encode(), last=revision)
+            await self._kv.update(name, _encoder.encode(binding), last=revision)
             return True
         except nats.js.errors.KeyWrongLastSequenceError:
             return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import secrets
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -18,8 +18,11 @@ from aimesh.bus import JobState
 from aimesh.errors import InvalidName, InvalidRequest
 
 __all__ = [
+    "ATTEMPT_LOG_MAX",
     "KIND_PATTERN",
     "TERMINAL",
+    "AttemptEntry",
+    "AttemptOutcome",
     "DeadLetter",
     "Job",
     "JobError",
@@ -98,6 +101,32 @@ class JobError(msgspec.Struct, frozen=True):
     message: str
 
 
+AttemptOutcome = Literal["succeeded", "failed", "cancelled", "released", "worker_lost"]
+"""How an attempt ended: ``released`` when its worker handed it back as it stopped (not
+counted against ``max_attempts``), ``worker_lost`` when its worker died or vanished before
+it ended (counted)."""
+
+ATTEMPT_LOG_MAX = 32
+"""Attempts a record lists at most (the latest): handed-back ones are not bounded by
+``max_attempts``."""
+
+
+class AttemptEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One delivery of a job to a worker, as its record lists it."""
+
+    number: int
+    """The attempt's number (a handed-back attempt's number is used again)."""
+    worker: str | None
+    """The worker that ran it; ``None`` for a delivery whose worker was lost before it
+    wrote anything (it started the job at once, to claim it later)."""
+    started: datetime | None = None
+    ended: datetime | None = None
+    outcome: AttemptOutcome | None = None
+    """How it ended; ``None`` while it runs."""
+    error: JobError | None = None
+    """Why it failed, for ``failed`` and ``worker_lost``."""
+
+
 class Job(msgspec.Struct, frozen=True, kw_only=True):
     """The state record of one job, kept in the jobs KV bucket under ``job.<id>``."""
 
@@ -110,6 +139,9 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     """Attempts started so far (the current one included while running)."""
     claims: int = 0
     """Attempts started, handed-back ones included: names the current one (never decreases)."""
+    attempt_log: list[AttemptEntry] = msgspec.field(default_factory=list)
+    """Every delivery of the job to a worker, oldest first (the latest ``ATTEMPT_LOG_MAX``),
+    with how it ended: a killed attempt shows as ``worker_lost``."""
     progress: float = 0.0
     """How far the current attempt is, from 0 to 1, as its handler reports it."""
     progress_message: str | None = None
@@ -123,6 +155,10 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     """The worker running (or that last ran) the job."""
     seq: int | None = None
     """Stream sequence of the job's message once a worker took it: another copy is a duplicate."""
+    delivery: str | None = None
+    """The reply subject of the delivery the current attempt runs: through it, a worker that
+    sees the attempt's worker gone hands the message back at once (see
+    :mod:`aimesh.jobs.peers`)."""
     idempotency_key: str | None = None
     webhook_url: str | None = None
     timeout_s: float | None = None

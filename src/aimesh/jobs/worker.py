@@ -16,7 +16,10 @@ with the kind's handler:
 - a retryable failure puts the job back in the queue and *naks* the message with a delay
   that doubles per attempt; a worker that dies stops heartbeating, so JetStream hands
   the message to another worker after ``ack_wait``, which starts the next attempt, or
-  fails the job when its attempts are spent;
+  fails the job when its attempts are spent; sooner when its discovery entry is gone:
+  the other workers of its kind then hand its jobs back at once (:mod:`aimesh.jobs.peers`);
+- every delivery is an entry of the record's ``attempt_log``, the lost ones included
+  (``worker_lost``);
 - a cancel request reaches the worker as an event (and on its next heartbeat) and
   cancels the handler's task; the job ends cancelled;
 - :meth:`Worker.stop` drains: no more pulls, running jobs get ``drain_timeout_s`` to end,
@@ -59,6 +62,7 @@ from aimesh.jobs.attempts import Slot, WorkerStats
 from aimesh.jobs.client import REVISION_HEADER, job_subject
 from aimesh.jobs.early import EarlyStarts
 from aimesh.jobs.handlers import Handler
+from aimesh.jobs.peers import LostWorkers
 from aimesh.jobs.runner import Attempts, dead_letter_subject
 from aimesh.jobs.states import Attempt
 from aimesh.jobs.store import JobStore, decode_job
@@ -157,6 +161,8 @@ class Worker:
             )
             pulls = await self._subscribe()
             cancels = await self._watch_cancels()
+            peers = LostWorkers(self.bus, self._store, self.kind, self.id)
+            await peers.start()
             self.ready.set()
             log.info(
                 "worker %s runs jobs of kind %s, %d at a time", self.id, self.kind, self.concurrency
@@ -164,6 +170,7 @@ class Worker:
             try:
                 await self._pull(pulls)
             finally:
+                await peers.stop()
                 await self._drain()
                 try:
                     await pulls.close()
@@ -315,14 +322,20 @@ class Worker:
             and states.on_delivery(copy, seq) == "start"
         ):
             # Start now, claim later (see aimesh.jobs.early and _claim_late).
-            started, first = states.start(copy, worker=self.id, seq=seq, now=_now())
+            started, first = states.start(
+                copy, worker=self.id, seq=seq, now=_now(), delivery=msg.reply
+            )
             await attempts.run(
                 msg, started, revision, first, slot, queued=copy, hand_back=self.stopping
             )
             return
+        # Delivered before, yet the record is as it was queued: that delivery left no trace.
+        vanished = copy if meta.num_delivered > 1 and revision else None
         try:
             known = (copy, revision) if revision else await self._store.get(copy.id)
-            decision, job, revision, attempt = await self._claim(copy.id, seq, known)
+            decision, job, revision, attempt = await self._claim(
+                copy.id, seq, msg.reply, known, vanished
+            )
         except JobNotFound:
             log.error("job %s has no record (expired?); its message is dropped", copy.id)
             await msg.term()
@@ -349,9 +362,14 @@ class Worker:
             await attempts.run(msg, job, revision, attempt, slot, hand_back=self.stopping)
 
     async def _claim(
-        self, job_id: str, seq: int, known: tuple[Job, int]
+        self, job_id: str, seq: int, reply: str, known: tuple[Job, int], vanished: Job | None
     ) -> tuple[states.Delivery, Job, int, Attempt | None]:
-        """Decide what to do with the message, and start the attempt if that is the answer."""
+        """Decide what to do with the message, and start the attempt if that is the answer.
+
+        ``vanished``: the record as the message was queued with, if it was delivered before:
+        a record still equal to it says that delivery's worker was lost before its claim,
+        which is entered as an attempt (see :func:`states.lost_unclaimed`).
+        """
         assert self._store is not None
         decision: states.Delivery = "skip"
         attempt: Attempt | None = None
@@ -359,8 +377,14 @@ class Worker:
         def claim(job: Job) -> Job:
             nonlocal decision, attempt
             decision = states.on_delivery(job, seq)
+            if decision == "start" and vanished is not None and job == vanished:
+                job = states.lost_unclaimed(job, _now())
+                log.warning("job %s: the worker of its last delivery was lost", job.id)
+                decision = states.on_delivery(job, seq)
             if decision == "start":
-                started, attempt = states.start(job, worker=self.id, seq=seq, now=_now())
+                started, attempt = states.start(
+                    job, worker=self.id, seq=seq, now=_now(), delivery=reply
+                )
                 return started
             if decision == "cancel":
                 return states.cancel(job, _now())

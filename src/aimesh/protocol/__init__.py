@@ -8,6 +8,7 @@ from aimesh.protocol.inference import (
     RequestedOutput,
     ServerMetadata,
     Tensor,
+    check_inputs,
 )
 from aimesh.protocol.openapi import (
     ERROR_SCHEMA,
@@ -42,6 +43,7 @@ __all__ = [
     "Signature",
     "Tensor",
     "TensorSpec",
+    "check_inputs",
     "datatype_of",
     "error_responses",
     "infer_request_body",

@@ -7,11 +7,13 @@ HTTP in between. Plain slotted dataclasses, because they are made on every reque
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from aimesh.errors import DatatypeMismatch, InputMismatch, ShapeMismatch
 from aimesh.protocol.tensors import Datatype, TensorSpec
 
 Parameters = dict[str, Any]
@@ -84,3 +86,34 @@ class ModelMetadata:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     parameters: Parameters = field(default_factory=dict)
+
+
+def check_inputs(model: str, specs: Sequence[TensorSpec], inputs: Sequence[Tensor]) -> None:
+    """Refuse ``inputs`` unless they are the tensors ``specs`` name, with their datatypes and
+    shapes (-1: any size); no ``specs`` (a model without a signature) accepts anything.
+
+    The one check of a request against a model's signature: the model service runs it on
+    every call, the gateway on an async call before it queues the job.
+    """
+    if not specs:
+        return
+    wanted = {spec.name: spec for spec in specs}
+    given = {tensor.name: tensor for tensor in inputs}
+    missing = sorted(wanted.keys() - given.keys())
+    unknown = sorted(given.keys() - wanted.keys())
+    if missing or unknown:
+        raise InputMismatch(
+            f"model {model} takes inputs {sorted(wanted)}; "
+            + (f"missing {missing}" if missing else f"unknown {unknown}")
+        )
+    for name, tensor in given.items():
+        spec = wanted[name]
+        if tensor.datatype != spec.datatype:
+            raise DatatypeMismatch(
+                f"input {name} must be {spec.datatype}, got {tensor.datatype}", input=name
+            )
+        if not spec.accepts_shape(tensor.data.shape):
+            got = list(tensor.data.shape)
+            raise ShapeMismatch(
+                f"input {name} must have shape {spec.shape} (-1: any), got {got}", input=name
+            )

@@ -603,6 +603,29 @@ def encode_model_metadata(meta: ModelMetadata) -> bytes:
         raise InvalidRequest(f"cannot encode model metadata as JSON: {exc}") from None
 
 
+class _MetadataTensorIn(msgspec.Struct):
+    name: str
+    datatype: Datatype
+    shape: list[int]
+
+
+class _ModelMetadataIn(msgspec.Struct):
+    name: str
+    inputs: list[_MetadataTensorIn] = msgspec.field(default_factory=list)
+
+
+_MODEL_METADATA_DECODER: Final = msgspec.json.Decoder(_ModelMetadataIn)
+
+
+def decode_model_inputs(body: bytes) -> list[TensorSpec]:
+    """The inputs a ``GET /v2/models/{name}`` body names (raises :class:`InvalidRequest`)."""
+    try:
+        meta = _MODEL_METADATA_DECODER.decode(body)
+        return [TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.inputs]
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        raise InvalidRequest(f"unreadable model metadata: {exc}") from None
+
+
 def encode_error(message: str) -> bytes:
     """The protocol's error body, ``{"error": message}``."""
     # an error body must always be writable, even for a message with lone surrogates

@@ -47,13 +47,18 @@ def registry(request: Request) -> LocalRegistry:
     return found
 
 
-def actor_of(caller: Identity, header: str | None) -> str | None:
-    """Who a change is recorded as made by: a key's holder (or the caller a service acts
-    for) by name; the local operator and a service acting for itself as the actor header
-    says (``user@host``), else the service's default."""
-    if caller.kind == "key":
+def actor_of(caller: Identity, header: str | None) -> str:
+    """Who a change is recorded as made by: always the authenticated identity's name.
+
+    The actor header is believed by no one: it only adds detail beneath the identity, as
+    ``name (detail)`` (``writer (ci@build-7)``). With no key at all (keyless loopback mode)
+    the caller is the local operator, so a change made through the API is recorded as
+    ``operator (user@host)``; the CLI sends ``user@host`` as the detail.
+    """
+    detail = " ".join((header or "").split())  # one line: no control characters, no newlines
+    if not detail or detail == caller.name:
         return caller.name
-    return header
+    return f"{caller.name} ({detail})"
 
 
 Reg = Annotated[LocalRegistry, Depends(registry)]

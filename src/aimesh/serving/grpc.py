@@ -60,7 +60,8 @@ class InferenceServicer(pb.GRPCInferenceServiceServicer):
         self.keyring = keyring
 
     def _check(self, context: Any) -> None:
-        """Raise unless the call's key may infer (health and server liveness stay open)."""
+        """Raise unless the call's key may infer (health and server metadata stay open, as
+        on REST: ``ServerLive``, ``ServerReady``, ``ServerMetadata`` check nothing)."""
         metadata = dict(context.invocation_metadata() or ())
         api_key, authorization = metadata.get("x-api-key"), metadata.get("authorization")
         on_behalf = metadata.get(IDENTITY_HEADER)
@@ -89,11 +90,7 @@ class InferenceServicer(pb.GRPCInferenceServiceServicer):
         return await _answer(context, call)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        async def call() -> Any:
-            self._check(context)
-            return pb.metadata_to_pb(self.plane.server_metadata())
-
-        return await _answer(context, call)
+        return pb.metadata_to_pb(self.plane.server_metadata())
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         async def call() -> Any:

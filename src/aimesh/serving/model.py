@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aimesh.errors import DatatypeMismatch, InputMismatch, ShapeMismatch
+from aimesh.errors import InputMismatch
 from aimesh.protocol import (
     DATATYPE_TO_NUMPY,
     InferenceRequest,
@@ -19,6 +19,7 @@ from aimesh.protocol import (
     Signature,
     Tensor,
     TensorSpec,
+    check_inputs,
     datatype_of,
 )
 from aimesh.registry import ModelVersion
@@ -69,7 +70,6 @@ class ServedModel:
                 executor=self._executor,
                 on_batch=on_batch,
             )
-        self._inputs = {spec.name: spec for spec in self.signature.inputs}
         self._outputs = {spec.name: spec for spec in self.signature.outputs}
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -113,18 +113,8 @@ class ServedModel:
                 self._idle.set()
 
     def _checked_inputs(self, request: InferenceRequest) -> dict[str, np.ndarray]:
-        given = {t.name: t for t in request.inputs}
-        if self._inputs:
-            missing = sorted(self._inputs.keys() - given.keys())
-            unknown = sorted(given.keys() - self._inputs.keys())
-            if missing or unknown:
-                raise InputMismatch(
-                    f"model {self.name} takes inputs {sorted(self._inputs)}; "
-                    + (f"missing {missing}" if missing else f"unknown {unknown}")
-                )
-            for name, tensor in given.items():
-                _check_tensor(self._inputs[name], tensor)
-        return {name: tensor.data for name, tensor in given.items()}
+        check_inputs(self.name, self.signature.inputs, request.inputs)
+        return {tensor.name: tensor.data for tensor in request.inputs}
 
     def _selected_outputs(
         self, request: InferenceRequest, outputs: Mapping[str, np.ndarray]
@@ -157,19 +147,6 @@ class ServedModel:
         if self.batcher is not None:
             await self.batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _check_tensor(spec: TensorSpec, tensor: Tensor) -> None:
-    if tensor.datatype != spec.datatype:
-        raise DatatypeMismatch(
-            f"input {spec.name} must be {spec.datatype}, got {tensor.datatype}",
-            input=spec.name,
-        )
-    if not spec.accepts_shape(tensor.data.shape):
-        got = list(tensor.data.shape)
-        raise ShapeMismatch(
-            f"input {spec.name} must have shape {spec.shape} (-1: any), got {got}", input=spec.name
-        )
 
 
 def _output_tensor(name: str, array: np.ndarray, spec: TensorSpec | None) -> Tensor:
