@@ -22,6 +22,7 @@ import pytest
 from _services import wait_for
 from fastapi.testclient import TestClient
 
+from _bad_paths import BAD_NAMES
 from aimesh.auth import Identity
 from aimesh.config import Settings
 from aimesh.errors import ArtifactError, Forbidden, TrustDisabled
@@ -281,17 +282,6 @@ def test_inspection_past_its_timeout_is_refused(tmp_path: Path) -> None:
         assert registry.list_models() == []
     finally:
         registry.close()
-
-
-BAD_NAMES = [
-    "../x",
-    "..\\x",
-    "%2e%2e%2f",
-    "%252e%252e%252f",
-    "/etc/passwd",
-    "file:///etc/passwd",
-    "C:\\x",
-]
 
 
 def _files(root: Path) -> set[Path]:
