@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import msgspec
 
 from aimesh.errors import AimeshError, InvalidRequest
-from aimesh.gateway.routing import MODEL_NAME, VERSION_REF
+from aimesh.protocol import MODEL_NAME, VERSION_REF
 
 __all__ = [
     "MAX_MODELS",
@@ -104,7 +104,7 @@ def parse_aggregate(body: bytes, *, max_models: int = MAX_MODELS) -> Aggregation
 
 def _member(label: str) -> Member:
     name, at, version = label.partition("@")
-    if not MODEL_NAME.match(name) or (at and not VERSION_REF.match(version)):
+    if not MODEL_NAME.fullmatch(name) or (at and not VERSION_REF.fullmatch(version)):
         raise InvalidRequest(
             f"invalid model reference {label!r}: use NAME, NAME@VERSION or NAME@ALIAS"
         )

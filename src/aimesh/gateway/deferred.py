@@ -42,9 +42,10 @@ from aimesh.errors import (
 )
 from aimesh.gateway.http1 import HttpClient
 from aimesh.gateway.instances import LeastOutstanding, Upstream
-from aimesh.gateway.routing import MODEL_NAME, VERSION_REF, RoutingTable
+from aimesh.gateway.routing import RoutingTable
 from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.jobs import Blob, Job, JobClient, JobContext, JobData, JobSpec, input_key, result_path
+from aimesh.protocol import MODEL_NAME, VERSION_REF
 
 __all__ = [
     "KIND",
@@ -91,9 +92,9 @@ class InferencePayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
     def check(self) -> InferencePayload:
         """Raise :class:`JobRejected` unless every field is safe to route and send."""
-        if not MODEL_NAME.match(self.model):
+        if not MODEL_NAME.fullmatch(self.model):
             raise JobRejected(f"{self.model!r} is not a model name")
-        if self.version is not None and not VERSION_REF.match(self.version):
+        if self.version is not None and not VERSION_REF.fullmatch(self.version):
             raise JobRejected(f"{self.version!r} is not a model version or alias")
         prefix = f"/v2/models/{self.model}/"
         if (

@@ -18,6 +18,7 @@ from aimesh.bus import JobState
 from aimesh.errors import InvalidName, InvalidRequest
 
 __all__ = [
+    "JOB_ID_PATTERN",
     "KIND_PATTERN",
     "TERMINAL",
     "DeadLetter",
@@ -33,7 +34,9 @@ __all__ = [
 KIND_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 """A job kind: a lowercase name that is safe as a subject token and a consumer name."""
 _KIND = re.compile(KIND_PATTERN)
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+"""A job id: 32 lowercase hex digits."""
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 
 TERMINAL: frozenset[JobState] = frozenset({"succeeded", "failed", "cancelled"})
 """States a job never leaves."""
@@ -55,7 +58,7 @@ def new_job_id() -> str:
 
 def check_kind(kind: str) -> str:
     """Return ``kind`` if it is a valid job kind, else raise :class:`InvalidName`."""
-    if not _KIND.match(kind):
+    if not _KIND.fullmatch(kind):
         raise InvalidName(
             f"job kind {kind!r} must be lowercase letters, digits, '_' or '-', "
             "starting with a letter (at most 64)",
@@ -66,7 +69,7 @@ def check_kind(kind: str) -> str:
 
 def check_job_id(job_id: str) -> str:
     """Return ``job_id`` if it looks like a job id, else raise :class:`InvalidRequest`."""
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise InvalidRequest(f"{job_id!r} is not a job id (32 hex digits)", job_id=job_id)
     return job_id
 
