@@ -117,8 +117,11 @@ def infer_request_body() -> dict[str, Any]:
         "content": {
             "application/json": {"schema": INFER_REQUEST_SCHEMA},
             "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "Binary tensor data extension (Inference-Header-Content-Length)",
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "Binary tensor data extension (Inference-Header-Content-Length)",
+                }
             },
         },
     }
