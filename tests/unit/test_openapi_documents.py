@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import schemathesis
 
-from aimesh.config import Settings
+from aimesh.config import LakeSettings, Settings
 from aimesh.gateway.openapi import MergedOpenApi, gateway_document
 from aimesh.jobs.app import create_app as jobs_app
 from aimesh.lake.app import create_app as lake_app
@@ -126,6 +126,10 @@ def test_the_name_rules_are_in_the_schemas(documents: dict[str, dict[str, Any]])
     lake = documents["lake"]["paths"]["/api/lake/datasets/{name}"]["get"]["parameters"][0]
     assert re.fullmatch(lake["schema"]["pattern"], "transactions")
     assert not re.fullmatch(lake["schema"]["pattern"], "Transactions")
+    query = documents["lake"]["components"]["schemas"]["QueryRequest"]["properties"]["limit"]
+    assert {"type": "integer", "minimum": 1, "maximum": LakeSettings().max_query_rows} in (
+        query["anyOf"]
+    )
     for name in ("model", "gateway"):
         infer = documents[name]["paths"]["/v2/models/{name}/versions/{version}/infer"]
         assert {p["name"] for p in infer["parameters"]} == {"name", "version"}

@@ -39,7 +39,7 @@ from aimesh.lake.types import (
 )
 from aimesh.protocol import error_responses
 
-__all__ = ["PREFIX", "RAW_BODIES", "LakeService", "answer", "router"]
+__all__ = ["PREFIX", "RAW_BODIES", "LakeService", "answer", "query_request_schema", "router"]
 
 PREFIX = "/api/lake"
 RAW_BODIES = (PREFIX + r"/datasets/[^/]+/ingest",)
@@ -237,6 +237,20 @@ def vacuum(
     ] = False,
 ) -> VacuumResult:
     return svc.lake.vacuum(name, retain_hours, dry_run=dry_run, force=force)
+
+
+def query_request_schema(max_rows: int) -> dict[str, Any]:
+    """The schema of :class:`QueryRequest` as a service returning ``max_rows`` reads it.
+
+    Its ``limit`` is at most ``max_rows`` (a setting, so no model can say it): the document
+    then asks for no more than :func:`query` answers instead of refusing.
+    """
+    schema = QueryRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    limit = schema["properties"]["limit"]
+    for option in limit.get("anyOf", [limit]):
+        if option.get("type") == "integer":
+            option["maximum"] = max_rows
+    return schema
 
 
 @contextlib.contextmanager
