@@ -80,6 +80,7 @@ HTTP numbers.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 
@@ -391,9 +392,15 @@ class RouteNotFound(NotFound):
 
 
 class MethodNotAllowed(AimeshError):
-    """Raised for a method the route does not take."""
+    """Raised for a method the route does not take; ``allowed`` names every one it does
+    (an HTTP answer says them in ``Allow``)."""
 
     code = "method_not_allowed"
+
+    def __init__(self, method: str, allowed: Sequence[str]) -> None:
+        super().__init__(f"use {' or '.join(allowed)}, not {method}", allowed=list(allowed))
+        self.method = method
+        self.allowed = tuple(allowed)
 
 
 class Conflict(AimeshError):

@@ -173,11 +173,15 @@ class Home:
 
     def registry_service(self) -> Service:
         """``aimesh registry serve`` on a free port (it announces itself for discovery)."""
+        return self.service("registry")
+
+    def service(self, kind: str) -> Service:
+        """``aimesh KIND serve`` (registry, lake, jobs) on a free port; each announces itself."""
         port = free_port()
         return start(
-            ["registry", "serve", "--port", str(port)],
+            [kind, "serve", "--port", str(port)],
             env=self.env,
-            log=self.settings.home_dir / f"registry-{port}.log",
+            log=self.settings.home_dir / f"{kind}-{port}.log",
             http=f"http://127.0.0.1:{port}",
             ready_path="/health",
         )

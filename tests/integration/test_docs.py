@@ -1,13 +1,20 @@
-"""Every kind of server answers ``/docs`` with Swagger UI from its own files: no CDN.
+"""Every kind of server answers ``/docs`` with Swagger UI from its own files, and its
+``/openapi.json`` is true to what it answers.
 
-A FastAPI service (the registry), a model service and the gateway, each a real process:
-the page names no ``http(s)://`` URL, each asset it names is served from the server with
-its content type, and a name outside the served list, or a path out of the folder, is 404.
+The FastAPI services (registry, lake, jobs), a model service and the gateway, each a real
+process: the page names no ``http(s)://`` URL, each asset it names is served from the server
+with its content type, and a name outside the served list, or a path out of the folder, is
+404. Schemathesis drives each document (a few generated requests per operation, valid and
+not) and checks every answer's status, content type and body against it; a 405 names every
+method of its path in ``Allow``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import itertools
+import json
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,11 +24,29 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import numpy as np
 import pytest
-from _services import ECHO_MODEL, Home, Service
+import schemathesis
+from _services import ECHO_MODEL, Home, Service, wait_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from aimesh.registry import push_model
 
 KINDS = ["registry", "model", "gateway"]
+DOCUMENTED = ["registry", "lake", "jobs", "model", "gateway"]
+CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
+# With a key from the start, keys the fuzzer makes change nothing about who may call.
+ADMIN = "docs-admin-key"
+AS_ADMIN = {"X-API-Key": ADMIN}
+KEYS = [{"name": "ops", "sha256": hashlib.sha256(ADMIN.encode()).hexdigest(), "scopes": ["admin"]}]
+# 500s of issue 12's finding 2, mended on their own branch (fuzz): drop each as it lands.
+_FUZZ_BRANCH_FIXES = {
+    "POST /api/lake/datasets/{name}/ingest",  # non-UTF-8 bytes as CSV: UnicodeDecodeError
+}
 TYPES = {
     "swagger-ui-bundle.js": "text/javascript",
     "swagger-ui.css": "text/css",
@@ -34,18 +59,35 @@ def servers(
     tmp_path_factory: pytest.TempPathFactory, nats_url: str
 ) -> Iterator[dict[str, Service]]:
     root = tmp_path_factory.mktemp("docs")
-    home = Home.create(root, nats_url, np.zeros((1, 1)))
+    home = Home.create(root, nats_url, np.zeros((1, 1)), AIMESH_AUTH__KEYS=json.dumps(KEYS))
     registry = home.registry(allow_code_artifacts=True)
     echo = root / "echo.py"
     echo.write_text(ECHO_MODEL)
     push_model(registry, "echo", echo, trusted=True)
     home.publish(registry)
     registry.close()
-    starts = [home.registry_service, lambda: home.serve("echo@1"), home.gateway]
+    kinds = ["registry", "lake", "jobs"]
+    starts = [
+        *(lambda kind=kind: home.service(kind) for kind in kinds),
+        lambda: home.serve("echo@1"),
+    ]
     with ThreadPoolExecutor(len(starts)) as pool:
         futures = [pool.submit(start) for start in starts]
-    running = {kind: future.result() for kind, future in zip(KINDS, futures, strict=True)}
+    running: dict[str, Service] = {}
+    for kind, future in zip([*kinds, "model"], futures, strict=True):
+        if future.exception() is None:
+            running[kind] = future.result()
     try:
+        assert len(running) == len(starts), [f.exception() for f in futures]
+        running["gateway"] = gateway = home.gateway()
+        # The services announce themselves a moment after they answer: wait for all three.
+        merged = f"{gateway.http}/openapi.json"
+        assert wait_for(
+            lambda: (
+                {"/api/registry/models", "/api/lake/datasets", "/api/jobs"}
+                <= set(httpx.get(merged).json()["paths"])
+            )
+        )
         yield running
     finally:
         for service in running.values():
@@ -114,3 +156,72 @@ def test_the_gateway_answers_its_own_docs_assets(servers: dict[str, Service]) ->
     ours = httpx.get(f"{gateway}/docs/assets/swagger-ui.css")
     theirs = httpx.get(f"{servers['registry'].http}/docs/assets/swagger-ui.css")
     assert ours.status_code == 200 and ours.content == theirs.content
+
+
+@pytest.mark.parametrize("kind", DOCUMENTED)
+def test_each_document_holds_for_what_its_service_answers(
+    servers: dict[str, Service], kind: str
+) -> None:
+    """Schemathesis over the service's own document: statuses, content types, bodies."""
+    # Each operation's strategy under a plain test: schemathesis' lazy-fixture mode does not
+    # work on pytest 9, and the schema needs the running service anyway.
+    schema = schemathesis.openapi.from_url(f"{servers[kind].http}/openapi.json")
+    schema.validate()  # OpenAPI 3.1, by its meta-schema
+    operations = [result.ok() for result in schema.get_all_operations()]
+    failures: list[str] = []
+    calls: list[str] = []
+
+    for operation, mode in itertools.product(operations, schemathesis.GenerationMode):
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(
+            max_examples=3,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def conforms(case: schemathesis.Case) -> None:
+            response = case.call(headers=AS_ADMIN, timeout=30)
+            seen = f"{case.method} {case.formatted_path} {response.status_code}"
+            calls.append(seen)
+            if response.status_code == 500 and case.operation.label in _FUZZ_BRANCH_FIXES:
+                return
+            # A 503 is honest (a model the registry knows and nothing serves); no other 5xx.
+            if response.status_code >= 500 and response.status_code != 503:
+                failures.append(f"{seen}: {response.text[:300]}")
+            try:
+                case.validate_response(response, checks=CHECKS)
+            except (AssertionError, BaseExceptionGroup) as exc:  # a Failure, or a group
+                failures.append(f"{seen}: {exc}")
+
+        try:
+            conforms()
+        except Unsatisfiable:
+            assert mode is schemathesis.GenerationMode.NEGATIVE  # nothing there to get wrong
+    assert len(calls) >= len(operations)
+    assert not failures, "\n".join(failures[:15])
+
+
+@pytest.mark.parametrize(
+    ("kind", "method", "path", "allowed"),
+    [
+        ("registry", "OPTIONS", "/api/registry/models/echo", {"GET", "PATCH"}),
+        ("registry", "DELETE", "/api/registry/models", {"GET", "POST"}),
+        ("lake", "PUT", "/api/lake/datasets/tx", {"GET"}),
+        ("jobs", "DELETE", "/api/jobs", {"GET", "POST"}),
+        ("gateway", "OPTIONS", "/api/registry/models/echo", {"GET", "PATCH"}),
+        ("gateway", "GET", "/v2/models/echo/infer", {"POST"}),
+        ("gateway", "POST", "/v2/health/ready", {"GET", "HEAD"}),
+        ("gateway", "DELETE", "/docs/assets/swagger-ui.css", {"GET", "HEAD"}),
+        ("model", "PUT", "/v2/models/echo", {"GET", "HEAD"}),
+        ("model", "POST", "/openapi.json", {"GET", "HEAD"}),
+    ],
+)
+def test_a_405_names_every_method_of_its_path(
+    servers: dict[str, Service], kind: str, method: str, path: str, allowed: set[str]
+) -> None:
+    answer = httpx.request(method, servers[kind].http + path, headers=AS_ADMIN)
+    assert answer.status_code == 405, answer.text
+    assert answer.json()["code"] == "method_not_allowed"
+    assert set(answer.headers["allow"].split(", ")) == allowed

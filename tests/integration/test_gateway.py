@@ -31,6 +31,11 @@ import schemathesis
 from _services import ECHO_MODEL, Home, Service, free_port, push_fraud_models, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from aimesh import runtimes
 from aimesh.bus import EmbeddedNats, ServiceInstance, connect, discovery_bucket
@@ -53,6 +58,7 @@ AS_ADMIN = {"X-API-Key": ADMIN}
 AS_USER = {"Authorization": f"Bearer {USER}"}
 GRPC_USER = {"x-api-key": USER}  # gRPC metadata keys are lower-case
 MAX_BODY = 300_000
+CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
 @pytest.fixture(scope="module")
@@ -558,7 +564,8 @@ def test_one_openapi_document_covers_the_gateway_and_the_registry(gateway: Servi
 
 
 def test_bad_input_never_makes_the_gateway_answer_500(gateway: Service) -> None:
-    """Schemathesis over the merged document: a few generated requests per operation."""
+    """Schemathesis over the merged document: a few generated requests per operation, each
+    answer a documented status, content type and body."""
     # Each operation's strategy under a plain test: schemathesis' lazy-fixture mode does not
     # work on pytest 9, and the schema needs the running gateway anyway.
     schema = schemathesis.openapi.from_url(f"{gateway.http}/openapi.json")
@@ -583,6 +590,8 @@ def test_bad_input_never_makes_the_gateway_answer_500(gateway: Service) -> None:
                 # Only the honest 503 for a model the registry knows and nothing serves.
                 assert response.status_code == 503, seen[-1] + " " + response.text
                 assert response.json()["code"] == "no_instance", response.text
+            # The document says what came back: status, content type, body.
+            case.validate_response(response, checks=CHECKS)
 
         try:
             no_server_error()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import msgspec
 
 from aimesh.errors import AimeshError, InvalidRequest
-from aimesh.gateway.routing import MODEL_NAME, VERSION_REF
+from aimesh.protocol import MODEL_NAME, VERSION_REF
 
 __all__ = [
     "MAX_MODELS",

@@ -44,9 +44,10 @@ from aimesh.errors import (
 )
 from aimesh.gateway.http1 import HttpClient
 from aimesh.gateway.instances import LeastOutstanding, Upstream
-from aimesh.gateway.routing import MODEL_NAME, VERSION_REF, RoutingTable
+from aimesh.gateway.routing import RoutingTable
 from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.jobs import Blob, Job, JobClient, JobContext, JobData, JobSpec, input_key, result_path
+from aimesh.protocol import MODEL_NAME, VERSION_REF
 
 __all__ = [
     "KIND",

@@ -19,9 +19,13 @@ from typing import Any
 from aimesh.protocol import (
     INFER_REQUEST_SCHEMA,
     INFER_RESPONSE_SCHEMA,
+    METRICS_RESPONSE,
     error_responses,
+    infer_request_body,
     json_content,
+    model_paths,
 )
+from aimesh.rest import OPERATION_METHODS, SCOPE_KEY, document_errors
 
 __all__ = ["MergedOpenApi", "gateway_document"]
 
@@ -30,8 +34,11 @@ log = logging.getLogger("aimesh.gateway")
 # After a failed fetch, serve the gateway's part alone and try again this much later.
 _RETRY_S = 5.0
 
-_GUARDED = (401, 403, 429)
-_ROUTED = (404, 502, 503, 504)
+# What a routed call can answer beyond the rule of every document: no instance (503), an
+# upstream failing or too slow.
+_ROUTED = (502, 503, 504)
+# What the gateway adds to a service's operations: no instance, or one failing or too slow.
+_PROXIED = error_responses(502, 503, 504)
 
 
 _ASYNC_PARAMETERS = [
@@ -90,20 +97,18 @@ def _infer(summary: str) -> dict[str, Any]:
     return {
         "summary": summary,
         "parameters": _ASYNC_PARAMETERS,
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": INFER_REQUEST_SCHEMA},
-                "application/octet-stream": {
-                    "schema": {"type": "string", "format": "binary"},
-                    "description": "Binary tensor data extension (Inference-Header-Content-Length)",
+        "requestBody": infer_request_body(),
+        "responses": {
+            "200": {
+                "description": "outputs of the version that answered",
+                "content": {
+                    "application/json": {"schema": INFER_RESPONSE_SCHEMA},
+                    # The binary tensor data extension, when outputs are asked for as binary.
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 },
             },
-        },
-        "responses": {
-            "200": json_content(INFER_RESPONSE_SCHEMA, "outputs of the version that answered"),
             "202": _ACCEPTED,
-            **error_responses(400, 413, *_GUARDED, *_ROUTED),
+            **error_responses(422, *_ROUTED),
         },
     }
 
@@ -143,21 +148,23 @@ _AGGREGATE = {
             },
             "every model's answer or error",
         ),
-        **error_responses(400, 413, *_GUARDED),
     },
 }
 _READY = {
     "200": json_content({"type": "object"}, "ready"),
-    **error_responses(*_GUARDED, *_ROUTED),
+    "503": json_content({"type": "object"}, "not ready, or no instance serves it"),
+    **error_responses(*_ROUTED),
 }
 _META = {
     "200": json_content({"type": "object"}, "metadata"),
-    **error_responses(*_GUARDED, *_ROUTED),
+    **error_responses(*_ROUTED),
 }
+_SERVER = {"200": json_content({"type": "object"}, "the gateway's metadata")}
 _OPEN_READY = {
     "200": json_content({"type": "object"}, "ready"),
     "503": json_content({"type": "object"}, "not"),
 }
+_OPEN = {SCOPE_KEY: "open"}
 
 
 def gateway_document(*, auth: bool) -> dict[str, Any]:
@@ -168,21 +175,22 @@ def gateway_document(*, auth: bool) -> dict[str, Any]:
         return {**operation, "security": secured} if auth else operation
 
     paths: dict[str, Any] = {
-        "/health": {"get": {"summary": "Gateway health", "responses": _OPEN_READY}},
-        "/v2/health/live": {"get": {"summary": "Liveness", "responses": _OPEN_READY}},
-        "/v2/health/ready": {"get": {"summary": "Readiness", "responses": _OPEN_READY}},
-        "/v2": {"get": {"summary": "Server metadata", "responses": _META}},
+        "/health": {"get": {"summary": "Gateway health", "responses": _OPEN_READY, **_OPEN}},
+        "/v2/health/live": {"get": {"summary": "Liveness", "responses": _OPEN_READY, **_OPEN}},
+        "/v2/health/ready": {"get": {"summary": "Readiness", "responses": _OPEN_READY, **_OPEN}},
+        "/v2": {"get": {"summary": "Server metadata", "responses": _SERVER, **_OPEN}},
         "/v2/aggregate": {"post": guarded(_AGGREGATE)},
         "/metrics": {
-            "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
+            "get": guarded(
+                {"summary": "Prometheus metrics", "responses": {"200": METRICS_RESPONSE}}
+            )
         },
+        **model_paths(
+            guarded({"summary": "Model metadata", "responses": _META}),
+            guarded({"summary": "Model readiness", "responses": _READY}),
+            guarded(_infer("Run inference")),
+        ),
     }
-    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        paths[prefix] = {"get": guarded({"summary": "Model metadata", "responses": _META})}
-        paths[f"{prefix}/ready"] = {
-            "get": guarded({"summary": "Model readiness", "responses": _READY})
-        }
-        paths[f"{prefix}/infer"] = {"post": guarded(_infer("Run inference"))}
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -200,7 +208,7 @@ def gateway_document(*, auth: bool) -> dict[str, Any]:
                 "bearer": {"type": "http", "scheme": "bearer"},
             }
         }
-    return document
+    return document_errors(document)
 
 
 class MergedOpenApi:
@@ -244,10 +252,14 @@ class MergedOpenApi:
         for path, item in other.get("paths", {}).items():
             if not path.startswith("/api/"):
                 continue  # the service's own routes (its /health) are not reachable here
-            if self._auth:
-                for operation in item.values():
-                    if isinstance(operation, dict):
-                        operation["security"] = security
+            for method, operation in item.items():
+                if method not in OPERATION_METHODS:
+                    continue
+                if self._auth:
+                    operation["security"] = security
+                responses = operation.setdefault("responses", {})
+                for status, response in _PROXIED.items():
+                    responses.setdefault(status, response)
             merged["paths"][path] = item
         schemas = other.get("components", {}).get("schemas")
         if schemas:

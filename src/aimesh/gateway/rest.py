@@ -62,7 +62,7 @@ from aimesh.rest import (
     check_infer_type,
     check_json_type,
     docs_asset,
-    retry_after,
+    error_headers,
     swagger_page,
 )
 
@@ -76,7 +76,6 @@ _DROP_FROM_RESPONSE = frozenset(
 )
 # Answers up to this size are read whole before relaying; larger ones stream through.
 _BUFFER_LIMIT = 1 << 20
-_WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="aimesh"')
 _SERVER_METADATA = json.dumps(
     {"name": "aimesh-gateway", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 ).encode()
@@ -166,12 +165,8 @@ class GatewayApp:
                 log.warning("response cut short: %s", exc.message)
                 return
             log_failure(log, exc, status, head.request_id)
-            extra = [_WWW_AUTHENTICATE] if status == 401 else []
-            wait = retry_after(exc)
-            if wait is not None:
-                extra.append((b"retry-after", wait.encode()))
             body = gateway_error_body(exc, head.request_id)
-            await respond(send, status, body, head.request_id, JSON, extra)
+            await respond(send, status, body, head.request_id, JSON, error_headers(exc, status))
         except Exception:
             log.exception("unexpected error", extra={"request_id": head.request_id})
             if not outcome.started:

@@ -10,7 +10,6 @@ version or alias) exists, to answer 404 for what is unknown and 503 for what is 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,15 +18,12 @@ from typing import Protocol
 from aimesh.bus import ServiceInstance
 from aimesh.errors import ModelNotFound, NoInstance, StoreUnavailable, VersionNotFound
 from aimesh.gateway.instances import Upstream
+from aimesh.protocol import MODEL_NAME, VERSION_REF
 
-__all__ = ["MODEL_NAME", "VERSION_REF", "ModelCatalog", "Router", "RoutingTable", "Target"]
+__all__ = ["ModelCatalog", "Router", "RoutingTable", "Target"]
 
 log = logging.getLogger("aimesh.gateway")
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-"""What the registry accepts as a model name."""
-VERSION_REF = re.compile(r"^(?:[0-9]{1,18}|[A-Za-z][A-Za-z0-9_-]{0,63})$")
-"""A version number, an alias, or ``latest``."""
 
 # Every other kind with a REST address is a service under /api/<name>/... (registry, lake,
 # jobs, and those to come); models go through /v2; gateways and workers (their REST address

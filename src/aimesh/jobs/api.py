@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from aimesh.auth import Identity
@@ -19,7 +19,8 @@ from aimesh.bus import JobEvent, JobState
 from aimesh.errors import Forbidden, InvalidRequest, RequestTooLarge
 from aimesh.jobs.client import JobClient
 from aimesh.jobs.data import JobData, job_result
-from aimesh.jobs.types import Job, JobSpec
+from aimesh.jobs.types import JOB_ID_PATTERN, KIND_PATTERN, Job, JobSpec
+from aimesh.protocol import error_responses
 from aimesh.rest import Caller, route_scope
 
 __all__ = ["PREFIX", "openapi_components", "router"]
@@ -42,12 +43,16 @@ def client(request: Request) -> JobClient:
 
 
 Jobs = Annotated[JobClient, Depends(client)]
+# The rule as the document shows it; the job client checks it itself.
+JobId = Annotated[
+    str, Path(description="A job's id.", json_schema_extra={"pattern": JOB_ID_PATTERN})
+]
 
 # One job's record, result and events: ``read``, or ``infer`` for the caller's own jobs.
 _ONE_JOB = route_scope("authenticated")
 
 
-async def _may_see(jobs: JobClient, job_id: str, caller: Identity) -> Job:
+async def _may_see(jobs: JobClient, job_id: JobId, caller: Identity) -> Job:
     """The job, if ``caller`` may see it: with ``read``, or ``infer`` and it is theirs."""
     job = await jobs.get(job_id)
     if caller.has("read"):
@@ -64,6 +69,11 @@ def _json(value: object, status_code: int = 200, headers: dict[str, str] | None 
 
 def _schema(name: str) -> dict[str, Any]:
     return {"content": {_JSON: {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+
+def _list_of(name: str) -> dict[str, Any]:
+    items = {"$ref": f"#/components/schemas/{name}"}
+    return {"content": {_JSON: {"schema": {"type": "array", "items": items}}}}
 
 
 def openapi_components() -> dict[str, Any]:
@@ -83,7 +93,7 @@ router = APIRouter(prefix=PREFIX, tags=["jobs"])
     summary="Submit a job (an idempotency key already used returns that key's job)",
     response_class=Response,
     openapi_extra={"requestBody": {"required": True, **_schema("JobSpec")}},
-    responses={202: {"description": "The job's record", **_schema("Job")}},
+    responses={202: {"description": "The job's record", **_schema("Job")}, **error_responses(409)},
 )
 async def submit(jobs: Jobs, request: Request, caller: Caller) -> Response:
     limit = jobs.settings.max_payload_bytes + _SPEC_OVERHEAD_BYTES
@@ -107,11 +117,11 @@ async def submit(jobs: Jobs, request: Request, caller: Caller) -> Response:
     "",
     summary="List jobs, newest first",
     response_class=Response,
-    responses={200: {"description": "Job records", **_schema("Job")}},
+    responses={200: {"description": "Job records", **_list_of("Job")}},
 )
 async def list_jobs(
     jobs: Jobs,
-    kind: str | None = None,
+    kind: Annotated[str | None, Query(json_schema_extra={"pattern": KIND_PATTERN})] = None,
     state: JobState | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> Response:
@@ -125,7 +135,7 @@ async def list_jobs(
     responses={200: {"description": "The job's record", **_schema("Job")}},
     openapi_extra=_ONE_JOB,
 )
-async def get_job(jobs: Jobs, job_id: str, caller: Caller) -> Response:
+async def get_job(jobs: Jobs, job_id: JobId, caller: Caller) -> Response:
     return _json(await _may_see(jobs, job_id, caller))
 
 
@@ -134,13 +144,20 @@ async def get_job(jobs: Jobs, job_id: str, caller: Caller) -> Response:
     summary="A finished job's result (an async inference: the model's answer, as it answered)",
     response_class=Response,
     responses={
-        200: {"description": "The result: the model's answer, or the job's JSON result"},
+        200: {
+            "description": "The result: the model's answer (JSON, or the binary tensor "
+            "extension), or the job's JSON result",
+            "content": {
+                _JSON: {"schema": {}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
         409: {"description": "The job has not succeeded (job_pending, job_failed)"},
         410: {"description": "The result was kept a day and has expired (result_expired)"},
     },
     openapi_extra=_ONE_JOB,
 )
-async def get_result(jobs: Jobs, request: Request, job_id: str, caller: Caller) -> Response:
+async def get_result(jobs: Jobs, request: Request, job_id: JobId, caller: Caller) -> Response:
     await _may_see(jobs, job_id, caller)
     data: JobData = request.app.state.job_data
     blob = await job_result(jobs, data, job_id)
@@ -156,9 +173,9 @@ async def get_result(jobs: Jobs, request: Request, job_id: str, caller: Caller) 
     "/{job_id}/cancel",
     summary="Cancel a job (a running one stops when its worker sees the request)",
     response_class=Response,
-    responses={200: {"description": "The job's record", **_schema("Job")}},
+    responses={200: {"description": "The job's record", **_schema("Job")}, **error_responses(409)},
 )
-async def cancel_job(jobs: Jobs, job_id: str) -> Response:
+async def cancel_job(jobs: Jobs, job_id: JobId) -> Response:
     return _json(await jobs.cancel(job_id))
 
 
@@ -172,7 +189,7 @@ async def cancel_job(jobs: Jobs, job_id: str) -> Response:
         409: {"description": "The job is queued, running or succeeded (job_not_retryable)"},
     },
 )
-async def retry_job(jobs: Jobs, job_id: str, caller: Caller) -> Response:
+async def retry_job(jobs: Jobs, job_id: JobId, caller: Caller) -> Response:
     job = await jobs.retry(job_id, identity=caller)
     return _json(job, 202, {"Location": f"{PREFIX}/{job.id}"})
 
@@ -181,10 +198,16 @@ async def retry_job(jobs: Jobs, job_id: str, caller: Caller) -> Response:
     "/{job_id}/events",
     summary="The job's state, then each change, as server-sent events; ends with the job",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {
+            "description": "Server-sent events: each `event:` is the change, `id:` the "
+            "record's revision, `data:` a JobEvent as JSON; `: keep-alive` comments between",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
     openapi_extra=_ONE_JOB,
 )
-async def job_events(jobs: Jobs, job_id: str, caller: Caller) -> StreamingResponse:
+async def job_events(jobs: Jobs, job_id: JobId, caller: Caller) -> StreamingResponse:
     await _may_see(jobs, job_id, caller)  # a 404 now rather than an empty stream
     return StreamingResponse(
         _sse(jobs, job_id),
@@ -193,7 +216,7 @@ async def job_events(jobs: Jobs, job_id: str, caller: Caller) -> StreamingRespon
     )
 
 
-async def _sse(jobs: JobClient, job_id: str) -> AsyncIterator[bytes]:
+async def _sse(jobs: JobClient, job_id: JobId) -> AsyncIterator[bytes]:
     async for event in jobs.watch(job_id, idle_s=KEEPALIVE_S):
         if event is None:
             yield b": keep-alive\n\n"

@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from aimesh.bus import open_bus
 from aimesh.config import Settings
@@ -52,19 +50,6 @@ def create_app(settings: Settings, *, public_url: str | None = None) -> FastAPI:
         background=[keys.run],
         auth=settings.auth,
         max_body_bytes=settings.jobs.max_request_bytes,
+        schemas=openapi_components(),  # msgspec types, which FastAPI does not describe
     )
-
-    def openapi() -> dict[str, Any]:
-        # The bodies are msgspec types, which FastAPI does not describe: add their schemas.
-        if app.openapi_schema is None:
-            document = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
-            document.setdefault("components", {}).setdefault("schemas", {}).update(
-                openapi_components()
-            )
-            app.openapi_schema = document
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
     return app

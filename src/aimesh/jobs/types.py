@@ -19,6 +19,7 @@ from aimesh.errors import InvalidName, InvalidRequest
 
 __all__ = [
     "ATTEMPT_LOG_MAX",
+    "JOB_ID_PATTERN",
     "KIND_PATTERN",
     "TERMINAL",
     "AttemptEntry",
@@ -36,7 +37,9 @@ __all__ = [
 KIND_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 """A job kind: a lowercase name that is safe as a subject token and a consumer name."""
 _KIND = re.compile(KIND_PATTERN)
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+"""A job id: 32 lowercase hex digits."""
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 
 TERMINAL: frozenset[JobState] = frozenset({"succeeded", "failed", "cancelled"})
 """States a job never leaves."""

@@ -18,11 +18,12 @@ import anyio.to_thread
 import msgspec
 import pyarrow as pa
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Path as PathParam
 
 from aimesh.errors import InvalidRequest, RequestTooLarge
 from aimesh.lake.delta import columns_of
 from aimesh.lake.lake import MAX_RETAIN_HOURS, MAX_TARGET_SIZE, VACUUM_RETAIN_HOURS, Lake
-from aimesh.lake.refs import check_dataset_name
+from aimesh.lake.refs import DATASET_NAME, check_dataset_name
 from aimesh.lake.types import (
     Column,
     CompactResult,
@@ -36,8 +37,9 @@ from aimesh.lake.types import (
     SourceFormat,
     VacuumResult,
 )
+from aimesh.protocol import error_responses
 
-__all__ = ["PREFIX", "RAW_BODIES", "LakeService", "answer", "router"]
+__all__ = ["PREFIX", "RAW_BODIES", "LakeService", "answer", "query_request_schema", "router"]
 
 PREFIX = "/api/lake"
 RAW_BODIES = (PREFIX + r"/datasets/[^/]+/ingest",)
@@ -67,6 +69,11 @@ def service(request: Request) -> LakeService:
 
 Service = Annotated[LakeService, Depends(service)]
 Version = Annotated[int | None, Query(ge=0, description="A version (default: the latest).")]
+# The rule as the document shows it; the lake checks it itself (invalid_name).
+Name = Annotated[
+    str,
+    PathParam(description="A dataset's name.", json_schema_extra={"pattern": DATASET_NAME.pattern}),
+]
 
 router = APIRouter(prefix=PREFIX, tags=["lake"])
 
@@ -76,20 +83,28 @@ def list_datasets(svc: Service) -> list[DatasetSummary]:
     return svc.lake.list_datasets()
 
 
-@router.get("/datasets/{name}", summary="A dataset's schema, size and newest versions")
-def describe(svc: Service, name: str, version: Version = None) -> DatasetInfo:
+@router.get(
+    "/datasets/{name}",
+    summary="A dataset's schema, size and newest versions",
+    responses=error_responses(410),
+)
+def describe(svc: Service, name: Name, version: Version = None) -> DatasetInfo:
     return svc.lake.describe(name, version)
 
 
-@router.get("/datasets/{name}/schema", summary="A dataset's columns at a version")
-def schema(svc: Service, name: str, version: Version = None) -> list[Column]:
+@router.get(
+    "/datasets/{name}/schema",
+    summary="A dataset's columns at a version",
+    responses=error_responses(410),
+)
+def schema(svc: Service, name: Name, version: Version = None) -> list[Column]:
     return columns_of(svc.lake.schema(name, version))
 
 
 @router.get("/datasets/{name}/versions", summary="A dataset's versions, newest first")
 def versions(
     svc: Service,
-    name: str,
+    name: Name,
     limit: Annotated[int | None, Query(ge=1, description="The newest LIMIT versions.")] = None,
 ) -> list[DatasetVersion]:
     return svc.lake.history(name, limit)
@@ -100,6 +115,13 @@ def versions(
     summary="Run one read-only SQL query (each dataset is a table of its name)",
     response_model=QueryAnswer,
     response_class=Response,
+    responses={
+        200: {
+            "description": "The rows",
+            "content": {_JSON: {"schema": {"$ref": "#/components/schemas/QueryAnswer"}}},
+        },
+        **error_responses(404, 410, 422, 504),
+    },
 )
 def query(svc: Service, request: QueryRequest) -> Response:
     limit = request.limit or min(svc.lake.query_rows, svc.max_query_rows)
@@ -119,6 +141,7 @@ def query(svc: Service, request: QueryRequest) -> Response:
     "/datasets/{name}/ingest",
     status_code=201,
     summary="Append an uploaded file (the raw body) as a new version",
+    responses=error_responses(409, 422),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -131,7 +154,7 @@ def query(svc: Service, request: QueryRequest) -> Response:
 async def ingest(
     svc: Service,
     request: Request,
-    name: str,
+    name: Name,
     format: Annotated[SourceFormat, Query(description="The body's format.")],
     evolve: Annotated[bool, Query(description="Add columns the dataset lacks.")] = False,
     partition_by: Annotated[
@@ -169,10 +192,11 @@ async def ingest(
     description="Rows, schema and older versions stay readable as they were. With nothing "
     "to compact, no version is written (`compacted` is false). One compaction or vacuum of "
     "a dataset at a time: another is a 409 (`conflict`).",
+    responses=error_responses(409),
 )
 def compact(
     svc: Service,
-    name: str,
+    name: Name,
     target_size_mib: Annotated[
         int | None,
         Query(
@@ -193,10 +217,11 @@ def compact(
     "versions older than that can no longer be read (`dataset_version_gone`). A dry run (the "
     f"default) only lists them. Below {VACUUM_RETAIN_HOURS} hours a real one takes "
     "`force=true`. One compaction or vacuum of a dataset at a time: another is a 409.",
+    responses=error_responses(409),
 )
 def vacuum(
     svc: Service,
-    name: str,
+    name: Name,
     retain_hours: Annotated[
         int,
         Query(
@@ -212,6 +237,20 @@ def vacuum(
     ] = False,
 ) -> VacuumResult:
     return svc.lake.vacuum(name, retain_hours, dry_run=dry_run, force=force)
+
+
+def query_request_schema(max_rows: int) -> dict[str, Any]:
+    """The schema of :class:`QueryRequest` as a service returning ``max_rows`` reads it.
+
+    Its ``limit`` is at most ``max_rows`` (a setting, so no model can say it): the document
+    then asks for no more than :func:`query` answers instead of refusing.
+    """
+    schema = QueryRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    limit = schema["properties"]["limit"]
+    for option in limit.get("anyOf", [limit]):
+        if option.get("type") == "integer":
+            option["maximum"] = max_rows
+    return schema
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from aimesh.config import Settings
-from aimesh.lake.api import RAW_BODIES, LakeService, router
+from aimesh.lake.api import RAW_BODIES, LakeService, query_request_schema, router
 from aimesh.lake.lake import Lake
 from aimesh.registry import KeyWatch
 from aimesh.rest import announced, service_app
@@ -42,6 +42,7 @@ def create_app(
         auth=settings.auth,
         max_body_bytes=settings.lake.max_request_bytes,
         raw_bodies=RAW_BODIES,
+        schemas={"QueryRequest": query_request_schema(settings.lake.max_query_rows)},
     )
     app.state.lake = LakeService(
         lake=lake or Lake.from_settings(settings),

@@ -7,17 +7,17 @@ from dataclasses import dataclass
 
 from aimesh.errors import InvalidName, InvalidRequest
 
-__all__ = ["DatasetRef", "check_dataset_name"]
+__all__ = ["DATASET_NAME", "DatasetRef", "check_dataset_name"]
 
 # Lower case only: a name is also a SQL table name (case-insensitive in DuckDB) and a folder
 # (case-insensitive on macOS), so `Tx` and `tx` must not be two datasets.
-_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,127}$")
+DATASET_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,127}$")
 
 
 def check_dataset_name(name: str) -> str:
     """Return ``name`` if it is a valid dataset name; raise :class:`InvalidName` otherwise."""
-    if not _NAME.fullmatch(name):
-        hint = f" (did you mean {name.lower()!r}?)" if _NAME.fullmatch(name.lower()) else ""
+    if not DATASET_NAME.fullmatch(name):
+        hint = f" (did you mean {name.lower()!r}?)" if DATASET_NAME.fullmatch(name.lower()) else ""
         raise InvalidName(
             f"invalid dataset name {name!r}: use lower-case letters, digits and _, "
             f"starting with a letter or _, at most 128 characters{hint}",

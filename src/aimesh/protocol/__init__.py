@@ -10,14 +10,20 @@ from aimesh.protocol.inference import (
     Tensor,
     check_inputs,
 )
+from aimesh.protocol.names import ALIAS_NAME, MAX_VERSION, MODEL_NAME, VERSION_REF
 from aimesh.protocol.openapi import (
+    ERROR_REF,
     ERROR_SCHEMA,
     INFER_REQUEST_SCHEMA,
     INFER_RESPONSE_SCHEMA,
+    METRICS_RESPONSE,
     TENSOR_SCHEMA,
+    error_components,
+    error_response,
     error_responses,
     infer_request_body,
     json_content,
+    model_paths,
 )
 from aimesh.protocol.tensors import (
     DATATYPE_TO_NUMPY,
@@ -28,11 +34,17 @@ from aimesh.protocol.tensors import (
 )
 
 __all__ = [
+    "ALIAS_NAME",
     "DATATYPE_TO_NUMPY",
+    "ERROR_REF",
     "ERROR_SCHEMA",
     "INFER_REQUEST_SCHEMA",
     "INFER_RESPONSE_SCHEMA",
+    "MAX_VERSION",
+    "METRICS_RESPONSE",
+    "MODEL_NAME",
     "TENSOR_SCHEMA",
+    "VERSION_REF",
     "Datatype",
     "InferenceRequest",
     "InferenceResponse",
@@ -45,7 +57,10 @@ __all__ = [
     "TensorSpec",
     "check_inputs",
     "datatype_of",
+    "error_components",
+    "error_response",
     "error_responses",
     "infer_request_body",
     "json_content",
+    "model_paths",
 ]

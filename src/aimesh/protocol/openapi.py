@@ -1,10 +1,13 @@
 """OpenAPI schemas of the Open Inference Protocol v2 REST bodies, for every OpenAPI document
-that describes OIP routes (the model service's and the gateway's)."""
+that describes OIP routes (the model service's and the gateway's), and of the error body
+every service answers with (one schema, named ``Error`` in every document)."""
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any, get_args
 
+from aimesh.protocol.names import MODEL_NAME, VERSION_REF
 from aimesh.protocol.tensors import Datatype
 
 TENSOR_SCHEMA: dict[str, Any] = {
@@ -22,12 +25,30 @@ ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["error", "code"],
     "properties": {
-        "error": {"type": "string"},
-        "code": {"type": "string"},
+        "error": {"type": "string", "description": "What went wrong, for a person."},
+        "code": {"type": "string", "description": "What went wrong, stable, for a program."},
         "request_id": {"type": "string", "description": "The id the service log has it under."},
-        "details": {"type": "object"},
+        "details": {
+            "description": "The error's fields; for a request that fails its schema, "
+            "each problem as {loc, msg}.",
+            "anyOf": [
+                {"type": "object"},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "loc": {"type": "array", "items": {"type": "string"}},
+                            "msg": {"type": "string"},
+                        },
+                    },
+                },
+            ],
+        },
     },
 }
+ERROR_REF: dict[str, Any] = {"$ref": "#/components/schemas/Error"}
+"""Where a document's responses name :data:`ERROR_SCHEMA` (see :func:`error_components`)."""
 INFER_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["inputs"],
@@ -54,9 +75,39 @@ def json_content(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def error_responses(*codes: int) -> dict[str, Any]:
-    """OpenAPI responses for these statuses, each the JSON error body."""
-    return {str(c): json_content(ERROR_SCHEMA, "error with a stable code") for c in codes}
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    429: {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
+    503: {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
+}
+
+
+def error_response(status: int, description: str | None = None) -> dict[str, Any]:
+    """The OpenAPI response of ``status`` as the JSON error body (with its headers)."""
+    response = json_content(ERROR_REF, description or _describe(status))
+    headers = _ERROR_HEADERS.get(status)
+    if headers is not None:
+        response["headers"] = headers
+    return response
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for these statuses, each the JSON error body (FastAPI's
+    ``responses=`` takes them as they are)."""
+    return {str(c): error_response(c) for c in codes}
+
+
+def error_components() -> dict[str, Any]:
+    """The ``components`` a document needs for :data:`ERROR_REF`."""
+    return {"schemas": {"Error": ERROR_SCHEMA}}
+
+
+def _describe(status: int) -> str:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = f"HTTP {status}"
+    return f"{phrase}: the error body, its `code` stable"
 
 
 def infer_request_body() -> dict[str, Any]:
@@ -66,8 +117,54 @@ def infer_request_body() -> dict[str, Any]:
         "content": {
             "application/json": {"schema": INFER_REQUEST_SCHEMA},
             "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "Binary tensor data extension (Inference-Header-Content-Length)",
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "Binary tensor data extension (Inference-Header-Content-Length)",
+                }
             },
         },
     }
+
+
+MODEL_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "description": "The model's name.",
+        "schema": {"type": "string", "pattern": MODEL_NAME.pattern},
+    }
+]
+VERSION_PARAMETERS: list[dict[str, Any]] = [
+    *MODEL_PARAMETERS,
+    {
+        "name": "version",
+        "in": "path",
+        "required": True,
+        "description": "A version number, an alias or `latest`.",
+        "schema": {"type": "string", "pattern": VERSION_REF.pattern},
+    },
+]
+
+
+def model_paths(
+    metadata: dict[str, Any], ready: dict[str, Any], infer: dict[str, Any]
+) -> dict[str, Any]:
+    """The six OIP model routes (of a model, and of one version), their path parameters
+    defined once for each path, with these operations."""
+    paths: dict[str, Any] = {}
+    for prefix, parameters in (
+        ("/v2/models/{name}", MODEL_PARAMETERS),
+        ("/v2/models/{name}/versions/{version}", VERSION_PARAMETERS),
+    ):
+        paths[prefix] = {"parameters": parameters, "get": metadata}
+        paths[f"{prefix}/ready"] = {"parameters": parameters, "get": ready}
+        paths[f"{prefix}/infer"] = {"parameters": parameters, "post": infer}
+    return paths
+
+
+METRICS_RESPONSE: dict[str, Any] = {
+    "description": "Prometheus metrics, in its text format",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}

@@ -9,13 +9,15 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import FileResponse
 
-from aimesh.auth import Identity
+from aimesh.auth import KEY_NAME_PATTERN, Identity
 from aimesh.errors import ArtifactTooLarge, Forbidden, InvalidRequest
+from aimesh.protocol import ALIAS_NAME, MAX_VERSION, MODEL_NAME, VERSION_REF, error_responses
 from aimesh.registry.service import LocalRegistry
 from aimesh.registry.types import (
+    SHA256_HEX,
     Alias,
     AliasMove,
     ArtifactInfo,
@@ -63,6 +65,31 @@ def actor_of(caller: Identity, header: str | None) -> str:
 
 Reg = Annotated[LocalRegistry, Depends(registry)]
 Actor = Annotated[str | None, Header(alias=ACTOR_HEADER, max_length=256)]
+# The name rules as the document shows them; the registry checks them itself (invalid_name).
+Name = Annotated[
+    str, Path(description="A model's name.", json_schema_extra={"pattern": MODEL_NAME.pattern})
+]
+AliasName = Annotated[
+    str,
+    Path(
+        description="An alias (not `latest`).",
+        json_schema_extra={"pattern": ALIAS_NAME.pattern, "not": {"const": "latest"}},
+    ),
+]
+Ref = Annotated[
+    str,
+    Path(
+        description="A version number, an alias or `latest`.",
+        json_schema_extra={"pattern": VERSION_REF.pattern},
+    ),
+]
+Number = Annotated[int, Path(ge=1, le=MAX_VERSION, description="A version number.")]
+Sha256 = Annotated[
+    str, Path(description="A sha256, in hex.", json_schema_extra={"pattern": SHA256_HEX.pattern})
+]
+KeyName = Annotated[
+    str, Path(description="A key's name.", json_schema_extra={"pattern": KEY_NAME_PATTERN})
+]
 
 router = APIRouter(prefix=PREFIX, tags=["registry"])
 
@@ -72,37 +99,42 @@ def list_models(reg: Reg) -> list[ModelInfo]:
     return reg.list_models()
 
 
-@router.post("/models", status_code=201, summary="Create a model")
+@router.post("/models", status_code=201, summary="Create a model", responses=error_responses(409))
 def create_model(reg: Reg, spec: ModelCreate, caller: Caller, actor: Actor = None) -> ModelInfo:
     return reg.create_model(spec, actor=actor_of(caller, actor))
 
 
 @router.get("/models/{name}", summary="Show a model")
-def get_model(reg: Reg, name: str) -> ModelInfo:
+def get_model(reg: Reg, name: Name) -> ModelInfo:
     return reg.get_model(name)
 
 
 @router.patch("/models/{name}", summary="Change a model's description or tags")
 def update_model(
-    reg: Reg, name: str, change: ModelUpdate, caller: Caller, actor: Actor = None
+    reg: Reg, name: Name, change: ModelUpdate, caller: Caller, actor: Actor = None
 ) -> ModelInfo:
     return reg.update_model(name, change, actor=actor_of(caller, actor))
 
 
 @router.get("/models/{name}/versions", summary="List a model's versions")
-def list_versions(reg: Reg, name: str) -> list[ModelVersion]:
+def list_versions(reg: Reg, name: Name) -> list[ModelVersion]:
     return reg.list_versions(name)
 
 
-@router.post("/models/{name}/versions", status_code=201, summary="Create a version")
+@router.post(
+    "/models/{name}/versions",
+    status_code=201,
+    summary="Create a version",
+    responses=error_responses(409, 422, 500),
+)
 def create_version(
-    reg: Reg, who: Caller, name: str, spec: VersionCreate, actor: Actor = None
+    reg: Reg, who: Caller, name: Name, spec: VersionCreate, actor: Actor = None
 ) -> ModelVersion:
     return reg.create_version(name, spec, actor=actor_of(who, actor), caller=who)
 
 
 @router.get("/models/{name}/versions/{ref}", summary="Show a version by number, alias or 'latest'")
-def get_version(reg: Reg, name: str, ref: str) -> ModelVersion:
+def get_version(reg: Reg, name: Name, ref: Ref) -> ModelVersion:
     return reg.get_version(name, ref)
 
 
@@ -110,8 +142,16 @@ def get_version(reg: Reg, name: str, ref: str) -> ModelVersion:
     "/models/{name}/versions/{ref}/artifact",
     summary="Download a version's artifact (verified against its sha256 first)",
     response_class=FileResponse,
+    responses={
+        200: {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            }
+        },
+        **error_responses(500),
+    },
 )
-def download_artifact(reg: Reg, name: str, ref: str) -> FileResponse:
+def download_artifact(reg: Reg, name: Name, ref: Ref) -> FileResponse:
     version = reg.get_version(name, ref)
     path = reg.fetch_artifact(version)
     return FileResponse(
@@ -122,38 +162,52 @@ def download_artifact(reg: Reg, name: str, ref: str) -> FileResponse:
     )
 
 
-@router.post("/models/{name}/versions/{number}/archive", summary="Archive a version")
+@router.post(
+    "/models/{name}/versions/{number}/archive",
+    summary="Archive a version",
+    responses=error_responses(409),
+)
 def archive_version(
-    reg: Reg, name: str, number: int, caller: Caller, actor: Actor = None
+    reg: Reg, name: Name, number: Number, caller: Caller, actor: Actor = None
 ) -> ModelVersion:
     return reg.archive_version(name, number, actor=actor_of(caller, actor))
 
 
-@router.post("/models/{name}/versions/{number}/metrics", summary="Add metrics to a version")
-def log_metrics(reg: Reg, name: str, number: int, metrics: dict[str, float]) -> ModelVersion:
+@router.post(
+    "/models/{name}/versions/{number}/metrics",
+    summary="Add metrics to a version",
+    responses=error_responses(409),
+)
+def log_metrics(reg: Reg, name: Name, number: Number, metrics: dict[str, float]) -> ModelVersion:
     return reg.log_metrics(name, number, metrics)
 
 
 @router.get("/models/{name}/aliases", summary="List a model's aliases")
-def list_aliases(reg: Reg, name: str) -> list[Alias]:
+def list_aliases(reg: Reg, name: Name) -> list[Alias]:
     return reg.list_aliases(name)
 
 
-@router.put("/models/{name}/aliases/{alias}", summary="Point an alias at a version")
+@router.put(
+    "/models/{name}/aliases/{alias}",
+    summary="Point an alias at a version",
+    responses=error_responses(409),
+)
 def set_alias(
-    reg: Reg, name: str, alias: str, move: AliasMove, caller: Caller, actor: Actor = None
+    reg: Reg, name: Name, alias: AliasName, move: AliasMove, caller: Caller, actor: Actor = None
 ) -> Alias:
     return reg.set_alias(name, alias, move.version, actor=actor_of(caller, actor))
 
 
 @router.delete("/models/{name}/aliases/{alias}", status_code=204, summary="Remove an alias")
-def delete_alias(reg: Reg, name: str, alias: str, caller: Caller, actor: Actor = None) -> None:
+def delete_alias(
+    reg: Reg, name: Name, alias: AliasName, caller: Caller, actor: Actor = None
+) -> None:
     reg.delete_alias(name, alias, actor=actor_of(caller, actor))
 
 
 @router.get("/models/{name}/history", summary="A model's changes, newest first")
 def history(
-    reg: Reg, name: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    reg: Reg, name: Name, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> list[HistoryEntry]:
     return reg.history(name, limit=limit)
 
@@ -162,6 +216,7 @@ def history(
     "/artifacts",
     status_code=201,
     summary="Upload an artifact (the raw bytes as the body, streamed)",
+    responses=error_responses(422),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -200,8 +255,9 @@ async def upload_artifact(
     "/artifacts/{sha256}",
     summary="Show a stored artifact, hashed again (404 when absent, 500 artifact_tampered when "
     "damaged: upload the same bytes to repair it)",
+    responses=error_responses(500),
 )
-def get_artifact(reg: Reg, sha256: str) -> ArtifactInfo:
+def get_artifact(reg: Reg, sha256: Sha256) -> ArtifactInfo:
     check_sha256(sha256)
     return reg.artifacts.verify(sha256)
 
@@ -229,7 +285,13 @@ def list_keys(reg: Reg) -> list[KeyInfo]:
     return reg.list_keys()
 
 
-@router.post("/keys", status_code=201, summary="Make an API key (shown once)", openapi_extra=_ADMIN)
+@router.post(
+    "/keys",
+    status_code=201,
+    summary="Make an API key (shown once)",
+    openapi_extra=_ADMIN,
+    responses=error_responses(409),
+)
 def create_key(
     reg: Reg, request: Request, spec: KeyCreate, caller: Caller, actor: Actor = None
 ) -> NewKey:
@@ -253,7 +315,7 @@ def key_digests(reg: Reg, caller: Caller) -> list[KeyDigest]:
 
 @router.delete("/keys/{name}", summary="Revoke an API key", openapi_extra=_ADMIN)
 def revoke_key(
-    reg: Reg, request: Request, name: str, caller: Caller, actor: Actor = None
+    reg: Reg, request: Request, name: KeyName, caller: Caller, actor: Actor = None
 ) -> KeyInfo:
     revoked = reg.revoke_key(name, actor=actor_of(caller, actor))
     _reload_keys(request)

@@ -10,10 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aimesh.auth import KEY_NAME_PATTERN, Scope
 from aimesh.errors import InvalidName
-from aimesh.protocol import Signature
+from aimesh.protocol import ALIAS_NAME, MAX_VERSION, MODEL_NAME, Signature
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 LATEST = "latest"
 """A reserved version reference: the highest version that is not archived."""
@@ -77,7 +75,8 @@ class ArtifactInfo(_Frozen):
 class ModelCreate(_Frozen):
     """What a client sends to create a model."""
 
-    name: str
+    # The rule as the document shows it; the validator below enforces it (invalid_name).
+    name: str = Field(json_schema_extra={"pattern": MODEL_NAME.pattern})
     description: str = Field(default="", max_length=10_000)
     tags: dict[str, str] = Field(default_factory=dict)
 
@@ -97,7 +96,7 @@ class ModelUpdate(_Frozen):
 class VersionCreate(_Frozen):
     """What a client sends to create a version of a model from an uploaded artifact."""
 
-    artifact_sha256: str
+    artifact_sha256: str = Field(json_schema_extra={"pattern": SHA256_HEX.pattern})
     framework: str = Field(min_length=1, max_length=64)
     signature: Signature | None = Field(
         default=None, description="Unset: read from the artifact by its runtime."
@@ -116,7 +115,11 @@ class VersionCreate(_Frozen):
         description="Extra types a skops artifact may hold: beyond scikit-learn's own, needs "
         "registry.allow_code_artifacts and the admin scope.",
     )
-    aliases: list[str] = Field(default_factory=list, description="Aliases to point at it.")
+    aliases: list[str] = Field(
+        default_factory=list,
+        description="Aliases to point at it (not `latest`).",
+        json_schema_extra={"items": {"type": "string", "pattern": ALIAS_NAME.pattern}},
+    )
     create_model: bool = Field(
         default=False,
         description="Create the model too when it does not exist, in the same transaction "
@@ -137,7 +140,7 @@ class VersionCreate(_Frozen):
 class AliasMove(_Frozen):
     """What a client sends to point an alias at a version."""
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
 
 
 class ModelVersion(_Frozen):

@@ -4,7 +4,8 @@ FastAPI services (registry, lake, jobs) are built by :func:`service_app`, which 
 :func:`install_error_handlers` and checks every caller's key (:mod:`aimesh.rest.guard`);
 the bare-ASGI hot-path services (model service, gateway) use the helpers of ``asgi.py``.
 Either way every error is ``{"error": message, "code": code}`` with the status of the one table in
-``status.py``. Every one serves its ``/docs`` page with
+``status.py``, and every service's ``/openapi.json`` documents those errors by the one rule of
+``openapi.py``. Every one serves its ``/docs`` page with
 ``docs.py``: Swagger UI from installed files, never from a CDN. Every one stands behind the
 same edge: ``guard.py`` (browser origins, Host names, JSON bodies typed and bounded) and
 ``exposure.py`` (no keyless bind beyond loopback without ``--insecure``).
@@ -41,13 +42,15 @@ from aimesh.rest.guard import (
     is_infer_type,
     is_json_type,
 )
+from aimesh.rest.openapi import OPERATION_METHODS, document_errors, statuses_of
 from aimesh.rest.service import announced, service_app
-from aimesh.rest.status import HTTP_STATUS, retry_after, shown_message, status_of
+from aimesh.rest.status import HTTP_STATUS, error_headers, retry_after, shown_message, status_of
 
 __all__ = [
     "DOCS_ASSETS_URL",
     "HTTP_STATUS",
     "JSON",
+    "OPERATION_METHODS",
     "REQUEST_ID",
     "SAFE_METHODS",
     "SCOPE_KEY",
@@ -69,7 +72,9 @@ __all__ = [
     "check_json_type",
     "declared_length",
     "docs_asset",
+    "document_errors",
     "error_body",
+    "error_headers",
     "header",
     "host_name",
     "identity",
@@ -88,5 +93,6 @@ __all__ = [
     "service_app",
     "shown_message",
     "status_of",
+    "statuses_of",
     "swagger_page",
 ]

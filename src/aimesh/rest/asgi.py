@@ -43,7 +43,7 @@ REQUEST_ID = b"x-request-id"
 def allow(method: str, allowed: str) -> None:
     """Refuse any method but ``allowed`` (HEAD goes where GET does)."""
     if method != allowed and not (allowed == "GET" and method == "HEAD"):
-        raise MethodNotAllowed(f"use {allowed}, not {method}")
+        raise MethodNotAllowed(method, ("GET", "HEAD") if allowed == "GET" else (allowed,))
 
 
 def header(scope: Mapping[str, Any], name: bytes) -> str | None:

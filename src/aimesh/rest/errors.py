@@ -18,10 +18,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 
 from aimesh.errors import AimeshError
 from aimesh.rest.asgi import REQUEST_ID, ASGIScope, Message, Receive, Send, header, internal_error
-from aimesh.rest.status import retry_after, shown_message, status_of
+from aimesh.rest.status import error_headers, shown_message, status_of
 
 __all__ = ["RequestIds", "install_error_handlers", "log_failure", "request_id_of"]
 
@@ -89,6 +90,21 @@ def log_failure(logger: logging.Logger, exc: AimeshError, status: int, request_i
         )  # fmt: skip
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app takes on the request's path."""
+    path = request.scope["path"]
+    methods: set[str] = set()
+    routes = list(request.app.router.routes)
+    while routes:
+        route = routes.pop()
+        included = getattr(route, "original_router", None)  # a router included whole
+        if included is not None:
+            routes.extend(included.routes)  # its paths carry its prefix (none is added)
+        elif isinstance(route, Route) and route.path_regex.match(path):
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every error on ``app`` with the JSON error body, and give requests their ids."""
     app.add_middleware(RequestIds)
@@ -107,10 +123,7 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, AimeshError)
         status = status_of(exc)
         log_failure(log, exc, status, request_id_of(request.scope))
-        wait = retry_after(exc)
-        headers = {"retry-after": wait} if wait is not None else {}
-        if status == 401:
-            headers["www-authenticate"] = 'Bearer realm="aimesh"'
+        headers = {k.decode(): v.decode() for k, v in error_headers(exc, status)}
         body = {**exc.to_dict(), "error": shown_message(exc, status)}
         return answer(request, body, status, headers)
 
@@ -128,7 +141,11 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, HTTPException)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         body = {"error": str(exc.detail), "code": code}
-        return answer(request, body, exc.status_code, getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path alone.
+            headers = {"Allow": ", ".join(_allowed_methods(request))}
+        return answer(request, body, exc.status_code, headers)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         request_id = request_id_of(request.scope)

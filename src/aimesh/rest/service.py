@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, Response
 
 from aimesh.auth import Keyring
@@ -27,6 +28,7 @@ from aimesh.rest.callers import identity, route_scope
 from aimesh.rest.docs import DOCS_ASSETS_URL, docs_asset, swagger_page
 from aimesh.rest.errors import install_error_handlers
 from aimesh.rest.guard import Guard, GuardedApp
+from aimesh.rest.openapi import document_errors
 
 __all__ = ["announced", "service_app"]
 
@@ -46,6 +48,7 @@ def service_app(
     keyring: Keyring,
     raw_bodies: Sequence[str] = (),
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+    schemas: Mapping[str, Any] | None = None,
 ) -> FastAPI:
     """A FastAPI app with the platform's error bodies, ``router``, ``GET /health``, ``/docs``.
 
@@ -53,7 +56,9 @@ def service_app(
     bodies up to ``max_body_bytes`` except on the routes ``raw_bodies`` matches (uploads).
     Every route checks the caller's key against ``keyring`` (:mod:`aimesh.rest.callers`);
     ``/health`` and the docs are open. ``background`` tasks (keeping the keyring current)
-    run while the app does.
+    run while the app does. Its ``/openapi.json`` documents every error each route can answer
+    (:func:`~aimesh.rest.document_errors`), with ``schemas`` among its components (bodies
+    that are not pydantic models, which FastAPI cannot describe).
 
     FastAPI's own ``/docs`` and ``/redoc`` load their scripts from a CDN; these pages load
     them from this server (:mod:`aimesh.rest.docs`), so the docs work offline.
@@ -103,6 +108,17 @@ def service_app(
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            if schemas:
+                document.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+            app.openapi_schema = document_errors(document)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

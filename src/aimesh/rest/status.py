@@ -8,7 +8,7 @@ The gRPC adapters have the twin of this table in :mod:`aimesh.protocol.grpc.stat
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from aimesh.errors import (
     AimeshError,
@@ -40,7 +40,7 @@ from aimesh.errors import (
     hide_server_names,
 )
 
-__all__ = ["HTTP_STATUS", "retry_after", "shown_message", "status_of"]
+__all__ = ["HTTP_STATUS", "error_headers", "retry_after", "shown_message", "status_of"]
 
 HTTP_STATUS: Mapping[type[AimeshError], int] = {
     AimeshError: 500,
@@ -96,3 +96,24 @@ def shown_message(exc: AimeshError, status: int) -> str:
     where they live is for the log, which keeps the whole message under the request id.
     """
     return hide_server_names(exc.message) if status >= 500 else exc.message
+
+
+_WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="aimesh"')
+
+
+def error_headers(exc: AimeshError, status: int) -> list[tuple[bytes, bytes]]:
+    """The headers an answer of ``exc`` (with ``status``) carries beyond its body's.
+
+    ``WWW-Authenticate`` on a 401, ``Retry-After`` when retrying may succeed, ``Allow``
+    (every method of the path) on a 405: the same on every service.
+    """
+    headers: list[tuple[bytes, bytes]] = []
+    if status == 401:
+        headers.append(_WWW_AUTHENTICATE)
+    wait = retry_after(exc)
+    if wait is not None:
+        headers.append((b"retry-after", wait.encode()))
+    allowed: Sequence[str] | None = getattr(exc, "allowed", None)
+    if status == 405 and allowed:
+        headers.append((b"allow", ", ".join(allowed).encode()))
+    return headers

@@ -1,4 +1,8 @@
-"""The model service's OpenAPI document: the Open Inference Protocol v2 REST routes."""
+"""The model service's OpenAPI document: the Open Inference Protocol v2 REST routes.
+
+Its errors are documented by the one rule every service's document follows
+(:func:`aimesh.rest.document_errors`); the statuses only some routes answer are named here.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +11,57 @@ from typing import Any
 
 from aimesh.protocol import (
     INFER_RESPONSE_SCHEMA,
+    METRICS_RESPONSE,
     error_responses,
     infer_request_body,
     json_content,
+    model_paths,
 )
+from aimesh.rest import SCOPE_KEY, document_errors
 
 _INFER = {
     "summary": "Run inference",
     "requestBody": infer_request_body(),
     "responses": {
-        "200": json_content(INFER_RESPONSE_SCHEMA, "outputs of the version that answered"),
-        **error_responses(400, 404, 413, 429, 503, 504),
+        "200": {
+            "description": "outputs of the version that answered",
+            "content": {
+                "application/json": {"schema": INFER_RESPONSE_SCHEMA},
+                # The binary tensor data extension, when outputs are asked for as binary.
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        **error_responses(422, 504),
     },
 }
 _READY = {
     "200": json_content({"type": "object"}, "ready"),
     "503": json_content({"type": "object"}, "not ready"),
 }
-_META = {"200": json_content({"type": "object"}, "metadata"), **error_responses(404)}
+_META = {"200": json_content({"type": "object"}, "metadata")}
+_OPEN = {SCOPE_KEY: "open"}
 
 _PATHS: dict[str, Any] = {
-    "/v2/health/live": {"get": {"summary": "Liveness", "responses": _READY}},
-    "/v2/health/ready": {"get": {"summary": "Readiness", "responses": _READY}},
+    "/v2/health/live": {"get": {"summary": "Liveness", "responses": _READY, **_OPEN}},
+    "/v2/health/ready": {"get": {"summary": "Readiness", "responses": _READY, **_OPEN}},
     "/v2": {"get": {"summary": "Server metadata", "responses": _META}},
-    "/metrics": {
-        "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
-    },
+    "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": METRICS_RESPONSE}}},
+    **model_paths(
+        {"summary": "Model metadata", "responses": _META},
+        {"summary": "Model readiness", "responses": _READY},
+        _INFER,
+    ),
 }
-for _prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-    _PATHS[_prefix] = {"get": {"summary": "Model metadata", "responses": _META}}
-    _PATHS[f"{_prefix}/ready"] = {"get": {"summary": "Model readiness", "responses": _READY}}
-    _PATHS[f"{_prefix}/infer"] = {"post": _INFER}
 
 OPENAPI_DOCUMENT = json.dumps(
-    {
-        "openapi": "3.1.0",
-        "info": {"title": "aimesh model service (Open Inference Protocol v2)", "version": "0.1.0"},
-        "paths": _PATHS,
-    }
+    document_errors(
+        {
+            "openapi": "3.1.0",
+            "info": {
+                "title": "aimesh model service (Open Inference Protocol v2)",
+                "version": "0.1.0",
+            },
+            "paths": _PATHS,
+        }
+    )
 ).encode()

@@ -31,12 +31,12 @@ from aimesh.rest import (
     declared_length,
     docs_asset,
     error_body,
+    error_headers,
     header,
     internal_error,
     log_failure,
     read_body,
     respond,
-    retry_after,
     shown_message,
     status_of,
     swagger_page,
@@ -112,11 +112,7 @@ class RestApp:
             status = status_of(exc)
             log_failure(log, exc, status, request_id)
             body = error_body(shown_message(exc, status), exc.code, request_id)
-            extra = [(b"www-authenticate", b'Bearer realm="aimesh"')] if status == 401 else []
-            wait = retry_after(exc)
-            if wait is not None:
-                extra.append((b"retry-after", wait.encode()))
-            await respond(send, status, body, request_id, JSON, extra)
+            await respond(send, status, body, request_id, JSON, error_headers(exc, status))
         except Exception:
             log.exception("request %s failed unexpectedly", request_id,
                           extra={"request_id": request_id})  # fmt: skip
@@ -169,9 +165,11 @@ class RestApp:
             await respond(send, 200, self.metrics.render(), request_id, content_type)
             return
         elif parts == ["openapi.json"]:
+            allow(method, "GET")
             await respond(send, 200, OPENAPI_DOCUMENT, request_id)
             return
         elif parts == ["docs"]:
+            allow(method, "GET")
             page = swagger_page("aimesh model service")
             await respond(send, 200, page, request_id, b"text/html; charset=utf-8")
             return
