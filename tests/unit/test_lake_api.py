@@ -213,7 +213,8 @@ def test_the_app_serves_a_given_lake_and_openapi(settings: Settings, tmp_path: P
         assert [d["name"] for d in client.get("/api/lake/datasets").json()] == ["given"]
         paths = client.get("/openapi.json").json()["paths"]
         assert "/api/lake/query" in paths
-        assert client.get("/health").json() == {"status": "ok"}
+        assert client.get("/health").json() == {"status": "ok", "checks": {"store": "ok"}}
+        assert client.get("/health/live").json() == {"status": "ok"}
     assert json.loads(lake.describe("given").model_dump_json())["rows"] == 1
 
 

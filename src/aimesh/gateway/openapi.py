@@ -168,7 +168,10 @@ def gateway_document(*, auth: bool) -> dict[str, Any]:
         return {**operation, "security": secured} if auth else operation
 
     paths: dict[str, Any] = {
-        "/health": {"get": {"summary": "Gateway health", "responses": _OPEN_READY}},
+        "/health": {
+            "get": {"summary": "Readiness: the bus and discovery", "responses": _OPEN_READY}
+        },
+        "/health/live": {"get": {"summary": "Liveness", "responses": _OPEN_READY}},
         "/v2/health/live": {"get": {"summary": "Liveness", "responses": _OPEN_READY}},
         "/v2/health/ready": {"get": {"summary": "Readiness", "responses": _OPEN_READY}},
         "/v2": {"get": guarded({"summary": "Server metadata", "responses": _META})},

@@ -7,7 +7,8 @@ Either way every error is ``{"error": message, "code": code}`` with the status o
 ``status.py``. Every one serves its ``/docs`` page with
 ``docs.py``: Swagger UI from installed files, never from a CDN. Every one stands behind the
 same edge: ``guard.py`` (browser origins, Host names, JSON bodies typed and bounded) and
-``exposure.py`` (no keyless bind beyond loopback without ``--insecure``).
+``exposure.py`` (no keyless bind beyond loopback without ``--insecure``). Every one tells
+readiness from liveness the same way: ``readiness.py``.
 """
 
 from aimesh.rest.asgi import (
@@ -41,6 +42,7 @@ from aimesh.rest.guard import (
     is_infer_type,
     is_json_type,
 )
+from aimesh.rest.readiness import Check, Readiness, ReadinessReport, bus_check
 from aimesh.rest.service import announced, service_app
 from aimesh.rest.status import HTTP_STATUS, retry_after, shown_message, status_of
 
@@ -53,17 +55,21 @@ __all__ = [
     "SCOPE_KEY",
     "ASGIScope",
     "Caller",
+    "Check",
     "DocsAsset",
     "Guard",
     "GuardedApp",
     "Message",
     "MethodNotAllowed",
+    "Readiness",
+    "ReadinessReport",
     "Receive",
     "RouteNotFound",
     "Send",
     "allow",
     "announced",
     "auth_configured",
+    "bus_check",
     "check_bind",
     "check_infer_type",
     "check_json_type",
