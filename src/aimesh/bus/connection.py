@@ -72,6 +72,11 @@ class Bus:
         """Whether the client is connected now (``False`` while it reconnects)."""
         return bool(self.nc.is_connected)
 
+    @property
+    def reconnections(self) -> int:
+        """How many times this connection got the bus back after losing it."""
+        return int(self.nc.stats["reconnects"])
+
     async def close(self) -> None:
         """Send what is still buffered, then close the connection and its subscriptions."""
         if self._log is not None:

@@ -137,9 +137,15 @@ class KeyWatch:
 
     async def _on_events(self) -> None:
         backoff = 0.5
+        url: str | None = None
         while True:
             try:
-                url = await asyncio.to_thread(ensure_bus, self.settings)
+                # The bus is found (or started) once; later rounds reconnect to that address
+                # and leave restarting a lost bus to whoever watches it (``aimesh up``), on
+                # its port: a running service that started one elsewhere would strand the
+                # others.
+                if url is None:
+                    url = await asyncio.to_thread(ensure_bus, self.settings)
                 timeout = self.settings.bus.connect_timeout_s
                 async with (
                     await connect(url, timeout=timeout, name="keys") as bus,
