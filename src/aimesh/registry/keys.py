@@ -25,7 +25,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from aimesh.auth import FailedAttempts, KeyEntry, Keyring
-from aimesh.bus import KEY_SUBJECTS, connect, ensure_bus, subscribe_events
+from aimesh.bus import KEY_SUBJECTS, ensure_bus, open_bus, subscribe_events
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
 from aimesh.observability import cancel_and_wait
@@ -140,15 +140,12 @@ class KeyWatch:
         url: str | None = None
         while True:
             try:
-                # The bus is found (or started) once; later rounds reconnect to that address
-                # and leave restarting a lost bus to whoever watches it (``aimesh up``), on
-                # its port: a running service that started one elsewhere would strand the
-                # others.
+                # The bus is found (or started) once; later rounds connect to that address
+                # (see open_bus), with the home's credentials.
                 if url is None:
                     url = await asyncio.to_thread(ensure_bus, self.settings)
-                timeout = self.settings.bus.connect_timeout_s
                 async with (
-                    await connect(url, timeout=timeout, name="keys") as bus,
+                    await open_bus(self.settings, name="keys", url=url) as bus,
                     await subscribe_events(bus, KEY_SUBJECTS) as events,
                 ):
                     backoff = 0.5
