@@ -43,9 +43,10 @@ log = logging.getLogger("aimesh.local")
 
 # Beyond the drain timeout: interpreter exit, closing the bus connection, leaving discovery.
 STOP_MARGIN_S = 10.0
-# Longest wait to clear a stopped process's discovery entries; the bucket's TTL (6 s) does
-# it anyway, so a bus that does not answer must not hold up a stop or restart.
-_FORGET_S = 1.0
+# Longest wait to clear a stopped process's discovery entries (within STOP_MARGIN_S): the
+# bucket's TTL (6 s) does it anyway, so a bus that does not answer must not hold up a stop
+# or a restart. A lost bus is not waited for at all.
+_FORGET_S = 3.0
 
 
 class Supervisor:
@@ -123,10 +124,14 @@ class Supervisor:
                     self._bus_watch.cancel()  # a stopping stack restarts nothing
                     await asyncio.gather(self._bus_watch, return_exceptions=True)
                 await self._stop_all()
+                bus_up = self._bus is not None and self._bus.connected
                 if self._bus is not None:
                     await self._bus.close()
                 remove_state(self.home)
-                log.info("stack stopped; the bus keeps running (`aimesh bus stop` stops it)")
+                if bus_up:
+                    log.info("stack stopped; the bus keeps running (`aimesh bus stop` stops it)")
+                else:
+                    log.info("stack stopped")
 
     async def _until_stopped(
         self, on_running: Callable[[StackState], Awaitable[None]] | None
