@@ -303,6 +303,28 @@ def test_wrong_s3_credentials_are_one_clear_line_and_exit_code_1(
         assert "Traceback" not in result.stderr
 
 
+def test_the_lake_service_is_ready_only_while_its_store_lets_it_in(
+    s3: S3Server, prefix: str, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from aimesh.lake.app import create_app
+
+    url = s3.url(f"{prefix}/lake")
+    refused = {**s3.storage_options(), "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    for options, ready in ((refused, False), (s3.storage_options(), True)):
+        settings = _settings(tmp_path, lake=LakeSettings(url=url, storage_options=options))
+        with TestClient(create_app(settings)) as client:
+            health = client.get("/health")
+            live = client.get("/health/live")
+        assert live.status_code == 200
+        if ready:
+            assert (health.status_code, health.json()["checks"]) == (200, {"store": "ok"})
+        else:
+            assert health.status_code == 503, health.text
+            assert health.json()["checks"]["store"].startswith("cannot list the lake")
+
+
 # -- the registry's artifacts --------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ NATS server (``bus.url``), so they start in seconds and depend on nothing else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -67,8 +68,10 @@ class Project:
     nats_url: str
     env: dict[str, str]
 
-    def aimesh(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        return run_aimesh(self.env, *args, ok=ok)
+    def aimesh(
+        self, *args: str, ok: bool = True, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        return run_aimesh(self.env, *args, ok=ok, timeout=timeout)
 
     def status(self) -> dict[str, Any]:
         report: dict[str, Any] = json.loads(
@@ -192,6 +195,7 @@ def test_up_status_restart_and_down(project: Project, fraud_data: tuple[np.ndarr
         "running": False,
         "home": str(project.home),
         "stack": None,
+        "bus": None,
         "processes": [],
     }
     assert "nothing was running" in project.aimesh("down", "-f", str(project.file)).stdout
@@ -263,3 +267,169 @@ def test_init_writes_a_starter_that_loads_and_is_not_overwritten(tmp_path: Path)
     project.aimesh("init", str(target), "--force")
     status = project.aimesh("status", "-f", str(target))
     assert "nothing is running" in status.stdout
+
+
+# -- the bus under a running stack -----------------------------------------------------------
+
+
+@dataclass
+class BusStack:
+    """A running stack on its home's embedded bus: registry, jobs, a noop worker, gateway."""
+
+    project: Project
+
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = json.loads((self.project.home / "run" / "stack.json").read_text())
+        return state
+
+    def bus_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = json.loads((self.project.home / "bus" / "server.json").read_text())
+        return record
+
+    def url(self, name: str) -> str:
+        return next(str(p["rest_url"]) for p in self.state()["processes"] if p["name"] == name)
+
+    def submit(self, kind: str, payload: dict[str, Any]) -> str:
+        answer = httpx.post(
+            self.url("jobs") + "/api/jobs", json={"kind": kind, "payload": payload}, timeout=30
+        )
+        assert answer.status_code == 202, answer.text
+        job_id: str = answer.json()["id"]
+        return job_id
+
+    def succeeded(self, job_id: str) -> bool:
+        job = httpx.get(f"{self.url('jobs')}/api/jobs/{job_id}", timeout=10).json()
+        assert job["state"] in ("queued", "running", "succeeded"), job
+        return bool(job["state"] == "succeeded")
+
+    @contextlib.contextmanager
+    def bus_killed_while_paused(self) -> Iterator[dict[str, Any]]:
+        """SIGKILL the bus while the supervisor is stopped (SIGSTOP, then SIGCONT on leaving),
+        so that nothing brings the bus back before the test has looked; yields its record."""
+        supervisor, record = self.state()["supervisor_pid"], self.bus_record()
+        os.kill(supervisor, signal.SIGSTOP)
+        try:
+            os.kill(record["pid"], signal.SIGKILL)
+            _wait_for(lambda: not _alive(record["pid"]))
+            yield record
+        finally:
+            os.kill(supervisor, signal.SIGCONT)
+
+
+@pytest.fixture(scope="module")
+def bus_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BusStack]:
+    folder = tmp_path_factory.mktemp("bus-stack")
+    file = folder / "aimesh.yaml"
+    file.write_text(
+        yaml.safe_dump(
+            {
+                "home": str(folder / "home"),
+                "registry": {"port": 0},
+                "jobs": {"port": 0},
+                "gateway": {"port": 0, "grpc_port": 0},
+                "serving": {"drain_timeout_s": 2},
+                "services": {"lake": False, "workers": [{"kind": "noop"}], "models": []},
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
+    project = Project(file, folder / "home", "", {**env, "COLUMNS": "200"})
+    project.aimesh("up", "--detach", "-f", str(file))
+    try:
+        yield BusStack(project)
+    finally:
+        project.aimesh("down", "--bus", "-f", str(file), ok=False)
+
+
+def test_a_killed_bus_is_not_ready_then_restarted_and_loses_no_job(bus_stack: BusStack) -> None:
+    project = bus_stack.project
+    old = bus_stack.bus_record()
+    # No worker runs `sleep` jobs: this one waits in the queue through the outage.
+    waiting = bus_stack.submit("sleep", {"seconds": 0})
+
+    with bus_stack.bus_killed_while_paused():
+        report = project.status()
+        health = {p["process"]["name"]: p["health"] for p in report["processes"]}
+        jobs = httpx.get(bus_stack.url("jobs") + "/health", timeout=10)
+        jobs_live = httpx.get(bus_stack.url("jobs") + "/health/live", timeout=10)
+        gateway_live = httpx.get(bus_stack.url("gateway") + "/v2/health/live", timeout=10)
+    # Those that cannot work without the bus say so; the registry needs only its database.
+    assert report["bus"] == "down"
+    assert health == {
+        "registry": "ready",
+        "jobs": "not ready",
+        "worker-noop.1": "not ready",
+        "gateway": "not ready",
+    }
+    assert jobs.status_code == 503 and jobs.json()["checks"]["bus"].startswith("lost the bus")
+    assert jobs_live.status_code == gateway_live.status_code == 200
+
+    # The supervisor, running again, restarts the bus on its port; everything reconnects.
+    def all_ready() -> bool:
+        now = project.status()
+        return now["bus"] == "ready" and {p["health"] for p in now["processes"]} == {"ready"}
+
+    _wait_for(all_ready)
+    new = bus_stack.bus_record()
+    assert new["pid"] != old["pid"] and new["url"] == old["url"]
+    assert {p["process"]["restarts"] for p in project.status()["processes"]} == {0}
+
+    # A job submitted now runs; the one queued before the kill runs once a worker takes it.
+    after = bus_stack.submit("noop", {})
+    _wait_for(lambda: bus_stack.succeeded(after))
+    log = project.home / "logs" / "worker-sleep.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "aimesh", "worker", "sleep"],
+            env={**project.env, "AIMESH_CONFIG": str(project.file)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for(lambda: bus_stack.succeeded(waiting))
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    # Discovery was declared again: every process is back in it.
+    _wait_for(lambda: {p["discovered"] for p in project.status()["processes"]} == {True})
+
+
+def test_the_registry_is_not_ready_while_its_database_is_gone(bus_stack: BusStack) -> None:
+    health = bus_stack.url("registry") + "/health"
+    database = bus_stack.project.home / "registry.db"
+    aside = database.with_name("registry.db.aside")
+    database.rename(aside)
+    try:
+        gone = httpx.get(health, timeout=10)
+        live = httpx.get(bus_stack.url("registry") + "/health/live", timeout=10)
+    finally:
+        aside.rename(database)
+    assert gone.status_code == 503, gone.text
+    assert gone.json() == {
+        "status": "unavailable",
+        "checks": {"database": f"the database file {database} is gone"},
+    }
+    assert live.status_code == 200
+    back = httpx.get(health, timeout=10)
+    assert (back.status_code, back.json()["checks"]) == (200, {"database": "ok"})
+
+
+def test_down_returns_when_the_bus_is_dead(bus_stack: BusStack) -> None:
+    project = bus_stack.project
+    pids = [bus_stack.state()["supervisor_pid"]]
+    pids += [p["pid"] for p in bus_stack.state()["processes"]]
+    # Its port taken, the bus cannot come back: the stack stops without it.
+    holder = socket.socket()
+    with bus_stack.bus_killed_while_paused() as record:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Seldom, a socket of the machine holds it already: then the bus cannot have it either.
+        with contextlib.suppress(OSError):
+            holder.bind(("127.0.0.1", int(record["url"].rsplit(":", 1)[1])))
+            holder.listen()
+    try:
+        stopped = project.aimesh("down", "-f", str(project.file), timeout=90)
+    finally:
+        holder.close()
+    assert "stopped the stack" in stopped.stdout
+    assert [pid for pid in pids if _alive(pid)] == []
+    assert not (project.home / "run" / "stack.json").exists()

@@ -9,9 +9,9 @@ from urllib.parse import quote
 
 import pyarrow as pa
 import pytest
-from _bad_paths import BAD_NAMES
 from fastapi.testclient import TestClient
 
+from _bad_paths import BAD_NAMES
 from aimesh.config import Settings
 from aimesh.lake import Lake
 from aimesh.lake.app import create_app
@@ -215,7 +215,8 @@ def test_the_app_serves_a_given_lake_and_openapi(settings: Settings, tmp_path: P
         assert [d["name"] for d in client.get("/api/lake/datasets").json()] == ["given"]
         paths = client.get("/openapi.json").json()["paths"]
         assert "/api/lake/query" in paths
-        assert client.get("/health").json() == {"status": "ok"}
+        assert client.get("/health").json() == {"status": "ok", "checks": {"store": "ok"}}
+        assert client.get("/health/live").json() == {"status": "ok"}
     assert json.loads(lake.describe("given").model_dump_json())["rows"] == 1
 
 

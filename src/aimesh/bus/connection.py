@@ -72,6 +72,11 @@ class Bus:
         """Whether the client is connected now (``False`` while it reconnects)."""
         return bool(self.nc.is_connected)
 
+    @property
+    def reconnections(self) -> int:
+        """How many times this connection got the bus back after losing it."""
+        return int(self.nc.stats["reconnects"])
+
     async def close(self) -> None:
         """Send what is still buffered, then close the connection and its subscriptions."""
         if self._log is not None:
@@ -206,13 +211,19 @@ async def connect(
     return Bus(nc, nc.jetstream(timeout=_JS_API_TIMEOUT_S), shown, log=events, limits=limits)
 
 
-async def open_bus(settings: Settings, *, name: str, timeout: float | None = None) -> Bus:
+async def open_bus(
+    settings: Settings, *, name: str, timeout: float | None = None, url: str | None = None
+) -> Bus:
     """Connect to the bus of these settings, starting the home's embedded one if needed.
 
     The connection presents the home's credentials and carries its stream limits. Without
-    ``timeout``, ``bus.connect_timeout_s`` bounds the connect.
+    ``timeout``, ``bus.connect_timeout_s`` bounds the connect. With ``url`` (what an earlier
+    :func:`ensure_bus` returned) nothing is started: a long-running loop that connects
+    again after losing the bus finds it there, or waits for whoever watches it to bring it
+    back on that address (``aimesh up``), rather than starting one elsewhere.
     """
-    url = await asyncio.to_thread(ensure_bus, settings)
+    if url is None:
+        url = await asyncio.to_thread(ensure_bus, settings)
     return await connect(
         url,
         timeout=timeout if timeout is not None else settings.bus.connect_timeout_s,

@@ -87,11 +87,15 @@ class BusStatus(msgspec.Struct, frozen=True, kw_only=True):
 _started_here: dict[int, EmbeddedNats] = {}
 
 
-def ensure_bus(settings: Settings) -> str:
+def ensure_bus(settings: Settings, *, keep_port: bool = False) -> str:
     """The URL of the bus to use, starting the home's embedded server if none answers.
 
-    ``settings.bus.url`` wins when set. Blocking (it may start a process and wait for it):
-    from async code, call it through ``asyncio.to_thread``.
+    ``settings.bus.url`` wins when set. A new server takes the last one's port when it can,
+    else a free one; with ``keep_port`` it takes the last one's port or fails with
+    :class:`BusUnavailable`: for a caller whose clients are connected to that address (the
+    supervisor of a running stack), a server elsewhere would be no server at all. Blocking
+    (it may start a process and wait for it): from async code, call it through
+    ``asyncio.to_thread``.
     """
     if settings.bus.url:
         return settings.bus.url
@@ -114,7 +118,7 @@ def ensure_bus(settings: Settings) -> str:
             gone = _started_here.pop(record.pid, None)
             if gone is not None:
                 gone.stop()
-        server = _start_detached(folder, settings, record, token)
+        server = _start_detached(folder, settings, record, token, keep_port=keep_port)
         url = server.url
         assert server.pid is not None
         _started_here[server.pid] = server
@@ -132,7 +136,7 @@ def ensure_bus(settings: Settings) -> str:
 
 
 def _start_detached(
-    folder: Path, settings: Settings, last: ServerRecord | None, token: str
+    folder: Path, settings: Settings, last: ServerRecord | None, token: str, *, keep_port: bool
 ) -> EmbeddedNats:
     # The previous server's port first: clients still connected to it reconnect by themselves.
     port = urlsplit(last.url).port if last is not None else None
@@ -143,6 +147,11 @@ def _start_detached(
             server.start()
             return server
         except BusUnavailable as exc:
+            if keep_port:
+                raise BusUnavailable(
+                    f"cannot start the embedded bus on its port {port} again: {exc.message}",
+                    port=port,
+                ) from exc
             _log.info("cannot reuse port %s (%s); taking a free one", port, exc.message)
     server = EmbeddedNats(folder, start_timeout=timeout, detached=True, token=token)
     server.start()

@@ -83,13 +83,22 @@ def status(
 def stop() -> None:
     """Stop the home's embedded bus (SIGTERM, then SIGKILL if it does not exit in time).
 
-    A bus set in bus.url is never stopped: it is not aimesh's.
+    A bus set in bus.url is never stopped: it is not aimesh's. While a stack runs on the
+    home (`aimesh up`), its supervisor starts the bus again: `aimesh down --bus` stops both.
 
     Stopping when nothing runs is not an error.
     """
+    from aimesh.local import supervisor_running
+
     cfg = settings()
     if stop_embedded_bus(cfg):
         console.print(f"stopped the embedded bus of {cfg.home_dir}", highlight=False)
+        if supervisor_running(cfg.home_dir):
+            console.print(
+                "a stack runs on this home: its supervisor starts the bus again; "
+                "`aimesh down --bus` stops both",
+                style="yellow",
+            )
     else:
         console.print("no embedded bus was running for this home")
     if cfg.bus.url:

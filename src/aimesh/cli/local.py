@@ -156,12 +156,13 @@ def show_stack(report: StackReport) -> None:
     if stack is None:
         console.print(f"nothing is running for {home} (start a stack: aimesh up)", highlight=False)
         return
+    colors = {"ready": "green", "not ready": "yellow", "down": "red"}
+    bus = f" [{colors[report.bus]}]{report.bus}[/]" if report.bus is not None else ""
     table = Table(
         "service", "replica", "kind", "REST", "gRPC", "state", "health", "version",
         "pid", "uptime", "restarts",
-        title=f"stack of {home} (supervisor pid {stack.supervisor_pid}, bus {stack.bus_url})",
+        title=f"stack of {home} (supervisor pid {stack.supervisor_pid}, bus {stack.bus_url}{bus})",
     )  # fmt: skip
-    colors = {"ready": "green", "not ready": "yellow", "down": "red"}
     for item in report.processes:
         p = item.process
         table.add_row(

@@ -42,7 +42,7 @@ from aimesh.gateway.routing import Router
 from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.protocol import grpc as pb
 from aimesh.protocol import rest_codec
-from aimesh.rest import retry_after
+from aimesh.rest import Readiness, retry_after
 
 __all__ = ["GrpcGateway"]
 
@@ -77,7 +77,7 @@ class GrpcGateway:
         metrics: GatewayMetrics,
         upstream_timeout_s: float,
         max_message_bytes: int,
-        ready: Callable[[], bool],
+        readiness: Readiness,
     ) -> None:
         self.router = router
         self.client = client
@@ -85,7 +85,7 @@ class GrpcGateway:
         self.keyring = keyring
         self.metrics = metrics
         self.timeout = upstream_timeout_s
-        self.ready = ready
+        self.readiness = readiness
         self._channel_options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -130,7 +130,7 @@ class GrpcGateway:
         return pb.ServerLiveResponse(live=True)
 
     async def _ready(self, request: Any, context: Context) -> Any:
-        return pb.ServerReadyResponse(ready=self.ready())
+        return pb.ServerReadyResponse(ready=await self.readiness.ready())
 
     async def _metadata(self, request: Any, context: Context) -> Any:
         # Open, like health and REST's GET /v2: nothing in it a caller could misuse.

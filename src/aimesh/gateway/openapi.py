@@ -175,7 +175,14 @@ def gateway_document(*, auth: bool) -> dict[str, Any]:
         return {**operation, "security": secured} if auth else operation
 
     paths: dict[str, Any] = {
-        "/health": {"get": {"summary": "Gateway health", "responses": _OPEN_READY, **_OPEN}},
+        "/health": {
+            "get": {
+                "summary": "Readiness: the bus and discovery",
+                "responses": _OPEN_READY,
+                **_OPEN,
+            }
+        },
+        "/health/live": {"get": {"summary": "Liveness", "responses": _OPEN_READY, **_OPEN}},
         "/v2/health/live": {"get": {"summary": "Liveness", "responses": _OPEN_READY, **_OPEN}},
         "/v2/health/ready": {"get": {"summary": "Readiness", "responses": _OPEN_READY, **_OPEN}},
         "/v2": {"get": {"summary": "Server metadata", "responses": _SERVER, **_OPEN}},

@@ -18,6 +18,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import msgspec
+
 from aimesh.auth import Identity, Keyring, Scope, key_from_headers
 from aimesh.errors import (
     AimeshError,
@@ -59,6 +61,7 @@ from aimesh.protocol import InferenceRequest, check_inputs, rest_codec
 from aimesh.rest import (
     DOCS_ASSETS_URL,
     Guard,
+    Readiness,
     check_infer_type,
     check_json_type,
     docs_asset,
@@ -118,7 +121,7 @@ class GatewayApp:
         openapi: MergedOpenApi,
         max_request_bytes: int,
         upstream_timeout_s: float,
-        ready: Callable[[], bool],
+        readiness: Readiness,
         registry_fallback: Upstream | None = None,
         deferrer: Deferrer | None = None,
         guard: Guard | None = None,
@@ -133,12 +136,14 @@ class GatewayApp:
         self.openapi = openapi
         self.max_request_bytes = max_request_bytes
         self.timeout = upstream_timeout_s
-        self.ready = ready
+        self.readiness = readiness
+        """Its bus connection and discovery listing (:mod:`aimesh.rest.readiness`)."""
         self.registry_fallback = registry_fallback
         self.deferrer = deferrer
         """Queues ``?async=true`` model calls as jobs; ``None``: they are refused."""
         self._own: dict[str, tuple[str, str, Scope | None, _Answer]] = {
             "/health": ("health", "GET", None, self._health),
+            "/health/live": ("health", "GET", None, self._live),
             "/v2/health/live": ("health", "GET", None, self._live),
             "/v2/health/ready": ("health", "GET", None, self._ready),
             "/v2": ("server", "GET", None, self._server),
@@ -436,17 +441,16 @@ class GatewayApp:
     # -- what the gateway answers itself ----------------------------------------------------
 
     async def _health(self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes) -> None:
-        ok = self.ready()
-        outcome.status = 200 if ok else 503
-        answer = b'{"status":"ok"}' if ok else b'{"status":"starting"}'
-        await respond(send, outcome.status, answer, head.request_id)
+        report = await self.readiness.report()
+        outcome.status = 200 if report.ready else 503
+        await respond(send, outcome.status, msgspec.json.encode(report), head.request_id)
 
     async def _live(self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes) -> None:
         outcome.status = 200
         await respond(send, 200, b'{"live":true}', head.request_id)
 
     async def _ready(self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes) -> None:
-        ok = self.ready()
+        ok = await self.readiness.ready()
         outcome.status = 200 if ok else 503
         answer = b'{"ready":true}' if ok else b'{"ready":false}'
         await respond(send, outcome.status, answer, head.request_id)

@@ -2,9 +2,11 @@
 
 At start the gateway binds both ports at once (so ``/health`` answers 503 while it gets
 ready), then connects to the bus, watches the discovery bucket and follows registry events;
-``/health`` turns 200 once the discovery listing is in the routing table. Without a bus it
-keeps trying. It stops in order: leave discovery, stop accepting and let requests in flight
-finish (no longer than the upstream timeout), stop watching, close pools and channels.
+``/health`` turns 200 once the discovery listing is in the routing table, and answers 503
+again whenever the bus connection is lost (the gateway is live but not ready: it cannot
+see instances come and go) until it is back. Without a bus it keeps trying. It stops in
+order: leave discovery, stop accepting and let requests in flight finish (no longer than
+the upstream timeout), stop watching, close pools and channels.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from aimesh.gateway.routing import Router, RoutingTable
 from aimesh.gateway.watch import DiscoveryWatch, forget_on_registry_events
 from aimesh.observability import cancel_and_wait, run_service, stop_on_signals
 from aimesh.registry import KeyWatch
-from aimesh.rest import Guard
+from aimesh.rest import Guard, Readiness, bus_check
 
 __all__ = ["run_gateway", "serve"]
 
@@ -91,20 +93,24 @@ async def run_gateway(
     # Keys may be made at any time: the document always says how to present one.
     openapi = MergedOpenApi(gateway_document(auth=True), auth=True)
     registry_fallback = _configured_registry(settings)
-    ready = asyncio.Event()
+    ready = asyncio.Event()  # the discovery listing is in the table
+    connection: list[Bus | None] = [None]
+    readiness = Readiness()
+    readiness.require("bus", bus_check(lambda: connection[0]))
+    readiness.require("discovery", lambda: None if ready.is_set() else "not listed yet")
     deferrer = Deferrer(settings.jobs)
 
     app = GatewayApp(
         router=router, client=client, policy=policy, keyring=keys.keyring,
         metrics=metrics, openapi=openapi, max_request_bytes=g.max_request_bytes,
-        upstream_timeout_s=g.upstream_timeout_s, ready=ready.is_set,
+        upstream_timeout_s=g.upstream_timeout_s, readiness=readiness,
         registry_fallback=registry_fallback, deferrer=deferrer,
         guard=Guard.from_settings(settings.auth),
     )  # fmt: skip
     grpc_gateway = GrpcGateway(
         router=router, client=client, policy=policy, keyring=keys.keyring,
         metrics=metrics, upstream_timeout_s=g.upstream_timeout_s,
-        max_message_bytes=g.max_request_bytes, ready=ready.is_set,
+        max_message_bytes=g.max_request_bytes, readiness=readiness,
     )  # fmt: skip
     grpc_server, grpc_port = await start_grpc(
         grpc_gateway, g.host, g.grpc_port, max_message_bytes=g.max_request_bytes
@@ -136,7 +142,7 @@ async def run_gateway(
 
     describe = _describer(g.host, http_port, grpc_port)
     follower = asyncio.create_task(
-        _follow_bus(settings, table, catalog, changed, ready, describe, deferrer),
+        _follow_bus(settings, table, catalog, changed, ready, describe, deferrer, connection),
         name="gateway-bus",
     )
 
@@ -212,9 +218,14 @@ async def _follow_bus(
     ready: asyncio.Event,
     describe: Callable[[], ServiceInstance],
     deferrer: Deferrer,
+    connection: list[Bus | None],
 ) -> None:
-    """Connect to the bus (retrying), then watch discovery and registry events until cancelled."""
+    """Connect to the bus (retrying), then watch discovery and registry events until cancelled.
+
+    ``connection`` receives the bus connection, for the readiness check.
+    """
     bus = await _connect_patiently(settings)
+    connection[0] = bus
     try:
         await deferrer.attach(bus)
     except AimeshError as exc:

@@ -14,7 +14,7 @@ from aimesh.jobs.api import openapi_components, router
 from aimesh.jobs.client import JobClient
 from aimesh.jobs.data import JobData
 from aimesh.registry import KeyWatch
-from aimesh.rest import announced, service_app
+from aimesh.rest import Readiness, announced, bus_check, service_app
 
 __all__ = ["create_app"]
 
@@ -25,11 +25,14 @@ def create_app(settings: Settings, *, public_url: str | None = None) -> FastAPI:
     """The jobs service's FastAPI app, connecting to the bus when it starts.
 
     With ``public_url``, the service also keeps a discovery entry so gateways can find it.
+    It is ready (``/health``) while its bus connection is up: every route needs the bus.
     """
+    readiness = Readiness()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with await open_bus(settings, name="jobs-api") as bus:
+            readiness.require("bus", bus_check(lambda: bus))
             jobs = await JobClient.open(bus, settings.jobs)
             app.state.jobs = jobs
             app.state.job_data = await JobData.open(bus)
@@ -51,5 +54,6 @@ def create_app(settings: Settings, *, public_url: str | None = None) -> FastAPI:
         auth=settings.auth,
         max_body_bytes=settings.jobs.max_request_bytes,
         schemas=openapi_components(),  # msgspec types, which FastAPI does not describe
+        readiness=readiness,
     )
     return app

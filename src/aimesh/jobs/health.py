@@ -1,8 +1,10 @@
 """A worker's small HTTP face: ``/health`` for supervisors, ``/metrics`` for Prometheus.
 
 ``aimesh worker KIND --port P`` serves it next to the consumer loop (``aimesh up`` always
-does, so that it knows when a worker is ready). ``/health`` answers 200 once the worker
-pulls from its queue, 503 before and while it drains; it is open. ``/metrics`` counts the
+does, so that it knows when a worker is ready). ``/health`` is readiness: 200 while the
+worker pulls from its queue over a live bus connection, 503 before, while it drains and
+while the bus is gone (it reconnects by itself); ``/health/live`` answers 200 for as long
+as the process serves. Both are open. ``/metrics`` counts the
 worker's jobs by outcome and the side effects its fences refused, and shows how many run
 now; it needs the ``read`` scope whenever keys exist.
 """
@@ -28,10 +30,12 @@ from aimesh.rest import (
     JSON,
     ASGIScope,
     Guard,
+    Readiness,
     Receive,
     RouteNotFound,
     Send,
     allow,
+    bus_check,
     error_body,
     header,
     request_id_of,
@@ -88,6 +92,14 @@ class WorkerHealth:
         self.guard = guard or Guard()
         self.metrics = CollectorRegistry(auto_describe=True)
         self.metrics.register(_WorkerCollector(worker))
+        self.readiness = Readiness()
+        self.readiness.require("queue", self._pulling)
+        self.readiness.require("bus", bus_check(lambda: worker.bus))
+
+    def _pulling(self) -> str | None:
+        if self.worker.stopping:
+            return "draining"
+        return None if self.worker.ready.is_set() else "not pulling yet"
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,12 +109,14 @@ class WorkerHealth:
             self.guard.check_scope(scope)
             allow(scope["method"], "GET")
             if path == "/health":
-                ok = self.worker.ready.is_set() and not self.worker.stopping
+                report = await self.readiness.report()
                 body = msgspec.json.encode(
-                    {"status": "ok" if ok else "unavailable", "kind": self.worker.kind,
+                    {"status": report.status, "checks": report.checks, "kind": self.worker.kind,
                      "worker": self.worker.id}
                 )  # fmt: skip
-                await respond(send, 200 if ok else 503, body, "")
+                await respond(send, 200 if report.ready else 503, body, "")
+            elif path == "/health/live":
+                await respond(send, 200, b'{"status":"ok"}', "")
             elif path == "/metrics":
                 client = scope.get("client")
                 self.keyring.check(
@@ -113,7 +127,7 @@ class WorkerHealth:
                 text = generate_latest(self.metrics)
                 await respond(send, 200, text, "", CONTENT_TYPE_LATEST.encode())
             else:
-                raise RouteNotFound(f"no route {path}; try /health or /metrics")
+                raise RouteNotFound(f"no route {path}; try /health, /health/live or /metrics")
         except AimeshError as exc:  # a route it has not, a method but GET, a key refused
             request_id = request_id_of(scope)
             body = error_body(exc.message, exc.code, request_id)

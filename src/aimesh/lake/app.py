@@ -11,7 +11,7 @@ from aimesh.config import Settings
 from aimesh.lake.api import RAW_BODIES, LakeService, query_request_schema, router
 from aimesh.lake.lake import Lake
 from aimesh.registry import KeyWatch
-from aimesh.rest import announced, service_app
+from aimesh.rest import Readiness, announced, service_app
 
 __all__ = ["create_app"]
 
@@ -22,8 +22,16 @@ def create_app(
     """The lake's FastAPI app over ``lake`` (default: the lake of ``settings``).
 
     With ``public_url``, the service keeps a discovery entry (kind ``lake``) so that
-    gateways proxy ``/api/lake/...`` to it.
+    gateways proxy ``/api/lake/...`` to it. It is ready (``/health``) while the lake's
+    store can be listed: its folder, or its bucket on object storage.
     """
+    served = lake or Lake.from_settings(settings)
+    readiness = Readiness()
+
+    def store_reachable() -> None:
+        served.tables.names()  # raises StoreUnavailable, saying why, when it cannot list
+
+    readiness.require("store", store_reachable, blocking=True)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,9 +51,10 @@ def create_app(
         max_body_bytes=settings.lake.max_request_bytes,
         raw_bodies=RAW_BODIES,
         schemas={"QueryRequest": query_request_schema(settings.lake.max_query_rows)},
+        readiness=readiness,
     )
     app.state.lake = LakeService(
-        lake=lake or Lake.from_settings(settings),
+        lake=served,
         max_query_rows=settings.lake.max_query_rows,
         max_upload_bytes=settings.lake.max_upload_bytes,
     )

@@ -40,6 +40,8 @@ class StackReport(msgspec.Struct, kw_only=True):
     running: bool
     home: str
     stack: StackState | None = None
+    bus: Health | None = None
+    """Whether the stack's bus answers now (``ready`` or ``down``; None: nothing runs)."""
     processes: list[ProcessReport] = msgspec.field(default_factory=list)
 
 
@@ -50,6 +52,9 @@ async def stack_report(home: Path, *, probe_timeout_s: float = 2.0) -> StackRepo
     if state is None:
         return StackReport(running=running, home=str(home))
     instances = await _discovered(state.bus_url, home)
+    bus: Health | None = None
+    if state.bus_url is not None:
+        bus = "ready" if instances is not None else "down"
     now = datetime.now(UTC)
     # Health is open; a model's metadata needs a key when keys exist: the service credential.
     headers = {"x-api-key": await asyncio.to_thread(service_key, home)}
@@ -59,7 +64,7 @@ async def stack_report(home: Path, *, probe_timeout_s: float = 2.0) -> StackRepo
         healths = await asyncio.gather(*(_probe(client, p) for p in state.processes))
         reports = []
         for process, health in zip(state.processes, healths, strict=True):
-            instance = instances.get(process.http_port)
+            instance = instances.get(process.http_port) if instances else None
             version = instance.version if instance is not None else None
             if version is None and process.kind == "model" and health == "ready":
                 version = await _version_over_rest(client, process)
@@ -73,7 +78,7 @@ async def stack_report(home: Path, *, probe_timeout_s: float = 2.0) -> StackRepo
                     uptime_s=(now - started).total_seconds() if started else None,
                 )
             )
-    return StackReport(running=running, home=str(home), stack=state, processes=reports)
+    return StackReport(running=running, home=str(home), stack=state, bus=bus, processes=reports)
 
 
 async def _probe(client: httpx.AsyncClient, process: ProcessState) -> Health:
@@ -86,10 +91,10 @@ async def _probe(client: httpx.AsyncClient, process: ProcessState) -> Health:
     return "ready" if response.status_code == 200 else "not ready"
 
 
-async def _discovered(bus_url: str | None, home: Path) -> dict[int, ServiceInstance]:
-    """This machine's discovery entries by port; empty (and a log line) without a bus."""
+async def _discovered(bus_url: str | None, home: Path) -> dict[int, ServiceInstance] | None:
+    """This machine's discovery entries by port; None (and a log line) without a bus."""
     if bus_url is None:
-        return {}
+        return None
     credentials = home_credentials(home)
     try:
         async with await connect(
@@ -98,7 +103,7 @@ async def _discovered(bus_url: str | None, home: Path) -> dict[int, ServiceInsta
             return await instances_by_port(bus)
     except (AimeshError, nats.errors.Error, TimeoutError) as exc:
         log.warning("discovery not read (%s)", getattr(exc, "message", exc))
-        return {}
+        return None
 
 
 async def _version_over_rest(client: httpx.AsyncClient, process: ProcessState) -> str | None:

@@ -3,10 +3,12 @@
 It holds the home's stack lock, finds (or starts) the bus, starts the processes stage by
 stage (registry, model replicas, gateway), each waited on until ready, and records the
 stack in ``HOME/run/stack.json``. A process that dies is restarted with backoff on the same
-ports; its discovery entry is removed at once rather than left for the bucket's TTL. On
-SIGINT, SIGTERM or SIGHUP it stops the stages in reverse order (SIGTERM, drain, SIGKILL
-what is left), removes the state file and releases the lock. The bus is left running: other
-processes of the home may use it.
+ports; its discovery entry is removed at once rather than left for the bucket's TTL. The
+home's embedded bus is watched the same way: restarted on its port when it dies
+(:mod:`aimesh.local.buswatch`). On SIGINT, SIGTERM or SIGHUP it stops watching, stops the
+stages in reverse order (SIGTERM, drain, SIGKILL what is left), removes the state file and
+releases the lock, whatever state the bus is in. The bus is left running: other processes
+of the home may use it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from aimesh.bus import Bus, bus_credentials, connect, declare_topology, ensure_bus, redact_url
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
+from aimesh.local.buswatch import BusWatch
 from aimesh.local.control import clear_leftovers
 from aimesh.local.discovery import forget_instances
 from aimesh.local.plan import STAGES, ProcessSpec, plan_stack
@@ -40,6 +43,10 @@ log = logging.getLogger("aimesh.local")
 
 # Beyond the drain timeout: interpreter exit, closing the bus connection, leaving discovery.
 STOP_MARGIN_S = 10.0
+# Longest wait to clear a stopped process's discovery entries (within STOP_MARGIN_S): the
+# bucket's TTL (6 s) does it anyway, so a bus that does not answer must not hold up a stop
+# or a restart. A lost bus is not waited for at all.
+_FORGET_S = 3.0
 
 
 class Supervisor:
@@ -66,6 +73,7 @@ class Supervisor:
         )
         self._processes: list[ManagedProcess] = []
         self._bus: Bus | None = None
+        self._bus_watch: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()
 
@@ -112,11 +120,18 @@ class Supervisor:
                 await self._until_stopped(on_running)
             finally:
                 self._set_phase("stopping")
+                if self._bus_watch is not None:
+                    self._bus_watch.cancel()  # a stopping stack restarts nothing
+                    await asyncio.gather(self._bus_watch, return_exceptions=True)
                 await self._stop_all()
+                bus_up = self._bus is not None and self._bus.connected
                 if self._bus is not None:
                     await self._bus.close()
                 remove_state(self.home)
-                log.info("stack stopped; the bus keeps running (`aimesh bus stop` stops it)")
+                if bus_up:
+                    log.info("stack stopped; the bus keeps running (`aimesh bus stop` stops it)")
+                else:
+                    log.info("stack stopped")
 
     async def _until_stopped(
         self, on_running: Callable[[StackState], Awaitable[None]] | None
@@ -152,6 +167,9 @@ class Supervisor:
         )
         await declare_topology(self._bus)
         log.info("bus at %s", self._bus.url)
+        self._bus_watch = asyncio.create_task(
+            BusWatch(self.settings, self._bus).run(), name="bus-watch"
+        )
         for stage in STAGES:
             # Replicas of a stage start together; the next stage waits for all of them.
             starting = [
@@ -184,11 +202,21 @@ class Supervisor:
         )
 
     async def _forget(self, spec: ProcessSpec, pid: int) -> None:
-        """Remove a dead process's discovery entries now, so nothing routes to it meanwhile."""
-        if self._bus is None:
+        """Remove a dead process's discovery entries now, so nothing routes to it meanwhile.
+
+        Without the bus (or when it does not answer within ``_FORGET_S``) the entries are
+        left to expire with the bucket's TTL.
+        """
+        if self._bus is None or not self._bus.connected:
             return
         try:
-            await forget_instances(self._bus, ports={spec.http_port}, pids={pid})
+            await asyncio.wait_for(
+                forget_instances(self._bus, ports={spec.http_port}, pids={pid}), _FORGET_S
+            )
+        except TimeoutError:
+            log.info(
+                "%s's discovery entries are left to expire (the bus did not answer)", spec.name
+            )
         except AimeshError as exc:
             log.warning("could not clear %s from discovery: %s", spec.name, exc.message)
 

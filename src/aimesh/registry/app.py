@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import sqlalchemy as sa
 from fastapi import FastAPI
 
 from aimesh.config import Settings
@@ -15,7 +17,7 @@ from aimesh.registry.api import RAW_BODIES, router
 from aimesh.registry.keys import KeyWatch
 from aimesh.registry.outbox import OutboxRelay
 from aimesh.registry.service import LocalRegistry
-from aimesh.rest import announced, service_app
+from aimesh.rest import Check, Readiness, announced, service_app
 
 log = logging.getLogger("aimesh.registry")
 
@@ -26,12 +28,16 @@ def create_app(
     """The registry's FastAPI app, opening its store when it starts and closing it after.
 
     With ``public_url``, the service also keeps a discovery entry so gateways can find it.
+    It is ready (``/health``) while its database answers; the bus is not needed (events
+    wait in the outbox).
     """
+    readiness = Readiness()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = LocalRegistry.from_settings(settings, actor="registry-api")
         app.state.registry = registry
+        readiness.require("database", database_check(registry.store.engine), blocking=True)
         app.state.keys = keys  # its own key changes take effect here at once
         tasks: list[asyncio.Task[None]] = []
         if publish_events:
@@ -69,7 +75,30 @@ def create_app(
         auth=settings.auth,
         max_body_bytes=settings.registry.max_request_bytes,
         raw_bodies=RAW_BODIES,
+        readiness=readiness,
     )
+
+
+def database_check(engine: sa.Engine) -> Check:
+    """A round trip to the database; for SQLite, also that its file is still there.
+
+    (A SQLite connection keeps working on a file deleted under it, which no later process
+    would find: that is a registry about to lose what it writes.)
+    """
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    file = Path(path) if path and path != ":memory:" and not path.startswith("file:") else None
+
+    def check() -> str | None:
+        if file is not None and not file.exists():
+            return f"the database file {file} is gone"
+        try:
+            with engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        except sa.exc.SQLAlchemyError as exc:
+            return f"cannot reach the database: {str(exc).splitlines()[0]}"
+        return None
+
+    return check
 
 
 async def collect_garbage_every(registry: LocalRegistry, interval_s: float) -> None:

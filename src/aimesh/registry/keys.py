@@ -25,7 +25,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from aimesh.auth import FailedAttempts, KeyEntry, Keyring
-from aimesh.bus import KEY_SUBJECTS, open_bus, subscribe_events
+from aimesh.bus import KEY_SUBJECTS, ensure_bus, open_bus, subscribe_events
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
 from aimesh.observability import cancel_and_wait
@@ -137,12 +137,15 @@ class KeyWatch:
 
     async def _on_events(self) -> None:
         backoff = 0.5
+        url: str | None = None
         while True:
             try:
-                # With the home's credentials: a bare connect is refused by a bus with a token,
-                # and keys would then change only on the interval.
+                # The bus is found (or started) once; later rounds connect to that address
+                # (see open_bus), with the home's credentials.
+                if url is None:
+                    url = await asyncio.to_thread(ensure_bus, self.settings)
                 async with (
-                    await open_bus(self.settings, name="keys") as bus,
+                    await open_bus(self.settings, name="keys", url=url) as bus,
                     await subscribe_events(bus, KEY_SUBJECTS) as events,
                 ):
                     backoff = 0.5

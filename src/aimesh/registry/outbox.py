@@ -13,7 +13,14 @@ import logging
 
 import anyio.to_thread
 
-from aimesh.bus import Bus, RegistryEvent, declare_topology, open_bus, publish_event
+from aimesh.bus import (
+    Bus,
+    RegistryEvent,
+    declare_topology,
+    ensure_bus,
+    open_bus,
+    publish_event,
+)
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
 from aimesh.registry.store import RegistryStore
@@ -89,9 +96,12 @@ class OutboxRelay:
         self._loop = asyncio.get_running_loop()
         backoff = 0.5
         warned = False
+        url: str | None = None  # found (or started) once; see open_bus
         while True:
             try:
-                async with await open_bus(self._settings, name="aimesh-registry") as bus:
+                if url is None:
+                    url = await asyncio.to_thread(ensure_bus, self._settings)
+                async with await open_bus(self._settings, name="aimesh-registry", url=url) as bus:
                     await declare_topology(bus)
                     log.info("publishing registry events on %s", bus.url)
                     backoff, warned = 0.5, False

@@ -8,7 +8,8 @@ Either way every error is ``{"error": message, "code": code}`` with the status o
 ``openapi.py``. Every one serves its ``/docs`` page with
 ``docs.py``: Swagger UI from installed files, never from a CDN. Every one stands behind the
 same edge: ``guard.py`` (browser origins, Host names, JSON bodies typed and bounded) and
-``exposure.py`` (no keyless bind beyond loopback without ``--insecure``).
+``exposure.py`` (no keyless bind beyond loopback without ``--insecure``). Every one tells
+readiness from liveness the same way: ``readiness.py``.
 """
 
 from aimesh.rest.asgi import (
@@ -43,6 +44,7 @@ from aimesh.rest.guard import (
     is_json_type,
 )
 from aimesh.rest.openapi import OPERATION_METHODS, document_errors, statuses_of
+from aimesh.rest.readiness import Check, Readiness, ReadinessReport, bus_check
 from aimesh.rest.service import announced, service_app
 from aimesh.rest.status import HTTP_STATUS, error_headers, retry_after, shown_message, status_of
 
@@ -56,17 +58,21 @@ __all__ = [
     "SCOPE_KEY",
     "ASGIScope",
     "Caller",
+    "Check",
     "DocsAsset",
     "Guard",
     "GuardedApp",
     "Message",
     "MethodNotAllowed",
+    "Readiness",
+    "ReadinessReport",
     "Receive",
     "RouteNotFound",
     "Send",
     "allow",
     "announced",
     "auth_configured",
+    "bus_check",
     "check_bind",
     "check_infer_type",
     "check_json_type",

@@ -2,9 +2,10 @@
 
 The registry, the lake and the jobs service differ in their routes and what they open at
 start; :func:`service_app` gives each the same frame (title, the JSON error handlers with
-the platform's one status table, its router, ``/health``, ``/docs`` with Swagger UI served from
-installed files), and :func:`announced` keeps the service's discovery entry while the app
-runs, so that gateways proxy ``/api/<kind>``.
+the platform's one status table, its router, ``/health`` (readiness: 503 while a dependency
+it cannot work without is gone, see :mod:`aimesh.rest.readiness`) and ``/health/live``,
+``/docs`` with Swagger UI served from installed files), and :func:`announced` keeps the
+service's discovery entry while the app runs, so that gateways proxy ``/api/<kind>``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
+import msgspec
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, Response
@@ -29,10 +31,26 @@ from aimesh.rest.docs import DOCS_ASSETS_URL, docs_asset, swagger_page
 from aimesh.rest.errors import install_error_handlers
 from aimesh.rest.guard import Guard, GuardedApp
 from aimesh.rest.openapi import document_errors
+from aimesh.rest.readiness import Readiness
 
 __all__ = ["announced", "service_app"]
 
 ServiceKind = Literal["registry", "lake", "jobs"]
+_REPORT: dict[str, Any] = {
+    "description": "Each dependency: ok, or why it cannot be used now",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "status": {"type": "string", "enum": ["ok", "unavailable"]},
+                    "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+                "required": ["status", "checks"],
+            },
+        }
+    },
+}
 # Longest wait for the background tasks to end when the app stops.
 _BACKGROUND_STOP_S = 5.0
 
@@ -49,16 +67,20 @@ def service_app(
     raw_bodies: Sequence[str] = (),
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     schemas: Mapping[str, Any] | None = None,
+    readiness: Readiness | None = None,
 ) -> FastAPI:
     """A FastAPI app with the platform's error bodies, ``router``, ``GET /health``, ``/docs``.
 
     It stands behind :class:`~aimesh.rest.GuardedApp`: ``auth``'s origins and hosts, JSON
     bodies up to ``max_body_bytes`` except on the routes ``raw_bodies`` matches (uploads).
     Every route checks the caller's key against ``keyring`` (:mod:`aimesh.rest.callers`);
-    ``/health`` and the docs are open. ``background`` tasks (keeping the keyring current)
-    run while the app does. Its ``/openapi.json`` documents every error each route can answer
-    (:func:`~aimesh.rest.document_errors`), with ``schemas`` among its components (bodies
-    that are not pydantic models, which FastAPI cannot describe).
+    ``/health``, ``/health/live`` and the docs are open. ``background`` tasks (keeping the
+    keyring current) run while the app does. ``/health`` answers 200 while every dependency
+    ``readiness`` names is usable and 503 (with each one's state) otherwise; ``/health/live``
+    answers 200 for as long as the process serves. Its ``/openapi.json`` documents every
+    error each route can answer (:func:`~aimesh.rest.document_errors`), with ``schemas``
+    among its components (bodies that are not pydantic models, which FastAPI cannot
+    describe).
 
     FastAPI's own ``/docs`` and ``/redoc`` load their scripts from a CDN; these pages load
     them from this server (:mod:`aimesh.rest.docs`), so the docs work offline.
@@ -104,8 +126,30 @@ def service_app(
         headers = {key.decode(): value.decode() for key, value in asset.headers}
         return Response(asset.body, media_type=asset.content_type.decode(), headers=headers)
 
-    @app.get("/health", tags=["health"], summary="Liveness", openapi_extra=route_scope("open"))
-    def health() -> dict[str, str]:
+    ready = readiness or Readiness()
+
+    @app.get(
+        "/health",
+        tags=["health"],
+        summary="Readiness: 503 while a dependency the service needs is gone",
+        openapi_extra=route_scope("open"),
+        responses={200: _REPORT, 503: _REPORT},
+    )
+    async def health() -> Response:
+        report = await ready.report()
+        return Response(
+            msgspec.json.encode(report),
+            status_code=200 if report.ready else 503,
+            media_type="application/json",
+        )
+
+    @app.get(
+        "/health/live",
+        tags=["health"],
+        summary="Liveness: 200 while the process serves",
+        openapi_extra=route_scope("open"),
+    )
+    def live() -> dict[str, str]:
         return {"status": "ok"}
 
     def openapi() -> dict[str, Any]:
