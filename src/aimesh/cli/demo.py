@@ -330,7 +330,7 @@ def demo(
             state = start_detached(
                 home, ["up", "--file", str(project)], timeout_s=60.0 * len(STAGES) + 60
             )
-        show_stack(asyncio.run(stack_report(home)))
+        show_stack(asyncio.run(stack_report(home, settings=stack)))
         # Where the gateway really listens (a port of 0 in the settings means any free one).
         front = next(p for p in state.processes if p.kind == "gateway")
         gateway = front.rest_url
@@ -375,5 +375,5 @@ def demo(
         _until_a_signal()
     finally:
         with console.status("stopping the stack"):
-            stop_stack(home, timeout_s=STACK_STOP_S)
+            stop_stack(home, timeout_s=STACK_STOP_S, settings=stack)
         console.print("stopped the stack (the bus keeps running: `aimesh bus stop`)")

@@ -90,12 +90,12 @@ def up(
     if detach:
         # Checked here, so that problems (a running stack, ports in use) are shown, not logged.
         with hold_stack_lock(home):
-            asyncio.run(clear_leftovers(home, read_state(home)))
+            asyncio.run(clear_leftovers(home, read_state(home), config))
             plan_stack(config)
         args = ["up", "--file", str(path), "--ready-timeout", f"{ready_timeout:g}"]
         with console.status("starting the stack in the background"):
             start_detached(home, args, timeout_s=ready_timeout * len(STAGES) + 60)
-        show_stack(asyncio.run(stack_report(home)))
+        show_stack(asyncio.run(stack_report(home, settings=config)))
         console.print(
             f"running in the background; its log: {home}/logs/supervisor.log. "
             "`aimesh down` stops it.",
@@ -110,7 +110,7 @@ def up(
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     async def running(_: object) -> None:
-        show_stack(await stack_report(home))
+        show_stack(await stack_report(home, settings=config))
         console.print("Ctrl-C (or `aimesh down` elsewhere) stops the stack.")
 
     supervisor = Supervisor(config, config_file=path, ready_timeout_s=ready_timeout)
@@ -143,7 +143,8 @@ def status(
     """Show every service and replica: address, health, version served, pid, uptime."""
     from aimesh.local import stack_report
 
-    report = asyncio.run(stack_report(_settings(file).home_dir))
+    config = _settings(file)
+    report = asyncio.run(stack_report(config.home_dir, settings=config))
     if as_json:
         typer.echo(msgspec.json.encode(report).decode())
     else:
@@ -259,7 +260,7 @@ def down(
     home = config.home_dir
     per_stage = config.serving.drain_timeout_s + STOP_MARGIN_S
     with console.status("stopping the stack"):
-        report = stop_stack(home, timeout_s=per_stage * len(STAGES) + 10)
+        report = stop_stack(home, timeout_s=per_stage * len(STAGES) + 10, settings=config)
     if report.was_running:
         console.print(
             f"stopped the stack of {home} (supervisor pid {report.supervisor_pid})",

@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nats.errors
 
-from aimesh.bus import home_credentials
 from aimesh.errors import Unavailable
-from aimesh.local.discovery import purge_quietly
+from aimesh.local.discovery import purge_quietly, stack_bus
 from aimesh.local.logs import SUPERVISOR_LOG, read_from
 from aimesh.local.state import (
     StackState,
@@ -32,6 +32,9 @@ from aimesh.local.state import (
     remove_state,
     supervisor_running,
 )
+
+if TYPE_CHECKING:
+    from aimesh.config import Settings
 
 log = logging.getLogger("aimesh.local")
 
@@ -90,7 +93,7 @@ def _failed(log_file: Path, offset: int, what: str) -> Unavailable:
     return Unavailable(f"the stack did not start: {what} (log: {log_file}):\n{shown}")
 
 
-def stop_stack(home: Path, *, timeout_s: float) -> StopReport:
+def stop_stack(home: Path, *, timeout_s: float, settings: Settings | None = None) -> StopReport:
     """Stop the home's stack: SIGTERM its supervisor and wait until it is gone.
 
     A supervisor that does not finish within ``timeout_s`` is killed, and so is anything it
@@ -100,7 +103,9 @@ def stop_stack(home: Path, *, timeout_s: float) -> StopReport:
     if not supervisor_running(home):
         if state is None:
             return StopReport(was_running=False)
-        return StopReport(was_running=False, leftovers=asyncio.run(clear_leftovers(home, state)))
+        return StopReport(
+            was_running=False, leftovers=asyncio.run(clear_leftovers(home, state, settings))
+        )
     pid = state.supervisor_pid if state is not None else None
     if pid is None:
         raise Unavailable(f"a supervisor holds {home}'s stack lock but left no stack.json")
@@ -120,12 +125,17 @@ def stop_stack(home: Path, *, timeout_s: float) -> StopReport:
     if not _wait_until(functools.partial(_gone, pid), EXIT_WAIT_S):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    leftovers = asyncio.run(clear_leftovers(home, read_state(home)))
+    leftovers = asyncio.run(clear_leftovers(home, read_state(home), settings))
     return StopReport(was_running=True, supervisor_pid=pid, leftovers=leftovers)
 
 
-async def clear_leftovers(home: Path, state: StackState | None) -> int:
-    """Stop what a dead supervisor left running, clear its discovery entries; how many."""
+async def clear_leftovers(
+    home: Path, state: StackState | None, settings: Settings | None = None
+) -> int:
+    """Stop what a dead supervisor left running, clear its discovery entries; how many.
+
+    ``settings``: the home's, when known (an external bus's credentials are only there).
+    """
     if state is None:
         return 0
     alive = [p for p in state.processes if p.pid is not None and _is_aimesh(p.pid)]
@@ -140,11 +150,12 @@ async def clear_leftovers(home: Path, state: StackState | None) -> int:
         pid = process.pid
         await asyncio.to_thread(_wait_until, functools.partial(_gone, pid), 20.0)
         _signal_group(pid, signal.SIGKILL)  # also any worker it left behind
-    if state.bus_url is not None and state.processes:
+    bus_url, credentials = stack_bus(home, state.bus_url, settings)
+    if bus_url is not None and state.processes:
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await purge_quietly(
-                state.bus_url,
-                credentials=home_credentials(home),
+                bus_url,
+                credentials=credentials,
                 ports={p.http_port for p in state.processes},
                 pids={p.pid for p in state.processes if p.pid is not None},
             )

@@ -5,12 +5,39 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import nats.errors
 
-from aimesh.bus import Bus, BusCredentials, ServiceInstance, discovery_bucket, list_instances
+from aimesh.bus import (
+    Bus,
+    BusCredentials,
+    ServiceInstance,
+    bus_credentials,
+    discovery_bucket,
+    home_credentials,
+    list_instances,
+)
 from aimesh.errors import BusUnavailable
+
+if TYPE_CHECKING:
+    from aimesh.config import Settings
+
+
+def stack_bus(
+    home: Path, recorded_url: str | None, settings: Settings | None = None
+) -> tuple[str | None, BusCredentials]:
+    """Where and with what the stack's tools (status, down, clean-up) reach its bus.
+
+    The state file records the bus URL without any password it carried, and an external
+    bus's credentials are in the settings: with ``settings`` naming an external bus, its own
+    URL and credentials; otherwise the recorded URL and the home's embedded token.
+    """
+    if settings is not None and settings.bus.url is not None:
+        return settings.bus.url, bus_credentials(settings)
+    return recorded_url, home_credentials(home)
 
 
 def _here(instances: list[ServiceInstance]) -> Iterator[tuple[int | None, ServiceInstance]]:

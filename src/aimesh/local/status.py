@@ -7,17 +7,20 @@ import contextlib
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 import msgspec
 import nats.errors
 
 from aimesh.auth import service_key
-from aimesh.bus import ServiceInstance, connect, home_credentials
+from aimesh.bus import BusCredentials, ServiceInstance, connect
 from aimesh.errors import AimeshError
-from aimesh.local.discovery import instances_by_port
+from aimesh.local.discovery import instances_by_port, stack_bus
 from aimesh.local.state import ProcessState, StackState, read_state, supervisor_running
+
+if TYPE_CHECKING:
+    from aimesh.config import Settings
 
 log = logging.getLogger("aimesh.local")
 
@@ -45,13 +48,18 @@ class StackReport(msgspec.Struct, kw_only=True):
     processes: list[ProcessReport] = msgspec.field(default_factory=list)
 
 
-async def stack_report(home: Path, *, probe_timeout_s: float = 2.0) -> StackReport:
-    """The home's stack checked now (no processes when nothing was started there)."""
+async def stack_report(
+    home: Path, *, settings: Settings | None = None, probe_timeout_s: float = 2.0
+) -> StackReport:
+    """The home's stack checked now (no processes when nothing was started there).
+
+    ``settings``: the home's, when known (an external bus's credentials are only there).
+    """
     state = read_state(home)
     running = supervisor_running(home)
     if state is None:
         return StackReport(running=running, home=str(home))
-    instances = await _discovered(state.bus_url, home)
+    instances = await _discovered(*stack_bus(home, state.bus_url, settings))
     bus: Health | None = None
     if state.bus_url is not None:
         bus = "ready" if instances is not None else "down"
@@ -91,11 +99,12 @@ async def _probe(client: httpx.AsyncClient, process: ProcessState) -> Health:
     return "ready" if response.status_code == 200 else "not ready"
 
 
-async def _discovered(bus_url: str | None, home: Path) -> dict[int, ServiceInstance] | None:
+async def _discovered(
+    bus_url: str | None, credentials: BusCredentials
+) -> dict[int, ServiceInstance] | None:
     """This machine's discovery entries by port; None (and a log line) without a bus."""
     if bus_url is None:
         return None
-    credentials = home_credentials(home)
     try:
         async with await connect(
             bus_url, timeout=2.0, name="aimesh-status", credentials=credentials

@@ -105,7 +105,7 @@ class Supervisor:
         """
         with hold_stack_lock(self.home):
             # Before planning: what a dead supervisor left may still hold the ports.
-            await clear_leftovers(self.home, read_state(self.home))
+            await clear_leftovers(self.home, read_state(self.home), self.settings)
             self._processes = [self._managed(spec) for spec in plan_stack(self.settings)]
             self._save()
             # A second signal stops the processes without drain; a third exits at once.
