@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import itertools
 import json
 import os
@@ -23,6 +22,7 @@ import httpx
 import msgspec
 import nats
 import nats.errors
+import nkeys
 import pytest
 from _services import free_port, start
 from nats.js.api import DiscardPolicy, RetentionPolicy
@@ -504,12 +504,40 @@ def test_an_nkey_or_creds_file_that_cannot_be_used_is_a_clear_config_error(
     creds = tmp_path / "user.creds"
     creds.write_text("-----BEGIN NATS USER JWT-----\n")
     given = external(password_server.url, tmp_path, creds_file=creds)
-    if importlib.util.find_spec("nkeys") is None:
-        with pytest.raises(ConfigError, match="needs the nkeys package"):
-            run(declare_and_name_jobs_stream(given))
-    else:  # a creds file the server does not know: refused, clearly
-        with pytest.raises((BusUnavailable, ConfigError)):
-            run(declare_and_name_jobs_stream(given))
+    with pytest.raises((BusUnavailable, ConfigError)):  # a creds file the server does not know
+        run(declare_and_name_jobs_stream(given))
+
+
+def _nkey_user(folder: Path, name: str) -> tuple[Path, str]:
+    """A new NKey user: its seed file (0600, as `nsc`/`nk` write one) and public key."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    path = folder / f"{name}.nk"
+    path.write_bytes(seed + b"\n")
+    path.chmod(0o600)
+    return path, nkeys.from_seed(seed).public_key.decode()
+
+
+def test_an_external_server_with_nkey_users_works_through_the_seed_file(tmp_path: Path) -> None:
+    alice_seed, alice = _nkey_user(tmp_path, "alice")
+    mallory_seed, _ = _nkey_user(tmp_path, "mallory")  # not a user of the server
+    config = (
+        "authorization { users: [ { nkey: " + json.dumps(alice) + " } ] }\n"
+        "jetstream { store_dir: " + json.dumps(str(tmp_path / "js")) + " }\n"
+    )
+    server = ExternalNats(tmp_path / "external", config)
+    try:
+        seeded = external(server.url, tmp_path, nkey_seed_file=alice_seed)
+        assert run(declare_and_name_jobs_stream(seeded)) == JOBS_STREAM
+        with pytest.raises(BusUnavailable, match="authorization failed"):
+            run(declare_and_name_jobs_stream(external(server.url, tmp_path)))
+        with pytest.raises(BusUnavailable, match="authorization failed"):
+            run(
+                declare_and_name_jobs_stream(
+                    external(server.url, tmp_path, nkey_seed_file=mallory_seed)
+                )
+            )
+    finally:
+        server.stop()
 
 
 def test_services_hear_key_events_through_the_token_of_the_homes_bus(home: Settings) -> None:

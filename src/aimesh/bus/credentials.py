@@ -12,7 +12,6 @@ or shown: :class:`BusCredentials` prints only which kinds it holds.
 
 from __future__ import annotations
 
-import importlib.util
 import secrets
 import ssl
 from dataclasses import dataclass
@@ -106,12 +105,6 @@ class BusCredentials:
                 continue
             if not path.is_file():
                 raise ConfigError(f"{setting} {path} does not exist", setting=setting)
-            if importlib.util.find_spec("nkeys") is None:
-                raise ConfigError(
-                    f"{setting} needs the nkeys package to sign the server's challenge; "
-                    "install it (pip install nkeys)",
-                    setting=setting,
-                )
 
 
 def bus_credentials(settings: Settings) -> BusCredentials:
