@@ -36,6 +36,7 @@ from aimesh.lake.types import (
     SourceFormat,
     VacuumResult,
 )
+from aimesh.protocol import STORED_INT_MAX, whole_number
 
 __all__ = ["PREFIX", "RAW_BODIES", "LakeService", "answer", "router"]
 
@@ -66,7 +67,9 @@ def service(request: Request) -> LakeService:
 
 
 Service = Annotated[LakeService, Depends(service)]
-Version = Annotated[int | None, Query(ge=0, description="A version (default: the latest).")]
+Version = Annotated[
+    int | None, Query(ge=0, le=STORED_INT_MAX, description="A version (default: the latest).")
+]
 
 router = APIRouter(prefix=PREFIX, tags=["lake"])
 
@@ -90,7 +93,9 @@ def schema(svc: Service, name: str, version: Version = None) -> list[Column]:
 def versions(
     svc: Service,
     name: str,
-    limit: Annotated[int | None, Query(ge=1, description="The newest LIMIT versions.")] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, le=STORED_INT_MAX, description="The newest LIMIT versions.")
+    ] = None,
 ) -> list[DatasetVersion]:
     return svc.lake.history(name, limit)
 
@@ -141,10 +146,11 @@ async def ingest(
     check_dataset_name(name)
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        length = whole_number(declared)
+        if length is None:
             raise InvalidRequest("Content-Length must be a number of bytes")
-        if int(declared) > svc.max_upload_bytes:
-            raise RequestTooLarge(int(declared), svc.max_upload_bytes)
+        if length > svc.max_upload_bytes:
+            raise RequestTooLarge(length, svc.max_upload_bytes)
     with _upload_file(svc.upload_dir, f".{format}") as path:
         size = 0
         with path.open("wb") as out:

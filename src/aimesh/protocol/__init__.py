@@ -9,6 +9,7 @@ from aimesh.protocol.inference import (
     ServerMetadata,
     Tensor,
 )
+from aimesh.protocol.numbers import STORED_INT_MAX, whole_number
 from aimesh.protocol.openapi import (
     ERROR_SCHEMA,
     INFER_REQUEST_SCHEMA,
@@ -31,6 +32,7 @@ __all__ = [
     "ERROR_SCHEMA",
     "INFER_REQUEST_SCHEMA",
     "INFER_RESPONSE_SCHEMA",
+    "STORED_INT_MAX",
     "TENSOR_SCHEMA",
     "Datatype",
     "InferenceRequest",
@@ -46,4 +48,5 @@ __all__ = [
     "error_responses",
     "infer_request_body",
     "json_content",
+    "whole_number",
 ]

@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import FileResponse
 
 from aimesh.auth import Identity
 from aimesh.errors import ArtifactTooLarge, Forbidden, InvalidRequest
+from aimesh.protocol import STORED_INT_MAX, whole_number
 from aimesh.registry.service import LocalRegistry
 from aimesh.registry.types import (
     Alias,
@@ -24,6 +25,8 @@ from aimesh.registry.types import (
     KeyCreate,
     KeyDigest,
     KeyInfo,
+    Metrics,
+
     ModelCreate,
     ModelInfo,
     ModelUpdate,
@@ -58,6 +61,7 @@ def actor_of(caller: Identity, header: str | None) -> str | None:
 
 Reg = Annotated[LocalRegistry, Depends(registry)]
 Actor = Annotated[str | None, Header(alias=ACTOR_HEADER, max_length=256)]
+Number = Annotated[int, Path(ge=1, le=STORED_INT_MAX, description="A version number.")]
 
 router = APIRouter(prefix=PREFIX, tags=["registry"])
 
@@ -119,13 +123,13 @@ def download_artifact(reg: Reg, name: str, ref: str) -> FileResponse:
 
 @router.post("/models/{name}/versions/{number}/archive", summary="Archive a version")
 def archive_version(
-    reg: Reg, name: str, number: int, caller: Caller, actor: Actor = None
+    reg: Reg, name: str, number: Number, caller: Caller, actor: Actor = None
 ) -> ModelVersion:
     return reg.archive_version(name, number, actor=actor_of(caller, actor))
 
 
 @router.post("/models/{name}/versions/{number}/metrics", summary="Add metrics to a version")
-def log_metrics(reg: Reg, name: str, number: int, metrics: dict[str, float]) -> ModelVersion:
+def log_metrics(reg: Reg, name: str, number: Number, metrics: Metrics) -> ModelVersion:
     return reg.log_metrics(name, number, metrics)
 
 
@@ -177,10 +181,12 @@ async def upload_artifact(
         check_sha256(sha256)
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        length = whole_number(declared)
+        if length is None:
             raise InvalidRequest("Content-Length must be a number of bytes")
-        if int(declared) > reg.max_artifact_bytes:
-            raise ArtifactTooLarge(int(declared), reg.max_artifact_bytes)
+        if length > reg.max_artifact_bytes:
+            raise ArtifactTooLarge(length, reg.max_artifact_bytes)
+
     writer = await anyio.to_thread.run_sync(
         lambda: reg.artifacts.writer(max_bytes=reg.max_artifact_bytes, expected_sha256=sha256)
     )

@@ -6,11 +6,12 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
+
 
 from aimesh.auth import KEY_NAME_PATTERN, Scope
 from aimesh.errors import InvalidName
-from aimesh.protocol import Signature
+from aimesh.protocol import STORED_INT_MAX, Signature
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -19,6 +20,8 @@ LATEST = "latest"
 """A reserved version reference: the highest version that is not archived."""
 
 Scalar = str | int | float | bool | None
+Metrics = dict[str, FiniteFloat]
+"""A version's metrics by name: numbers a database stores (no NaN, no infinity)."""
 
 
 def check_model_name(name: str) -> str:
@@ -102,7 +105,7 @@ class VersionCreate(_Frozen):
     signature: Signature | None = Field(
         default=None, description="Unset: read from the artifact by its runtime."
     )
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
     lineage: Lineage = Field(default_factory=Lineage)
     description: str = Field(default="", max_length=10_000)
     tags: dict[str, str] = Field(default_factory=dict)
@@ -137,7 +140,7 @@ class VersionCreate(_Frozen):
 class AliasMove(_Frozen):
     """What a client sends to point an alias at a version."""
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=STORED_INT_MAX)
 
 
 class ModelVersion(_Frozen):
