@@ -103,7 +103,6 @@ def test_metrics_archive_and_update(client: TestClient, fraud_skops: Path) -> No
         ("POST", f"/models/fraud/versions/{2**63}/archive", None, 400, "invalid_request"),
         ("POST", f"/models/fraud/versions/{2**63}/metrics", {"m": 1}, 400, "invalid_request"),
         ("PUT", "/models/fraud/aliases/champion", {"version": 2**63}, 400, "invalid_request"),
-
         ("PUT", "/models/fraud/aliases/champion", {"version": 9}, 404, "version_not_found"),
         ("PUT", "/models/fraud/aliases/champion", {"version": "x"}, 400, "invalid_request"),
         ("PUT", "/models/fraud/aliases/bad!alias", {"version": 1}, 400, "invalid_name"),
@@ -184,7 +183,6 @@ def test_metrics_that_are_not_finite_numbers_are_refused(
 
 
 def test_artifact_over_the_limit_is_413_and_not_stored(
-
     client: TestClient, settings: Settings
 ) -> None:
     r = client.post(f"{API}/artifacts", content=b"x" * 200_001)

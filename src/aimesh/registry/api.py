@@ -26,7 +26,6 @@ from aimesh.registry.types import (
     KeyDigest,
     KeyInfo,
     Metrics,
-
     ModelCreate,
     ModelInfo,
     ModelUpdate,

@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
-
 from aimesh.auth import KEY_NAME_PATTERN, Scope
 from aimesh.errors import InvalidName
 from aimesh.protocol import STORED_INT_MAX, Signature
