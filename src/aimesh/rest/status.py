@@ -28,6 +28,8 @@ from aimesh.errors import (
     OriginRefused,
     Overloaded,
     QueryTooLarge,
+    RateLimited,
+
     RequestTooLarge,
     ResultExpired,
     RuntimeUnavailable,
@@ -64,7 +66,8 @@ HTTP_STATUS: Mapping[type[AimeshError], int] = {
     Unauthorized: 401,
     Forbidden: 403,
     OriginRefused: 403,
-    Overloaded: 429,
+    Overloaded: 503,
+    RateLimited: 429,
     Unavailable: 503,
     UpstreamError: 502,
     UpstreamTimeout: 504,
