@@ -265,7 +265,6 @@ class ServingSettings(BaseModel):
         ge=1,
         description="Requests in flight per worker; more are refused (503 overloaded, with "
         "Retry-After).",
-
     )
     max_request_bytes: int = Field(
         default=64 * 1024**2, gt=0, description="Largest request body accepted (413 beyond)."

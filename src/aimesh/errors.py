@@ -588,7 +588,6 @@ class Overloaded(AimeshError):
     retry_after_s: float | None = 1.0
 
 
-
 class RateLimited(Overloaded):
     """Raised when an API key has spent its request budget (token bucket) for now."""
 

@@ -122,7 +122,6 @@ def test_rate_limited_carries_retry_after_in_whole_seconds() -> None:
     assert retry_after(errors.Unavailable("down")) is None
 
 
-
 def test_fastapi_services_answer_by_the_table_with_retry_after() -> None:
     app = FastAPI()
     install_error_handlers(app)

@@ -29,7 +29,6 @@ from aimesh.errors import (
     Overloaded,
     QueryTooLarge,
     RateLimited,
-
     RequestTooLarge,
     ResultExpired,
     RuntimeUnavailable,
