@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 import pytest
-from _services import run_aimesh
+from _services import run_aimesh, wait_for
 
 from aimesh.bus import connect, list_instances
 
@@ -79,7 +79,14 @@ def served(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[
     Stopped at the end of the module: it must shut down in order.
     """
     root = tmp_path_factory.mktemp("lake-served")
-    env = _env(root / "home", nats_url)
+    # One query at a time, none waiting for a slot, and a timeout no test reaches.
+    env = {
+        **_env(root / "home", nats_url),
+        "AIMESH_LAKE__MAX_CONCURRENT_QUERIES": "1",
+        "AIMESH_LAKE__QUERY_WAIT_S": "0",
+        "AIMESH_LAKE__QUERY_TIMEOUT_S": "3600",
+    }
+
     csv = root / "tx.csv"
     csv.write_text("id,label\n1,a\n2,b\n")
     _aimesh(env, "ingest", "tx", str(csv))
@@ -154,3 +161,17 @@ def test_an_upload_that_is_not_utf8_is_a_4xx_and_writes_nothing(served: str) -> 
         assert "not UTF-8 text" in got.json()["error"]
     names = [d["name"] for d in httpx.get(f"{served}/api/lake/datasets").json()]
     assert names == ["tx"]
+
+
+def test_a_query_whose_client_went_away_stops_and_frees_its_slot(served: str) -> None:
+    """The lake runs one query at a time here, with an hour's timeout: only the stop on
+    disconnect can free the slot for the next query."""
+    endless = {"sql": "select sum(a.range * b.range) from range(1000000) a, range(1000000) b"}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{served}/api/lake/query", json=endless, timeout=2)
+
+    def answered() -> bool:
+        got = httpx.post(f"{served}/api/lake/query", json={"sql": "select 1 as one"}, timeout=10)
+        return got.status_code == 200
+
+    assert wait_for(answered, timeout=30)

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from aimesh.errors import InvalidRequest, RequestTooLarge
 from aimesh.lake.delta import columns_of
 from aimesh.lake.lake import MAX_RETAIN_HOURS, MAX_TARGET_SIZE, VACUUM_RETAIN_HOURS, Lake
+from aimesh.lake.query import QueryCancel
 from aimesh.lake.refs import check_dataset_name
 from aimesh.lake.types import (
     Column,
@@ -106,7 +107,7 @@ def versions(
     response_model=QueryAnswer,
     response_class=Response,
 )
-def query(svc: Service, request: QueryRequest) -> Response:
+async def query(svc: Service, request: QueryRequest, http: Request) -> Response:
     limit = request.limit or min(svc.lake.query_rows, svc.max_query_rows)
     if limit > svc.max_query_rows:
         raise InvalidRequest(
@@ -114,10 +115,30 @@ def query(svc: Service, request: QueryRequest) -> Response:
             limit=limit,
             max=svc.max_query_rows,
         )
-    result = svc.lake.query(
-        request.sql, version=request.version, versions=request.versions, limit=limit
-    )
+    # The query runs in a thread; a client that goes away stops it (and frees its slot).
+    cancel = QueryCancel()
+    async with anyio.create_task_group() as watching:
+        watching.start_soon(_on_disconnect, http, cancel)
+        try:
+            result = await anyio.to_thread.run_sync(
+                lambda: svc.lake.query(
+                    request.sql,
+                    version=request.version,
+                    versions=request.versions,
+                    limit=limit,
+                    cancel=cancel,
+                )
+            )
+        finally:
+            watching.cancel_scope.cancel()
     return Response(msgspec.json.encode(answer(result)), media_type=_JSON)
+
+
+async def _on_disconnect(request: Request, cancel: QueryCancel) -> None:
+    """Call ``cancel`` when the client disconnects (the body is read: nothing else comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    cancel()
 
 
 @router.post(
