@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -256,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser.add_argument("--only", default="", help="Comma-separated documents (default: all).")
     args = parser.parse_args(argv)
+    # Stopped by CI: unwind, so that the stack is taken down (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
     chosen = [d for d in DOCUMENTS if not args.only or d in args.only.split(",")]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="aimesh-fuzz-") as tmp:

@@ -6,6 +6,7 @@ are ``{"error": message, "code": code}`` with the status of :data:`aimesh.rest.H
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
@@ -116,22 +117,23 @@ async def query(svc: Service, request: QueryRequest, http: Request) -> Response:
             max=svc.max_query_rows,
         )
     # The query runs in a thread; a client that goes away stops it (and frees its slot).
+    # (A task, not a task group: the query's own error must reach the handlers unwrapped.)
     cancel = QueryCancel()
-    async with anyio.create_task_group() as watching:
-        watching.start_soon(_on_disconnect, http, cancel)
-        try:
-            result = await anyio.to_thread.run_sync(
-                lambda: svc.lake.query(
-                    request.sql,
-                    version=request.version,
-                    versions=request.versions,
-                    limit=limit,
-                    cancel=cancel,
-                )
+    watching = asyncio.create_task(_on_disconnect(http, cancel))
+    try:
+        result = await anyio.to_thread.run_sync(
+            lambda: svc.lake.query(
+                request.sql,
+                version=request.version,
+                versions=request.versions,
+                limit=limit,
+                cancel=cancel,
             )
-        finally:
-            watching.cancel_scope.cancel()
+        )
+    finally:
+        watching.cancel()
     return Response(msgspec.json.encode(answer(result)), media_type=_JSON)
+
 
 
 async def _on_disconnect(request: Request, cancel: QueryCancel) -> None:
