@@ -135,7 +135,6 @@ async def query(svc: Service, request: QueryRequest, http: Request) -> Response:
     return Response(msgspec.json.encode(answer(result)), media_type=_JSON)
 
 
-
 async def _on_disconnect(request: Request, cancel: QueryCancel) -> None:
     """Call ``cancel`` when the client disconnects (the body is read: nothing else comes)."""
     while (await request.receive())["type"] != "http.disconnect":
