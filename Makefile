@@ -10,7 +10,7 @@ LATEST := .venv-latest
 # The resolver `make lock` runs, from a throwaway venv (never .venv, never a dependency).
 UV     := uv>=0.5,<1
 
-.PHONY: install lock run test test-latest lint format proto bench clean
+.PHONY: install lock run test test-latest lint fuzz format proto bench clean
 
 # A new lock rebuilds the venv from nothing: what is installed is exactly the lock.
 $(STAMP): $(LOCK) pyproject.toml
@@ -49,6 +49,9 @@ lint: $(STAMP)  ## ruff and mypy --strict (the package, then the benchmarks)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	cd bench && MYPYPATH=../src ../$(BIN)/mypy --config-file ../pyproject.toml --strict *.py
+
+fuzz: $(STAMP)  ## schemathesis against every service's OpenAPI document on a real stack (a few minutes)
+	$(BIN)/python tests/fuzz/run.py
 
 bench: $(STAMP)  ## every benchmark, each printing ratios against a baseline of the same run
 	$(BIN)/python bench/serving.py

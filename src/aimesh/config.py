@@ -261,7 +261,10 @@ class ServingSettings(BaseModel):
         default=2048, ge=1, description="Requests waiting for the model before 503s."
     )
     max_concurrency: int = Field(
-        default=1024, ge=1, description="Requests in flight per worker before 429s."
+        default=1024,
+        ge=1,
+        description="Requests in flight per worker; more are refused (503 overloaded, with "
+        "Retry-After).",
     )
     max_request_bytes: int = Field(
         default=64 * 1024**2, gt=0, description="Largest request body accepted (413 beyond)."

@@ -586,9 +586,14 @@ class OriginRefused(AimeshError):
 
 
 class Overloaded(AimeshError):
-    """Raised when a service already has as many requests in flight as it allows."""
+    """Raised when a service already has as many requests in flight as it allows.
+
+    The service is full, not the caller at fault: HTTP answers 503 with ``Retry-After``
+    (its kinds, a key's or a client's own budget spent, answer 429).
+    """
 
     code = "overloaded"
+    retry_after_s: float | None = 1.0
 
 
 class RateLimited(Overloaded):

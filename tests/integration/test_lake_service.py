@@ -10,11 +10,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
-from _services import run_aimesh
+import pytest
+from _services import run_aimesh, wait_for
 
 from aimesh.bus import connect, list_instances
 
@@ -70,12 +72,24 @@ def test_ingest_list_show_query_and_errors(tmp_path: Path, nats_url: str) -> Non
     assert "(query_refused)" in failed.stderr and "Traceback" not in failed.stderr
 
 
-def test_serve_answers_rest_and_announces_itself_for_discovery(
-    tmp_path: Path, nats_url: str
-) -> None:
-    env = _env(tmp_path / "home", nats_url)
-    csv = tmp_path / "tx.csv"
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[str]:
+    """``aimesh lake serve`` on a free port with dataset ``tx`` (versions 0 and 1); its URL.
+
+    Stopped at the end of the module: it must shut down in order.
+    """
+    root = tmp_path_factory.mktemp("lake-served")
+    # One query at a time, none waiting for a slot, and a timeout no test reaches.
+    env = {
+        **_env(root / "home", nats_url),
+        "AIMESH_LAKE__MAX_CONCURRENT_QUERIES": "1",
+        "AIMESH_LAKE__QUERY_WAIT_S": "0",
+        "AIMESH_LAKE__QUERY_TIMEOUT_S": "3600",
+    }
+
+    csv = root / "tx.csv"
     csv.write_text("id,label\n1,a\n2,b\n")
+    _aimesh(env, "ingest", "tx", str(csv))
     _aimesh(env, "ingest", "tx", str(csv))
     port = _free_port()
     server = subprocess.Popen(
@@ -95,23 +109,69 @@ def test_serve_answers_rest_and_announces_itself_for_discovery(
                 pass
             assert time.monotonic() < deadline and server.poll() is None, "lake never answered"
             time.sleep(0.1)
-        assert [d["name"] for d in httpx.get(f"{base}/api/lake/datasets").json()] == ["tx"]
-        got = httpx.post(f"{base}/api/lake/query", json={"sql": "select count(*) n from tx"})
-        assert got.json()["rows"] == [[2]]
-
-        async def lake_instances() -> list[str]:
-            async with await connect(nats_url, timeout=5, name="test") as bus:
-                for _ in range(100):
-                    found = [i.rest_url or "" for i in await list_instances(bus, "lake")]
-                    if base in found:
-                        return found
-                    await asyncio.sleep(0.1)
-                return []
-
-        assert base in asyncio.run(lake_instances())
+        yield base
     finally:
         server.terminate()
         _, err = server.communicate(timeout=20)
     # uvicorn shuts down in order, then re-raises the signal it caught.
     assert server.returncode in (0, -signal.SIGTERM), err.decode()
     assert b"Application shutdown complete" in err
+
+
+def test_serve_answers_rest_and_announces_itself_for_discovery(served: str, nats_url: str) -> None:
+    base = served
+    assert [d["name"] for d in httpx.get(f"{base}/api/lake/datasets").json()] == ["tx"]
+    got = httpx.post(f"{base}/api/lake/query", json={"sql": "select count(*) n from tx"})
+    assert got.json()["rows"] == [[4]]
+
+    async def lake_instances() -> list[str]:
+        async with await connect(nats_url, timeout=5, name="test") as bus:
+            for _ in range(100):
+                found = [i.rest_url or "" for i in await list_instances(bus, "lake")]
+                if base in found:
+                    return found
+                await asyncio.sleep(0.1)
+            return []
+
+    assert base in asyncio.run(lake_instances())
+
+
+@pytest.mark.parametrize("route", ["/api/lake/datasets/tx", "/api/lake/datasets/tx/schema"])
+def test_a_version_past_the_latest_is_a_404_at_once_and_the_lake_keeps_serving(
+    served: str, route: str
+) -> None:
+    """delta-rs looks for every commit up to a version it is asked for: one such GET held the
+    lake at full CPU for as long as it lived. A version past the latest is refused unasked."""
+    for version in (2, 4_236_885_112_991_979, 2**63 - 1):
+        got = httpx.get(served + route, params={"version": version}, timeout=30)
+        assert (got.status_code, got.json()["code"]) == (404, "dataset_version_not_found")
+        assert got.json()["details"] == {"name": "tx", "version": version, "latest": 1}
+    too_big = httpx.get(served + route, params={"version": 2**63}, timeout=30)
+    assert (too_big.status_code, too_big.json()["code"]) == (400, "invalid_request")
+    old = httpx.get(served + route, params={"version": 0}, timeout=30)
+    assert old.status_code == 200, old.text
+    assert httpx.get(f"{served}/health", timeout=5).status_code == 200
+
+
+def test_an_upload_that_is_not_utf8_is_a_4xx_and_writes_nothing(served: str) -> None:
+    for body in (b"id,lab\xffel\n1,a\n", b"\xff\xfe\n", b'{"id\xff": 1}\n'):
+        fmt = "jsonl" if body.startswith(b"{") else "csv"
+        got = httpx.post(f"{served}/api/lake/datasets/fresh/ingest?format={fmt}", content=body)
+        assert (got.status_code, got.json()["code"]) == (422, "invalid_data"), got.text
+        assert "not UTF-8 text" in got.json()["error"]
+    names = [d["name"] for d in httpx.get(f"{served}/api/lake/datasets").json()]
+    assert names == ["tx"]
+
+
+def test_a_query_whose_client_went_away_stops_and_frees_its_slot(served: str) -> None:
+    """The lake runs one query at a time here, with an hour's timeout: only the stop on
+    disconnect can free the slot for the next query."""
+    endless = {"sql": "select sum(a.range * b.range) from range(1000000) a, range(1000000) b"}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{served}/api/lake/query", json=endless, timeout=2)
+
+    def answered() -> bool:
+        got = httpx.post(f"{served}/api/lake/query", json={"sql": "select 1 as one"}, timeout=10)
+        return got.status_code == 200
+
+    assert wait_for(answered, timeout=30)

@@ -95,6 +95,15 @@ def test_metrics_archive_and_update(client: TestClient, fraud_skops: Path) -> No
         ("GET", "/models/ghost", None, 404, "model_not_found"),
         ("GET", "/models/fraud/versions/9", None, 404, "version_not_found"),
         ("GET", "/models/fraud/versions/champ", None, 404, "alias_not_found"),
+        # Numbers past what storage holds, and digits that are not ASCII (superscript one,
+        # Arabic-Indic one): never a 500, never read as another number.
+        ("GET", "/models/fraud/versions/%C2%B9", None, 404, "alias_not_found"),
+        ("GET", "/models/fraud/versions/%D9%A1", None, 404, "alias_not_found"),
+        ("GET", f"/models/fraud/versions/{2**64}", None, 404, "version_not_found"),
+        ("GET", "/models/fraud/versions/" + "9" * 5000, None, 404, "version_not_found"),
+        ("POST", f"/models/fraud/versions/{2**63}/archive", None, 400, "invalid_request"),
+        ("POST", f"/models/fraud/versions/{2**63}/metrics", {"m": 1}, 400, "invalid_request"),
+        ("PUT", "/models/fraud/aliases/champion", {"version": 2**63}, 400, "invalid_request"),
         ("PUT", "/models/fraud/aliases/champion", {"version": 9}, 404, "version_not_found"),
         ("PUT", "/models/fraud/aliases/champion", {"version": "x"}, 400, "invalid_request"),
         ("PUT", "/models/fraud/aliases/bad!alias", {"version": 1}, 400, "invalid_name"),
@@ -156,6 +165,22 @@ def test_malformed_json_to_every_endpoint_is_a_400(client: TestClient, fraud_sko
             assert r.status_code == 400, (method, path, junk, r.text)
             assert r.json()["code"] == "invalid_request"
     assert len(client.get(f"{API}/models/fraud/versions").json()) == 1
+
+
+def test_metrics_that_are_not_finite_numbers_are_refused(
+    client: TestClient, fraud_skops: Path
+) -> None:
+    """NaN and Infinity parse as JSON numbers here, and no database column stores them."""
+    art = _push(client, fraud_skops)["artifact_sha256"]
+    json_ = {"content-type": "application/json"}
+    spec = b'{"artifact_sha256": "%s", "framework": "sklearn", "metrics": {"auc": NaN}}'
+    r = client.post(f"{API}/models/fraud/versions", content=spec % str(art).encode(), headers=json_)
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_request"), r.text
+    for junk in (b'{"auc": NaN}', b'{"auc": Infinity}', b'{"auc": -Infinity}'):
+        r = client.post(f"{API}/models/fraud/versions/1/metrics", content=junk, headers=json_)
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_request"), r.text
+    assert len(client.get(f"{API}/models/fraud/versions").json()) == 1
+    assert client.get(f"{API}/models/fraud/versions/1").json()["metrics"] == {}
 
 
 def test_artifact_over_the_limit_is_413_and_not_stored(

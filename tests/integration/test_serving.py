@@ -365,7 +365,9 @@ def test_sigterm_drains_requests_in_flight(home: Home, slow_model: str) -> None:
         httpx.get(f"{service.http}/v2/health/live", timeout=2)
 
 
-def test_requests_over_the_concurrency_limit_get_429(home: Home, slow_model: str) -> None:
+def test_requests_over_the_concurrency_limit_get_503_with_retry_after(
+    home: Home, slow_model: str
+) -> None:
     limited = Home(home.settings, {**home.env, "AIMESH_SERVING__MAX_CONCURRENCY": "1"}, home.x)
     service = limited.serve(slow_model)
     try:
@@ -377,7 +379,9 @@ def test_requests_over_the_concurrency_limit_get_429(home: Home, slow_model: str
         first.start()
         time.sleep(0.3)
         r = httpx.post(f"{service.http}/v2/models/slow/infer", json=_sleep_body(0.0))
-        assert (r.status_code, r.json()["code"]) == (429, "overloaded")
+        assert (r.status_code, r.json()["code"]) == (503, "overloaded")
+        assert r.headers["retry-after"] == "1"
+
         first.join()
     finally:
         service.stop()

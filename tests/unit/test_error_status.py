@@ -64,7 +64,7 @@ HTTP_ROWS = [
     (errors.ArtifactError, 422),
     (errors.Unauthorized, 401),
     (errors.Forbidden, 403),
-    (errors.Overloaded, 429),
+    (errors.Overloaded, 503),
     (errors.RateLimited, 429),
     (errors.Unavailable, 503),
     (errors.BusUnavailable, 503),
@@ -118,7 +118,8 @@ def test_an_unlisted_subclass_inherits_its_family_status() -> None:
 def test_rate_limited_carries_retry_after_in_whole_seconds() -> None:
     assert retry_after(errors.RateLimited("k", 0.2)) == "1"
     assert retry_after(errors.RateLimited("k", 2.5)) == "3"
-    assert retry_after(errors.Overloaded("busy")) is None
+    assert retry_after(errors.Overloaded("busy")) == "1"  # a full service: try again soon
+    assert retry_after(errors.Unavailable("down")) is None
 
 
 def test_fastapi_services_answer_by_the_table_with_retry_after() -> None:

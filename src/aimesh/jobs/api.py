@@ -20,7 +20,7 @@ from aimesh.errors import Forbidden, InvalidRequest, RequestTooLarge
 from aimesh.jobs.client import JobClient
 from aimesh.jobs.data import JobData, job_result
 from aimesh.jobs.types import JOB_ID_PATTERN, KIND_PATTERN, Job, JobSpec
-from aimesh.protocol import error_responses
+from aimesh.protocol import error_responses, whole_number
 from aimesh.rest import Caller, route_scope
 
 __all__ = ["PREFIX", "openapi_components", "router"]
@@ -97,9 +97,10 @@ router = APIRouter(prefix=PREFIX, tags=["jobs"])
 )
 async def submit(jobs: Jobs, request: Request, caller: Caller) -> Response:
     limit = jobs.settings.max_payload_bytes + _SPEC_OVERHEAD_BYTES
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise RequestTooLarge(int(declared), limit)
+    declared = whole_number(request.headers.get("content-length", ""))
+    if declared is not None and declared > limit:
+        raise RequestTooLarge(declared, limit)
+
     body = bytearray()
     async for chunk in request.stream():
         body += chunk

@@ -6,6 +6,7 @@ are ``{"error": message, "code": code}`` with the status of :data:`aimesh.rest.H
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
@@ -23,6 +24,7 @@ from fastapi import Path as PathParam
 from aimesh.errors import InvalidRequest, RequestTooLarge
 from aimesh.lake.delta import columns_of
 from aimesh.lake.lake import MAX_RETAIN_HOURS, MAX_TARGET_SIZE, VACUUM_RETAIN_HOURS, Lake
+from aimesh.lake.query import QueryCancel
 from aimesh.lake.refs import DATASET_NAME, check_dataset_name
 from aimesh.lake.types import (
     Column,
@@ -37,7 +39,7 @@ from aimesh.lake.types import (
     SourceFormat,
     VacuumResult,
 )
-from aimesh.protocol import error_responses
+from aimesh.protocol import STORED_INT_MAX, error_responses, whole_number
 
 __all__ = ["PREFIX", "RAW_BODIES", "LakeService", "answer", "query_request_schema", "router"]
 
@@ -68,7 +70,9 @@ def service(request: Request) -> LakeService:
 
 
 Service = Annotated[LakeService, Depends(service)]
-Version = Annotated[int | None, Query(ge=0, description="A version (default: the latest).")]
+Version = Annotated[
+    int | None, Query(ge=0, le=STORED_INT_MAX, description="A version (default: the latest).")
+]
 # The rule as the document shows it; the lake checks it itself (invalid_name).
 Name = Annotated[
     str,
@@ -105,7 +109,9 @@ def schema(svc: Service, name: Name, version: Version = None) -> list[Column]:
 def versions(
     svc: Service,
     name: Name,
-    limit: Annotated[int | None, Query(ge=1, description="The newest LIMIT versions.")] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, le=STORED_INT_MAX, description="The newest LIMIT versions.")
+    ] = None,
 ) -> list[DatasetVersion]:
     return svc.lake.history(name, limit)
 
@@ -123,7 +129,7 @@ def versions(
         **error_responses(404, 410, 422, 504),
     },
 )
-def query(svc: Service, request: QueryRequest) -> Response:
+async def query(svc: Service, request: QueryRequest, http: Request) -> Response:
     limit = request.limit or min(svc.lake.query_rows, svc.max_query_rows)
     if limit > svc.max_query_rows:
         raise InvalidRequest(
@@ -131,10 +137,30 @@ def query(svc: Service, request: QueryRequest) -> Response:
             limit=limit,
             max=svc.max_query_rows,
         )
-    result = svc.lake.query(
-        request.sql, version=request.version, versions=request.versions, limit=limit
-    )
+    # The query runs in a thread; a client that goes away stops it (and frees its slot).
+    # (A task, not a task group: the query's own error must reach the handlers unwrapped.)
+    cancel = QueryCancel()
+    watching = asyncio.create_task(_on_disconnect(http, cancel))
+    try:
+        result = await anyio.to_thread.run_sync(
+            lambda: svc.lake.query(
+                request.sql,
+                version=request.version,
+                versions=request.versions,
+                limit=limit,
+                cancel=cancel,
+            )
+        )
+    finally:
+        watching.cancel()
     return Response(msgspec.json.encode(answer(result)), media_type=_JSON)
+
+
+async def _on_disconnect(request: Request, cancel: QueryCancel) -> None:
+    """Call ``cancel`` when the client disconnects (the body is read: nothing else comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    cancel()
 
 
 @router.post(
@@ -164,10 +190,11 @@ async def ingest(
     check_dataset_name(name)
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        length = whole_number(declared)
+        if length is None:
             raise InvalidRequest("Content-Length must be a number of bytes")
-        if int(declared) > svc.max_upload_bytes:
-            raise RequestTooLarge(int(declared), svc.max_upload_bytes)
+        if length > svc.max_upload_bytes:
+            raise RequestTooLarge(length, svc.max_upload_bytes)
     with _upload_file(svc.upload_dir, f".{format}") as path:
         size = 0
         with path.open("wb") as out:

@@ -191,18 +191,30 @@ class DeltaTables:
             ) from exc
 
     def open(self, name: str, version: int | None = None) -> DeltaTable:
-        """The table of ``name`` at ``version`` (default: the latest)."""
+        """The table of ``name`` at ``version`` (default: the latest).
+
+        The latest is opened first and an older version loaded from it: delta-rs, asked for
+        a version past the latest, looks for every commit up to it one by one (about 20 ns
+        each: minutes for a large number), so such a version is refused before it is asked.
+        """
         if version is not None and version < 0:
             raise InvalidRequest(f"dataset version must be 0 or more, got {version}")
         try:
-            return DeltaTable(self.uri(name), version=version, storage_options=self._options())
+            table = DeltaTable(self.uri(name), storage_options=self._options())
         except TableNotFoundError as exc:
             raise DatasetNotFound(name) from exc
         except (DeltaError, OSError) as exc:
-            if version is None:
-                _storage_error(name, exc)
-            latest = self.open(name)
-            raise DatasetVersionNotFound(name, version, latest.version()) from exc
+            _storage_error(name, exc)
+        latest = int(table.version())
+        if version is None or version == latest:
+            return table
+        if version > latest:
+            raise DatasetVersionNotFound(name, version, latest)
+        try:
+            table.load_as_version(version)
+        except (DeltaError, OSError) as exc:  # cleaned up after a checkpoint
+            raise DatasetVersionNotFound(name, version, latest) from exc
+        return table
 
     def find(self, name: str) -> DeltaTable | None:
         """The latest table of ``name``, or ``None`` if the dataset does not exist yet."""

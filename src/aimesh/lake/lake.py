@@ -27,7 +27,7 @@ from aimesh.errors import (
     StoreUnavailable,
 )
 from aimesh.lake.delta import DeltaTables, columns_of, first_line, missing_file
-from aimesh.lake.query import QueryEngine
+from aimesh.lake.query import QueryCancel, QueryEngine
 from aimesh.lake.refs import DatasetRef, check_dataset_name
 from aimesh.lake.schema import conform, delta_schema, plan_append
 from aimesh.lake.sources import detect_format, find_sources, open_source
@@ -414,18 +414,24 @@ class Lake:
         version: int | None = None,
         versions: Mapping[str, int] | None = None,
         limit: int | None = None,
+        cancel: QueryCancel | None = None,
     ) -> QueryResult:
         """Run one read-only SQL statement; each dataset is a table of its name.
 
         ``version`` reads the one dataset the query names at that version; ``versions``
         names a version per dataset. At most ``limit`` rows come back (``truncated`` says
-        whether there were more); the query is stopped after the query timeout.
+        whether there were more); the query is stopped after the query timeout, or when
+        ``cancel`` is called (from another thread).
         """
         if limit is not None and limit < 1:
             raise InvalidRequest(f"limit must be 1 or more, got {limit}")
         try:
             return self.engine.run(
-                sql, limit=limit or self.query_rows, version=version, versions=versions
+                sql,
+                limit=limit or self.query_rows,
+                version=version,
+                versions=versions,
+                cancel=cancel,
             )
         except QueryError as exc:
             gone = self._gone_in_query(exc, version, versions)

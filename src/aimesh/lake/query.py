@@ -48,7 +48,7 @@ from aimesh.lake.delta import DeltaTables, first_line
 from aimesh.lake.refs import check_dataset_name
 from aimesh.lake.types import QueryResult
 
-__all__ = ["QueryEngine"]
+__all__ = ["QueryCancel", "QueryEngine"]
 
 T = TypeVar("T")
 log = logging.getLogger("aimesh.lake.query")
@@ -57,6 +57,37 @@ _READ_ONLY = {duckdb.StatementType.SELECT}
 _MISSING_TABLE = re.compile(r"Table with name (.+?) does not exist", re.IGNORECASE)
 # More datasets than this in one query is a runaway, not a query.
 _MAX_DATASETS = 64
+
+
+class QueryCancel:
+    """Stops one query from another thread: its client went away, nobody waits for it.
+
+    Callable once the query runs or before (it then stops as soon as it starts); the query
+    ends with :class:`InvalidRequest` ("the client went away"), its slot freed at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self.cancelled = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            if self._con is not None:
+                self._con.interrupt()
+
+    def attach(self, con: duckdb.DuckDBPyConnection | None) -> None:
+        """The connection the query runs on (``None``: it has ended)."""
+        with self._lock:
+            self._con = con
+        self.check()
+
+    def check(self) -> None:
+        """Raise :class:`InvalidRequest` if the query was cancelled (an interrupt only stops
+        a statement that runs; this stops the query between statements)."""
+        if self.cancelled:
+            raise InvalidRequest("the client went away; the query was stopped")
 
 
 class QueryEngine:
@@ -112,13 +143,17 @@ class QueryEngine:
         limit: int,
         version: int | None = None,
         versions: Mapping[str, int] | None = None,
+        cancel: QueryCancel | None = None,
     ) -> QueryResult:
-        """At most ``limit`` rows of ``sql``'s result, and whether there were more."""
+        """At most ``limit`` rows of ``sql``'s result, and whether there were more.
+
+        ``cancel``, called from another thread, stops the query (its client went away).
+        """
         started = time.perf_counter()
         # The limit wraps the query, so DuckDB stops early; one more row tells of truncation.
         # (The newline keeps a trailing -- comment from swallowing the parenthesis.)
         text = f"SELECT * FROM (\n{self.check(sql)}\n) LIMIT {limit + 1}"
-        with self._session(version, versions or {}, self.timeout_s) as session:
+        with self._session(version, versions or {}, self.timeout_s, cancel) as session:
             relation = session.bind(text)
             table = session.execute(relation.to_arrow_table)
         truncated = table.num_rows > limit
@@ -153,7 +188,11 @@ class QueryEngine:
 
     @contextlib.contextmanager
     def _session(
-        self, version: int | None, versions: Mapping[str, int], timeout_s: float | None
+        self,
+        version: int | None,
+        versions: Mapping[str, int],
+        timeout_s: float | None,
+        cancel: QueryCancel | None = None,
     ) -> Iterator[_Session]:
         if not self._slots.acquire(timeout=self.wait_s):
             raise QueryBusy(self.max_concurrent)
@@ -165,13 +204,22 @@ class QueryEngine:
                     timer = threading.Timer(timeout_s, con.interrupt)
                     timer.daemon = True
                     timer.start()
+                session.cancel = cancel
                 try:
+                    if cancel is not None:
+                        cancel.attach(con)
                     yield session
                 except duckdb.InterruptException as exc:
+                    if cancel is not None:
+                        cancel.check()
                     raise QueryTimeout(timeout_s or 0.0) from exc
+
                 finally:
+                    if cancel is not None:
+                        cancel.attach(None)
                     if timer is not None:
                         timer.cancel()
+
         finally:
             self._slots.release()
 
@@ -233,6 +281,7 @@ class _Session:
         self.versions = versions
         self.read: dict[str, int] = {}
         """The version of each dataset registered."""
+        self.cancel: QueryCancel | None = None
 
     def bind(self, text: str) -> duckdb.DuckDBPyRelation:
         """``text`` bound, with every dataset it names registered at its version."""
@@ -257,8 +306,11 @@ class _Session:
 
     def execute(self, run: Callable[[], T]) -> T:
         """``run()``, with DuckDB's errors (but an interrupt) translated into ours."""
+        if self.cancel is not None:
+            self.cancel.check()
         try:
             return run()
+
         except duckdb.InterruptException:
             raise
         except duckdb.Error as exc:

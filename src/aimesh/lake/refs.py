@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from aimesh.errors import InvalidName, InvalidRequest
+from aimesh.protocol import whole_number
 
 __all__ = ["DATASET_NAME", "DatasetRef", "check_dataset_name"]
 
@@ -44,11 +45,12 @@ class DatasetRef:
         name, sep, version = text.strip().partition("@")
         if not sep or version == "latest":
             return cls(name)
-        if not (version.isascii() and version.isdigit()):  # not '¹': int() refuses it
+        number = whole_number(version)
+        if number is None:
             raise InvalidRequest(
                 f"invalid dataset reference {text!r}: expected NAME, NAME@VERSION or NAME@latest"
             )
-        return cls(name, int(version))
+        return cls(name, number)
 
     def __str__(self) -> str:
         return self.name if self.version is None else f"{self.name}@{self.version}"

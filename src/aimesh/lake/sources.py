@@ -237,16 +237,21 @@ class _Reader:
             if file.compression is not None:
                 stream = pa.CompressedInputStream(raw, file.compression)
             if self.fmt == "csv":
-                return self._csv(file, stream, raw, types, progress)
-            if self.fmt == "json" and _starts_array(file):
-                return self._json_array(file, stream, raw, types, progress)
-            return self._json_lines(file, stream, raw, types, progress)
+                opened = self._csv(file, stream, raw, types, progress)
+            elif self.fmt == "json" and _starts_array(file):
+                opened = self._json_array(file, stream, raw, types, progress)
+            else:
+                opened = self._json_lines(file, stream, raw, types, progress)
+            # Arrow decodes column names only when asked: a name that is not UTF-8 fails here.
+            opened[0].names  # noqa: B018
+            return opened
         except (
             pa.ArrowInvalid,
             pa.ArrowNotImplementedError,
             pa.ArrowTypeError,
             TypeError,
             OverflowError,
+            UnicodeDecodeError,
         ) as exc:
             raise self.invalid(file, exc) from exc
         except OSError as exc:
@@ -265,7 +270,12 @@ class _Reader:
                     batch = reader.read_next_batch()
                 except StopIteration:
                     return
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                except (
+                    pa.ArrowInvalid,
+                    pa.ArrowNotImplementedError,
+                    pa.ArrowTypeError,
+                    UnicodeDecodeError,  # column names (values that are not UTF-8 are binary)
+                ) as exc:
                     raise self.invalid(file, exc) from exc
                 progress.at(_position(raw, file))
                 yield batch
@@ -424,6 +434,8 @@ def _invalid(
     file: SourceFile, exc: BaseException, *, dataset: str = "", typed_by_dataset: bool = False
 ) -> InvalidData | SchemaMismatch:
     """A reader's error as ours: a value that fits no column type of the dataset is a mismatch."""
+    if isinstance(exc, UnicodeDecodeError):
+        return InvalidData(f"{file.path.name}: not UTF-8 text ({exc.reason})", file=file.path.name)
     message = foreign_message(exc)
     conversion = any(w in message.lower() for w in ("conversion", "convert", "truncated"))
     if conversion and typed_by_dataset:

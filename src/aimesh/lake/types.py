@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, Field
+
+from aimesh.protocol import STORED_INT_MAX
 
 __all__ = [
     "Column",
@@ -123,12 +125,17 @@ class QueryRequest(BaseModel):
 
     sql: str = Field(min_length=1, max_length=100_000)
     version: int | None = Field(
-        default=None, ge=0, description="Read the one dataset the query names at this version."
+        default=None,
+        ge=0,
+        le=STORED_INT_MAX,
+        description="Read the one dataset the query names at this version.",
     )
-    versions: dict[str, int] = Field(
+    versions: dict[str, Annotated[int, Field(ge=0, le=STORED_INT_MAX)]] = Field(
         default_factory=dict, description="Read these datasets at these versions."
     )
-    limit: int | None = Field(default=None, ge=1, description="Most rows to return.")
+    limit: int | None = Field(
+        default=None, ge=1, le=STORED_INT_MAX, description="Most rows to return."
+    )
 
 
 class QueryAnswer(BaseModel):

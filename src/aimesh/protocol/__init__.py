@@ -10,7 +10,8 @@ from aimesh.protocol.inference import (
     Tensor,
     check_inputs,
 )
-from aimesh.protocol.names import ALIAS_NAME, MAX_VERSION, MODEL_NAME, VERSION_REF
+from aimesh.protocol.names import ALIAS_NAME, MODEL_NAME, VERSION_REF
+from aimesh.protocol.numbers import STORED_INT_MAX, whole_number
 from aimesh.protocol.openapi import (
     ERROR_REF,
     ERROR_SCHEMA,
@@ -40,9 +41,9 @@ __all__ = [
     "ERROR_SCHEMA",
     "INFER_REQUEST_SCHEMA",
     "INFER_RESPONSE_SCHEMA",
-    "MAX_VERSION",
     "METRICS_RESPONSE",
     "MODEL_NAME",
+    "STORED_INT_MAX",
     "TENSOR_SCHEMA",
     "VERSION_REF",
     "Datatype",
@@ -63,4 +64,5 @@ __all__ = [
     "infer_request_body",
     "json_content",
     "model_paths",
+    "whole_number",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ALIAS_NAME", "MAX_VERSION", "MODEL_NAME", "VERSION_REF"]
+__all__ = ["ALIAS_NAME", "MODEL_NAME", "VERSION_REF"]
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 """A model name: 1-128 letters, digits, ``-`` or ``_``, starting with a letter or digit."""
@@ -18,5 +18,3 @@ ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 """An alias: 1-64 letters, digits, ``-`` or ``_``, starting with a letter (not ``latest``)."""
 VERSION_REF = re.compile(r"^(?:[0-9]{1,18}|[A-Za-z][A-Za-z0-9_-]{0,63})$")
 """A version number, an alias, or ``latest``."""
-MAX_VERSION = 2**63 - 1
-"""The highest version number: what a signed 64-bit column holds."""

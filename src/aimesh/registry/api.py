@@ -14,7 +14,14 @@ from fastapi.responses import FileResponse
 
 from aimesh.auth import KEY_NAME_PATTERN, Identity
 from aimesh.errors import ArtifactTooLarge, Forbidden, InvalidRequest
-from aimesh.protocol import ALIAS_NAME, MAX_VERSION, MODEL_NAME, VERSION_REF, error_responses
+from aimesh.protocol import (
+    ALIAS_NAME,
+    MODEL_NAME,
+    STORED_INT_MAX,
+    VERSION_REF,
+    error_responses,
+    whole_number,
+)
 from aimesh.registry.service import LocalRegistry
 from aimesh.registry.types import (
     SHA256_HEX,
@@ -26,6 +33,7 @@ from aimesh.registry.types import (
     KeyCreate,
     KeyDigest,
     KeyInfo,
+    Metrics,
     ModelCreate,
     ModelInfo,
     ModelUpdate,
@@ -83,7 +91,7 @@ Ref = Annotated[
         json_schema_extra={"pattern": VERSION_REF.pattern},
     ),
 ]
-Number = Annotated[int, Path(ge=1, le=MAX_VERSION, description="A version number.")]
+Number = Annotated[int, Path(ge=1, le=STORED_INT_MAX, description="A version number.")]
 Sha256 = Annotated[
     str, Path(description="A sha256, in hex.", json_schema_extra={"pattern": SHA256_HEX.pattern})
 ]
@@ -178,7 +186,7 @@ def archive_version(
     summary="Add metrics to a version",
     responses=error_responses(409),
 )
-def log_metrics(reg: Reg, name: Name, number: Number, metrics: dict[str, float]) -> ModelVersion:
+def log_metrics(reg: Reg, name: Name, number: Number, metrics: Metrics) -> ModelVersion:
     return reg.log_metrics(name, number, metrics)
 
 
@@ -237,10 +245,12 @@ async def upload_artifact(
         check_sha256(sha256)
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        length = whole_number(declared)
+        if length is None:
             raise InvalidRequest("Content-Length must be a number of bytes")
-        if int(declared) > reg.max_artifact_bytes:
-            raise ArtifactTooLarge(int(declared), reg.max_artifact_bytes)
+        if length > reg.max_artifact_bytes:
+            raise ArtifactTooLarge(length, reg.max_artifact_bytes)
+
     writer = await anyio.to_thread.run_sync(
         lambda: reg.artifacts.writer(max_bytes=reg.max_artifact_bytes, expected_sha256=sha256)
     )

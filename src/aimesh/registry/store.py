@@ -30,7 +30,7 @@ from aimesh.errors import (
     VersionNotFound,
     foreign_message,
 )
-from aimesh.protocol import Signature
+from aimesh.protocol import STORED_INT_MAX, Signature, whole_number
 from aimesh.registry import migrate
 from aimesh.registry.tables import (
     AliasRow,
@@ -499,8 +499,15 @@ def _model_row(s: Session, name: str) -> ModelRow:
 
 
 def _version_row(s: Session, model: ModelRow, number: int) -> VersionRow:
-    row = s.scalar(
-        sa.select(VersionRow).where(VersionRow.model_id == model.id, VersionRow.version == number)
+    # A number no column holds is asked of no database (SQLite raises OverflowError).
+    row = (
+        s.scalar(
+            sa.select(VersionRow).where(
+                VersionRow.model_id == model.id, VersionRow.version == number
+            )
+        )
+        if 1 <= number <= STORED_INT_MAX
+        else None
     )
     if row is None:
         raise VersionNotFound(
@@ -510,8 +517,9 @@ def _version_row(s: Session, model: ModelRow, number: int) -> VersionRow:
 
 
 def _resolve(s: Session, model: ModelRow, ref: str | int) -> VersionRow:
-    if isinstance(ref, int) or ref.isdigit():
-        return _version_row(s, model, int(ref))
+    number = ref if isinstance(ref, int) else whole_number(ref)
+    if number is not None:
+        return _version_row(s, model, number)
     if ref == LATEST:
         row = s.scalar(
             sa.select(VersionRow)

@@ -6,17 +6,19 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
 from aimesh.auth import KEY_NAME_PATTERN, Scope
 from aimesh.errors import InvalidName
-from aimesh.protocol import ALIAS_NAME, MAX_VERSION, MODEL_NAME, Signature
+from aimesh.protocol import ALIAS_NAME, MODEL_NAME, STORED_INT_MAX, Signature
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 LATEST = "latest"
 """A reserved version reference: the highest version that is not archived."""
 
 Scalar = str | int | float | bool | None
+Metrics = dict[str, FiniteFloat]
+"""A version's metrics by name: numbers a database stores (no NaN, no infinity)."""
 
 
 def check_model_name(name: str) -> str:
@@ -101,7 +103,7 @@ class VersionCreate(_Frozen):
     signature: Signature | None = Field(
         default=None, description="Unset: read from the artifact by its runtime."
     )
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
     lineage: Lineage = Field(default_factory=Lineage)
     description: str = Field(default="", max_length=10_000)
     tags: dict[str, str] = Field(default_factory=dict)
@@ -140,7 +142,7 @@ class VersionCreate(_Frozen):
 class AliasMove(_Frozen):
     """What a client sends to point an alias at a version."""
 
-    version: int = Field(ge=1, le=MAX_VERSION)
+    version: int = Field(ge=1, le=STORED_INT_MAX)
 
 
 class ModelVersion(_Frozen):

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aimesh.errors import InvalidRequest, MethodNotAllowed, RequestTooLarge, RouteNotFound
+from aimesh.protocol import whole_number
 
 __all__ = [
     "JSON",
@@ -77,7 +78,7 @@ async def read_body(receive: Receive, declared: int | None, limit: int) -> bytes
 def declared_length(scope: ASGIScope) -> int | None:
     """The Content-Length the client declared, if it is a number."""
     value = header(scope, b"content-length")
-    return int(value) if value is not None and value.isdigit() else None
+    return None if value is None else whole_number(value)
 
 
 def error_body(message: str, code: str, request_id: str) -> bytes:

@@ -20,6 +20,7 @@ import anyio.to_thread
 from aimesh import runtimes
 from aimesh.bus import Bus, RegistryEvent, subscribe_events
 from aimesh.errors import AimeshError, BusUnavailable, InvalidRequest, Unavailable
+from aimesh.protocol import whole_number
 from aimesh.registry import LATEST, ModelVersion, Registry, check_model_name
 from aimesh.serving.batching import BatchStats
 from aimesh.serving.model import BatchingOptions, ServedModel, load_model
@@ -46,7 +47,7 @@ class ModelRef:
     @property
     def pinned(self) -> bool:
         """Whether the reference names a fixed version (nothing to follow)."""
-        return self.ref.isdigit()
+        return whole_number(self.ref) is not None
 
     def __str__(self) -> str:
         return f"{self.name}@{self.ref}"

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aimesh.auth import IDENTITY_HEADER, Keyring, Scope, key_from_headers
 from aimesh.errors import AimeshError, InvalidRequest
-from aimesh.protocol import rest_codec
+from aimesh.protocol import rest_codec, whole_number
 from aimesh.rest import (
     DOCS_ASSETS_URL,
     JSON,
@@ -243,9 +243,10 @@ def _content_type(scope: ASGIScope) -> bytes | None:
 
 
 def _parse_length(value: str) -> int:
-    if not value.isdigit():
+    length = whole_number(value)
+    if length is None:
         raise InvalidRequest(f"Inference-Header-Content-Length must be a number, got {value!r}")
-    return int(value)
+    return length
 
 
 _READY = {True: b'{"ready":true}', False: b'{"ready":false}'}
