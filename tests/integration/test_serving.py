@@ -447,10 +447,8 @@ def test_json_access_log_carries_the_request_id(home: Home) -> None:
     assert access and access[0]["status"] == 200 and access[0]["level"] == "info"
 
 
-def test_each_worker_caps_native_threads_to_its_share_of_the_cores_by_default(home: Home) -> None:
-    from aimesh.runtimes import share_of_cores
-
-    share = share_of_cores(2)
+def test_each_worker_caps_native_threads_at_one_by_default(home: Home) -> None:
+    share = 1
     running = home.serve("fraud@2", "--workers", "2")
     try:
         line = re.compile(r"native threads capped at (\d+) per worker: (.*)")

@@ -56,14 +56,16 @@ def _option(args: tuple[str, ...], name: str) -> str:
     return args[args.index(name) + 1]
 
 
-def test_the_plan_divides_the_cores_among_the_processes_that_run_models(tmp_path: Path) -> None:
+def test_the_plan_gives_a_model_service_one_thread_and_divides_the_cores_among_workers(
+    tmp_path: Path,
+) -> None:
     models = [{"ref": "fraud@champion", "replicas": 2}]
     plan = plan_stack(_settings(tmp_path, models=models))
     # two replicas and two job workers share the machine's cores
     share = str(max(1, machine_cores() // 4))
-    running_models = [p for p in plan if p.kind in ("model", "worker")]
-    assert [_option(p.args, "--threads") for p in running_models] == [share] * 4
-    assert all("--threads" not in p.args for p in plan if p not in running_models)
+    assert [_option(p.args, "--threads") for p in plan if p.kind == "model"] == ["1"] * 2
+    assert [_option(p.args, "--threads") for p in plan if p.kind == "worker"] == [share] * 2
+    assert all("--threads" not in p.args for p in plan if p.kind not in ("model", "worker"))
 
     pinned = _settings(tmp_path, models=models).model_copy(
         update={"serving": Settings().serving.model_copy(update={"threads": 3})}

@@ -266,10 +266,8 @@ def check_threads(config: Settings) -> list[Finding]:
     exported = [f"{v}={os.environ[v]}" for v in _THREAD_VARIABLES if v in os.environ]
     serving = config.serving.threads
     said = (
-        f"model services use {serving} native thread(s) each"
-        if serving
-        else f"model services share the {cores} core(s) among their processes (aimesh up "
-        "divides them)"
+        f"model services use {serving} native thread(s) per process (of {cores} core(s)); "
+        "job workers share the cores (aimesh up divides them)"
     )
     found = [Finding("threads", "ok", said)]
     if exported:

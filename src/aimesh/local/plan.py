@@ -123,9 +123,9 @@ def plan_stack(settings: Settings) -> list[ProcessSpec]:
             )
         )
     names = _service_names(settings.services.models)
-    share = model_threads(settings)
     for spec, service in zip(settings.services.models, names, strict=True):
-        specs += _model_replicas(settings, spec, service, ports, logs, share)
+        specs += _model_replicas(settings, spec, service, ports, logs)
+    share = model_threads(settings)
     for worker in settings.services.workers:
         specs += _workers(worker, ports, logs, settings.jobs.threads or share)
     if settings.services.gateway:
@@ -150,10 +150,10 @@ def plan_stack(settings: Settings) -> list[ProcessSpec]:
 
 
 def model_threads(settings: Settings) -> int:
-    """Native threads for each process of the stack that runs models: the cores divided.
+    """Native threads for each job worker of the stack: the cores divided.
 
     Every model worker process and every job worker counts (each may load a model);
-    ``serving.threads`` set in the project wins for model services.
+    Model services use ``serving.threads`` (one by default) instead: see its description.
     """
     processes = sum(m.replicas * m.workers for m in settings.services.models)
     processes += sum(w.replicas for w in settings.services.workers)
@@ -166,10 +166,9 @@ def _model_replicas(
     service: str,
     ports: _PortBook,
     logs: Path,
-    share: int,
 ) -> list[ProcessSpec]:
     host = settings.serving.host
-    threads = settings.serving.threads or share
+    threads = settings.serving.threads
     options = ["--workers", str(spec.workers), "--threads", str(threads)]
     if spec.batching is not None:
         options.append("--batching" if spec.batching else "--no-batching")

@@ -106,7 +106,7 @@ async def run_worker(settings: Settings, plan: WorkerPlan) -> None:
     """Serve until SIGTERM or SIGINT, then stop in order."""
     s = settings.serving
     # before the model loads: its libraries start capped (and each load caps them again)
-    threads = runtimes.cap_threads(s.threads or runtimes.share_of_cores(plan.workers))
+    threads = runtimes.cap_threads(s.threads)
     registry = open_registry(settings)
     metrics = ServingMetrics()
     registration: Registration | None = None
