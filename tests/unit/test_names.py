@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from _bad_paths import BAD_NAMES
 
+from _bad_paths import BAD_NAMES
 from aimesh.auth.keys import check_key_name
 from aimesh.errors import InvalidRequest
 from aimesh.gateway.routing import MODEL_NAME, VERSION_REF

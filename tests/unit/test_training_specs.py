@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from _bad_paths import BAD_NAMES
 from lightgbm import LGBMClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.svm import LinearSVC
 from xgboost import XGBClassifier
 
+from _bad_paths import BAD_NAMES
 from aimesh.errors import JobRejected
 from aimesh.runtimes import load_runtime
 from aimesh.training import Split, TrainRequest, parse_params, resolve_trainer, trainer

@@ -155,25 +155,37 @@ class Attempts:
         A handler in a thread runs on after its task is cancelled: the fence (see
         :meth:`JobContext.commit`) keeps whatever it does afterwards from taking effect. A
         commit under way at the deadline is let finish, and the handler's outcome counts.
+        The deadline is a timer on the loop, not a second task: a job's cost is its own.
         """
-        handler = asyncio.ensure_future(call_handler(self._handler, ctx))
         if ctx.timeout_s is None:
-            return await handler
-        try:
-            done, _ = await asyncio.wait({handler}, timeout=ctx.timeout_s)
-            if done:
-                return handler.result()
+            return await call_handler(self._handler, ctx)
+        task = asyncio.current_task()
+        assert task is not None  # _call runs as the attempt's task
+        expired = False
+
+        def at_deadline() -> None:
+            nonlocal expired
             if ctx._trip():
                 log.info(
                     "attempt %d of job %s reached its deadline during a commit; letting it end",
                     ctx.attempt, ctx.job.id,
                 )  # fmt: skip
-                return await handler
+                return
+            expired = True
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(ctx.timeout_s, at_deadline)
+        try:
+            result = await call_handler(self._handler, ctx)
         except asyncio.CancelledError:
-            ctx._trip("was stopped")
-            handler.cancel()
-            raise
-        handler.cancel()
+            if not expired:  # stopped from outside (a cancel, the worker stopping)
+                ctx._trip("was stopped")
+                raise
+            task.uncancel()
+        finally:
+            timer.cancel()
+        if not expired:
+            return result
         log.warning(
             "attempt %d of job %s ran past its timeout of %gs: stopped and fenced",
             ctx.attempt, ctx.job.id, ctx.timeout_s,
