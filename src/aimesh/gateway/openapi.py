@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aimesh.protocol import (
+    INFER_OK_RESPONSE,
     INFER_REQUEST_SCHEMA,
-    INFER_RESPONSE_SCHEMA,
     METRICS_RESPONSE,
     error_responses,
     infer_request_body,
@@ -99,14 +99,7 @@ def _infer(summary: str) -> dict[str, Any]:
         "parameters": _ASYNC_PARAMETERS,
         "requestBody": infer_request_body(),
         "responses": {
-            "200": {
-                "description": "outputs of the version that answered",
-                "content": {
-                    "application/json": {"schema": INFER_RESPONSE_SCHEMA},
-                    # The binary tensor data extension, when outputs are asked for as binary.
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                },
-            },
+            "200": INFER_OK_RESPONSE,
             "202": _ACCEPTED,
             **error_responses(422, *_ROUTED),
         },

@@ -15,6 +15,7 @@ from aimesh.protocol.numbers import STORED_INT_MAX, whole_number
 from aimesh.protocol.openapi import (
     ERROR_REF,
     ERROR_SCHEMA,
+    INFER_OK_RESPONSE,
     INFER_REQUEST_SCHEMA,
     INFER_RESPONSE_SCHEMA,
     METRICS_RESPONSE,
@@ -39,6 +40,7 @@ __all__ = [
     "DATATYPE_TO_NUMPY",
     "ERROR_REF",
     "ERROR_SCHEMA",
+    "INFER_OK_RESPONSE",
     "INFER_REQUEST_SCHEMA",
     "INFER_RESPONSE_SCHEMA",
     "METRICS_RESPONSE",

@@ -68,6 +68,15 @@ INFER_RESPONSE_SCHEMA: dict[str, Any] = {
         "outputs": {"type": "array", "items": TENSOR_SCHEMA},
     },
 }
+INFER_OK_RESPONSE: dict[str, Any] = {
+    "description": "outputs of the version that answered",
+    "content": {
+        "application/json": {"schema": INFER_RESPONSE_SCHEMA},
+        # The binary tensor data extension, when outputs are asked for as binary.
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+"""An inference's 200, as the model service and the gateway answer it."""
 
 
 def json_content(schema: dict[str, Any], description: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from aimesh.protocol import (
-    INFER_RESPONSE_SCHEMA,
+    INFER_OK_RESPONSE,
     METRICS_RESPONSE,
     error_responses,
     infer_request_body,
@@ -23,14 +23,7 @@ _INFER = {
     "summary": "Run inference",
     "requestBody": infer_request_body(),
     "responses": {
-        "200": {
-            "description": "outputs of the version that answered",
-            "content": {
-                "application/json": {"schema": INFER_RESPONSE_SCHEMA},
-                # The binary tensor data extension, when outputs are asked for as binary.
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            },
-        },
+        "200": INFER_OK_RESPONSE,
         **error_responses(422, 504),
     },
 }
