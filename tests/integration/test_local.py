@@ -390,8 +390,13 @@ def test_a_killed_bus_is_not_ready_then_restarted_and_loses_no_job(bus_stack: Bu
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
-    # Discovery was declared again: every process is back in it.
+    # Discovery was declared again: every process is back in it, and the gateway watches the
+    # new bucket (the old watch would hear nothing, and its routes would age out).
     _wait_for(lambda: {p["discovered"] for p in project.status()["processes"]} == {True})
+    gateway_log = project.home / "logs" / "gateway.log"
+    _wait_for(lambda: "watching discovery afresh" in gateway_log.read_text())
+    routed = httpx.get(bus_stack.url("gateway") + "/api/jobs", timeout=10)
+    assert routed.status_code == 200, routed.text
 
 
 def test_the_registry_is_not_ready_while_its_database_is_gone(bus_stack: BusStack) -> None:

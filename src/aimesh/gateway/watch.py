@@ -4,7 +4,9 @@ The discovery watch starts with the bucket's current keys (the initial listing),
 applies every put, delete, purge and expiry marker as it happens: nothing is polled. A
 local sweep also forgets instances not refreshed for a while, for markers missed while the
 bus was away; it pauses while the bus is disconnected, so that an outage of the bus is not
-taken for the death of every instance.
+taken for the death of every instance. After each reconnection the watch starts afresh:
+a restarted embedded bus keeps no discovery bucket (it is in memory), so the old watch would
+hear nothing more, and the instances, which put their keys again, would age out of the table.
 """
 
 from __future__ import annotations
@@ -53,19 +55,33 @@ class DiscoveryWatch:
         self._decoder = msgspec.json.Decoder(ServiceInstance)
         self.ready = asyncio.Event()
         """Set once the initial listing is in the table."""
+        self._reconnected = asyncio.Event()
 
     async def run(self) -> None:
-        """Watch (and sweep) forever; on a failure, start a fresh watch after a pause."""
+        """Watch (and sweep) forever; after a failure or a reconnection, watch afresh."""
         sweeper = asyncio.create_task(self._sweep(), name="discovery-sweep")
         backoff = 0.5
         try:
             while True:
+                self._reconnected.clear()
+                watch = asyncio.create_task(self._watch(), name="discovery-watch-stream")
+                again = asyncio.create_task(self._reconnected.wait())
                 try:
-                    await self._watch()
-                except (AimeshError, nats.errors.Error, TimeoutError) as exc:
-                    log.warning("discovery watch failed: %s; watching again", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                    await asyncio.wait({watch, again}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    again.cancel()
+                    watch.cancel()
+                    await asyncio.wait({watch})  # its end, whatever it was (read below)
+                if not watch.cancelled():
+                    try:
+                        watch.result()
+                    except (AimeshError, nats.errors.Error, TimeoutError) as exc:
+                        log.warning("discovery watch failed: %s; watching again", exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                else:
+                    log.info("reconnected to the bus: watching discovery afresh")
+                    backoff = 0.5
         finally:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -117,12 +133,17 @@ class DiscoveryWatch:
 
     async def _sweep(self) -> None:
         was_connected = True
+        reconnections = self._bus.reconnections
         while True:
             await asyncio.sleep(_SWEEP_S)
             now = self._clock()
             connected = self._bus.connected
-            if connected and not was_connected:
+            # Counted, not only seen: a bus restarted within a sweep is a reconnection too.
+            back = connected and self._bus.reconnections != reconnections
+            if connected and (back or not was_connected):
+                reconnections = self._bus.reconnections
                 self._table.touch_all(now)  # silence during the outage was not death
+                self._reconnected.set()
             elif connected:
                 before = self._table.generation
                 self._table.expire(now, self._stale_after_s)
