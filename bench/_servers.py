@@ -171,8 +171,9 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 def server_env() -> dict[str, str]:
     """The environment every server runs in: ours, without AIMESH_* or thread-pool variables.
 
-    aimesh is measured as a user gets it: it caps its native thread pools itself (each
-    worker to its share of the cores); the baselines run with their libraries' defaults.
+    The benchmarks set none of them, they only take them away: aimesh is measured as a user
+    gets it (it caps its native thread pools itself, one thread per model process), the
+    baselines with their libraries' defaults; what was taken is printed beside the figures.
     """
     return {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED)}
 

@@ -146,6 +146,21 @@ class Home:
         own = {"AIMESH_HOME": str(settings.home_dir), "AIMESH_BUS__URL": nats_url}
         return cls(settings, inherited | own | env, x)
 
+    @classmethod
+    def with_fraud(
+        cls, root: Path, nats_url: str, data: tuple[np.ndarray, np.ndarray], **env: str
+    ) -> Home:
+        """:meth:`create`, its registry holding ``fraud`` 1 (champion) and 2, published."""
+        x, y = data
+        home = cls.create(root, nats_url, x, **env)
+        registry = home.registry()
+        try:
+            push_fraud_models(registry, root, x, y)
+            home.publish(registry)
+        finally:
+            registry.close()
+        return home
+
     def registry(self, *, allow_code_artifacts: bool = False) -> LocalRegistry:
         """The home's registry; ``allow_code_artifacts`` to push trusted (code) models."""
         registry = LocalRegistry.from_settings(self.settings, actor="test")

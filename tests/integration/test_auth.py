@@ -21,7 +21,6 @@ from _services import (
     Home,
     Service,
     free_port,
-    push_fraud_models,
     run_aimesh,
     start,
     wait_for,
@@ -50,13 +49,7 @@ def home(
     fraud_data: tuple[np.ndarray, np.ndarray],
 ) -> Home:
     root = tmp_path_factory.mktemp("auth")
-    x, y = fraud_data
-    h = Home.create(root, nats_url, x, AIMESH_AUTH__RELOAD_S="3600")
-    registry = h.registry()
-    push_fraud_models(registry, root, x, y)
-    h.publish(registry)
-    registry.close()
-    return h
+    return Home.with_fraud(root, nats_url, fraud_data, AIMESH_AUTH__RELOAD_S="3600")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from _services import Home, Service, free_port, push_fraud_models, run_aimesh, start, wait_for
+from _services import Home, Service, free_port, run_aimesh, start, wait_for
 
 LIMIT = 20_000
 # Six processes start at once on a small, shared machine: give them time.
@@ -34,18 +34,14 @@ def home(
     fraud_data: tuple[np.ndarray, np.ndarray],
 ) -> Home:
     root = tmp_path_factory.mktemp("edge")
-    x, y = fraud_data
-    h = Home.create(
-        root, nats_url, x,
+    return Home.with_fraud(
+        root,
+        nats_url,
+        fraud_data,
         AIMESH_REGISTRY__MAX_REQUEST_BYTES=str(LIMIT),
         AIMESH_LAKE__MAX_REQUEST_BYTES=str(LIMIT),
         AIMESH_JOBS__MAX_REQUEST_BYTES=str(LIMIT),
-    )  # fmt: skip
-    registry = h.registry()
-    push_fraud_models(registry, root, x, y)
-    h.publish(registry)
-    registry.close()
-    return h
+    )
 
 
 def _service(home: Home, *argv: str, ready_path: str = "/health") -> Service:

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from _services import ECHO_MODEL, WAIT_S, Home, Service
 from _services import free_port as _free_port
-from _services import push_fraud_models as _push_fraud_models
 
 from aimesh import runtimes
 from aimesh.bus import connect
@@ -36,13 +35,7 @@ def home(
     fraud_data: tuple[np.ndarray, np.ndarray],
 ) -> Home:
     root = tmp_path_factory.mktemp("serving")
-    x, y = fraud_data
-    h = Home.create(root, nats_url, x)
-    registry = h.registry()
-    _push_fraud_models(registry, root, x, y)
-    h.publish(registry)
-    registry.close()
-    return h
+    return Home.with_fraud(root, nats_url, fraud_data)
 
 
 @pytest.fixture(scope="module")
