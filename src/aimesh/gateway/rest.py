@@ -57,7 +57,7 @@ from aimesh.gateway.openapi import MergedOpenApi
 from aimesh.gateway.routing import Router, Target
 from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.jobs import encode_job
-from aimesh.protocol import InferenceRequest, check_inputs, rest_codec
+from aimesh.protocol import InferenceRequest, TensorSpec, check_inputs, rest_codec
 from aimesh.rest import (
     DOCS_ASSETS_URL,
     Guard,
@@ -79,6 +79,8 @@ _DROP_FROM_RESPONSE = frozenset(
 )
 # Answers up to this size are read whole before relaying; larger ones stream through.
 _BUFFER_LIMIT = 1 << 20
+# Model versions whose inputs are kept for the async check; past it the table starts over.
+_INPUTS_KEPT = 1024
 _SERVER_METADATA = json.dumps(
     {"name": "aimesh-gateway", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 ).encode()
@@ -102,6 +104,15 @@ class _Outcome:
         self.upstream = GATEWAY
         self.status = 500
         self.started = False
+
+
+def _served_version(target: Target) -> str | None:
+    """The one version ``target``'s call reaches: the one it names, or the one all its
+    instances serve; None while instances of several versions (or unknown) may answer."""
+    if target.version is not None:
+        return target.version
+    versions = {upstream.version for upstream in target.candidates}
+    return versions.pop() if len(versions) == 1 else None
 
 
 _Answer = Callable[[Send, "RequestHead", "_Outcome", bytes], Awaitable[None]]
@@ -141,6 +152,8 @@ class GatewayApp:
         self.registry_fallback = registry_fallback
         self.deferrer = deferrer
         """Queues ``?async=true`` model calls as jobs; ``None``: they are refused."""
+        self._inputs: dict[tuple[str, str], list[TensorSpec]] = {}
+        """The inputs of model versions, as their instances said (a version never changes)."""
         self._own: dict[str, tuple[str, str, Scope | None, _Answer]] = {
             "/health": ("health", "GET", None, self._health),
             "/health/live": ("health", "GET", None, self._live),
@@ -322,9 +335,26 @@ class GatewayApp:
         """Check a deferred call's inputs against the model's own metadata (its input names,
         datatypes and shapes), by the check the model service runs (:func:`check_inputs`).
 
-        The metadata comes from an instance, as the caller would read it; an instance that
-        cannot say leaves the check to the job (the model checks every call anyway).
+        The metadata comes from an instance, as the caller would read it, once per model
+        version: a version's signature never changes, so later calls to the same version
+        are checked without a round trip. An instance that cannot say leaves the check to
+        the job (the model checks every call anyway).
         """
+        served = _served_version(target)
+        key = (target.model, served) if served is not None else None
+        specs = self._inputs.get(key) if key is not None else None
+        if specs is None:
+            specs = await self._model_inputs(head, target)
+            if specs is None:
+                return
+            if key is not None:
+                if len(self._inputs) >= _INPUTS_KEPT:
+                    self._inputs.clear()
+                self._inputs[key] = specs
+        check_inputs(target.model, specs, request.inputs)
+
+    async def _model_inputs(self, head: RequestHead, target: Target) -> list[TensorSpec] | None:
+        """The inputs an instance of ``target`` documents, or None if none can say."""
         path = model_path(target.model, target.version, b"")
         headers = head.forward_credentials + head.forward_tracing
         try:
@@ -337,12 +367,12 @@ class GatewayApp:
             body = await response.body(self.timeout)
         except AimeshError as exc:
             log.info("no metadata of %s to check an async call against: %s", target.model, exc)
-            return
+            return None
         if response.status != 200:
             log.info("no metadata of %s to check an async call against (%d)",
                      target.model, response.status)  # fmt: skip
-            return
-        check_inputs(target.model, rest_codec.decode_model_inputs(body), request.inputs)
+            return None
+        return rest_codec.decode_model_inputs(body)
 
     def _exchange(
         self,
