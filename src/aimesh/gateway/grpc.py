@@ -34,15 +34,17 @@ from aimesh.errors import (
     foreign_message,
 )
 from aimesh.gateway._asgi import model_path
+from aimesh.gateway.core import ModelCore
 from aimesh.gateway.headers import new_request_id, traceparent_for, valid_traceparent
 from aimesh.gateway.http1 import HttpClient
 from aimesh.gateway.instances import InstancePolicy, Upstream
 from aimesh.gateway.metrics import GATEWAY, GatewayMetrics
 from aimesh.gateway.routing import Router
-from aimesh.gateway.upstream import NotSent, call_upstream
+from aimesh.gateway.upstream import NotSent
 from aimesh.protocol import grpc as pb
 from aimesh.protocol import rest_codec
 from aimesh.rest import Readiness, retry_after
+from aimesh.rollouts import ARM_HEADER
 
 __all__ = ["GrpcGateway"]
 
@@ -78,10 +80,12 @@ class GrpcGateway:
         upstream_timeout_s: float,
         max_message_bytes: int,
         readiness: Readiness,
+        core: ModelCore | None = None,
     ) -> None:
         self.router = router
         self.client = client
         self.policy = policy
+        self.core = core or ModelCore(router, policy)
         self.keyring = keyring
         self.metrics = metrics
         self.timeout = upstream_timeout_s
@@ -149,7 +153,10 @@ class GrpcGateway:
         try:
             metadata = self._check(context)
             message, name, version = _parse(method, request)
-            target = await self.router.target(name, version)
+            plan = await self.core.plan(name, version, _as_headers(context))
+            target = plan.target
+            if plan.arm is not None:
+                await context.send_initial_metadata(((ARM_HEADER, plan.arm),))
             if target.version != version:  # an alias: name the version the instance knows
                 _set_version(method, message, target.version or "")
                 request = message.SerializeToString()
@@ -169,9 +176,7 @@ class GrpcGateway:
                     return await self._infer_over_rest(upstream, path, *rest, metadata, timeout)
                 return await self._send(upstream, method, request, metadata, timeout)
 
-            return await call_upstream(
-                target.candidates, exchange, policy=self.policy, on_not_sent=self._not_sent
-            )
+            return await self.core.call(target.candidates, exchange, on_not_sent=self._not_sent)
         except _UpstreamStatus as exc:
             status = exc.code.name
             await context.abort(exc.code, exc.details)
@@ -342,6 +347,15 @@ _REQUESTS: dict[str, Any] = {
     "ModelMetadata": pb.ModelMetadataRequest,
     "ModelReady": pb.ModelReadyRequest,
 }
+
+
+def _as_headers(context: Context) -> list[tuple[bytes, bytes]]:
+    """The call's text metadata as HTTP headers (names are lower case in both)."""
+    return [
+        (key.encode("latin-1"), value.encode("utf-8"))
+        for key, value in context.invocation_metadata() or ()
+        if isinstance(value, str)
+    ]
 
 
 def _parse(method: str, request: bytes) -> tuple[Any, str, str | None]:

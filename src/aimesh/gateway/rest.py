@@ -48,6 +48,7 @@ from aimesh.gateway._asgi import (
     respond,
     status_of,
 )
+from aimesh.gateway.core import ModelCore
 from aimesh.gateway.deferred import AsyncRequest, Deferrer, async_request
 from aimesh.gateway.headers import RequestHead
 from aimesh.gateway.http1 import HttpClient, UpstreamResponse
@@ -68,6 +69,7 @@ from aimesh.rest import (
     error_headers,
     swagger_page,
 )
+from aimesh.rollouts import ARM_HEADER
 
 __all__ = ["GatewayApp"]
 
@@ -79,6 +81,7 @@ _DROP_FROM_RESPONSE = frozenset(
 )
 # Answers up to this size are read whole before relaying; larger ones stream through.
 _BUFFER_LIMIT = 1 << 20
+_ARM = ARM_HEADER.encode()
 # Model versions whose inputs are kept for the async check; past it the table starts over.
 _INPUTS_KEPT = 1024
 _SERVER_METADATA = json.dumps(
@@ -97,9 +100,11 @@ def _decode_request(body: bytes, headers: list[tuple[bytes, bytes]]) -> Inferenc
 class _Outcome:
     """What the metrics say of one request; filled in as it goes."""
 
-    __slots__ = ("route", "started", "status", "upstream")
+    __slots__ = ("arm", "route", "started", "status", "upstream")
 
     def __init__(self) -> None:
+        self.arm: str | None = None
+        """The traffic policy's arm that answered, returned in a header."""
         self.route = "unknown"
         self.upstream = GATEWAY
         self.status = 500
@@ -136,12 +141,15 @@ class GatewayApp:
         registry_fallback: Upstream | None = None,
         deferrer: Deferrer | None = None,
         guard: Guard | None = None,
+        core: ModelCore | None = None,
     ) -> None:
         self.guard = guard or Guard()
         """Browser origins and Host names (:mod:`aimesh.rest.guard`)."""
         self.router = router
         self.client = client
         self.policy = policy
+        self.core = core or ModelCore(router, policy)
+        """Plans model calls (traffic policy, routing) and runs them."""
         self.keyring = keyring
         self.metrics = metrics
         self.openapi = openapi
@@ -282,7 +290,9 @@ class GatewayApp:
             deferred = async_request(scope["query_string"], head.prefer, head.idempotency_key)
         caller = self._check(scope, head, "infer")
         body = await self._body(head, receive) if allowed == "POST" else b""
-        target = await self.router.target(name, version)
+        plan = await self.core.plan(name, version, scope["headers"])
+        target = plan.target
+        outcome.arm = plan.arm
         if target.version == version:
             path = scope.get("raw_path") or scope["path"].encode()
         else:  # an alias resolved here: name the version (or none) the instance knows
@@ -295,10 +305,9 @@ class GatewayApp:
             return
         upstream_path = path + query(scope)
         method = b"POST" if allowed == "POST" else b"GET"
-        response = await call_upstream(
+        response = await self.core.call(
             target.candidates,
             self._exchange(method, upstream_path, head.forward, body, outcome),
-            policy=self.policy,
             on_not_sent=self._not_sent,
         )
         await self._relay(send, response, head, outcome)
@@ -358,10 +367,9 @@ class GatewayApp:
         path = model_path(target.model, target.version, b"")
         headers = head.forward_credentials + head.forward_tracing
         try:
-            response = await call_upstream(
+            response = await self.core.call(
                 target.candidates,
                 self._exchange(b"GET", path, headers, b"", None),
-                policy=self.policy,
                 on_not_sent=self._not_sent,
             )
             body = await response.body(self.timeout)
@@ -414,6 +422,8 @@ class GatewayApp:
         outcome.status = response.status
         headers = [pair for pair in response.headers if pair[0] not in _DROP_FROM_RESPONSE]
         headers.append((REQUEST_ID, head.request_id.encode()))
+        if outcome.arm is not None:
+            headers.append((_ARM, outcome.arm.encode()))
         length = response.header(b"content-length")
         if response.complete or (length is not None and int(length) <= _BUFFER_LIMIT):
             # Whole before the first byte goes out: an upstream lost mid-body is still a 502.
@@ -549,12 +559,11 @@ class GatewayApp:
         self, member: aggregate.Member, body: bytes, headers: list[tuple[bytes, bytes]]
     ) -> aggregate.Outcome:
         try:
-            target = await self.router.target(member.name, member.version)
+            target = (await self.core.plan(member.name, member.version, headers)).target
             path = model_path(member.name, target.version, b"/infer")
-            response = await call_upstream(
+            response = await self.core.call(
                 target.candidates,
                 self._exchange(b"POST", path, headers, body, None),
-                policy=self.policy,
                 on_not_sent=self._not_sent,
             )
             answer = response.take() if response.complete else await response.body(self.timeout)
