@@ -27,6 +27,7 @@ import pytest
 from _services import free_port, run_aimesh, start
 
 from aimesh.bus import (
+    DISCOVERY_BUCKET,
     DLQ_STREAM,
     JOBS_BUCKET,
     JOBS_STREAM,
@@ -764,6 +765,52 @@ def test_worker_killed_mid_job_is_redelivered_and_completes_once(
         second.send_signal(signal.SIGTERM)  # drains (nothing running) and exits cleanly
         assert second.wait(timeout=20) == 0
         assert "1 succeeded" in (tmp_path / "second.log").read_text()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_the_only_worker_of_a_kind_killed_mid_job_and_restarted_takes_it_up_at_once(
+    bus_url: str, tmp_path: Path
+) -> None:
+    # ack_wait of ten minutes, every wait below far shorter: the job can only come back
+    # because the new worker, started once the dead one's entry is gone (so it hears no
+    # entry go), sweeps for the running jobs of its kind whose worker has no entry.
+    ack_wait_s = 600.0
+    assert ack_wait_s > 2 * 3 * WAIT_S  # every wait below, together, twice over
+    env = _env(bus_url, tmp_path / "home") | {"AIMESH_JOBS__ACK_WAIT_S": str(ack_wait_s)}
+    first = _worker(env, tmp_path / "first.log", "sleep")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+
+        async def main() -> None:
+            nonlocal second
+            async with jobs_on(bus_url) as (bus, client):
+                job = await client.submit(JobSpec(kind="sleep", payload={"seconds": 3}))
+                running = await until(client, job.id, lambda j: j.state == "running")
+                first.send_signal(signal.SIGKILL)
+                first.wait(timeout=10)
+                discovery = await bus.js.key_value(DISCOVERY_BUCKET)
+                deadline = time.monotonic() + WAIT_S
+                while True:  # the dead worker's entry expires
+                    try:
+                        await discovery.get(f"worker.sleep.{running.worker}")
+                    except nats.js.errors.KeyNotFoundError:
+                        break
+                    assert time.monotonic() < deadline, "the dead worker's entry stayed"
+                    await asyncio.sleep(0.1)
+                second = _worker(env, tmp_path / "second.log", "sleep")
+                done = await client.wait(job.id, timeout=2 * WAIT_S)
+                assert (done.state, done.attempts) == ("succeeded", 2)
+                log = [(a.number, a.worker, a.outcome) for a in done.attempt_log]
+                assert log == [(1, running.worker, "worker_lost"), (2, done.worker, "succeeded")]
+                assert done.worker not in (None, running.worker)
+                await drained(bus)
+
+        run(main())
+        assert "handed back for its next attempt" in (tmp_path / "second.log").read_text()
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:

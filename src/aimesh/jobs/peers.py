@@ -9,12 +9,21 @@ puts its entry again within a heartbeat), it looks for the jobs that worker was 
 and, for each, ends the attempt ``worker_lost`` in the record (:func:`states.lose_worker`,
 under optimistic concurrency: of several watching workers, one writes) and *naks* the
 job's message through the reply subject its attempt recorded (``Job.delivery``), so that
-it is delivered again at once.
+it is delivered again at once. Any worker of the kind may nak it, a new process too: the
+reply subject names the kind's one durable consumer (``jobs-<kind>``, see
+:func:`aimesh.jobs.worker.consumer_name`), which every worker of the kind pulls from and
+which outlives them all, so the message is still pending on it whoever died.
 
-One mechanism, owned by the workers: the jobs service need not run, and a kind with no
-other worker has nobody to run the job sooner anyway. An attempt its worker started early
-and had not claimed yet (see :mod:`aimesh.jobs.early`) is in no record: it comes back after
-``ack_wait``, and is entered then (:func:`states.lost_unclaimed`).
+The watch hears only the entries that go after it starts. A worker that starts when its
+kind's dead worker is gone already (the only worker of a kind, killed and restarted by
+``aimesh up``'s supervisor under a new id; or any worker started after the entry expired)
+would hear nothing; so on starting, each worker also sweeps once: the running jobs of its
+kind whose worker has no entry are checked the same way, after the same grace period.
+
+One mechanism, owned by the workers: the jobs service need not run, and while a kind has
+no worker at all nobody could run the job sooner anyway. An attempt its worker started
+early and had not claimed yet (see :mod:`aimesh.jobs.early`) is in no record: it comes
+back after ``ack_wait``, and is entered then (:func:`states.lost_unclaimed`).
 """
 
 from __future__ import annotations
@@ -54,7 +63,10 @@ def _now() -> datetime:
 
 
 class LostWorkers:
-    """Hands back the running jobs of the workers of ``kind`` whose entry is gone."""
+    """Hands back the running jobs of the workers of ``kind`` whose entry is gone.
+
+    Those whose entry goes while it watches, and those already gone when it starts.
+    """
 
     def __init__(
         self, bus: Bus, store: JobStore, kind: str, worker_id: str, *, grace_s: float = GRACE_S
@@ -66,11 +78,15 @@ class LostWorkers:
         self._grace_s = grace_s
         self._sub: Subscription | None = None
         self._checks: dict[str, asyncio.Task[None]] = {}
+        self._sweeping: asyncio.Task[None] | None = None
         self.handed_back = 0
         """Jobs handed back so far because their worker was gone."""
 
     async def start(self) -> None:
-        """Watch the entries of the workers of this kind (from now on)."""
+        """Watch the entries of the workers of this kind from now on, and sweep once.
+
+        The sweep runs in the background: the worker need not wait for it to pull.
+        """
         try:
             self._sub = await self._bus.js.subscribe(
                 f"$KV.{DISCOVERY_BUCKET}.worker.{self._kind}.*",
@@ -82,23 +98,41 @@ class LostWorkers:
         except (nats.errors.Error, TimeoutError) as exc:
             # Not fatal: the dead worker's jobs then come back after ack_wait.
             log.warning("cannot watch the workers of kind %s: %s", self._kind, exc)
+        # After the watch is on: an entry the sweep finds alive is heard when it goes.
+        self._sweeping = asyncio.create_task(self._sweep(), name=f"lost-workers-{self._kind}")
 
     async def stop(self) -> None:
-        """Stop watching; checks under way are cancelled."""
-        for task in self._checks.values():
+        """Stop watching; the sweep and checks under way are cancelled."""
+        tasks = [*self._checks.values(), *([self._sweeping] if self._sweeping else [])]
+        for task in tasks:
             task.cancel()
-        if self._checks:
-            await asyncio.gather(*self._checks.values(), return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         self._checks.clear()
+        self._sweeping = None
         if self._sub is not None and not self._bus.nc.is_closed:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await self._sub.unsubscribe()
         self._sub = None
 
     async def _heard(self, msg: Msg) -> None:
-        worker = msg.subject.rsplit(".", 1)[-1]
         gone = not msg.data or bool(msg.headers and _GONE.intersection(msg.headers))
-        if not gone or worker == self._worker_id or worker in self._checks:
+        if gone:
+            self._suspect(msg.subject.rsplit(".", 1)[-1])
+
+    async def _sweep(self) -> None:
+        """Suspect the workers of the running jobs of this kind that have no entry now."""
+        try:
+            running = await self._store.list(kind=self._kind, state="running", limit=_LIST_AT_MOST)
+            for worker in sorted({job.worker for job in running if job.worker}):
+                if worker != self._worker_id and not await self._alive(worker):
+                    self._suspect(worker)
+        except (AimeshError, nats.errors.Error, TimeoutError) as exc:
+            log.warning("running jobs of kind %s not swept (ack_wait will): %s", self._kind, exc)
+
+    def _suspect(self, worker: str) -> None:
+        """Check ``worker`` after the grace period, unless it is this one or checked already."""
+        if worker == self._worker_id or worker in self._checks:
             return
         task = asyncio.create_task(self._check(worker), name=f"lost-worker-{worker}")
         self._checks[worker] = task

@@ -17,7 +17,8 @@ with the kind's handler:
   that doubles per attempt; a worker that dies stops heartbeating, so JetStream hands
   the message to another worker after ``ack_wait``, which starts the next attempt, or
   fails the job when its attempts are spent; sooner when its discovery entry is gone:
-  the other workers of its kind then hand its jobs back at once (:mod:`aimesh.jobs.peers`);
+  the other workers of its kind, or the next one to start, then hand its jobs back at
+  once (:mod:`aimesh.jobs.peers`; they may, as they all share the kind's consumer);
 - every delivery is an entry of the record's ``attempt_log``, the lost ones included
   (``worker_lost``);
 - a cancel request reaches the worker as an event (and on its next heartbeat) and
