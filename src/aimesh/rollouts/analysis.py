@@ -1,0 +1,166 @@
+"""Canary analysis: judge a candidate against its baseline over one interval. Pure.
+
+:func:`judge` takes a running canary, the interval's figures of both versions (summed over
+every gateway, :class:`~aimesh.rollouts.figures.Interval`) and the time, and returns the
+rollout as it should be next, with the :class:`~aimesh.rollouts.Decision` that made it
+so, or None while there is nothing to decide yet. The rules, in order:
+
+1. **Errors roll back at once.** Errors are upstream failures (5xx, timeouts, no
+   connection); a client's 4xx is not the version's fault. As soon as the candidate's
+   errors exceed ``max_error_rate`` of what the interval can still bring to
+   ``min_requests`` (so that no number of good requests to come could save it), and in any
+   case at the interval's end, a rate past the threshold rolls back: weight 0, the alias
+   untouched.
+2. **Too few requests is never a pass.** At the interval's end, fewer than
+   ``min_requests`` on the candidate (or on the baseline, while it has any share) makes the
+   interval *inconclusive*; ``max_inconclusive`` of those in a row pause the rollout, and
+   the status says why.
+3. **Latency.** The candidate's p99 over the baseline's past ``max_p99_ratio`` rolls back.
+   At 100% the baseline has no traffic: its p99 from the step before stands in.
+4. Otherwise the step passes: the next step's weight, or, after the last, *promoted* (the
+   controller then moves the alias to the candidate).
+
+Every decision carries the figures that drove it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from aimesh.rollouts.figures import Interval
+from aimesh.rollouts.policy import Canary, Decision, Rollout
+
+__all__ = ["figures_of", "judge"]
+
+
+def figures_of(candidate: Interval, baseline: Interval) -> dict[str, float]:
+    """The figures a decision records (only those that are known)."""
+    found: dict[str, float] = {
+        "candidate_requests": float(candidate.requests),
+        "candidate_errors": float(candidate.errors),
+        "baseline_requests": float(baseline.requests),
+        "baseline_errors": float(baseline.errors),
+    }
+    for name, value in (
+        ("candidate_error_rate", candidate.error_rate),
+        ("baseline_error_rate", baseline.error_rate),
+        ("candidate_p99_ms", _ms(candidate.quantile(0.99))),
+        ("baseline_p99_ms", _ms(baseline.quantile(0.99))),
+    ):
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def judge(
+    rollout: Rollout, candidate: Interval, baseline: Interval, now: datetime
+) -> Rollout | None:
+    """The canary ``rollout`` after judging its current interval, or None (keep waiting).
+
+    ``candidate`` and ``baseline`` are the figures since the step began. Only a running
+    canary is judged.
+    """
+    policy = rollout.policy
+    status = rollout.status
+    if not isinstance(policy, Canary) or status.state != "running":
+        return None
+    started = status.step_started or now
+    ended = (now - started).total_seconds() >= policy.interval_s
+    figures = figures_of(candidate, baseline)
+    allowed = policy.max_error_rate * max(policy.min_requests, candidate.requests)
+    if candidate.errors > allowed or (
+        ended and candidate.requests >= policy.min_requests and _over(candidate, policy)
+    ):
+        rate = candidate.error_rate or 0.0
+        return _decide(
+            rollout, now, "rolled_back", figures, state="rolled_back", weight=0,
+            reason=f"error rate {rate:.2%} over {candidate.requests} requests is past "
+            f"{policy.max_error_rate:.2%}",
+        )  # fmt: skip
+    if not ended:
+        return None
+    weight = policy.steps[status.step]
+    if candidate.requests < policy.min_requests or (
+        weight < 100 and baseline.requests < policy.min_requests
+    ):
+        count = status.inconclusive + 1
+        reason = (
+            f"too few requests to judge ({candidate.requests} on the candidate, "
+            f"{baseline.requests} on the baseline; {policy.min_requests} each needed)"
+        )
+        if count >= policy.max_inconclusive:
+            return _decide(
+                rollout, now, "paused", figures, state="paused", inconclusive=count,
+                weight=weight, reason=f"{reason}, {count} intervals in a row: paused",
+            )  # fmt: skip
+        return _decide(
+            rollout, now, "inconclusive", figures, inconclusive=count, weight=weight,
+            step_started=now, reason=reason,
+        )  # fmt: skip
+    candidate_p99 = candidate.quantile(0.99)
+    baseline_p99 = baseline.quantile(0.99) if baseline.requests else _last_baseline_p99(rollout)
+    if candidate_p99 is not None and baseline_p99:
+        ratio = candidate_p99 / baseline_p99
+        figures["p99_ratio"] = ratio
+        figures.setdefault("baseline_p99_ms", baseline_p99 * 1000.0)
+        if ratio > policy.max_p99_ratio:
+            return _decide(
+                rollout, now, "rolled_back", figures, state="rolled_back", weight=0,
+                reason=f"p99 {ratio:.2f}x the baseline's is past {policy.max_p99_ratio:.2f}x",
+            )  # fmt: skip
+    rate = candidate.error_rate or 0.0
+    if status.step + 1 >= len(policy.steps):
+        return _decide(
+            rollout, now, "promoted", figures, state="promoted", weight=100,
+            reason=f"every step passed (error rate {rate:.2%} at {weight}%)",
+        )  # fmt: skip
+    following = policy.steps[status.step + 1]
+    return _decide(
+        rollout, now, "step", figures, step=status.step + 1, weight=following,
+        inconclusive=0, step_started=now,
+        reason=f"step {status.step + 1} passed at {weight}% (error rate {rate:.2%}); "
+        f"now {following}%",
+    )  # fmt: skip
+
+
+def _over(candidate: Interval, policy: Canary) -> bool:
+    rate = candidate.error_rate
+    return rate is not None and rate > policy.max_error_rate
+
+
+def _last_baseline_p99(rollout: Rollout) -> float | None:
+    for decision in reversed(rollout.status.decisions):
+        value = decision.figures.get("baseline_p99_ms")
+        if value:
+            return value / 1000.0
+    return None
+
+
+def _decide(
+    rollout: Rollout,
+    now: datetime,
+    action: str,
+    figures: dict[str, float],
+    *,
+    weight: int,
+    reason: str,
+    **changes: object,
+) -> Rollout:
+    status = rollout.status
+    step = changes.get("step", status.step)
+    assert isinstance(step, int)
+    decision = Decision.model_validate(
+        {
+            "at": now,
+            "action": action,
+            "step": step,
+            "weight": weight,
+            "reason": reason,
+            "figures": figures,
+        }
+    )
+    return rollout.model_copy(update={"status": status.deciding(decision, **changes)})
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
