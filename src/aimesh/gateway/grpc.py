@@ -44,7 +44,7 @@ from aimesh.gateway.upstream import NotSent
 from aimesh.protocol import grpc as pb
 from aimesh.protocol import rest_codec
 from aimesh.rest import Readiness, retry_after
-from aimesh.rollouts import ARM_HEADER
+from aimesh.rollouts import ARM_HEADER, FigureBook, OutcomeClass
 
 __all__ = ["GrpcGateway"]
 
@@ -54,6 +54,18 @@ _HEADER_LENGTH = b"inference-header-content-length"
 
 # Said by gRPC when no connection could be made: the request never left.
 _NOT_CONNECTED = ("failed to connect", "connection refused", "(shutting_down)")
+
+
+# The live figures' class of a call by its gRPC status (any other: the client's doing).
+_CLASS_OF: dict[str, OutcomeClass] = {
+    "OK": "ok",
+    "DEADLINE_EXCEEDED": "timeout",
+    "UNAVAILABLE": "connection",
+    "INTERNAL": "upstream",
+    "UNKNOWN": "upstream",
+    "DATA_LOSS": "upstream",
+    "RESOURCE_EXHAUSTED": "upstream",
+}
 
 
 class _UpstreamStatus(Exception):
@@ -81,11 +93,13 @@ class GrpcGateway:
         max_message_bytes: int,
         readiness: Readiness,
         core: ModelCore | None = None,
+        figures: FigureBook | None = None,
     ) -> None:
         self.router = router
         self.client = client
         self.policy = policy
         self.core = core or ModelCore(router, policy)
+        self.figures = figures or FigureBook("gateway")
         self.keyring = keyring
         self.metrics = metrics
         self.timeout = upstream_timeout_s
@@ -148,6 +162,8 @@ class GrpcGateway:
         started = time.perf_counter()
         route = _ROUTES[method]
         upstream_label = GATEWAY
+        answered: str | None = None  # the version of the instance it went to last
+        name = ""
         status = "OK"
         metadata: list[tuple[str, str]] = []
         try:
@@ -170,8 +186,9 @@ class GrpcGateway:
             path = model_path(name, target.version, b"/infer")
 
             async def exchange(upstream: Upstream) -> bytes:
-                nonlocal upstream_label
+                nonlocal upstream_label, answered
                 upstream_label = upstream.label
+                answered = upstream.version
                 if rest is not None and upstream.rest is not None:
                     return await self._infer_over_rest(upstream, path, *rest, metadata, timeout)
                 return await self._send(upstream, method, request, metadata, timeout)
@@ -193,9 +210,10 @@ class GrpcGateway:
             await context.abort(grpc.StatusCode.INTERNAL, pb.internal_details(request_id))
             raise
         finally:
-            self.metrics.observe(
-                route, "grpc", upstream_label, status, time.perf_counter() - started
-            )
+            elapsed = time.perf_counter() - started
+            self.metrics.observe(route, "grpc", upstream_label, status, elapsed)
+            if method == "ModelInfer" and answered is not None:
+                self.figures.count(name, answered, _CLASS_OF.get(status, "client"), elapsed)
 
     def _check(self, context: Context) -> list[tuple[str, str]]:
         """Authorize the call; return the metadata to forward (request id, trace context, and

@@ -69,7 +69,7 @@ from aimesh.rest import (
     error_headers,
     swagger_page,
 )
-from aimesh.rollouts import ARM_HEADER
+from aimesh.rollouts import ARM_HEADER, FigureBook, OutcomeClass, class_of
 
 __all__ = ["GatewayApp"]
 
@@ -100,11 +100,17 @@ def _decode_request(body: bytes, headers: list[tuple[bytes, bytes]]) -> Inferenc
 class _Outcome:
     """What the metrics say of one request; filled in as it goes."""
 
-    __slots__ = ("arm", "route", "started", "status", "upstream")
+    __slots__ = ("arm", "failure", "model", "route", "started", "status", "upstream", "version")
 
     def __init__(self) -> None:
         self.arm: str | None = None
         """The traffic policy's arm that answered, returned in a header."""
+        self.model: str | None = None
+        """The model an inference call went to (counted in the live figures)."""
+        self.version: str | None = None
+        """The version of the instance it went to last."""
+        self.failure: OutcomeClass | None = None
+        """How the call failed without an answer (a timeout, no connection)."""
         self.route = "unknown"
         self.upstream = GATEWAY
         self.status = 500
@@ -142,6 +148,7 @@ class GatewayApp:
         deferrer: Deferrer | None = None,
         guard: Guard | None = None,
         core: ModelCore | None = None,
+        figures: FigureBook | None = None,
     ) -> None:
         self.guard = guard or Guard()
         """Browser origins and Host names (:mod:`aimesh.rest.guard`)."""
@@ -150,6 +157,8 @@ class GatewayApp:
         self.policy = policy
         self.core = core or ModelCore(router, policy)
         """Plans model calls (traffic policy, routing) and runs them."""
+        self.figures = figures or FigureBook("gateway")
+        """Inference outcomes per model version, shared with the rollout controller."""
         self.keyring = keyring
         self.metrics = metrics
         self.openapi = openapi
@@ -187,6 +196,8 @@ class GatewayApp:
             await self._route(scope, receive, send, head, outcome)
         except AimeshError as exc:
             outcome.status = status = status_of(exc)
+            if isinstance(exc, UpstreamError):
+                outcome.failure = "timeout" if isinstance(exc, UpstreamTimeout) else "connection"
             if outcome.started:
                 log.warning("response cut short: %s", exc.message)
                 return
@@ -198,13 +209,15 @@ class GatewayApp:
             if not outcome.started:
                 await respond(send, 500, gateway_internal_error(head.request_id), head.request_id)
         finally:
+            elapsed = time.perf_counter() - started
             self.metrics.observe(
-                outcome.route,
-                "rest",
-                outcome.upstream,
-                str(outcome.status),
-                time.perf_counter() - started,
+                outcome.route, "rest", outcome.upstream, str(outcome.status), elapsed
             )
+            if outcome.model is not None and outcome.version is not None:
+                self.figures.count(
+                    outcome.model, outcome.version, outcome.failure or class_of(outcome.status),
+                    elapsed,
+                )  # fmt: skip
 
     async def _route(
         self, scope: ASGIScope, receive: Receive, send: Send, head: RequestHead, outcome: _Outcome
@@ -293,6 +306,8 @@ class GatewayApp:
         plan = await self.core.plan(name, version, scope["headers"])
         target = plan.target
         outcome.arm = plan.arm
+        if suffix == b"/infer" and deferred is None:
+            outcome.model = name
         if target.version == version:
             path = scope.get("raw_path") or scope["path"].encode()
         else:  # an alias resolved here: name the version (or none) the instance knows
@@ -396,6 +411,7 @@ class GatewayApp:
                 raise NotSent("the instance has no REST address")
             if outcome is not None:
                 outcome.upstream = upstream.label
+                outcome.version = upstream.version
             try:
                 response = await self.client.pool(address[0], address[1]).request(
                     method, target, headers, body, timeout=self.timeout

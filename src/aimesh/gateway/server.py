@@ -26,6 +26,7 @@ from aimesh.bus import (
     ServiceInstance,
     declare_topology,
     describe_service,
+    new_instance_id,
     open_bus,
 )
 from aimesh.config import Settings
@@ -39,10 +40,11 @@ from aimesh.gateway.metrics import GatewayMetrics
 from aimesh.gateway.openapi import MergedOpenApi, gateway_document
 from aimesh.gateway.rest import GatewayApp
 from aimesh.gateway.routing import Router, RoutingTable
-from aimesh.gateway.watch import DiscoveryWatch, forget_on_registry_events
+from aimesh.gateway.watch import DiscoveryWatch, forget_on_registry_events, publish_figures
 from aimesh.observability import cancel_and_wait, run_service, stop_on_signals
 from aimesh.registry import KeyWatch
 from aimesh.rest import Guard, Readiness, bus_check
+from aimesh.rollouts import FigureBook
 
 __all__ = ["run_gateway", "serve"]
 
@@ -91,6 +93,8 @@ async def run_gateway(
     policy = LeastOutstanding()
     keys = KeyWatch(settings)
     metrics = GatewayMetrics()
+    gateway_id = new_instance_id()
+    figures = FigureBook(gateway_id)
     # Keys may be made at any time: the document always says how to present one.
     openapi = MergedOpenApi(gateway_document(auth=True), auth=True)
     registry_fallback = _configured_registry(settings)
@@ -106,12 +110,13 @@ async def run_gateway(
         metrics=metrics, openapi=openapi, max_request_bytes=g.max_request_bytes,
         upstream_timeout_s=g.upstream_timeout_s, readiness=readiness,
         registry_fallback=registry_fallback, deferrer=deferrer,
-        guard=Guard.from_settings(settings.auth),
+        guard=Guard.from_settings(settings.auth), figures=figures,
     )  # fmt: skip
     grpc_gateway = GrpcGateway(
         router=router, client=client, policy=policy, keyring=keys.keyring,
         metrics=metrics, upstream_timeout_s=g.upstream_timeout_s,
-        max_message_bytes=g.max_request_bytes, readiness=readiness,
+        max_message_bytes=g.max_request_bytes, readiness=readiness, core=app.core,
+        figures=figures,
     )  # fmt: skip
     grpc_server, grpc_port = await start_grpc(
         grpc_gateway, g.host, g.grpc_port, max_message_bytes=g.max_request_bytes
@@ -141,9 +146,11 @@ async def run_gateway(
             registry_url[0] = url
             catalog.use(url)
 
-    describe = _describer(g.host, http_port, grpc_port)
+    describe = _describer(g.host, http_port, grpc_port, gateway_id)
     follower = asyncio.create_task(
-        _follow_bus(settings, table, catalog, changed, ready, describe, deferrer, connection),
+        _follow_bus(
+            settings, table, catalog, changed, ready, describe, deferrer, connection, figures
+        ),
         name="gateway-bus",
     )
 
@@ -202,12 +209,15 @@ def _configured_registry(settings: Settings) -> Upstream | None:
     )  # fmt: skip
 
 
-def _describer(host: str, http_port: int, grpc_port: int) -> Callable[[], ServiceInstance]:
+def _describer(
+    host: str, http_port: int, grpc_port: int, gateway_id: str
+) -> Callable[[], ServiceInstance]:
     return describe_service(
         "gateway",
         "gateway",
         rest_url=f"http://{host}:{http_port}",
         grpc_address=f"{host}:{grpc_port}",
+        instance_id=gateway_id,
     )
 
 
@@ -220,6 +230,7 @@ async def _follow_bus(
     describe: Callable[[], ServiceInstance],
     deferrer: Deferrer,
     connection: list[Bus | None],
+    figures: FigureBook,
 ) -> None:
     """Connect to the bus (retrying), then watch discovery and registry events until cancelled.
 
@@ -235,6 +246,7 @@ async def _follow_bus(
     tasks = [
         asyncio.create_task(watch.run(), name="discovery-watch"),
         asyncio.create_task(forget_on_registry_events(bus, catalog), name="registry-events"),
+        asyncio.create_task(publish_figures(bus, figures), name="figures"),
     ]
     registration: Registration | None = None
     try:

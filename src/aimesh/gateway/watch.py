@@ -25,8 +25,9 @@ from aimesh.bus import discovery_bucket as open_discovery_bucket
 from aimesh.errors import AimeshError
 from aimesh.gateway.catalog import RegistryCatalog
 from aimesh.gateway.routing import RoutingTable
+from aimesh.rollouts import FIGURES_EVERY_S, FIGURES_SUBJECT, FigureBook
 
-__all__ = ["DiscoveryWatch", "forget_on_registry_events"]
+__all__ = ["DiscoveryWatch", "forget_on_registry_events", "publish_figures"]
 
 log = logging.getLogger("aimesh.gateway")
 
@@ -165,3 +166,20 @@ async def forget_on_registry_events(bus: Bus, catalog: RegistryCatalog) -> None:
             log.warning("not following registry events: %s; trying again", exc)
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 10.0)
+
+
+async def publish_figures(bus: Bus, book: FigureBook, *, every_s: float = FIGURES_EVERY_S) -> None:
+    """Publish the gateway's live figures every ``every_s`` while it counts any (core NATS:
+    a report missed is superseded by the next, each one being cumulative)."""
+    subject = f"{FIGURES_SUBJECT}.{_token(book.gateway)}"
+    while True:
+        await asyncio.sleep(every_s)
+        if not book.empty and bus.connected:
+            try:
+                await bus.nc.publish(subject, book.encode())
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.debug("figures not published: %s", exc)
+
+
+def _token(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text) or "gateway"

@@ -1,10 +1,23 @@
 """Model versioning in production: traffic policies (A/B splits, canaries, shadows).
 
 :mod:`~aimesh.rollouts.policy` holds what is stored (a model's policy and where a canary
-stands); :mod:`~aimesh.rollouts.choice` picks the version for each request from it.
+stands); :mod:`~aimesh.rollouts.choice` picks the version for each request from it;
+:mod:`~aimesh.rollouts.figures` counts what each version answered, on every gateway, and
+:mod:`~aimesh.rollouts.analysis` judges a canary by those figures.
 """
 
+from aimesh.rollouts.analysis import figures_of, judge
 from aimesh.rollouts.choice import ARM_HEADER, Arms, Choice, sticky_key
+from aimesh.rollouts.figures import (
+    FIGURES_EVERY_S,
+    FIGURES_SUBJECT,
+    FigureBook,
+    Interval,
+    OutcomeClass,
+    Report,
+    Tally,
+    class_of,
+)
 from aimesh.rollouts.policy import (
     FINISHED,
     Canary,
@@ -20,17 +33,27 @@ from aimesh.rollouts.policy import (
 
 __all__ = [
     "ARM_HEADER",
+    "FIGURES_EVERY_S",
+    "FIGURES_SUBJECT",
     "FINISHED",
     "Arms",
     "Canary",
     "Choice",
     "Decision",
+    "FigureBook",
+    "Interval",
+    "OutcomeClass",
     "Policy",
+    "Report",
     "Rollout",
     "RolloutState",
     "RolloutStatus",
     "Shadow",
     "Split",
     "Sticky",
+    "Tally",
+    "class_of",
+    "figures_of",
+    "judge",
     "sticky_key",
 ]

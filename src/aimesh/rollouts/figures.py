@@ -25,6 +25,7 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "FIGURES_EVERY_S",
     "FIGURES_SUBJECT",
     "FigureBook",
     "Interval",
@@ -32,9 +33,14 @@ __all__ = [
     "Report",
     "Tally",
     "VersionCounts",
+    "bucket_of",
+    "class_of",
+    "upper",
 ]
 
 FIGURES_SUBJECT = "aimesh.figures"
+FIGURES_EVERY_S = 1.0
+"""How often a gateway publishes its figures: a controller sees an interval within this."""
 """Gateways publish their books on ``aimesh.figures.<gateway id>``."""
 
 OutcomeClass = Literal["ok", "client", "upstream", "timeout", "connection"]
@@ -43,6 +49,14 @@ _FIRST_S = 0.0005
 _GROWTH = 1.1
 _LOG_GROWTH = math.log(_GROWTH)
 _BUCKETS = 140  # 0.5 ms * 1.1^140 is about 310 s: past every timeout
+
+
+def class_of(status: int) -> OutcomeClass:
+    """The class of an answer by its HTTP status (no answer: ``timeout`` or ``connection``,
+    said by whoever saw it fail)."""
+    if status < 400:
+        return "ok"
+    return "client" if status < 500 else "upstream"
 
 
 def bucket_of(seconds: float) -> int:
@@ -114,6 +128,11 @@ class FigureBook:
         counts.count(outcome, seconds)
         if fallback:
             counts.fallbacks += 1
+
+    @property
+    def empty(self) -> bool:
+        """Whether nothing was counted yet."""
+        return not self._models
 
     def report(self) -> Report:
         """The book as it stands, to publish."""

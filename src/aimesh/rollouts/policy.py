@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from aimesh.protocol.names import ALIAS_NAME
+from aimesh.protocol import ALIAS_NAME
 
 __all__ = [
     "FINISHED",
