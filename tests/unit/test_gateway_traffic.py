@@ -72,7 +72,7 @@ async def _the_table_loads_follows_events_and_never_goes_back() -> None:
     table.refresh("fraud")
     await asyncio.gather(*table._running.values())
     assert table.get("fraud") is not None
-    # Deleted: the policy goes; a finished canary routes nothing either.
+    # Deleted: the policy goes.
     stored.down = False
     del stored.records["fraud"]
     await table.load()
@@ -82,8 +82,11 @@ async def _the_table_loads_follows_events_and_never_goes_back() -> None:
         policy=Canary(baseline=1, candidate=2),
         status=RolloutStatus(state="rolled_back", weight=25),
     )
-    assert not table.apply(6, done, "fraud")
-    assert table.get("fraud") is None
+    # A finished canary sends its requests where its alias is, never to the candidate.
+    assert table.apply(6, done, "fraud")
+    arms = table.get("fraud")
+    assert arms is not None and arms.versions() == ("champion",)
+    assert arms.choose(b"anyone", lambda: 0.5).arm == "stable"  # type: ignore[union-attr]
 
 
 def test_the_table_loads_follows_events_and_never_goes_back() -> None:

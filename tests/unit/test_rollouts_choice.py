@@ -133,10 +133,15 @@ def test_as_a_canary_grows_users_move_only_to_the_candidate(
 
 def test_arms_are_named_for_the_policy() -> None:
     canary = Arms(_canary(50))
-    assert {canary.choose(bytes([i]), random.random).arm for i in range(64)} == {  # type: ignore[union-attr]
-        "baseline",
-        "candidate",
+    chosen = {canary.choose(bytes([i]), random.random) for i in range(64)}
+    assert {(c.version, c.arm) for c in chosen if c} == {
+        ("champion", "baseline"),  # the baseline is reached through its alias
+        ("5", "candidate"),
     }
+    for state in ("promoted", "rolled_back", "aborted"):
+        over = Arms(_canary(50, state))
+        assert over.choose(b"u", random.random) == over.choose(None, random.random)
+        assert over.versions() == ("champion",)
     split = Arms(Rollout(model="m", policy=Split(weights={3: 50, 4: 50})))
     assert split.choose(None, lambda: 0.9).arm == "version-4"  # type: ignore[union-attr]
     assert canary.applies_to(None) and canary.applies_to("champion")

@@ -60,8 +60,9 @@ class TrafficTable:
             if revision <= self._revisions.get(model, 0):
                 return False
             self._revisions[model] = revision
-            if rollout.active:
-                self._arms[model] = Arms(rollout)
+            arms = Arms(rollout)
+            if arms.splits or arms.shadow is not None:
+                self._arms[model] = arms
             elif self._arms.pop(model, None) is None:
                 return False
         self.generation += 1

@@ -60,9 +60,10 @@ class Arms:
             self.shadow = str(policy.candidate)
             self.shadow_fraction = policy.percent / 100.0
         arms: list[_Arm] = []
-        for version, weight in sorted(rollout.weights().items()):
-            arms.append(_Arm(str(version), float(weight), str(version).encode() + b"\0",
-                             Choice(str(version), _arm_name(policy, version))))  # fmt: skip
+        for route, weight, name, version in _shares(rollout):
+            if weight > 0:
+                salt = str(version).encode() + b"\0"
+                arms.append(_Arm(route, float(weight), salt, Choice(route, name)))
         self._arms = tuple(arms)
         self._total = sum(a.weight for a in arms)
         self.alias = policy.alias if isinstance(policy, Canary) else None
@@ -79,7 +80,7 @@ class Arms:
         return tuple(a.version for a in self._arms)
 
     def choose(self, key: bytes | None, rand: Callable[[], float]) -> Choice | None:
-        """The version for a request with sticky ``key`` (None: none was given); ``rand``
+        """The version (or alias) for a request with sticky ``key`` (None: none was given); ``rand``
         draws in [0, 1) for requests without a key. None when the policy splits nothing."""
         arms = self._arms
         if not arms:
@@ -112,10 +113,25 @@ class Arms:
         return version is None or version == self.alias
 
 
-def _arm_name(policy: Split | Canary | Shadow, version: int) -> str:
+def _shares(rollout: Rollout) -> list[tuple[str, int, str, int]]:
+    """Each arm of ``rollout``: where it routes, its weight, its name, its version.
+
+    A canary's baseline routes to its alias (the instances following it), not to the
+    version number: when the canary is over, rolled back or promoted, the alias's requests
+    go where the alias is (``stable``), never to a candidate left running.
+    """
+    policy = rollout.policy
     if isinstance(policy, Canary):
-        return "candidate" if version == policy.candidate else "baseline"
-    return f"version-{version}"
+        if not rollout.active:
+            return [(policy.alias, 100, "stable", policy.baseline)]
+        weight = rollout.status.weight
+        return [
+            (policy.alias, 100 - weight, "baseline", policy.baseline),
+            (str(policy.candidate), weight, "candidate", policy.candidate),
+        ]
+    if isinstance(policy, Split) and rollout.active:
+        return [(str(v), w, f"version-{v}", v) for v, w in sorted(policy.weights.items())]
+    return []
 
 
 def sticky_key(
