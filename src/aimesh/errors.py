@@ -49,7 +49,8 @@ HTTP numbers.
     │   ├── JobNotRetryable          job_not_retryable
     │   ├── IdempotencyConflict      idempotency_conflict
     │   ├── JobPending               job_pending
-    │   └── LeaseHeld                lease_held
+    │   ├── LeaseHeld                lease_held
+    │   └── RolloutStateConflict     rollout_state
     ├── ArtifactError                artifact_invalid
     │   ├── ArtifactTooLarge         artifact_too_large
     │   ├── ArtifactDigestMismatch   artifact_digest_mismatch
@@ -474,6 +475,13 @@ class LeaseHeld(Conflict):
         )
         self.what = what
         self.holder = holder
+
+
+class RolloutStateConflict(Conflict):
+    """Raised when a rollout cannot do what was asked in its state (pausing one that is
+    over, promoting a split), or a model that has a running policy is given another."""
+
+    code = "rollout_state"
 
 
 class ArtifactError(AimeshError):

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
+from aimesh.errors import RolloutStateConflict
 from aimesh.rollouts import (
+    ACTIONS,
     Arms,
     Canary,
     Decision,
@@ -21,6 +23,11 @@ from aimesh.rollouts import (
     Shadow,
     Split,
     Sticky,
+    abort,
+    pause,
+    promote,
+    resume,
+    started,
     sticky_key,
 )
 
@@ -173,3 +180,40 @@ def test_the_sticky_key_is_read_from_a_header_or_a_cookie(
 ) -> None:
     assert sticky_key(b"x-user-id" if headers[:1] and headers[0][0] != b"cookie" else None,
                       b"uid", headers) == expected  # fmt: skip
+
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_operator_actions_move_a_canary_and_refuse_what_its_state_forbids() -> None:
+    rollout = started("fraud", Canary(baseline=4, candidate=5), "alice", NOW)
+    assert (rollout.status.state, rollout.status.weight, rollout.status.step_started) == (
+        "running", 5, NOW,
+    )  # fmt: skip
+    assert rollout.status.decisions[-1].actor == "alice"
+    paused = pause(rollout, "bob", NOW)
+    assert (paused.status.state, paused.status.weight) == ("paused", 5)
+    with pytest.raises(RolloutStateConflict, match="it is paused"):
+        pause(paused, "bob", NOW)
+    later = NOW + timedelta(minutes=5)
+    resumed = resume(paused, "bob", later)
+    assert (resumed.status.state, resumed.status.step_started) == ("running", later)
+    promoted = promote(resumed, "carol", later)
+    assert (promoted.status.state, promoted.status.weight) == ("promoted", 100)
+    for action in ACTIONS.values():
+        with pytest.raises(RolloutStateConflict, match="it is over"):
+            action(promoted, "dave", later)
+    aborted = abort(rollout, "erin", NOW)
+    assert (aborted.status.state, aborted.status.weight) == ("aborted", 0)
+    assert [d.action for d in promoted.status.decisions] == [
+        "started", "paused", "resumed", "promoted",
+    ]  # fmt: skip
+
+
+def test_only_a_canary_pauses_or_promotes_and_any_policy_aborts() -> None:
+    split = started("m", Split(weights={1: 50, 2: 50}), "alice", NOW)
+    assert split.status.weight == 0 and split.weights() == {1: 50, 2: 50}
+    for action in (pause, resume, promote):
+        with pytest.raises(RolloutStateConflict, match="only a canary"):
+            action(split, "bob", NOW)
+    assert abort(split, "bob", NOW).weights() == {}

@@ -6,6 +6,7 @@ stands); :mod:`~aimesh.rollouts.choice` picks the version for each request from 
 :mod:`~aimesh.rollouts.analysis` judges a canary by those figures.
 """
 
+from aimesh.rollouts.actions import ACTIONS, abort, pause, promote, resume, started
 from aimesh.rollouts.analysis import figures_of, judge
 from aimesh.rollouts.choice import ARM_HEADER, Arms, Choice, sticky_key
 from aimesh.rollouts.figures import (
@@ -32,6 +33,7 @@ from aimesh.rollouts.policy import (
 )
 
 __all__ = [
+    "ACTIONS",
     "ARM_HEADER",
     "FIGURES_EVERY_S",
     "FIGURES_SUBJECT",
@@ -52,8 +54,13 @@ __all__ = [
     "Split",
     "Sticky",
     "Tally",
+    "abort",
     "class_of",
     "figures_of",
     "judge",
+    "pause",
+    "promote",
+    "resume",
+    "started",
     "sticky_key",
 ]

@@ -231,11 +231,11 @@ class Rollout(_Strict):
     def weights(self) -> dict[int, int]:
         """Percent of requests per version as things stand (empty: the policy routes none)."""
         policy = self.policy
+        if not self.active:
+            return {}
         if isinstance(policy, Split):
             return {v: w for v, w in policy.weights.items() if w > 0}
         if isinstance(policy, Canary):
-            if not self.active:
-                return {}
             weight = self.status.weight
             shares = {policy.baseline: 100 - weight, policy.candidate: weight}
             return {v: w for v, w in shares.items() if w > 0}

@@ -1,0 +1,182 @@
+"""The rollout controller: judges every running canary and moves it on, one process at a time.
+
+It holds a lease on the bus (``rollout-controller`` in the leases bucket) while it works; a
+second controller waits for it, and takes over when the first dies or is stopped. All that
+it decides is stored in the rollout's record (step, weight, when the step began, every
+decision with its figures), so a successor continues from the recorded step: it needs the
+figures at the start of the step, which only the holder saw, so the interval begins again
+when it takes over (``continued`` in the log), never judged on figures it did not see.
+
+Each tick (a second) it reads the rollouts from the registry and the latest figures every
+gateway published (:class:`~aimesh.rollouts.Tally`), and for each running canary calls
+:func:`~aimesh.rollouts.judge` with the figures since its step began. A decision is
+written with the revision it was judged at (a change by an operator in between wins: the
+controller judges again on the next tick). A promotion moves the canary's alias to the
+candidate first, then records it; a controller that dies in between leaves the canary at
+its last step, judged again by its successor (moving the alias once more changes nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from aimesh.bus import Bus, Lease
+from aimesh.errors import AimeshError, Conflict, LeaseHeld
+from aimesh.registry import ROLLOUTS, Record, Registry
+from aimesh.rollouts.analysis import judge
+from aimesh.rollouts.figures import FIGURES_SUBJECT, Report, Tally
+from aimesh.rollouts.policy import Canary, Rollout
+
+__all__ = ["LEASE_KEY", "Controller"]
+
+log = logging.getLogger("aimesh.rollouts")
+
+LEASE_KEY = "rollout-controller"
+_TICK_S = 1.0
+_LIST_PAGE = 500
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Controller:
+    """Judges running canaries against the figures gateways publish; see the module."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        bus: Bus,
+        *,
+        tick_s: float = _TICK_S,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self._registry = registry
+        self._bus = bus
+        self._tick_s = tick_s
+        self._clock = clock
+        self.tally = Tally()
+        # The figures at the start of each step this controller judges: (model, step, began).
+        self._starts: dict[
+            tuple[str, int, datetime | None], tuple[dict[str, Report], datetime]
+        ] = {}
+        self.decisions = 0
+        """Decisions written so far."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work while holding the lease, wait for it otherwise, until ``stop`` is set."""
+        while not stop.is_set():
+            lease = Lease(self._bus, LEASE_KEY, what="the rollout controller")
+            try:
+                await lease.acquire()
+            except (LeaseHeld, AimeshError) as exc:
+                log.debug("not the controller now: %s", exc.message)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._tick_s * 2)
+                continue
+            log.info("controller: judging rollouts")
+            try:
+                await self._work(stop, lease.lost)
+            finally:
+                await lease.release()
+            if lease.lost.is_set():
+                log.warning("controller: the lease was lost; standing by")
+                self._starts.clear()
+
+    async def _work(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
+        sub = await self._bus.nc.subscribe(f"{FIGURES_SUBJECT}.>", cb=self._heard)
+        try:
+            while not stop.is_set() and not lost.is_set():
+                try:
+                    await self.tick()
+                except AimeshError as exc:
+                    log.warning("controller: this tick failed (%s); trying again", exc.message)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._tick_s)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _heard(self, msg: Msg) -> None:
+        self.tally.hear(msg.data)
+
+    async def tick(self) -> None:
+        """Judge every running canary once."""
+        records = await asyncio.to_thread(self._running)
+        snapshot = self.tally.snapshot()
+        seen = set()
+        for record in records:
+            rollout = record.spec
+            key = (rollout.model, rollout.status.step, rollout.status.step_started)
+            seen.add(key)
+            await self._judge(record, key, snapshot)
+        for key in set(self._starts) - seen:
+            del self._starts[key]
+
+    def _running(self) -> list[Record[Rollout]]:
+        found: list[Record[Rollout]] = []
+        after: str | None = None
+        while True:
+            page = self._registry.list_records(ROLLOUTS, limit=_LIST_PAGE, after=after)
+            found += [
+                r for r in page
+                if isinstance(r.spec.policy, Canary) and r.spec.status.state == "running"
+            ]  # fmt: skip
+            if len(page) < _LIST_PAGE:
+                return found
+            after = page[-1].name
+
+    async def _judge(
+        self,
+        record: Record[Rollout],
+        key: tuple[str, int, datetime | None],
+        snapshot: dict[str, Report],
+    ) -> None:
+        rollout = record.spec
+        policy = rollout.policy
+        assert isinstance(policy, Canary)
+        now = self._clock()
+        start = self._starts.get(key)
+        if start is None:
+            began = rollout.status.step_started or now
+            if (now - began).total_seconds() > self._tick_s * 3:
+                log.info("controller: %s continued at step %d; its interval begins again",
+                         rollout.model, rollout.status.step)  # fmt: skip
+                began = now
+            self._starts[key] = (snapshot, began)
+            return
+        before, began = start
+        candidate = Tally.interval(before, snapshot, rollout.model, str(policy.candidate))
+        baseline = Tally.interval(before, snapshot, rollout.model, str(policy.baseline))
+        judged_as = rollout.model_copy(
+            update={"status": rollout.status.model_copy(update={"step_started": began})}
+        )
+        after = judge(judged_as, candidate, baseline, now)
+        if after is None:
+            return
+        await asyncio.to_thread(self._record, record, after)
+
+    def _record(self, record: Record[Rollout], after: Rollout) -> None:
+        policy = after.policy
+        assert isinstance(policy, Canary)
+        decision = after.status.decisions[-1]
+        if after.status.state == "promoted":
+            self._registry.set_alias(after.model, policy.alias, policy.candidate)
+        try:
+            self._registry.replace_record(ROLLOUTS, after.model, after, revision=record.revision)
+        except Conflict:
+            log.info("controller: %s changed meanwhile; judged again next tick", after.model)
+            return
+        self.decisions += 1
+        log.info(
+            "rollout %s: %s at %d%% - %s", after.model, decision.action, decision.weight,
+            decision.reason,
+            extra={"model": after.model, "action": decision.action, "figures": decision.figures},
+        )  # fmt: skip
