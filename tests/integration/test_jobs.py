@@ -893,13 +893,14 @@ def test_cli_watch_follows_a_job_to_its_end(bus_url: str, tmp_path: Path) -> Non
     assert [event["revision"] for event in events] == sorted({e["revision"] for e in events})
 
 
-@pytest.fixture
-def service(bus_url: str, tmp_path: Path) -> Iterator[str]:
-    """``aimesh jobs serve`` on a free port, ready once /health answers."""
+@contextlib.contextmanager
+def jobs_service(bus_url: str, tmp_path: Path, **env: str) -> Iterator[str]:
+    """``aimesh jobs serve`` on a free port (``env``: more variables), ready once /health
+    answers; its URL. It must stop cleanly."""
     port = free_port()
     proc = start(
         ["jobs", "serve", "--port", str(port)],
-        env=_env(bus_url, tmp_path / "home"),
+        env=_env(bus_url, tmp_path / "home") | env,
         log=tmp_path / "jobs-service.log",
         http=f"http://127.0.0.1:{port}",
         ready_path="/health",
@@ -910,6 +911,13 @@ def service(bus_url: str, tmp_path: Path) -> Iterator[str]:
         # uvicorn ends a graceful shutdown by re-raising the signal.
         code = proc.stop()
         assert code in (0, -signal.SIGTERM), (tmp_path / "jobs-service.log").read_text()
+
+
+@pytest.fixture
+def service(bus_url: str, tmp_path: Path) -> Iterator[str]:
+    """``aimesh jobs serve`` on a free port, ready once /health answers."""
+    with jobs_service(bus_url, tmp_path) as url:
+        yield url
 
 
 async def _next_event(lines: AsyncIterator[str]) -> tuple[str, dict[str, Any]] | None:
@@ -1009,3 +1017,34 @@ def test_rest_api_submits_shows_lists_cancels_and_streams_events(
             assert {"JobSpec", "Job", "JobEvent"} <= set(schemas)
 
     run(main())
+
+
+def test_event_streams_hold_at_most_half_the_services_slots(bus_url: str, tmp_path: Path) -> None:
+    """With room for two requests, one stream fills the streams' half: another is refused
+    at once (not left waiting), ordinary requests still pass, and a closed stream frees it."""
+
+    async def main(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+            job = (await http.post("/api/jobs", json={"kind": "sleep"})).json()  # no worker
+            events = f"/api/jobs/{job['id']}/events"
+            async with http.stream("GET", events) as first:
+                assert first.status_code == 200
+                queued = await _next_event(first.aiter_lines())
+                assert queued is not None and queued[0] == "queued"
+                second = await http.get(events)
+                assert (second.status_code, second.json()["code"]) == (503, "overloaded")
+                assert int(second.headers["retry-after"]) >= 1
+                shown = await http.get(f"/api/jobs/{job['id']}")
+                assert shown.status_code == 200, shown.text
+                assert (await http.get("/health")).status_code == 200
+            deadline = time.monotonic() + WAIT_S
+            while True:  # the server hears the stream's client go, then frees its slot
+                async with http.stream("GET", events) as again:
+                    if again.status_code == 200:
+                        break
+                    assert again.status_code == 503
+                assert time.monotonic() < deadline, "the closed stream kept its slot"
+                await asyncio.sleep(0.05)
+
+    with jobs_service(bus_url, tmp_path, AIMESH_JOBS__MAX_CONCURRENCY="2") as url:
+        run(main(url))

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from aimesh.errors import AimeshError
+from aimesh.errors import AimeshError, Overloaded
 from aimesh.rest.asgi import REQUEST_ID, ASGIScope, Message, Receive, Send, header, internal_error
 from aimesh.rest.status import error_headers, shown_message, status_of
 
@@ -71,10 +71,14 @@ def log_failure(logger: logging.Logger, exc: AimeshError, status: int, request_i
     """Log what the error body leaves out, under the request id.
 
     A server error is logged with its stack and the foreign error behind it; a client error
-    only when a foreign error lies behind it (its text, which the body does not quote).
+    only when a foreign error lies behind it (its text, which the body does not quote). A
+    full service (:class:`~aimesh.errors.Overloaded`) is no fault: a warning, no stack.
     """
     extra = {"code": exc.code, "request_id": request_id}
-    if status >= 500:
+    if isinstance(exc, Overloaded):
+        logger.warning("request %s refused: %s (%s)", request_id, exc.message, exc.code,
+                       extra=extra)  # fmt: skip
+    elif status >= 500:
         logger.error(
             "request %s failed: %s (%s)", request_id, exc.message, exc.code, exc_info=exc,
             extra=extra,
