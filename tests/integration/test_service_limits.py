@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -86,3 +87,29 @@ def test_a_full_registry_refuses_at_once_with_503_and_still_answers_health(
     assert status == 201, body
     assert hashlib.sha256(b"helloworld").hexdigest().encode() in body
     assert wait_for(lambda: _status(f"{base}/api/registry/models") == 200, WAIT_S)
+
+
+def _staging(registry: Service) -> Path:
+    """Where the registry stages uploads (HOME/artifacts/tmp)."""
+    return registry.log.parent / "artifacts" / "tmp"
+
+
+def test_an_upload_cut_off_mid_body_leaves_nothing_and_the_registry_serves_on(
+    registry: Service,
+) -> None:
+    base = registry.http
+    sent = b"x" * 256 * 1024
+    cut = _send_head(base, "/api/registry/artifacts", 10 * 1024**2, sent)
+    try:
+        # The upload is under way: its bytes are being staged.
+        assert wait_for(lambda: any(_staging(registry).glob("*.part")), WAIT_S)
+    finally:
+        cut.close()  # the client goes, 10 MiB short
+    # Its slot is free again (the only one), and it left no staging file behind.
+    assert wait_for(lambda: _status(f"{base}/api/registry/models") == 200, WAIT_S)
+    assert list(_staging(registry).glob("*")) == []
+    stored = httpx.get(f"{base}/api/registry/artifacts/{hashlib.sha256(sent).hexdigest()}")
+    assert stored.status_code == 404, stored.text
+    log = registry.log.read_text()
+    assert "Traceback" not in log and "internal error" not in log, log
+    assert "failed unexpectedly" not in log, log

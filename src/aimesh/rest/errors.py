@@ -18,10 +18,20 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
-from aimesh.errors import AimeshError, Overloaded
-from aimesh.rest.asgi import REQUEST_ID, ASGIScope, Message, Receive, Send, header, internal_error
+from aimesh.errors import AimeshError, InvalidRequest, Overloaded
+from aimesh.rest.asgi import (
+    CLIENT_GONE,
+    REQUEST_ID,
+    ASGIScope,
+    Message,
+    Receive,
+    Send,
+    header,
+    internal_error,
+)
 from aimesh.rest.status import error_headers, shown_message, status_of
 
 __all__ = ["RequestIds", "install_error_handlers", "log_failure", "request_id_of"]
@@ -151,6 +161,12 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = {"Allow": ", ".join(_allowed_methods(request))}
         return answer(request, body, exc.status_code, headers)
 
+    async def client_gone(request: Request, exc: Exception) -> JSONResponse:
+        # A streamed body (an upload) cut off by its client: what the bare-ASGI services say
+        # for the same (read_body), to nobody. The route's own cleanup has run by now.
+        assert isinstance(exc, ClientDisconnect)
+        return await aimesh_error(request, InvalidRequest(CLIENT_GONE))
+
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         request_id = request_id_of(request.scope)
         log.error("request %s failed unexpectedly", request_id, exc_info=exc,
@@ -160,4 +176,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AimeshError, aimesh_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected)
