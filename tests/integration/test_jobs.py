@@ -28,6 +28,7 @@ from _services import free_port, run_aimesh, start
 
 from aimesh.bus import (
     DLQ_STREAM,
+    JOB_DATA_BUCKET,
     JOBS_BUCKET,
     JOBS_STREAM,
     Bus,
@@ -36,6 +37,7 @@ from aimesh.bus import (
 )
 from aimesh.config import JobsSettings
 from aimesh.errors import (
+    BusUnavailable,
     DeadlineExceeded,
     IdempotencyConflict,
     JobFailed,
@@ -43,6 +45,7 @@ from aimesh.errors import (
     JobNotFound,
     JobNotRetryable,
 )
+from aimesh.gateway.deferred import AsyncRequest, Deferrer
 from aimesh.jobs import (
     DeadLetter,
     Handler,
@@ -1048,3 +1051,79 @@ def test_event_streams_hold_at_most_half_the_services_slots(bus_url: str, tmp_pa
 
     with jobs_service(bus_url, tmp_path, AIMESH_JOBS__MAX_CONCURRENCY="2") as url:
         run(main(url))
+
+
+async def _until_health(http: httpx.AsyncClient, status: int) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while (await http.get("/health")).status_code != status:
+        assert time.monotonic() < deadline, f"/health never answered {status}"
+        await asyncio.sleep(0.05)
+
+
+async def _until_connected(bus: Bus, connected: bool) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while bus.connected != connected:
+        assert time.monotonic() < deadline, f"the client never got connected={connected}"
+        await asyncio.sleep(0.05)
+
+
+async def _inputs_stored(bus: Bus) -> int:
+    kv = await bus.js.key_value(JOB_DATA_BUCKET)
+    try:
+        return sum(key.startswith("in.") for key in await kv.keys())
+    except nats.js.errors.NoKeysError:
+        return 0
+
+
+def test_a_submission_while_the_bus_is_down_is_refused_at_once_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """The jobs service and the gateway's async path (its :class:`Deferrer`) refuse with 503
+    ``bus_unavailable`` and ``Retry-After`` while their bus is lost, before writing: no job
+    record, no idempotency key bound, no stored input appears once the bus is back (a write
+    tried during the outage would have waited out its timeout, then been sent on reconnect).
+    After the bus is back, submissions succeed, the key as if never used."""
+    server = EmbeddedNats(tmp_path / "nats", port=free_port(), start_timeout=30)
+    url = server.start()
+    outage = {"kind": "noop", "idempotency_key": "during-the-outage"}
+    call = AsyncRequest(prefer=False, webhook_url=None, idempotency_key=None, query=b"")
+    infer = {"model": "m", "version": None, "path": b"/v2/models/m/infer", "headers": []}
+
+    async def main(base: str) -> None:
+        async with (
+            httpx.AsyncClient(base_url=base, timeout=WAIT_S) as http,
+            await connect(url, timeout=10, name="test") as bus,
+        ):
+            deferrer = Deferrer(FAST)
+            await deferrer.attach(bus)
+            first = await http.post("/api/jobs", json={"kind": "noop"})
+            assert first.status_code == 202, first.text
+
+            await asyncio.to_thread(server.stop)
+            await _until_health(http, 503)  # the service knows its bus is gone
+            refused = await http.post("/api/jobs", json=outage)
+            assert (refused.status_code, refused.json()["code"]) == (503, "bus_unavailable")
+            assert int(refused.headers["retry-after"]) >= 1
+            await _until_connected(bus, False)
+            with pytest.raises(BusUnavailable) as deferred:
+                await deferrer.submit(body=b"{}", options=call, **infer)
+            assert deferred.value.retry_after_s is not None
+
+            assert await asyncio.to_thread(server.start) == url  # its old port, its old data
+            await _until_health(http, 200)
+            await _until_connected(bus, True)
+            listed = (await http.get("/api/jobs")).json()
+            assert [job["id"] for job in listed] == [first.json()["id"]]
+            assert await _inputs_stored(bus) == 0
+            again = await http.post("/api/jobs", json=outage)
+            assert again.status_code == 202, again.text
+            assert again.json()["id"] != first.json()["id"] and again.json()["state"] == "queued"
+            queued = await deferrer.submit(body=b"{}", options=call, **infer)
+            assert queued.state == "queued" and await _inputs_stored(bus) == 1
+            await deferrer.close()
+
+    try:
+        with jobs_service(url, tmp_path) as base:
+            run(main(base))
+    finally:
+        server.stop()
