@@ -196,6 +196,13 @@ class RegistrySettings(BaseModel):
         gt=0,
         description="Largest JSON request body (413 beyond); uploads have max_artifact_bytes.",
     )
+    max_concurrency: int = Field(
+        default=256,
+        ge=1,
+        le=65536,
+        description="Requests in flight in one registry service, uploads included; more are "
+        "refused (503 overloaded, with Retry-After). /health and the docs are never refused.",
+    )
     host: str = Field(default="127.0.0.1", description="Address `aimesh registry serve` binds.")
     port: int = Field(
         default=8100, ge=0, le=65535, description="Port `aimesh registry serve` binds."
@@ -445,6 +452,14 @@ class JobsSettings(BaseModel):
         description="Largest JSON request body (413 beyond); a submission is also bounded by "
         "max_payload_bytes.",
     )
+    max_concurrency: int = Field(
+        default=256,
+        ge=1,
+        le=65536,
+        description="Requests in flight in one jobs service; more are refused (503 overloaded, "
+        "with Retry-After). An event stream (SSE) counts for as long as it is open, and streams "
+        "hold at most half of them. /health and the docs are never refused.",
+    )
     max_result_bytes: int = Field(
         default=64 * 1024,
         gt=0,
@@ -657,6 +672,14 @@ class LakeSettings(BaseModel):
         gt=0,
         description="Largest JSON request body, e.g. a query (413 beyond); uploads have "
         "max_upload_bytes.",
+    )
+    max_concurrency: int = Field(
+        default=256,
+        ge=1,
+        le=65536,
+        description="Requests in flight in one lake service, uploads and queries waiting for a "
+        "slot included; more are refused (503 overloaded, with Retry-After). /health and the "
+        "docs are never refused.",
     )
     host: str = Field(default="127.0.0.1", description="Address `aimesh lake serve` binds.")
     port: int = Field(default=8200, ge=0, le=65535, description="Port `aimesh lake serve` binds.")

@@ -29,6 +29,7 @@ from _services import free_port, run_aimesh, start
 from aimesh.bus import (
     DISCOVERY_BUCKET,
     DLQ_STREAM,
+    JOB_DATA_BUCKET,
     JOBS_BUCKET,
     JOBS_STREAM,
     Bus,
@@ -37,6 +38,7 @@ from aimesh.bus import (
 )
 from aimesh.config import JobsSettings
 from aimesh.errors import (
+    BusUnavailable,
     DeadlineExceeded,
     IdempotencyConflict,
     JobFailed,
@@ -44,6 +46,7 @@ from aimesh.errors import (
     JobNotFound,
     JobNotRetryable,
 )
+from aimesh.gateway.deferred import AsyncRequest, Deferrer
 from aimesh.jobs import (
     DeadLetter,
     Handler,
@@ -940,13 +943,14 @@ def test_cli_watch_follows_a_job_to_its_end(bus_url: str, tmp_path: Path) -> Non
     assert [event["revision"] for event in events] == sorted({e["revision"] for e in events})
 
 
-@pytest.fixture
-def service(bus_url: str, tmp_path: Path) -> Iterator[str]:
-    """``aimesh jobs serve`` on a free port, ready once /health answers."""
+@contextlib.contextmanager
+def jobs_service(bus_url: str, tmp_path: Path, **env: str) -> Iterator[str]:
+    """``aimesh jobs serve`` on a free port (``env``: more variables), ready once /health
+    answers; its URL. It must stop cleanly."""
     port = free_port()
     proc = start(
         ["jobs", "serve", "--port", str(port)],
-        env=_env(bus_url, tmp_path / "home"),
+        env=_env(bus_url, tmp_path / "home") | env,
         log=tmp_path / "jobs-service.log",
         http=f"http://127.0.0.1:{port}",
         ready_path="/health",
@@ -957,6 +961,13 @@ def service(bus_url: str, tmp_path: Path) -> Iterator[str]:
         # uvicorn ends a graceful shutdown by re-raising the signal.
         code = proc.stop()
         assert code in (0, -signal.SIGTERM), (tmp_path / "jobs-service.log").read_text()
+
+
+@pytest.fixture
+def service(bus_url: str, tmp_path: Path) -> Iterator[str]:
+    """``aimesh jobs serve`` on a free port, ready once /health answers."""
+    with jobs_service(bus_url, tmp_path) as url:
+        yield url
 
 
 async def _next_event(lines: AsyncIterator[str]) -> tuple[str, dict[str, Any]] | None:
@@ -1056,3 +1067,110 @@ def test_rest_api_submits_shows_lists_cancels_and_streams_events(
             assert {"JobSpec", "Job", "JobEvent"} <= set(schemas)
 
     run(main())
+
+
+def test_event_streams_hold_at_most_half_the_services_slots(bus_url: str, tmp_path: Path) -> None:
+    """With room for two requests, one stream fills the streams' half: another is refused
+    at once (not left waiting), ordinary requests still pass, and a closed stream frees it."""
+
+    async def main(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+            job = (await http.post("/api/jobs", json={"kind": "sleep"})).json()  # no worker
+            events = f"/api/jobs/{job['id']}/events"
+            async with http.stream("GET", events) as first:
+                assert first.status_code == 200
+                queued = await _next_event(first.aiter_lines())
+                assert queued is not None and queued[0] == "queued"
+                second = await http.get(events)
+                assert (second.status_code, second.json()["code"]) == (503, "overloaded")
+                assert int(second.headers["retry-after"]) >= 1
+                shown = await http.get(f"/api/jobs/{job['id']}")
+                assert shown.status_code == 200, shown.text
+                assert (await http.get("/health")).status_code == 200
+            deadline = time.monotonic() + WAIT_S
+            while True:  # the server hears the stream's client go, then frees its slot
+                async with http.stream("GET", events) as again:
+                    if again.status_code == 200:
+                        break
+                    assert again.status_code == 503
+                assert time.monotonic() < deadline, "the closed stream kept its slot"
+                await asyncio.sleep(0.05)
+
+    with jobs_service(bus_url, tmp_path, AIMESH_JOBS__MAX_CONCURRENCY="2") as url:
+        run(main(url))
+
+
+async def _until_health(http: httpx.AsyncClient, status: int) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while (await http.get("/health")).status_code != status:
+        assert time.monotonic() < deadline, f"/health never answered {status}"
+        await asyncio.sleep(0.05)
+
+
+async def _until_connected(bus: Bus, connected: bool) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while bus.connected != connected:
+        assert time.monotonic() < deadline, f"the client never got connected={connected}"
+        await asyncio.sleep(0.05)
+
+
+async def _inputs_stored(bus: Bus) -> int:
+    kv = await bus.js.key_value(JOB_DATA_BUCKET)
+    try:
+        return sum(key.startswith("in.") for key in await kv.keys())
+    except nats.js.errors.NoKeysError:
+        return 0
+
+
+def test_a_submission_while_the_bus_is_down_is_refused_at_once_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """The jobs service and the gateway's async path (its :class:`Deferrer`) refuse with 503
+    ``bus_unavailable`` and ``Retry-After`` while their bus is lost, before writing: no job
+    record, no idempotency key bound, no stored input appears once the bus is back (a write
+    tried during the outage would have waited out its timeout, then been sent on reconnect).
+    After the bus is back, submissions succeed, the key as if never used."""
+    server = EmbeddedNats(tmp_path / "nats", port=free_port(), start_timeout=30)
+    url = server.start()
+    outage = {"kind": "noop", "idempotency_key": "during-the-outage"}
+    call = AsyncRequest(prefer=False, webhook_url=None, idempotency_key=None, query=b"")
+    infer = {"model": "m", "version": None, "path": b"/v2/models/m/infer", "headers": []}
+
+    async def main(base: str) -> None:
+        async with (
+            httpx.AsyncClient(base_url=base, timeout=WAIT_S) as http,
+            await connect(url, timeout=10, name="test") as bus,
+        ):
+            deferrer = Deferrer(FAST)
+            await deferrer.attach(bus)
+            first = await http.post("/api/jobs", json={"kind": "noop"})
+            assert first.status_code == 202, first.text
+
+            await asyncio.to_thread(server.stop)
+            await _until_health(http, 503)  # the service knows its bus is gone
+            refused = await http.post("/api/jobs", json=outage)
+            assert (refused.status_code, refused.json()["code"]) == (503, "bus_unavailable")
+            assert int(refused.headers["retry-after"]) >= 1
+            await _until_connected(bus, False)
+            with pytest.raises(BusUnavailable) as deferred:
+                await deferrer.submit(body=b"{}", options=call, **infer)
+            assert deferred.value.retry_after_s is not None
+
+            assert await asyncio.to_thread(server.start) == url  # its old port, its old data
+            await _until_health(http, 200)
+            await _until_connected(bus, True)
+            listed = (await http.get("/api/jobs")).json()
+            assert [job["id"] for job in listed] == [first.json()["id"]]
+            assert await _inputs_stored(bus) == 0
+            again = await http.post("/api/jobs", json=outage)
+            assert again.status_code == 202, again.text
+            assert again.json()["id"] != first.json()["id"] and again.json()["state"] == "queued"
+            queued = await deferrer.submit(body=b"{}", options=call, **infer)
+            assert queued.state == "queued" and await _inputs_stored(bus) == 1
+            await deferrer.close()
+
+    try:
+        with jobs_service(url, tmp_path) as base:
+            run(main(base))
+    finally:
+        server.stop()

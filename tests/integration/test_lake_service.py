@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pyarrow.parquet as pq
@@ -73,10 +74,17 @@ def test_ingest_list_show_query_and_errors(tmp_path: Path, nats_url: str) -> Non
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[str]:
+def uploads(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The served lake's temp folder (``TMPDIR``), where an ingest's upload waits."""
+    return tmp_path_factory.mktemp("lake-uploads")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, nats_url: str, uploads: Path) -> Iterator[str]:
     """``aimesh lake serve`` on a free port with dataset ``tx`` (versions 0 and 1); its URL.
 
-    Stopped at the end of the module: it must shut down in order.
+    Stopped at the end of the module: it must shut down in order, no request of the module
+    having failed unexpectedly (no traceback in its log).
     """
     root = tmp_path_factory.mktemp("lake-served")
     # One query at a time, none waiting for a slot, and a timeout no test reaches.
@@ -85,6 +93,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[
         "AIMESH_LAKE__MAX_CONCURRENT_QUERIES": "1",
         "AIMESH_LAKE__QUERY_WAIT_S": "0",
         "AIMESH_LAKE__QUERY_TIMEOUT_S": "3600",
+        "TMPDIR": str(uploads),
     }
 
     csv = root / "tx.csv"
@@ -116,6 +125,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[
     # uvicorn shuts down in order, then re-raises the signal it caught.
     assert server.returncode in (0, -signal.SIGTERM), err.decode()
     assert b"Application shutdown complete" in err
+    assert b"Traceback" not in err and b"internal error" not in err, err.decode()
 
 
 def test_serve_answers_rest_and_announces_itself_for_discovery(served: str, nats_url: str) -> None:
@@ -175,3 +185,34 @@ def test_a_query_whose_client_went_away_stops_and_frees_its_slot(served: str) ->
         return got.status_code == 200
 
     assert wait_for(answered, timeout=30)
+
+
+def _cut_off_ingest(base: str, dataset: str, sent: bytes, uploads: Path) -> None:
+    """Send an ingest's head and ``sent``, 10 MiB short; go once the upload is under way."""
+    parts = urlsplit(base)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(
+            f"POST /api/lake/datasets/{dataset}/ingest?format=csv HTTP/1.1\r\n"
+            f"Host: {host}:{port}\r\nContent-Type: text/csv\r\n"
+            f"Content-Length: {len(sent) + 10 * 1024**2}\r\n\r\n".encode()
+            + sent
+        )
+        assert wait_for(lambda: any(uploads.glob("aimesh-upload-*")), timeout=30)
+
+
+def test_an_ingest_cut_off_mid_body_leaves_nothing_and_the_lake_serves_on(
+    served: str, uploads: Path
+) -> None:
+    """No version, no new dataset, no upload left in the temp folder; a 500 in the log
+    would fail the module's teardown."""
+    rows = b"id,label\n" + b"".join(b"%d,c\n" % i for i in range(50_000))
+    for dataset in ("tx", "cut"):  # an append, a first ingest
+        _cut_off_ingest(served, dataset, rows, uploads)
+        assert wait_for(lambda: not any(uploads.glob("aimesh-upload-*")), timeout=30)
+    tx = httpx.get(f"{served}/api/lake/datasets/tx/versions", timeout=30).json()
+    assert [v["version"] for v in tx] == [1, 0]
+    cut = httpx.get(f"{served}/api/lake/datasets/cut", timeout=30)
+    assert (cut.status_code, cut.json()["code"]) == (404, "dataset_not_found")
+    got = httpx.post(f"{served}/api/lake/query", json={"sql": "select count(*) n from tx"})
+    assert got.json()["rows"] == [[4]]

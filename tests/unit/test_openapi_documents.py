@@ -22,7 +22,7 @@ from aimesh.jobs.app import create_app as jobs_app
 from aimesh.lake.app import create_app as lake_app
 from aimesh.protocol import ERROR_REF, ERROR_SCHEMA, MODEL_NAME
 from aimesh.registry.app import create_app as registry_app
-from aimesh.rest import OPERATION_METHODS, statuses_of
+from aimesh.rest import OPERATION_METHODS, SCOPE_KEY, statuses_of
 from aimesh.serving.openapi import OPENAPI_DOCUMENT
 
 SERVICES = ("registry", "lake", "jobs")
@@ -81,6 +81,19 @@ def test_every_operation_documents_its_errors_with_the_error_body(
             readiness = status == "503" and path.endswith(("/ready", "/live", "/health"))
             if int(status) >= 400 and not readiness:
                 assert schema == ERROR_REF, f"{method.upper()} {path} {status}"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_operation_a_full_service_refuses_documents_503_with_retry_after(
+    documents: dict[str, dict[str, Any]], name: str
+) -> None:
+    """Past ``max_concurrency`` every route but the open ones (health, docs) is refused."""
+    for path, method, operation, _ in _operations(documents[name]):
+        if operation.get(SCOPE_KEY) == "open":
+            assert path in ("/health", "/health/live"), path  # never refused (rest.inflight)
+            continue
+        refused = operation["responses"]["503"]
+        assert "Retry-After" in refused.get("headers", {}), f"{method.upper()} {path}"
 
 
 @pytest.mark.parametrize("name", DOCUMENTS)

@@ -189,12 +189,14 @@ class Deferrer:
         """Store the request and queue its job; returns the queued (or first) job.
 
         A webhook URL the workers may not call is refused (``url_refused``) before anything
-        is stored. ``identity``: the caller (unset: the local operator), recorded as the
-        job's submitter; the request's credentials are never stored.
+        is stored, and so is any request while the bus is lost (``bus_unavailable``, at
+        once). ``identity``: the caller (unset: the local operator), recorded as the job's
+        submitter; the request's credentials are never stored.
         """
         if self._jobs is None or self._data is None:
             raise BusUnavailable("the gateway is not connected to the bus yet; try again")
         await self._jobs.check_webhook(options.webhook_url)
+        self._jobs.check_connected()
         content_type = "application/json"
         kept: list[tuple[str, str]] = []
         for name, value in headers:

@@ -23,9 +23,11 @@ from aimesh.jobs.types import JOB_ID_PATTERN, KIND_PATTERN, Job, JobSpec
 from aimesh.protocol import error_responses, whole_number
 from aimesh.rest import Caller, route_scope
 
-__all__ = ["PREFIX", "openapi_components", "router"]
+__all__ = ["PREFIX", "STREAMS", "openapi_components", "router"]
 
 PREFIX = "/api/jobs"
+STREAMS = (PREFIX + r"/[^/]+/events",)
+"""Routes whose answer lasts as long as a job: bounded apart (see :mod:`aimesh.rest.inflight`)."""
 # An SSE stream says something at least this often, so that proxies keep it open.
 KEEPALIVE_S = 15.0
 # Room in a submission's body for what surrounds the payload (kind, key, URL...).

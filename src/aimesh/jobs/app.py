@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from aimesh.bus import open_bus
 from aimesh.config import Settings
-from aimesh.jobs.api import openapi_components, router
+from aimesh.jobs.api import STREAMS, openapi_components, router
 from aimesh.jobs.client import JobClient
 from aimesh.jobs.data import JobData
 from aimesh.registry import KeyWatch
@@ -53,6 +53,8 @@ def create_app(settings: Settings, *, public_url: str | None = None) -> FastAPI:
         background=[keys.run],
         auth=settings.auth,
         max_body_bytes=settings.jobs.max_request_bytes,
+        max_concurrency=settings.jobs.max_concurrency,
+        streams=STREAMS,
         schemas=openapi_components(),  # msgspec types, which FastAPI does not describe
         readiness=readiness,
     )

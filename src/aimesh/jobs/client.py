@@ -55,6 +55,9 @@ COPY_HEADER = "Aimesh-Job-Copy"
 before they start it (see :mod:`aimesh.jobs.early`)."""
 # How long a duplicate submission waits for the first one's record before taking the key.
 _BOUND_RECORD_WAIT_S = 2.0
+# When a submission refused for a lost bus may be tried again: the connection tries the
+# server every second, a caller a little less often.
+_BUS_LOST_RETRY_S = 2.0
 
 
 def job_subject(kind: str) -> str:
@@ -117,7 +120,8 @@ class JobClient:
         webhook URL that may not be called, :class:`QueueFull` when the job queue (or the
         jobs bucket) is at its size limit (``bus.jobs_max_bytes``, ``bus.jobs_max_msgs``):
         the job's record then ends failed with code ``queue_full``; :class:`BusUnavailable`
-        when the bus does not store the job.
+        when the bus does not store the job, at once (before anything is written) while the
+        bus connection is lost (:meth:`check_connected`).
         """
         check_kind(spec.kind)
         await self.check_webhook(spec.webhook_url)
@@ -129,6 +133,7 @@ class JobClient:
                 size=size,
                 limit=self.settings.max_payload_bytes,
             )
+        self.check_connected()
         job = Job.from_spec(
             spec,
             job_id=new_job_id(),
@@ -144,6 +149,21 @@ class JobClient:
         revision = await self.store.create(job)
         await self._publish(job, revision)
         return job
+
+    def check_connected(self) -> None:
+        """Refuse a submission at once while the bus connection is lost (reconnecting).
+
+        Raises :class:`BusUnavailable` with a ``Retry-After``. Tried anyway, the first write
+        would wait out its JetStream timeout, and nats-py would keep it to send once the
+        bus is back: a record or a bound idempotency key after an answer that said 503.
+        """
+        if not self.bus.connected:
+            lost = BusUnavailable(
+                f"the bus at {self.bus.url} is lost (reconnecting); nothing was queued, "
+                "retry shortly"
+            )
+            lost.retry_after_s = _BUS_LOST_RETRY_S
+            raise lost
 
     async def _bind(self, key: str, binding: Binding) -> Job | None:
         """Bind ``key`` as ``binding`` says; or the job the key is bound to (re-queued if
@@ -242,6 +262,7 @@ class JobClient:
         fails at once, its request gone.) ``identity``: who retries (unset: the one who
         submitted the old job).
         """
+        self.check_connected()
         job = await self.get(job_id)
         if job.state not in ("failed", "cancelled"):
             raise JobNotRetryable(job.id, job.state)

@@ -187,6 +187,13 @@ async def ingest(
         list[str] | None, Query(description="Partition columns (first ingest only).")
     ] = None,
 ) -> IngestResult:
+    """Write the body to a temporary file as it arrives, then ingest it as one new version.
+
+    A client that goes away before the whole body arrived leaves nothing behind: no
+    version, no new dataset, no temporary file. Once the body has arrived, the ingest
+    (bounded by `lake.max_upload_bytes`) runs to its end whether the client still waits or not:
+    it commits one new version or nothing, never half of one.
+    """
     check_dataset_name(name)
     declared = request.headers.get("content-length")
     if declared is not None:

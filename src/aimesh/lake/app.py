@@ -49,6 +49,7 @@ def create_app(
         background=[keys.run],
         auth=settings.auth,
         max_body_bytes=settings.lake.max_request_bytes,
+        max_concurrency=settings.lake.max_concurrency,
         raw_bodies=RAW_BODIES,
         schemas={"QueryRequest": query_request_schema(settings.lake.max_query_rows)},
         readiness=readiness,

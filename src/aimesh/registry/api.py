@@ -241,6 +241,13 @@ async def upload_artifact(
         str | None, Query(description="The sha256 the bytes must hash to (refused otherwise).")
     ] = None,
 ) -> ArtifactInfo:
+    """Stage the body as it arrives, then store it under its sha256.
+
+    A client that goes away before the whole body arrived leaves nothing behind: its
+    staging file is removed and nothing is stored. Once the body has arrived, the rest
+    (the digest check, the move into place) runs to its end whether the client still waits
+    or not, bounded by `registry.max_artifact_bytes`: an artifact is stored whole or not at all.
+    """
     if sha256 is not None:
         check_sha256(sha256)
     declared = request.headers.get("content-length")

@@ -74,6 +74,7 @@ def create_app(
         background=[keys.run],
         auth=settings.auth,
         max_body_bytes=settings.registry.max_request_bytes,
+        max_concurrency=settings.registry.max_concurrency,
         raw_bodies=RAW_BODIES,
         readiness=readiness,
     )

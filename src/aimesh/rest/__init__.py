@@ -8,7 +8,8 @@ Either way every error is ``{"error": message, "code": code}`` with the status o
 ``openapi.py``. Every one serves its ``/docs`` page with
 ``docs.py``: Swagger UI from installed files, never from a CDN. Every one stands behind the
 same edge: ``guard.py`` (browser origins, Host names, JSON bodies typed and bounded) and
-``exposure.py`` (no keyless bind beyond loopback without ``--insecure``). Every one tells
+``exposure.py`` (no keyless bind beyond loopback without ``--insecure``); the FastAPI services
+also bound their requests in flight with ``inflight.py``. Every one tells
 readiness from liveness the same way: ``readiness.py``.
 """
 
@@ -43,6 +44,7 @@ from aimesh.rest.guard import (
     is_infer_type,
     is_json_type,
 )
+from aimesh.rest.inflight import InFlight, Slot
 from aimesh.rest.openapi import OPERATION_METHODS, document_errors, statuses_of
 from aimesh.rest.readiness import Check, Readiness, ReadinessReport, bus_check
 from aimesh.rest.service import announced, service_app
@@ -62,6 +64,7 @@ __all__ = [
     "DocsAsset",
     "Guard",
     "GuardedApp",
+    "InFlight",
     "Message",
     "MethodNotAllowed",
     "Readiness",
@@ -69,6 +72,7 @@ __all__ = [
     "Receive",
     "RouteNotFound",
     "Send",
+    "Slot",
     "allow",
     "announced",
     "auth_configured",

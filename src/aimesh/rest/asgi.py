@@ -15,6 +15,7 @@ from aimesh.errors import InvalidRequest, MethodNotAllowed, RequestTooLarge, Rou
 from aimesh.protocol import whole_number
 
 __all__ = [
+    "CLIENT_GONE",
     "JSON",
     "REQUEST_ID",
     "ASGIScope",
@@ -39,6 +40,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 JSON = b"application/json"
 REQUEST_ID = b"x-request-id"
+CLIENT_GONE = "the client went away before sending the whole body"
+"""What a request whose client disconnected mid-body is refused with (400, to nobody)."""
 
 
 def allow(method: str, allowed: str) -> None:
@@ -65,7 +68,7 @@ async def read_body(receive: Receive, declared: int | None, limit: int) -> bytes
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise InvalidRequest("the client went away before sending the whole body")
+            raise InvalidRequest(CLIENT_GONE)
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:

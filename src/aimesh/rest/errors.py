@@ -18,10 +18,20 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
-from aimesh.errors import AimeshError
-from aimesh.rest.asgi import REQUEST_ID, ASGIScope, Message, Receive, Send, header, internal_error
+from aimesh.errors import AimeshError, InvalidRequest, Overloaded
+from aimesh.rest.asgi import (
+    CLIENT_GONE,
+    REQUEST_ID,
+    ASGIScope,
+    Message,
+    Receive,
+    Send,
+    header,
+    internal_error,
+)
 from aimesh.rest.status import error_headers, shown_message, status_of
 
 __all__ = ["RequestIds", "install_error_handlers", "log_failure", "request_id_of"]
@@ -71,10 +81,14 @@ def log_failure(logger: logging.Logger, exc: AimeshError, status: int, request_i
     """Log what the error body leaves out, under the request id.
 
     A server error is logged with its stack and the foreign error behind it; a client error
-    only when a foreign error lies behind it (its text, which the body does not quote).
+    only when a foreign error lies behind it (its text, which the body does not quote). A
+    full service (:class:`~aimesh.errors.Overloaded`) is no fault: a warning, no stack.
     """
     extra = {"code": exc.code, "request_id": request_id}
-    if status >= 500:
+    if isinstance(exc, Overloaded):
+        logger.warning("request %s refused: %s (%s)", request_id, exc.message, exc.code,
+                       extra=extra)  # fmt: skip
+    elif status >= 500:
         logger.error(
             "request %s failed: %s (%s)", request_id, exc.message, exc.code, exc_info=exc,
             extra=extra,
@@ -147,6 +161,12 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = {"Allow": ", ".join(_allowed_methods(request))}
         return answer(request, body, exc.status_code, headers)
 
+    async def client_gone(request: Request, exc: Exception) -> JSONResponse:
+        # A streamed body (an upload) cut off by its client: what the bare-ASGI services say
+        # for the same (read_body), to nobody. The route's own cleanup has run by now.
+        assert isinstance(exc, ClientDisconnect)
+        return await aimesh_error(request, InvalidRequest(CLIENT_GONE))
+
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         request_id = request_id_of(request.scope)
         log.error("request %s failed unexpectedly", request_id, exc_info=exc,
@@ -156,4 +176,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AimeshError, aimesh_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected)

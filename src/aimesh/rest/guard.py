@@ -18,12 +18,15 @@ workers' health port), none of them needing a key:
   clients send none); nothing is ever unpickled.
 
 :class:`Guard` holds the checks (pure, a few compares per request: the hot paths call it
-directly); :class:`GuardedApp` wraps a FastAPI app with them and also types and bounds its
-JSON bodies (413 ``request_too_large`` before the app reads a byte past the limit).
+directly); :class:`GuardedApp` wraps a FastAPI app with them, types and bounds its JSON
+bodies (413 ``request_too_large`` before the app reads a byte past the limit), and bounds
+the requests it has in flight (503 ``overloaded`` with ``Retry-After``, see
+:mod:`aimesh.rest.inflight`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
@@ -36,8 +39,9 @@ from aimesh.errors import (
     UnsupportedMediaType,
 )
 from aimesh.rest.asgi import ASGIScope, Message, Receive, Send, error_body, read_body, respond
-from aimesh.rest.errors import request_id_of
-from aimesh.rest.status import status_of
+from aimesh.rest.errors import log_failure, request_id_of
+from aimesh.rest.inflight import InFlight
+from aimesh.rest.status import error_headers, shown_message, status_of
 
 __all__ = [
     "SAFE_METHODS",
@@ -49,6 +53,8 @@ __all__ = [
     "is_infer_type",
     "is_json_type",
 ]
+
+log = logging.getLogger("aimesh.rest")
 
 ASGIApp = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
 
@@ -204,12 +210,14 @@ class Guard:
 
 
 class GuardedApp:
-    """An ASGI app behind a :class:`Guard`, its JSON bodies typed and bounded.
+    """An ASGI app behind a :class:`Guard`, its JSON bodies typed and bounded, its load too.
 
     A request with a body (Content-Length above 0, or chunked) to a route not matched by
     ``raw_bodies`` (regular expressions over the path: uploads, which stream and bound their
     own bodies) must be JSON (415) and at most ``max_body_bytes`` (413, declared or sent);
-    such a body is read here, then handed to the app. Errors are the JSON error body.
+    such a body is read here, then handed to the app. With ``in_flight``, a request past its
+    limit is refused (503 ``overloaded``, ``Retry-After``) and one admitted is counted until
+    the app is done with it, its body's arrival included. Errors are the JSON error body.
     """
 
     def __init__(
@@ -219,25 +227,45 @@ class GuardedApp:
         guard: Guard,
         max_body_bytes: int | None = None,
         raw_bodies: Sequence[str] = (),
+        in_flight: InFlight | None = None,
     ) -> None:
         self.app = app
         self.guard = guard
         self.max_body_bytes = max_body_bytes
         self.raw_bodies = [re.compile(pattern) for pattern in raw_bodies]
+        self.in_flight = in_flight
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            try:
-                content_type = self.guard.check_scope(scope)
-                if self.max_body_bytes is not None and self._carries_json(scope):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            content_type = self.guard.check_scope(scope)
+            slot = None if self.in_flight is None else self.in_flight.enter(scope["path"])
+        except AimeshError as exc:
+            await self._refuse(scope, send, exc)
+            return
+        try:
+            if self.max_body_bytes is not None and self._carries_json(scope):
+                try:
                     check_json_type(content_type)
                     receive = await self._buffered(scope, receive, self.max_body_bytes)
-            except AimeshError as exc:
-                request_id = request_id_of(scope)
-                body = error_body(exc.message, exc.code, request_id)
-                await respond(send, status_of(exc), body, request_id)
-                return
-        await self.app(scope, receive, send)
+                except AimeshError as exc:
+                    await self._refuse(scope, send, exc)
+                    return
+            await self.app(scope, receive, send)
+        finally:
+            if self.in_flight is not None:
+                self.in_flight.leave(slot)
+
+    @staticmethod
+    async def _refuse(scope: ASGIScope, send: Send, exc: AimeshError) -> None:
+        """Answer ``exc`` as the app's own error handlers would (body, headers, log)."""
+        request_id = request_id_of(scope)
+        status = status_of(exc)
+        log_failure(log, exc, status, request_id)
+        body = error_body(shown_message(exc, status), exc.code, request_id)
+        await respond(send, status, body, request_id, extra=error_headers(exc, status))
 
     def _carries_json(self, scope: ASGIScope) -> bool:
         length: bytes | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
@@ -30,12 +31,14 @@ from aimesh.rest.callers import identity, route_scope
 from aimesh.rest.docs import DOCS_ASSETS_URL, docs_asset, swagger_page
 from aimesh.rest.errors import install_error_handlers
 from aimesh.rest.guard import Guard, GuardedApp
+from aimesh.rest.inflight import InFlight
 from aimesh.rest.openapi import document_errors
 from aimesh.rest.readiness import Readiness
 
 __all__ = ["announced", "service_app"]
 
 ServiceKind = Literal["registry", "lake", "jobs"]
+_OPENAPI_URL = "/openapi.json"
 _REPORT: dict[str, Any] = {
     "description": "Each dependency: ok, or why it cannot be used now",
     "content": {
@@ -51,6 +54,14 @@ _REPORT: dict[str, Any] = {
         }
     },
 }
+# The open routes, never refused for the load: a full service still says how it is.
+_UNBOUNDED = (
+    "/health",
+    "/health/live",
+    "/docs",
+    re.escape(DOCS_ASSETS_URL) + ".+",
+    re.escape(_OPENAPI_URL),
+)
 # Longest wait for the background tasks to end when the app stops.
 _BACKGROUND_STOP_S = 5.0
 
@@ -63,8 +74,10 @@ def service_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
     auth: AuthSettings,
     max_body_bytes: int,
+    max_concurrency: int,
     keyring: Keyring,
     raw_bodies: Sequence[str] = (),
+    streams: Sequence[str] = (),
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     schemas: Mapping[str, Any] | None = None,
     readiness: Readiness | None = None,
@@ -72,7 +85,10 @@ def service_app(
     """A FastAPI app with the platform's error bodies, ``router``, ``GET /health``, ``/docs``.
 
     It stands behind :class:`~aimesh.rest.GuardedApp`: ``auth``'s origins and hosts, JSON
-    bodies up to ``max_body_bytes`` except on the routes ``raw_bodies`` matches (uploads).
+    bodies up to ``max_body_bytes`` except on the routes ``raw_bodies`` matches (uploads),
+    at most ``max_concurrency`` requests in flight (503 ``overloaded`` beyond; the routes
+    ``streams`` matches, long-lived answers, may hold half of them; health and docs are
+    never refused: see :mod:`aimesh.rest.inflight`).
     Every route checks the caller's key against ``keyring`` (:mod:`aimesh.rest.callers`);
     ``/health``, ``/health/live`` and the docs are open. ``background`` tasks (keeping the
     keyring current) run while the app does. ``/health`` answers 200 while every dependency
@@ -100,23 +116,27 @@ def service_app(
         version="0.1.0",
         description=description,
         lifespan=with_background,
+        openapi_url=_OPENAPI_URL,
         docs_url=None,
         redoc_url=None,
         dependencies=[Depends(identity)],
     )
     app.state.keyring = keyring
     guard = Guard.from_settings(auth)
+    in_flight = InFlight(max_concurrency, unbounded=_UNBOUNDED, streams=streams)
     app.add_middleware(
-        GuardedApp, guard=guard, max_body_bytes=max_body_bytes, raw_bodies=raw_bodies
+        GuardedApp,
+        guard=guard,
+        max_body_bytes=max_body_bytes,
+        raw_bodies=raw_bodies,
+        in_flight=in_flight,
     )
     install_error_handlers(app)  # outside the guard: its refusals carry the request id too
     app.include_router(router)
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return HTMLResponse(
-            swagger_page(f"{title} - Swagger UI", app.openapi_url or "/openapi.json")
-        )
+        return HTMLResponse(swagger_page(f"{title} - Swagger UI", _OPENAPI_URL))
 
     @app.get(DOCS_ASSETS_URL + "{name}", include_in_schema=False)
     async def docs_assets(name: str) -> Response:
