@@ -380,6 +380,360 @@ class AuthSettings(BaseModel):
         return [v.strip().lower().rstrip("/") for v in values if v.strip()]
 
 
+# The resilience layer (aimesh.resilience). Its defaults suit a small deployment (a model
+# service with one to four replicas, a few to a few thousand requests a second), not the
+# fleets Resilience4j's (100 calls, 60 s open) and Envoy's (5 failures, 30 s) are set for.
+
+
+class BreakerSettings(BaseModel):
+    """A circuit breaker per route and model version (:class:`aimesh.resilience.CircuitBreaker`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window: Literal["count", "time"] = Field(
+        default="count",
+        description="What the rates are taken over: the last `window_size` calls (count), or "
+        "the calls of the last `window_size` seconds (time; better for traffic in bursts).",
+    )
+    window_size: int = Field(
+        default=20,
+        ge=1,
+        le=10_000,
+        description="Calls (count window) or seconds (time window) the failure and slow-call "
+        "rates are taken over. 20 calls: at a few requests a second a broken version is "
+        "seen within seconds, and 20 calls are still enough for a rate to mean something.",
+    )
+    min_calls: int = Field(
+        default=10,
+        ge=1,
+        le=10_000,
+        description="Calls the window must hold before the breaker may open (at most "
+        "window_size for a count window). 10: a rate over fewer calls is noise, and a quiet "
+        "model's first two failures out of three do not stop it.",
+    )
+    failure_rate: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Share of failed calls (timeouts, connection errors, 5xx; a 4xx the "
+        "client caused is not counted) at or above which the breaker opens. Half: well above "
+        "the stray failure of a healthy service, low enough that a version failing one call "
+        "in two stops hurting its callers.",
+    )
+    slow_call_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="A call that takes at least this long is slow. One second: the models "
+        "aimesh serves answer in milliseconds (p99 ~20 ms through the gateway under load), "
+        "so a second means a service in trouble, and it is far below gateway."
+        "upstream_timeout_s, so the breaker acts before timeouts pile up. Raise it for a "
+        "route whose model is slow by nature.",
+    )
+    slow_call_rate: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Share of slow calls at or above which the breaker opens. 0.8: slowness "
+        "alone is a weaker sign than errors (a burst of big batches), so it takes most calls "
+        "being slow; below 1 so that a service getting slower trips although a few calls "
+        "still come in under slow_call_s.",
+    )
+    open_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="How long an open breaker refuses calls (503 circuit_open, with "
+        "Retry-After) before it lets probes through. 5 s: `aimesh up` restarts a crashed "
+        "replica within seconds; a minute would keep a recovered model dark for nothing.",
+    )
+    probes: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Calls a half-open breaker lets through (never more at once); it closes "
+        "when their failure and slow-call rates are under the thresholds, and opens again as "
+        "soon as they cannot be. 3: one lucky or unlucky call does not decide, and three "
+        "calls cannot overload a service that is coming back.",
+    )
+
+
+class OutlierSettings(BaseModel):
+    """Ejection of failing instances from load balancing (the resilience layer's
+    ``OutlierDetector``). Per instance, shared by every route to it: no per-route override.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    consecutive_failures: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Failures in a row (no success between) that eject an instance. 3, not "
+        "Envoy's 5: with two replicas each failure of a dead one is a retry (or an error) "
+        "on the other, so it should stop getting traffic after very few.",
+    )
+    base_ejection_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="An instance is ejected for this long times the number of times it was "
+        "ejected lately (5 s, 10 s, 15 s...). 5 s: about the time `aimesh up` takes to "
+        "restart a replica, so a restarted one gets traffic again soon.",
+    )
+    max_ejection_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="The longest ejection (at least base_ejection_s). An instance back and "
+        "not ejected for this long starts again from base_ejection_s.",
+    )
+    max_ejection_percent: int = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="Most of a service's instances ejected at once, in percent (rounded "
+        "down; never the last one). Half: of two replicas one may be ejected, never both; "
+        "when most instances fail, the fault is rarely theirs and the breaker is the answer.",
+    )
+
+
+class RetrySettings(BaseModel):
+    """Retries of calls safe to repeat (inference), on another instance, within a budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempts: int = Field(
+        default=2,
+        ge=1,
+        le=10,
+        description="Attempts of a call safe to repeat, the first included (1: no retries). "
+        "2: with two replicas the retry reaches the other one; a third would go back to an "
+        "instance that just failed. A request that never reached an instance (refused) "
+        "moves on to another without counting.",
+    )
+    backoff_s: float = Field(
+        default=0.025,
+        ge=0,
+        le=60,
+        description="Cap of the first retry's wait, doubled for each later one; the wait is "
+        "drawn at random below the cap (full jitter), so retries of many requests spread "
+        "out. 25 ms: the retry goes to another instance, which need not recover first.",
+    )
+    backoff_max_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=600,
+        description="The largest cap a retry's wait is drawn under (at least backoff_s).",
+    )
+    budget_ratio: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Retries in flight at most this share of the requests in flight (per "
+        "route and version), so that in an outage retries add at most a fifth to the load "
+        "instead of multiplying it.",
+    )
+    budget_min: int = Field(
+        default=3,
+        ge=0,
+        le=10_000,
+        description="Retries always allowed in flight whatever the share: at a few requests "
+        "at a time the share alone would forbid every retry.",
+    )
+
+
+class BulkheadSettings(BaseModel):
+    """A limit of requests in flight per upstream instance; beyond, 503 at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Requests this gateway has in flight to one instance at most; more are "
+        "refused at once (503 overloaded, Retry-After) unless another instance has room. "
+        "256: four times the pooled connections (gateway.max_connections_per_upstream), so "
+        "healthy load never meets it, while a stuck instance cannot hold every request.",
+    )
+
+
+_DATATYPES = "BOOL|INT8|INT16|INT32|INT64|UINT8|UINT16|UINT32|UINT64|FP16|FP32|FP64|BYTES"
+
+
+class StaticOutput(BaseModel):
+    """One output tensor of a static fallback answer, as the inference protocol writes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="The output's name.")
+    datatype: str = Field(pattern=rf"^({_DATATYPES})$", description="Its protocol datatype.")
+    shape: list[int] = Field(description="Its shape, e.g. [1, 1].")
+    data: list[bool | int | float | str] = Field(description="Its elements, flat, row-major.")
+
+    @model_validator(mode="after")
+    def _data_fits_shape(self) -> Self:
+        count = 1
+        for dim in self.shape:
+            if dim < 0:
+                raise ValueError(f"output {self.name!r}: a shape has no negative dimension")
+            count *= dim
+        if count != len(self.data):
+            raise ValueError(
+                f"output {self.name!r}: shape {self.shape} holds {count} elements, "
+                f"data has {len(self.data)}"
+            )
+        return self
+
+
+class Fallback(BaseModel):
+    """What answers when a route's model cannot: another version, another model, or a
+    static answer (exactly one). The gateway runs it; its answer carries the
+    ``x-aimesh-fallback`` header (:data:`aimesh.resilience.FALLBACK_HEADER`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Another model to ask (its version with `version`, else its default).",
+    )
+    version: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A version (number or alias) to ask: of `model`, else of the route's own "
+        "model (for example the previous champion).",
+    )
+    outputs: list[StaticOutput] | None = Field(
+        default=None, min_length=1, description="A static answer: these output tensors."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        asks = self.model is not None or self.version is not None
+        if asks == (self.outputs is not None):
+            raise ValueError(
+                "a fallback is another version (version), another model (model, optionally "
+                "version) or a static answer (outputs): give exactly one kind"
+            )
+        return self
+
+    @property
+    def kind(self) -> Literal["version", "model", "static"]:
+        """Which of the three it is."""
+        if self.outputs is not None:
+            return "static"
+        return "model" if self.model is not None else "version"
+
+
+class RouteResilience(BaseModel):
+    """What one route (a model's or a service's name) changes of the resilience defaults.
+
+    Each section is partial: the settings it names replace the defaults', the others stay.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    breaker: BreakerSettings | None = Field(default=None, description="Breaker settings.")
+    retry: RetrySettings | None = Field(default=None, description="Retry settings.")
+    bulkhead: BulkheadSettings | None = Field(default=None, description="Bulkhead settings.")
+    timeout_s: float | None = Field(
+        default=None, gt=0, le=3600, description="Timeout of one call to an instance."
+    )
+    fallback: Fallback | None = Field(
+        default=None, description="What answers when the model cannot (none by default)."
+    )
+
+
+class ResilienceSettings(BaseModel):
+    """The gateway's resilience layer: deadline, retry, breaker, bulkhead, in that order.
+
+    ``routes`` overrides any section for one route, by the name the gateway routes by (a
+    model's name, or a service's), e.g. ``routes: {fraud: {breaker: {open_s: 10}}}``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=True,
+        description="Off: upstream calls go without breakers, ejection, retries or "
+        "bulkheads (a refused instance is still passed over), e.g. to measure their cost.",
+    )
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="Timeout of one call to an instance (never beyond the request's "
+        "deadline). Unset: gateway.upstream_timeout_s.",
+    )
+    breaker: BreakerSettings = Field(
+        default_factory=BreakerSettings, description="Circuit breakers per route and version."
+    )
+    outlier: OutlierSettings = Field(
+        default_factory=OutlierSettings, description="Ejection of failing instances."
+    )
+    retry: RetrySettings = Field(default_factory=RetrySettings, description="Retries.")
+    bulkhead: BulkheadSettings = Field(
+        default_factory=BulkheadSettings, description="Requests in flight per instance."
+    )
+    routes: dict[str, RouteResilience] = Field(
+        default_factory=dict,
+        description="Overrides by route (a model's or a service's name): breaker, retry, "
+        "bulkhead and timeout_s sections replace the settings they name; fallback declares "
+        "what answers when the model cannot.",
+    )
+
+    @model_validator(mode="after")
+    def _every_route_is_whole(self) -> Self:
+        _check_sections(self, "")
+        for name in self.routes:
+            if not name.strip():
+                raise ValueError("routes: a route is named by a model's or a service's name")
+            _check_sections(self.for_route(name), f"routes.{name}.")
+        return self
+
+    def for_route(self, name: str) -> ResilienceSettings:
+        """These settings with the overrides of route ``name`` applied (``routes`` emptied)."""
+        override = self.routes.get(name)
+        if override is None:
+            return self if not self.routes else self.model_copy(update={"routes": {}})
+        update: dict[str, Any] = {"routes": {}}
+        for section in ("breaker", "retry", "bulkhead"):
+            part: BaseModel | None = getattr(override, section)
+            if part is not None:
+                base: BaseModel = getattr(self, section)
+                # Only what the route names replaces the default (model_fields_set).
+                update[section] = base.model_copy(update=part.model_dump(exclude_unset=True))
+        if override.timeout_s is not None:
+            update["timeout_s"] = override.timeout_s
+        return self.model_copy(update=update)
+
+    def fallback_for(self, name: str) -> Fallback | None:
+        """The fallback route ``name`` declares, if any."""
+        override = self.routes.get(name)
+        return override.fallback if override is not None else None
+
+
+def _check_sections(settings: ResilienceSettings, where: str) -> None:
+    """The rules between fields of one section, on the merged settings of a route."""
+    breaker, outlier, retry = settings.breaker, settings.outlier, settings.retry
+    if breaker.window == "count" and breaker.min_calls > breaker.window_size:
+        raise ValueError(
+            f"{where}breaker.min_calls ({breaker.min_calls}) is more than the calls its "
+            f"count window holds (window_size {breaker.window_size}): it could never open"
+        )
+    if outlier.max_ejection_s < outlier.base_ejection_s:
+        raise ValueError(
+            f"{where}outlier.max_ejection_s must be at least base_ejection_s "
+            f"({outlier.base_ejection_s})"
+        )
+    if retry.backoff_max_s < retry.backoff_s:
+        raise ValueError(
+            f"{where}retry.backoff_max_s must be at least backoff_s ({retry.backoff_s})"
+        )
+
+
 class GatewaySettings(BaseModel):
     """The gateway: the single entry point in front of every service."""
 
@@ -394,6 +748,10 @@ class GatewaySettings(BaseModel):
     )
     max_connections_per_upstream: int = Field(
         default=64, ge=1, le=4096, description="Pooled keep-alive connections per upstream."
+    )
+    resilience: ResilienceSettings = Field(
+        default_factory=ResilienceSettings,
+        description="Breakers, ejection, retries, bulkheads and fallbacks of upstream calls.",
     )
 
 

@@ -68,6 +68,7 @@ HTTP numbers.
     │   ├── QueueFull                queue_full
     │   ├── ShuttingDown             shutting_down
     │   ├── NoInstance               no_instance
+    │   ├── CircuitOpen              circuit_open
     │   ├── QueryBusy                query_busy
     │   ├── BusUnavailable           bus_unavailable
     │   └── StoreUnavailable         store_unavailable
@@ -659,6 +660,30 @@ class NoInstance(Unavailable):
     """Raised when the registry knows a model (version, alias) that no running instance serves."""
 
     code = "no_instance"
+
+
+class CircuitOpen(Unavailable):
+    """Raised when a route's circuit breaker is open: the version's recent calls failed, so
+    calls to it are refused at once for a while (then a few probe it again).
+
+    ``retry_after_s`` is the time until the breaker lets probes through (an HTTP answer
+    says it in ``Retry-After``); a route with a fallback answers from it instead.
+    """
+
+    code = "circuit_open"
+
+    def __init__(self, model: str, version: str | None, retry_after_s: float) -> None:
+        named = f"{model} version {version}" if version else model
+        super().__init__(
+            f"calls to {named} are stopped after too many failed or slow calls (circuit "
+            f"open); retry in {retry_after_s:.3g}s",
+            model=model,
+            version=version,
+            retry_after_s=retry_after_s,
+        )
+        self.model = model
+        self.version = version
+        self.retry_after_s: float = retry_after_s
 
 
 class QueryBusy(Unavailable):

@@ -71,6 +71,7 @@ HTTP_ROWS = [
     (errors.StoreUnavailable, 503),
     (errors.QueueFull, 503),
     (errors.NoInstance, 503),
+    (errors.CircuitOpen, 503),
     (errors.DeadlineExceeded, 504),
     (errors.QueryTimeout, 504),
     (errors.UpstreamTimeout, 504),
@@ -94,6 +95,7 @@ GRPC_ROWS = [
     (errors.Forbidden, grpc.StatusCode.PERMISSION_DENIED),
     (errors.BusUnavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+    (errors.CircuitOpen, grpc.StatusCode.UNAVAILABLE),
     (errors.UpstreamError, grpc.StatusCode.UNAVAILABLE),
     (errors.UpstreamTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -120,6 +122,7 @@ def test_rate_limited_carries_retry_after_in_whole_seconds() -> None:
     assert retry_after(errors.RateLimited("k", 2.5)) == "3"
     assert retry_after(errors.Overloaded("busy")) == "1"  # a full service: try again soon
     assert retry_after(errors.Unavailable("down")) is None
+    assert retry_after(errors.CircuitOpen("fraud", "5", 4.2)) == "5"  # until it probes again
 
 
 def test_fastapi_services_answer_by_the_table_with_retry_after() -> None:
