@@ -12,25 +12,39 @@ through :meth:`ModelCore.call`, and converts the answer back. The stages, in ord
    version no instance serves is answered as if there were no policy (never an error);
 2. **routing** (:class:`~aimesh.gateway.routing.Router`): the instances serving that
    version, or 404 / 503 with the reason;
-3. **the call** (:func:`~aimesh.gateway.upstream.call_upstream`): an instance chosen by
-   the instance policy, others tried while a request was certainly not sent.
+3. **the call**, through the resilience layer (:class:`~aimesh.resilience.Resilience`:
+   deadline, retry, the breaker of the route and version, instance ejection and
+   bulkhead, in that order) when ``gateway.resilience.enabled``; else
+   :func:`~aimesh.gateway.upstream.call_upstream` alone (an instance chosen by the
+   instance policy, others tried while a request was certainly not sent).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, TypeVar
 
-from aimesh.gateway.instances import InstancePolicy, Upstream
+from aimesh.errors import UpstreamError
+from aimesh.gateway.instances import REFUSED_PENALTY_S, InstancePolicy, Upstream
 from aimesh.gateway.routing import Router, Target
 from aimesh.gateway.traffic import TrafficTable
 from aimesh.gateway.upstream import Exchange, NotSent, call_upstream
+from aimesh.resilience import (
+    BreakerKey,
+    CallRules,
+    Deadline,
+    Outcome,
+    Resilience,
+    classify_exception,
+)
 from aimesh.rollouts import sticky_key
 
-__all__ = ["ModelCore", "Plan"]
+__all__ = ["CallKind", "ModelCore", "Plan", "breakers_report", "served_version"]
 
 log = logging.getLogger("aimesh.gateway")
 
@@ -46,6 +60,26 @@ class Plan:
     """The traffic policy's arm that answers (None: no policy chose the version)."""
 
 
+def _success(result: object) -> Outcome:
+    return Outcome.SUCCESS
+
+
+def _is_not_sent(exc: BaseException) -> bool:
+    return isinstance(exc, NotSent)
+
+
+@dataclass(frozen=True, slots=True)
+class CallKind(Generic[T]):
+    """How one adapter's calls are judged: made once per adapter, not per call."""
+
+    classify: Callable[[T], Outcome] = _success
+    """A result's outcome (an HTTP answer: by its status)."""
+    classify_error: Callable[[BaseException], Outcome] = classify_exception
+    """An exception's outcome."""
+    discard: Callable[[T], Awaitable[None]] | None = None
+    """Releases a failed result that is retried (a streaming body)."""
+
+
 class ModelCore:
     """Plans and runs model calls for every protocol adapter of one gateway."""
 
@@ -55,12 +89,18 @@ class ModelCore:
         policy: InstancePolicy,
         *,
         traffic: TrafficTable | None = None,
+        resilience: Resilience | None = None,
         rand: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.router = router
         self.policy = policy
         self.traffic = traffic
+        self.resilience = resilience
+        """Breakers, ejection, retries, bulkheads; None: calls go without them."""
         self._rand = rand
+        self._clock = clock
+        self._rules: dict[int, CallRules[Upstream, Any]] = {}
 
     async def plan(
         self, model: str, version: str | None, headers: Sequence[tuple[bytes, bytes]]
@@ -82,12 +122,94 @@ class ModelCore:
 
     async def call(
         self,
-        candidates: Sequence[Upstream],
+        route: str,
+        target: Target,
         exchange: Exchange[T],
         *,
+        kind: CallKind[T] | None = None,
         on_not_sent: Callable[[Upstream, NotSent], None] | None = None,
+        deadline: Deadline | None = None,
+        idempotent: bool = True,
     ) -> T:
-        """Run ``exchange`` on one of ``candidates`` (see :func:`call_upstream`)."""
-        return await call_upstream(
-            candidates, exchange, policy=self.policy, on_not_sent=on_not_sent
-        )
+        """Run ``exchange`` on one of ``target``'s instances, for ``route`` (``infer``,
+        ``metadata``...): through the resilience layer when there is one, judged as
+        ``kind`` says. Raises :class:`UpstreamError` when no instance could be reached,
+        :class:`~aimesh.errors.CircuitOpen` or :class:`~aimesh.errors.Overloaded` when the
+        breaker or every bulkhead refused, and what the exchange raised."""
+        resilience = self.resilience
+        if resilience is None:
+            return await call_upstream(
+                target.candidates, exchange, policy=self.policy, on_not_sent=on_not_sent
+            )
+        key = BreakerKey(route, target.model, served_version(target) or "")
+        clock = self._clock
+
+        async def attempt(upstream: Upstream, timeout_s: float) -> T:
+            upstream.outstanding += 1
+            try:
+                return await exchange(upstream)
+            except NotSent as exc:
+                upstream.refused_until = clock() + REFUSED_PENALTY_S
+                if on_not_sent is not None:
+                    on_not_sent(upstream, exc)
+                raise
+            finally:
+                upstream.outstanding -= 1
+
+        try:
+            return await resilience.call(
+                key, target.candidates, attempt, self._rules_for(kind),
+                deadline=deadline, idempotent=idempotent,
+            )  # fmt: skip
+        except NotSent as exc:
+            # Which instances (internal addresses) refused, and how, is for the log.
+            raise UpstreamError(
+                f"no instance could be reached ({len(target.candidates)} tried)"
+            ) from exc
+
+    def _rules_for(self, kind: CallKind[T] | None) -> CallRules[Upstream, T]:
+        found = self._rules.get(id(kind))
+        if found is None:
+            kind = kind or CallKind()
+            found = self._rules[id(kind)] = CallRules(
+                instance_key=_instance_key,
+                choose=self.policy.choose,
+                classify=kind.classify,
+                classify_error=kind.classify_error,
+                not_sent=_is_not_sent,
+                discard=kind.discard,
+            )
+        return found
+
+
+def _instance_key(upstream: Upstream) -> str:
+    return upstream.key
+
+
+def served_version(target: Target) -> str | None:
+    """The one version ``target``'s call reaches: the one it names, or the one all its
+    instances serve; None while instances of several versions (or unknown) may answer."""
+    if target.version is not None:
+        return target.version
+    versions = {upstream.version for upstream in target.candidates}
+    return versions.pop() if len(versions) == 1 else None
+
+
+def breakers_report(resilience: Resilience | None) -> bytes:
+    """What ``GET /breakers`` answers: every breaker and every instance in the ejection
+    table, each with its state, counts, and ``for_s``: how long an open breaker or an
+    ejection lasts yet (the monotonic ``until`` means nothing to another process)."""
+    if resilience is None:
+        return json.dumps({"enabled": False, "breakers": [], "instances": []}).encode()
+    now = time.monotonic()
+    rows = {
+        "breakers": [_row(asdict(b), now) for b in resilience.breakers.snapshot(now)],
+        "instances": [_row(asdict(e), now) for e in resilience.outliers.snapshot(now)],
+    }
+    return json.dumps({"enabled": True, **rows}).encode()
+
+
+def _row(fields: dict[str, Any], now: float) -> dict[str, Any]:
+    until = fields.pop("until", None)
+    fields["for_s"] = None if until is None else round(max(0.0, until - now), 3)
+    return {k: str(v) if hasattr(v, "value") else v for k, v in fields.items()}

@@ -34,7 +34,7 @@ from aimesh.errors import (
     foreign_message,
 )
 from aimesh.gateway._asgi import model_path
-from aimesh.gateway.core import ModelCore
+from aimesh.gateway.core import CallKind, ModelCore
 from aimesh.gateway.headers import new_request_id, traceparent_for, valid_traceparent
 from aimesh.gateway.http1 import HttpClient
 from aimesh.gateway.instances import InstancePolicy, Upstream
@@ -43,7 +43,8 @@ from aimesh.gateway.routing import Router
 from aimesh.gateway.upstream import NotSent
 from aimesh.protocol import grpc as pb
 from aimesh.protocol import rest_codec
-from aimesh.rest import Readiness, retry_after
+from aimesh.resilience import Outcome, classify_exception
+from aimesh.rest import Readiness, retry_after, status_of
 from aimesh.rollouts import ARM_HEADER, FigureBook, OutcomeClass
 
 __all__ = ["GrpcGateway"]
@@ -56,6 +57,7 @@ _HEADER_LENGTH = b"inference-header-content-length"
 _NOT_CONNECTED = ("failed to connect", "connection refused", "(shutting_down)")
 
 
+FAILURE, IGNORED = Outcome.FAILURE, Outcome.IGNORED
 # The live figures' class of a call by its gRPC status (any other: the client's doing).
 _CLASS_OF: dict[str, OutcomeClass] = {
     "OK": "ok",
@@ -74,6 +76,18 @@ class _UpstreamStatus(Exception):
         self.code = code
         self.details = details
 
+
+def _judge_error(exc: BaseException) -> Outcome:
+    """A failed call's outcome: the instance's fault (a server-side gRPC status, a 5xx
+    answered over REST) or the caller's (any other status: ignored)."""
+    if isinstance(exc, _UpstreamStatus):
+        return FAILURE if _CLASS_OF.get(exc.code.name, "client") != "client" else IGNORED
+    if isinstance(exc, AimeshError) and not isinstance(exc, UpstreamError):
+        return FAILURE if status_of(exc) >= 500 else IGNORED
+    return classify_exception(exc)
+
+
+_GRPC: CallKind[bytes] = CallKind(classify_error=_judge_error)
 
 Context: TypeAlias = "aio.ServicerContext[Any, Any]"
 
@@ -193,7 +207,9 @@ class GrpcGateway:
                     return await self._infer_over_rest(upstream, path, *rest, metadata, timeout)
                 return await self._send(upstream, method, request, metadata, timeout)
 
-            return await self.core.call(target.candidates, exchange, on_not_sent=self._not_sent)
+            return await self.core.call(
+                route, target, exchange, kind=_GRPC, on_not_sent=self._not_sent
+            )
         except _UpstreamStatus as exc:
             status = exc.code.name
             await context.abort(exc.code, exc.details)

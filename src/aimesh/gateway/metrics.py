@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from aimesh.resilience import StateChange
+
 __all__ = ["GATEWAY", "GatewayMetrics"]
+
+log = logging.getLogger("aimesh.gateway.resilience")
 
 GATEWAY = "gateway"
 """The ``upstream`` label of requests the gateway answered itself."""
@@ -40,6 +46,13 @@ class GatewayMetrics:
             ["upstream", "reason"],
             registry=r,
         )
+        self.transitions = Counter(
+            "aimesh_gateway_resilience_transitions",
+            "State changes of circuit breakers (key route/model/version: closed, open, "
+            "half_open) and of instances (key service/instance: healthy, ejected), by reason.",
+            ["component", "key", "to", "reason"],
+            registry=r,
+        )
         # Children by label values: .labels() takes a lock and builds a tuple per call.
         self._children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
 
@@ -60,6 +73,14 @@ class GatewayMetrics:
     def upstream_error(self, upstream: str, reason: str) -> None:
         """Record one failed exchange."""
         self.upstream_errors.labels(upstream, reason).inc()
+
+    def state_change(self, change: StateChange) -> None:
+        """Count a breaker's or an instance's state change, and log it (one line, with the
+        figures that drove it: every decision can be replayed from the log)."""
+        key = "/".join(change.key)
+        self.transitions.labels(change.component, key, change.new, change.reason).inc()
+        log.info("%s %s: %s -> %s (%s)", change.component, key, change.old, change.new,
+                 change.reason, extra=change.log_fields())  # fmt: skip
 
     def render(self) -> bytes:
         """The text exposition of every metric."""

@@ -160,6 +160,25 @@ _OPEN_READY = {
 _OPEN = {SCOPE_KEY: "open"}
 
 
+_BREAKERS = {
+    "description": "Every breaker (route, model, version) and every instance the ejection "
+    "table holds, with state and counts; for_s: seconds the state lasts (open, ejected).",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "breakers": {"type": "array", "items": {"type": "object"}},
+                    "instances": {"type": "array", "items": {"type": "object"}},
+                },
+                "required": ["enabled", "breakers", "instances"],
+            }
+        }
+    },
+}
+
+
 def gateway_document(*, auth: bool) -> dict[str, Any]:
     """The gateway's own part of the document (with security requirements when ``auth``)."""
     secured: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}] if auth else []
@@ -183,6 +202,14 @@ def gateway_document(*, auth: bool) -> dict[str, Any]:
         "/metrics": {
             "get": guarded(
                 {"summary": "Prometheus metrics", "responses": {"200": METRICS_RESPONSE}}
+            )
+        },
+        "/breakers": {
+            "get": guarded(
+                {
+                    "summary": "Circuit breakers and ejected instances of this gateway",
+                    "responses": {"200": _BREAKERS},
+                }
             )
         },
         **model_paths(

@@ -48,7 +48,7 @@ from aimesh.gateway._asgi import (
     respond,
     status_of,
 )
-from aimesh.gateway.core import ModelCore
+from aimesh.gateway.core import CallKind, ModelCore, breakers_report, served_version
 from aimesh.gateway.deferred import AsyncRequest, Deferrer, async_request
 from aimesh.gateway.headers import RequestHead
 from aimesh.gateway.http1 import HttpClient, UpstreamResponse
@@ -59,6 +59,7 @@ from aimesh.gateway.routing import Router, Target
 from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.jobs import encode_job
 from aimesh.protocol import InferenceRequest, TensorSpec, check_inputs, rest_codec
+from aimesh.resilience import Outcome, classify_status
 from aimesh.rest import (
     DOCS_ASSETS_URL,
     Guard,
@@ -117,14 +118,16 @@ class _Outcome:
         self.started = False
 
 
-def _served_version(target: Target) -> str | None:
-    """The one version ``target``'s call reaches: the one it names, or the one all its
-    instances serve; None while instances of several versions (or unknown) may answer."""
-    if target.version is not None:
-        return target.version
-    versions = {upstream.version for upstream in target.candidates}
-    return versions.pop() if len(versions) == 1 else None
+async def _abandon(response: UpstreamResponse) -> None:
+    response.abandon()
 
+
+def _by_status(response: UpstreamResponse) -> Outcome:
+    return classify_status(response.status)
+
+
+_HTTP: CallKind[UpstreamResponse] = CallKind(classify=_by_status, discard=_abandon)
+"""An HTTP answer is judged by its status; a 5xx retried elsewhere has its body dropped."""
 
 _Answer = Callable[[Send, "RequestHead", "_Outcome", bytes], Awaitable[None]]
 
@@ -179,6 +182,7 @@ class GatewayApp:
             "/v2": ("server", "GET", None, self._server),
             "/v2/aggregate": ("aggregate", "POST", "infer", self._aggregate),
             "/metrics": ("metrics", "GET", "read", self._metrics),
+            "/breakers": ("breakers", "GET", "read", self._breakers),
             "/openapi.json": ("openapi", "GET", None, self._openapi),
             "/docs": ("docs", "GET", None, self._docs),
         }
@@ -321,8 +325,10 @@ class GatewayApp:
         upstream_path = path + query(scope)
         method = b"POST" if allowed == "POST" else b"GET"
         response = await self.core.call(
-            target.candidates,
+            outcome.route,
+            target,
             self._exchange(method, upstream_path, head.forward, body, outcome),
+            kind=_HTTP,
             on_not_sent=self._not_sent,
         )
         await self._relay(send, response, head, outcome)
@@ -364,7 +370,7 @@ class GatewayApp:
         are checked without a round trip. An instance that cannot say leaves the check to
         the job (the model checks every call anyway).
         """
-        served = _served_version(target)
+        served = served_version(target)
         key = (target.model, served) if served is not None else None
         specs = self._inputs.get(key) if key is not None else None
         if specs is None:
@@ -383,8 +389,10 @@ class GatewayApp:
         headers = head.forward_credentials + head.forward_tracing
         try:
             response = await self.core.call(
-                target.candidates,
+                "metadata",
+                target,
                 self._exchange(b"GET", path, headers, b"", None),
+                kind=_HTTP,
                 on_not_sent=self._not_sent,
             )
             body = await response.body(self.timeout)
@@ -520,6 +528,12 @@ class GatewayApp:
         text = b"text/plain; version=0.0.4; charset=utf-8"
         await respond(send, 200, self.metrics.render(), head.request_id, text)
 
+    async def _breakers(
+        self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes
+    ) -> None:
+        outcome.status = 200
+        await respond(send, 200, breakers_report(self.core.resilience), head.request_id)
+
     async def _openapi(self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes) -> None:
         services = self.router.table.api_services()
         if "registry" not in services and self.registry_fallback is not None:
@@ -578,8 +592,10 @@ class GatewayApp:
             target = (await self.core.plan(member.name, member.version, headers)).target
             path = model_path(member.name, target.version, b"/infer")
             response = await self.core.call(
-                target.candidates,
+                "infer",
+                target,
                 self._exchange(b"POST", path, headers, body, None),
+                kind=_HTTP,
                 on_not_sent=self._not_sent,
             )
             answer = response.take() if response.complete else await response.body(self.timeout)

@@ -32,6 +32,7 @@ from aimesh.bus import (
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
 from aimesh.gateway.catalog import RegistryCatalog
+from aimesh.gateway.core import ModelCore
 from aimesh.gateway.deferred import Deferrer
 from aimesh.gateway.grpc import GrpcGateway, start_grpc
 from aimesh.gateway.http1 import HttpClient
@@ -43,6 +44,7 @@ from aimesh.gateway.routing import Router, RoutingTable
 from aimesh.gateway.watch import DiscoveryWatch, forget_on_registry_events, publish_figures
 from aimesh.observability import cancel_and_wait, run_service, stop_on_signals
 from aimesh.registry import KeyWatch
+from aimesh.resilience import Resilience
 from aimesh.rest import Guard, Readiness, bus_check
 from aimesh.rollouts import FigureBook
 
@@ -95,6 +97,12 @@ async def run_gateway(
     metrics = GatewayMetrics()
     gateway_id = new_instance_id()
     figures = FigureBook(gateway_id)
+    resilience = (
+        Resilience(g.resilience, call_timeout_s=g.upstream_timeout_s, listener=metrics.state_change)
+        if g.resilience.enabled
+        else None
+    )
+    core = ModelCore(router, policy, resilience=resilience)
     # Keys may be made at any time: the document always says how to present one.
     openapi = MergedOpenApi(gateway_document(auth=True), auth=True)
     registry_fallback = _configured_registry(settings)
@@ -110,12 +118,12 @@ async def run_gateway(
         metrics=metrics, openapi=openapi, max_request_bytes=g.max_request_bytes,
         upstream_timeout_s=g.upstream_timeout_s, readiness=readiness,
         registry_fallback=registry_fallback, deferrer=deferrer,
-        guard=Guard.from_settings(settings.auth), figures=figures,
+        guard=Guard.from_settings(settings.auth), figures=figures, core=core,
     )  # fmt: skip
     grpc_gateway = GrpcGateway(
         router=router, client=client, policy=policy, keyring=keys.keyring,
         metrics=metrics, upstream_timeout_s=g.upstream_timeout_s,
-        max_message_bytes=g.max_request_bytes, readiness=readiness, core=app.core,
+        max_message_bytes=g.max_request_bytes, readiness=readiness, core=core,
         figures=figures,
     )  # fmt: skip
     grpc_server, grpc_port = await start_grpc(
