@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
+from aimesh.config import Fallback
 from aimesh.errors import UpstreamError
 from aimesh.gateway.instances import REFUSED_PENALTY_S, InstancePolicy, Upstream
 from aimesh.gateway.routing import Router, Target
@@ -44,7 +45,7 @@ from aimesh.resilience import (
 )
 from aimesh.rollouts import sticky_key
 
-__all__ = ["CallKind", "ModelCore", "Plan", "breakers_report", "served_version"]
+__all__ = ["CallKind", "ModelCore", "Plan", "breakers_report", "served_version", "static_answer"]
 
 log = logging.getLogger("aimesh.gateway")
 
@@ -119,6 +120,11 @@ class ModelCore:
                     return Plan(target, choice.arm)
                 log.debug("version %s of %s is picked but unserved", choice.version, model)
         return Plan(await self.router.target(model, version))
+
+    def fallback_for(self, model: str) -> Fallback | None:
+        """The fallback ``model``'s calls declare (``gateway.resilience.routes``), if any."""
+        resilience = self.resilience
+        return resilience.settings.fallback_for(model) if resilience is not None else None
 
     async def call(
         self,
@@ -213,3 +219,11 @@ def _row(fields: dict[str, Any], now: float) -> dict[str, Any]:
     until = fields.pop("until", None)
     fields["for_s"] = None if until is None else round(max(0.0, until - now), 3)
     return {k: str(v) if hasattr(v, "value") else v for k, v in fields.items()}
+
+
+def static_answer(model: str, fallback: Fallback) -> bytes:
+    """A static fallback's answer as an inference response (REST JSON; gRPC converts it)."""
+    outputs = [output.model_dump() for output in fallback.outputs or ()]
+    return json.dumps(
+        {"model_name": model, "model_version": "fallback", "outputs": outputs}
+    ).encode()

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from aimesh.auth import Identity, Keyring, Scope, key_from_headers
+from aimesh.config import Fallback
 from aimesh.errors import (
     AimeshError,
     BusUnavailable,
@@ -48,7 +49,13 @@ from aimesh.gateway._asgi import (
     respond,
     status_of,
 )
-from aimesh.gateway.core import CallKind, ModelCore, breakers_report, served_version
+from aimesh.gateway.core import (
+    CallKind,
+    ModelCore,
+    breakers_report,
+    served_version,
+    static_answer,
+)
 from aimesh.gateway.deferred import AsyncRequest, Deferrer, async_request
 from aimesh.gateway.headers import RequestHead
 from aimesh.gateway.http1 import HttpClient, UpstreamResponse
@@ -59,7 +66,13 @@ from aimesh.gateway.routing import Router, Target
 from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.jobs import encode_job
 from aimesh.protocol import InferenceRequest, TensorSpec, check_inputs, rest_codec
-from aimesh.resilience import Outcome, classify_status
+from aimesh.resilience import (
+    FALLBACK_HEADER,
+    Outcome,
+    classify_status,
+    fallback_header_value,
+    should_fall_back,
+)
 from aimesh.rest import (
     DOCS_ASSETS_URL,
     Guard,
@@ -83,6 +96,7 @@ _DROP_FROM_RESPONSE = frozenset(
 # Answers up to this size are read whole before relaying; larger ones stream through.
 _BUFFER_LIMIT = 1 << 20
 _ARM = ARM_HEADER.encode()
+_FALLBACK = FALLBACK_HEADER.encode()
 # Model versions whose inputs are kept for the async check; past it the table starts over.
 _INPUTS_KEPT = 1024
 _SERVER_METADATA = json.dumps(
@@ -101,7 +115,9 @@ def _decode_request(body: bytes, headers: list[tuple[bytes, bytes]]) -> Inferenc
 class _Outcome:
     """What the metrics say of one request; filled in as it goes."""
 
-    __slots__ = ("arm", "failure", "model", "route", "started", "status", "upstream", "version")
+    __slots__ = (
+        "arm", "failure", "fallback", "model", "route", "started", "status", "upstream", "version",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.arm: str | None = None
@@ -112,6 +128,8 @@ class _Outcome:
         """The version of the instance it went to last."""
         self.failure: OutcomeClass | None = None
         """How the call failed without an answer (a timeout, no connection)."""
+        self.fallback = False
+        """Whether a fallback answered instead."""
         self.route = "unknown"
         self.upstream = GATEWAY
         self.status = 500
@@ -220,7 +238,7 @@ class GatewayApp:
             if outcome.model is not None and outcome.version is not None:
                 self.figures.count(
                     outcome.model, outcome.version, outcome.failure or class_of(outcome.status),
-                    elapsed,
+                    elapsed, fallback=outcome.fallback,
                 )  # fmt: skip
 
     async def _route(
@@ -324,14 +342,55 @@ class GatewayApp:
             return
         upstream_path = path + query(scope)
         method = b"POST" if allowed == "POST" else b"GET"
-        response = await self.core.call(
-            outcome.route,
-            target,
-            self._exchange(method, upstream_path, head.forward, body, outcome),
-            kind=_HTTP,
-            on_not_sent=self._not_sent,
-        )
+        fallback = self.core.fallback_for(name) if outcome.model is not None else None
+        try:
+            response = await self.core.call(
+                outcome.route,
+                target,
+                self._exchange(method, upstream_path, head.forward, body, outcome),
+                kind=_HTTP,
+                on_not_sent=self._not_sent,
+            )
+        except AimeshError as exc:
+            if fallback is None or not should_fall_back(exc):
+                raise
+            log.info("%s failed (%s); its fallback answers", name, exc.message)
+            outcome.failure = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream"
+            await self._fall_back(send, scope, head, outcome, name, fallback, body)
+            return
+        if fallback is not None and response.status >= 500:
+            response.abandon()
+            outcome.failure = "upstream"
+            await self._fall_back(send, scope, head, outcome, name, fallback, body)
+            return
         await self._relay(send, response, head, outcome)
+
+    async def _fall_back(
+        self,
+        send: Send,
+        scope: ASGIScope,
+        head: RequestHead,
+        outcome: _Outcome,
+        name: str,
+        fallback: Fallback,
+        body: bytes,
+    ) -> None:
+        """Answer a failed inference call with ``name``'s fallback, marked in a header."""
+        outcome.fallback = True
+        marked = (_FALLBACK, fallback_header_value(fallback).encode())
+        if fallback.outputs is not None:
+            outcome.status = 200
+            answer = static_answer(name, fallback)
+            await respond(send, 200, answer, head.request_id, JSON, [marked])
+            return
+        model = fallback.model or name
+        plan = await self.core.plan(model, fallback.version, scope["headers"])
+        path = model_path(model, plan.target.version, b"/infer") + query(scope)
+        response = await self.core.call(
+            "infer", plan.target, self._exchange(b"POST", path, head.forward, body, None),
+            kind=_HTTP, on_not_sent=self._not_sent,
+        )  # fmt: skip
+        await self._relay(send, response, head, outcome, extra=[marked])
 
     async def _defer(
         self,
@@ -441,11 +500,18 @@ class GatewayApp:
         log.info("instance %s did not take a request (%s); trying another", upstream.label, exc)
 
     async def _relay(
-        self, send: Send, response: UpstreamResponse, head: RequestHead, outcome: _Outcome
+        self,
+        send: Send,
+        response: UpstreamResponse,
+        head: RequestHead,
+        outcome: _Outcome,
+        extra: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         outcome.status = response.status
         headers = [pair for pair in response.headers if pair[0] not in _DROP_FROM_RESPONSE]
         headers.append((REQUEST_ID, head.request_id.encode()))
+        if extra:
+            headers.extend(extra)
         if outcome.arm is not None:
             headers.append((_ARM, outcome.arm.encode()))
         length = response.header(b"content-length")
