@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import uvicorn
+from _services import free_port, wait_for
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
 from aimesh.errors import InvalidRequest
@@ -61,3 +65,20 @@ def kinds_registered() -> Iterator[None]:
     finally:
         unregister_kind(WIDGET)
         unregister_kind(GADGET)
+
+
+@contextmanager
+def served(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread of this process (which knows the test kinds, as
+    a service started apart would not), on a free port; its URL while inside."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="served-app", daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: server.started or not thread.is_alive()) and server.started
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
