@@ -34,6 +34,8 @@ HTTP numbers.
     │   ├── ArtifactNotFound         artifact_not_found
     │   ├── JobNotFound              job_not_found
     │   ├── KeyNotFound              key_not_found
+    │   ├── KindNotFound             kind_not_found
+    │   ├── RecordNotFound           record_not_found
     │   ├── DatasetNotFound          dataset_not_found
     │   ├── DatasetVersionNotFound   dataset_version_not_found
     │   ├── DatasetVersionGone       dataset_version_gone
@@ -50,6 +52,10 @@ HTTP numbers.
     │   ├── IdempotencyConflict      idempotency_conflict
     │   ├── JobPending               job_pending
     │   ├── LeaseHeld                lease_held
+    │   ├── RecordExists             record_exists
+    │   ├── RecordConflict           record_conflict
+    │   ├── NoPreviousVersion        no_previous_version
+    │   ├── AliasMoved               alias_moved
     │   └── RolloutStateConflict     rollout_state
     ├── ArtifactError                artifact_invalid
     │   ├── ArtifactTooLarge         artifact_too_large
@@ -319,6 +325,27 @@ class KeyNotFound(NotFound):
     code = "key_not_found"
 
 
+class KindNotFound(NotFound):
+    """Raised when asked for a registry record kind no definition registered."""
+
+    code = "kind_not_found"
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"the registry has no record kind {kind!r}", kind=kind)
+        self.kind = kind
+
+
+class RecordNotFound(NotFound):
+    """Raised when a registry record kind has no record of the given name."""
+
+    code = "record_not_found"
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"no {kind} named {name!r}", kind=kind, name=name)
+        self.kind = kind
+        self.name = name
+
+
 class JobNotFound(NotFound):
     """Raised when no job has the given id (never submitted, or expired from the bus)."""
 
@@ -476,6 +503,76 @@ class LeaseHeld(Conflict):
         )
         self.what = what
         self.holder = holder
+
+
+class RecordExists(Conflict):
+    """Raised when creating a registry record whose kind has one of that name already."""
+
+    code = "record_exists"
+
+    def __init__(self, kind: str, name: str, revision: int) -> None:
+        super().__init__(
+            f"a {kind} named {name!r} exists (revision {revision}); replace it instead",
+            kind=kind,
+            name=name,
+            revision=revision,
+        )
+        self.kind = kind
+        self.name = name
+        self.revision = revision
+
+
+class RecordConflict(Conflict):
+    """Raised when a record is written or deleted at a revision it is no longer at: someone
+    changed it since the caller read it (optimistic concurrency)."""
+
+    code = "record_conflict"
+
+    def __init__(self, kind: str, name: str, expected: int, revision: int | None) -> None:
+        now = f"is at revision {revision}" if revision is not None else "does not exist"
+        super().__init__(
+            f"{kind} {name!r} {now}, not {expected}: read it again and retry",
+            kind=kind,
+            name=name,
+            expected=expected,
+            revision=revision,
+        )
+        self.kind = kind
+        self.name = name
+        self.expected = expected
+        self.revision = revision
+
+
+class NoPreviousVersion(Conflict):
+    """Raised when rolling back an alias whose history holds no version before its current."""
+
+    code = "no_previous_version"
+
+    def __init__(self, model: str, alias: str) -> None:
+        super().__init__(
+            f"{model}@{alias} has no previous version to roll back to", model=model, alias=alias
+        )
+        self.model = model
+        self.alias = alias
+
+
+class AliasMoved(Conflict):
+    """Raised when an alias is not at the version the caller expected it at (it moved)."""
+
+    code = "alias_moved"
+
+    def __init__(self, model: str, alias: str, expected: int, version: int) -> None:
+        super().__init__(
+            f"{model}@{alias} is at version {version}, not {expected}: it moved meanwhile",
+            model=model,
+            alias=alias,
+            expected=expected,
+            version=version,
+        )
+        self.model = model
+        self.alias = alias
+        self.expected = expected
+        self.version = version
 
 
 class RolloutStateConflict(Conflict):

@@ -26,13 +26,16 @@ import httpx
 import msgspec
 import numpy as np
 import pytest
+from _kinds import WIDGET, WidgetSpec, kinds_registered, served
 from _services import ECHO_MODEL, Home, Service, free_port, push_fraud_models, wait_for
 
 from aimesh import runtimes
 from aimesh.bus import EmbeddedNats, ServiceInstance, connect, discovery_bucket
-from aimesh.config import RegistrySettings
+from aimesh.config import RegistrySettings, Settings
 from aimesh.errors import Forbidden, Unauthorized
-from aimesh.registry import Registry, open_registry, push_model
+from aimesh.registry import ModelCreate, Registry, open_registry, push_model
+from aimesh.registry.app import create_app
+from aimesh.registry.client import RegistryClient
 
 
 def _sha(key: str) -> str:
@@ -49,6 +52,7 @@ AS_ADMIN = {"X-API-Key": ADMIN}
 AS_USER = {"Authorization": f"Bearer {USER}"}
 GRPC_USER = {"x-api-key": USER}  # gRPC metadata keys are lower-case
 MAX_BODY = 300_000
+WIDGET_APIS = ("widgets", "gadgets")
 
 
 @pytest.fixture(scope="module")
@@ -531,17 +535,72 @@ def test_other_services_are_found_in_discovery_and_get_trace_headers(
         server.shutdown()
 
 
-def _announce(nats_url: str, name: str, rest_url: str) -> None:
+def _announce(
+    nats_url: str,
+    name: str,
+    rest_url: str,
+    *,
+    kind: str = "pipeline",
+    apis: tuple[str, ...] = (),
+    withdraw: bool = False,
+) -> None:
+    """Put (or with ``withdraw``, remove) a discovery entry, as a running service keeps one."""
+
     async def main() -> None:
         now = datetime.now(UTC)
         instance = ServiceInstance(
-            id="t1", kind="pipeline", name=name, rest_url=rest_url, started=now, heartbeat=now
-        )
+            id="t1", kind=kind, name=name, rest_url=rest_url, started=now, heartbeat=now,  # type: ignore[arg-type]
+            apis=apis,
+        )  # fmt: skip
         async with await connect(nats_url, timeout=2, name="test") as bus:
             kv = await discovery_bucket(bus)
-            await kv.put(instance.key, msgspec.json.encode(instance))
+            if withdraw:
+                await kv.purge(instance.key)
+            else:
+                await kv.put(instance.key, msgspec.json.encode(instance))
 
     asyncio.run(main())
+
+
+def test_a_record_kinds_routes_go_to_the_registry_that_announced_them(
+    gateway: Service, nats_url: str, tmp_path: Path
+) -> None:
+    """A registry whose code defines a kind (here one only this test defines) names its
+    plural in discovery; the gateway routes /api/<plural> there, documents it, and the
+    registry client works through it."""
+    config = Settings(home=tmp_path / "kinds", auth={"keys": KEYS})
+    with kinds_registered():
+        app = create_app(config, publish_events=False)
+        with served(app) as url:
+            app.state.registry.store.create_model(ModelCreate(name="fraud"), "t")
+            _announce(nats_url, "registry-kinds", url, kind="registry", apis=WIDGET_APIS)
+            try:
+                listing = f"{gateway.http}/api/widgets"
+                assert wait_for(lambda: httpx.get(listing, headers=AS_ADMIN).status_code == 200)
+                one = f"{listing}/w1"
+                made = httpx.put(one, json={"model": "fraud"}, headers=AS_ADMIN)
+                assert (made.status_code, made.headers["etag"]) == (201, '"1"'), made.text
+                stale = httpx.put(
+                    one, json={"model": "fraud"}, headers={**AS_ADMIN, "If-Match": '"7"'}
+                )
+                assert (stale.status_code, stale.json()["code"]) == (409, "record_conflict")
+                assert httpx.put(one, json={"model": "fraud"}, headers=AS_USER).status_code == 403
+                reg = RegistryClient(
+                    gateway.http, timeout=30, cache_dir=tmp_path / "cache", api_key=ADMIN
+                )
+                with contextlib.closing(reg):
+                    assert reg.get_record(WIDGET, "w1").revision == 1
+                    spec = WidgetSpec(model="fraud", weight=2.0)
+                    assert reg.replace_record(WIDGET, "w1", spec, revision=1).revision == 2
+                    assert [h.revision for h in reg.record_history(WIDGET, "w1")] == [2, 1]
+                paths = httpx.get(f"{gateway.http}/openapi.json").json()["paths"]
+                assert {"/api/widgets", "/api/widgets/{name}", "/api/gadgets/{name}"} <= set(paths)
+                put = paths["/api/widgets/{name}"]["put"]
+                assert {"502", "503", "504"} <= set(put["responses"]) and put["security"]
+            finally:
+                _announce(nats_url, "registry-kinds", url, kind="registry", withdraw=True)
+    gone = f"{gateway.http}/api/widgets"
+    assert wait_for(lambda: httpx.get(gone, headers=AS_ADMIN).status_code == 503)
 
 
 # -- OpenAPI, metrics, life cycle -------------------------------------------------------------

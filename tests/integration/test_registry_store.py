@@ -49,6 +49,17 @@ def test_migrations_bring_an_empty_database_to_head(database_url: str) -> None:
         store.close()
 
 
+def test_the_migrations_make_the_tables_the_code_declares(store: RegistryStore) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from aimesh.registry.tables import Base
+
+    with store.engine.connect() as c:
+        assert compare_metadata(MigrationContext.configure(c), Base.metadata) == []
+        assert {"records", "record_revisions"} <= set(sa.inspect(c).get_table_names())
+
+
 def test_versions_are_numbered_per_model(store: RegistryStore) -> None:
     store.create_model(ModelCreate(name="fraud"), "t")
     store.create_model(ModelCreate(name="churn"), "t")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from aimesh.bus import ServiceInstance
@@ -149,6 +150,24 @@ def test_services_are_found_by_name_and_models_are_not() -> None:
     assert [u.rest for u in table.services("registry")] == [("127.0.0.1", 8101)]
     assert [u.rest for u in table.services("lake")] == [("127.0.0.1", 8201)]
     assert table.services("gateway") == () and table.services("fraud") == ()
+
+
+def test_a_service_is_also_found_under_the_apis_it_announces() -> None:
+    """The registry names each record kind's plural: /api/<plural> goes to it, and the
+    merged document asks it once; a new announcement replaces the old, leaving takes all."""
+    announced = msgspec.structs.replace(
+        instance("r1", kind="registry", name="registry", port=8101), apis=("rollouts", "pipes")
+    )
+    table, removed = table_of(announced, instance("l1", kind="lake", name="lake", port=8201))
+    for name in ("registry", "rollouts", "pipes"):
+        assert [u.rest for u in table.services(name)] == [("127.0.0.1", 8101)], name
+    assert set(table.api_services()) == {"registry", "lake"}
+    fewer = msgspec.structs.replace(announced, apis=("rollouts",), heartbeat=NOW + timedelta(1))
+    table.put(fewer, now=1.0)  # a restarted registry that defines fewer kinds
+    assert table.services("pipes") == () and len(table.services("rollouts")) == 1
+    table.remove(fewer.key)
+    assert table.services("registry") == table.services("rollouts") == ()
+    assert len(removed) == 2
 
 
 class Catalog:

@@ -27,6 +27,7 @@ from aimesh.bus.discovery import (
     this_pid,
 )
 from aimesh.bus.events import (
+    EVENT_KIND,
     JOB_SUBJECTS,
     KEY_SUBJECTS,
     REGISTRY_SUBJECTS,
@@ -84,6 +85,7 @@ __all__ = [
     "EVENTS_STREAM",
     "EVENTS_SUBJECTS",
     "EVENTS_SUBJECT_PREFIX",
+    "EVENT_KIND",
     "JOBS_BUCKET",
     "JOBS_STREAM",
     "JOBS_SUBJECTS",

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -48,6 +48,9 @@ class ServiceInstance(msgspec.Struct, frozen=True, kw_only=True):
     workers: int = 1
     pid: int = 0
     host: str = ""
+    apis: tuple[str, ...] = ()
+    """What else it answers under ``/api/<name>`` besides its kind (the registry: every
+    record kind's plural), so gateways route those there too."""
     started: datetime
     heartbeat: datetime
 
@@ -170,6 +173,7 @@ def describe_service(
     grpc_address: str | None = None,
     workers: int = 1,
     instance_id: str | None = None,
+    apis: Sequence[str] = (),
 ) -> Callable[[], ServiceInstance]:
     """A ``describe`` for :class:`Registration` when the entry does not change while it runs."""
     started = _now()
@@ -180,6 +184,7 @@ def describe_service(
         rest_url=rest_url,
         grpc_address=grpc_address,
         workers=workers,
+        apis=tuple(apis),
         pid=this_pid(),
         host=this_host(),
         started=started,

@@ -33,6 +33,7 @@ from aimesh.bus.topology import EVENTS_SUBJECT_PREFIX
 from aimesh.errors import BusUnavailable
 
 __all__ = [
+    "EVENT_KIND",
     "JOB_SUBJECTS",
     "KEY_SUBJECTS",
     "REGISTRY_SUBJECTS",
@@ -62,6 +63,8 @@ KEY_SUBJECTS = f"{EVENTS_SUBJECT_PREFIX}.registry.key.>"
 _HEARTBEAT_S = 1.0
 # Characters that would split, or act as wildcards in, a subject token.
 _NOT_IN_TOKEN = re.compile(r"[\s.*>]")
+EVENT_KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+"""A registry event's kind: the registry's own (``model``...), or a record kind's name."""
 
 Scalar = str | int | float | bool | None
 
@@ -96,13 +99,17 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
 
 class RegistryEvent(Event, frozen=True, kw_only=True, tag="registry"):
-    """A change in the model registry: a model, a version, an alias or an API key was touched.
+    """A change in the registry: a model, a version, an alias, an API key or a record of a
+    registered kind (``aimesh.registry.kinds``) was touched.
 
-    For an API key (``kind`` ``key``), ``model`` is the key's name; the event never carries
-    the key or its digest.
+    ``kind`` is ``model``, ``version``, ``alias``, ``key`` or a record kind's name (any
+    lowercase subject token is accepted, so a process hears of kinds it does not define).
+    For an API key, ``model`` is the key's name; the event never carries the key or its
+    digest. For a record, ``model`` is the record's name and ``data`` holds its
+    ``revision``.
     """
 
-    kind: Literal["model", "version", "alias", "key"]
+    kind: str
     action: Literal["created", "moved", "deleted", "archived", "updated", "revoked"]
     model: str
     actor: str
@@ -113,6 +120,8 @@ class RegistryEvent(Event, frozen=True, kw_only=True, tag="registry"):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not EVENT_KIND.fullmatch(self.kind):
+            raise ValueError(f"registry event kind {self.kind!r} is not a lowercase token")
         if not self.model or _NOT_IN_TOKEN.search(self.model):
             raise ValueError(f"model name {self.model!r} cannot be a subject token")
 

@@ -48,6 +48,8 @@ class Upstream:
     """Monotonic time until which a refused instance is passed over."""
     label: str = field(default="")
     """How metrics name the instance: its REST address, else its gRPC address."""
+    apis: tuple[str, ...] = ()
+    """What else it answers under ``/api/<name>`` besides its own name (discovery says)."""
 
     @classmethod
     def from_instance(cls, instance: ServiceInstance) -> Upstream:
@@ -63,6 +65,7 @@ class Upstream:
             rest=rest,
             grpc_address=instance.grpc_address,
             label=label,
+            apis=instance.apis,
         )
 
 

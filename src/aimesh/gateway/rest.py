@@ -3,9 +3,9 @@
 Routes: OIP v2 model calls (``/v2/models/{name}[/versions/{v}]/{infer,ready}`` and
 metadata) to an instance chosen by :func:`call_upstream`, or, with ``?async=true`` /
 ``Prefer: respond-async``, queued as a job (:mod:`aimesh.gateway.deferred`); ``POST
-/v2/aggregate``;
-``/api/<service>/...`` to that service (``/api/registry`` first); and what the gateway
-answers itself (health, ``/v2``, ``/metrics``, ``/openapi.json``, ``/docs`` and its assets
+/v2/aggregate``; ``/api/<service>/...`` to that service (``/api/registry`` first; a record
+kind's ``/api/<plural>`` to the registry, which announces them in discovery); and what the
+gateway answers itself (health, ``/v2``, ``/metrics``, ``/openapi.json``, ``/docs`` and its assets
 under ``/docs/assets/``, served from installed files, never a CDN). Bodies are
 forwarded as bytes, never decoded: JSON and the binary tensor extension alike.
 """
@@ -66,6 +66,7 @@ from aimesh.gateway.routing import Router, Target
 from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.jobs import encode_job
 from aimesh.protocol import InferenceRequest, TensorSpec, check_inputs, rest_codec
+from aimesh.registry import record_kinds
 from aimesh.resilience import (
     FALLBACK_HEADER,
     Outcome,
@@ -188,6 +189,9 @@ class GatewayApp:
         self.readiness = readiness
         """Its bus connection and discovery listing (:mod:`aimesh.rest.readiness`)."""
         self.registry_fallback = registry_fallback
+        self.record_apis = frozenset(kind.plural for kind in record_kinds())
+        """The ``/api/<plural>`` of every record kind this process knows: the registry's,
+        wherever discovery does not say (the ``registry.url`` fallback, metrics)."""
         self.deferrer = deferrer
         """Queues ``?async=true`` model calls as jobs; ``None``: they are refused."""
         self._inputs: dict[tuple[str, str], list[TensorSpec]] = {}
@@ -541,7 +545,8 @@ class GatewayApp:
         self, scope: ASGIScope, receive: Receive, send: Send, head: RequestHead, outcome: _Outcome
     ) -> None:
         service = scope["path"].split("/", 3)[2]
-        outcome.route = "registry" if service == "registry" else "api"
+        registry = service == "registry" or service in self.record_apis
+        outcome.route = "registry" if registry else "api"
         # The service checks the caller's key again (it is forwarded unchanged), and may
         # need more than this (keys need admin on the registry) or less: one job's record
         # and result are its submitter's to read with infer, so the jobs service decides.
@@ -552,7 +557,7 @@ class GatewayApp:
             self._check(scope, head, "read" if reading else "write")
         body = await self._body(head, receive)
         candidates = self.router.table.services(service)
-        if not candidates and service == "registry" and self.registry_fallback is not None:
+        if not candidates and registry and self.registry_fallback is not None:
             candidates = (self.registry_fallback,)
         if not candidates:
             raise NoInstance(f"no {service!r} service is running", service=service)

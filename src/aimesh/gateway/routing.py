@@ -31,7 +31,7 @@ log = logging.getLogger("aimesh.gateway")
 _NOT_SERVICES = frozenset({"model", "gateway", "worker"})
 
 
-_Place = tuple[str, str, tuple[str, int] | None, str | None]
+_Place = tuple[str, str, tuple[str, int] | None, str | None, tuple[str, ...]]
 
 
 @dataclass(slots=True)
@@ -93,7 +93,7 @@ class RoutingTable:
         if not routable:
             return
         key = fresh.key
-        place: _Place = (fresh.kind, fresh.name, fresh.rest, fresh.grpc_address)
+        place: _Place = (fresh.kind, fresh.name, fresh.rest, fresh.grpc_address, fresh.apis)
         self._seen[key] = now
         previous = self._place_of.get(key)
         if previous is not None and previous != place:
@@ -103,7 +103,8 @@ class RoutingTable:
         if entry is None:
             entry = self._places[place] = _Entry(fresh, {key}, instance.heartbeat)
             group = self._models if fresh.kind == "model" else self._services
-            group.setdefault(fresh.name, []).append(fresh)
+            for name in _names(fresh):
+                group.setdefault(name, []).append(fresh)
             self._changed()
             log.info("instance %s at %s joined", key, fresh.label)
             return
@@ -134,11 +135,12 @@ class RoutingTable:
         del self._places[place]
         gone = entry.upstream
         group = self._models if gone.kind == "model" else self._services
-        members = [u for u in group.get(gone.name, []) if u is not gone]
-        if members:
-            group[gone.name] = members
-        else:
-            group.pop(gone.name, None)
+        for name in _names(gone):
+            members = [u for u in group.get(name, []) if u is not gone]
+            if members:
+                group[name] = members
+            else:
+                group.pop(name, None)
         self._changed()
         log.info("instance %s at %s left", key, gone.label)
         if self._on_removed is not None:
@@ -190,16 +192,28 @@ class RoutingTable:
         return Target(name, found, None) if found else None
 
     def services(self, name: str) -> Sequence[Upstream]:
-        """Instances of the service ``name`` (e.g. ``registry``) that have a REST address."""
+        """Instances answering ``/api/<name>``: the service ``name`` (e.g. ``registry``), or
+        one that announced ``name`` among its APIs (the registry, for a record kind)."""
         return self._services.get(name, ())
 
     def api_services(self) -> dict[str, Upstream]:
-        """One instance of each service proxied under ``/api/<name>``."""
-        return {name: members[0] for name, members in self._services.items() if members}
+        """One instance of each service proxied under ``/api/<name>``, by service name."""
+        return {
+            name: members[0]
+            for name, members in self._services.items()
+            if members and members[0].name == name
+        }
 
     def models(self) -> dict[str, list[Upstream]]:
         """Every served model and its instances."""
         return {name: list(members) for name, members in self._models.items()}
+
+
+def _names(upstream: Upstream) -> tuple[str, ...]:
+    """The names an instance is found under: its own, and a service's other APIs."""
+    if upstream.kind == "model":
+        return (upstream.name,)
+    return (upstream.name, *(a for a in upstream.apis if a != upstream.name))
 
 
 class Router:

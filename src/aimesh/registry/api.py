@@ -48,6 +48,8 @@ PREFIX = "/api/registry"
 RAW_BODIES = (PREFIX + "/artifacts",)
 """Routes whose body is raw bytes, bounded by ``registry.max_artifact_bytes``; others: JSON."""
 ACTOR_HEADER = "X-Aimesh-Actor"
+ACTOR_LIMIT = 256
+"""The width of every column that records who made a change (the detail is cut to fit)."""
 SHA256_HEADER = "X-Aimesh-Sha256"
 
 
@@ -63,12 +65,13 @@ def actor_of(caller: Identity, header: str | None) -> str:
     The actor header is believed by no one: it only adds detail beneath the identity, as
     ``name (detail)`` (``writer (ci@build-7)``). With no key at all (keyless loopback mode)
     the caller is the local operator, so a change made through the API is recorded as
-    ``operator (user@host)``; the CLI sends ``user@host`` as the detail.
+    ``operator (user@host)``; the CLI sends ``user@host`` as the detail. The whole is cut
+    to :data:`ACTOR_LIMIT` characters.
     """
     detail = " ".join((header or "").split())  # one line: no control characters, no newlines
     if not detail or detail == caller.name:
         return caller.name
-    return f"{caller.name} ({detail})"
+    return f"{caller.name} ({detail})"[:ACTOR_LIMIT]
 
 
 Reg = Annotated[LocalRegistry, Depends(registry)]

@@ -9,13 +9,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import sqlalchemy as sa
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from aimesh.config import Settings
 from aimesh.errors import AimeshError
 from aimesh.registry.api import RAW_BODIES, router
 from aimesh.registry.keys import KeyWatch
+from aimesh.registry.kinds import record_kinds
 from aimesh.registry.outbox import OutboxRelay
+from aimesh.registry.records_api import record_router
 from aimesh.registry.service import LocalRegistry
 from aimesh.rest import Check, Readiness, announced, service_app
 
@@ -27,11 +29,17 @@ def create_app(
 ) -> FastAPI:
     """The registry's FastAPI app, opening its store when it starts and closing it after.
 
-    With ``public_url``, the service also keeps a discovery entry so gateways can find it.
+    With ``public_url``, the service also keeps a discovery entry so gateways can find it,
+    naming the ``/api/<plural>`` of every record kind registered now, which it serves too.
     It is ready (``/health``) while its database answers; the bus is not needed (events
     wait in the outbox).
     """
     readiness = Readiness()
+    kinds = record_kinds()
+    routes = APIRouter()
+    routes.include_router(router)
+    for kind in kinds:
+        routes.include_router(record_router(kind))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,7 +60,8 @@ def create_app(
                 )
             )
         try:
-            async with announced(settings, "registry", public_url):
+            apis = [k.plural for k in kinds]
+            async with announced(settings, "registry", public_url, apis=apis):
                 yield
         finally:
             for task in tasks:
@@ -66,9 +75,9 @@ def create_app(
     keys = KeyWatch(settings, events=public_url is not None)
     return service_app(
         title="aimesh registry",
-        description="Models, immutable versions, aliases, metrics, lineage, artifacts and "
-        "API keys.",
-        router=router,
+        description="Models, immutable versions, aliases, metrics, lineage, artifacts, "
+        "API keys, and records of every registered kind.",
+        router=routes,
         lifespan=lifespan,
         keyring=keys.keyring,
         background=[keys.run],

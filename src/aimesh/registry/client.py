@@ -13,9 +13,17 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from aimesh.auth import IDENTITY_HEADER, Identity, KeyEntry
-from aimesh.errors import AimeshError, ArtifactTampered, StoreUnavailable, error_from_body
+from aimesh.errors import (
+    AimeshError,
+    ArtifactTampered,
+    KindNotFound,
+    RouteNotFound,
+    StoreUnavailable,
+    error_from_body,
+)
 from aimesh.registry.api import ACTOR_HEADER, PREFIX
 from aimesh.registry.artifacts import CHUNK, file_chunks, sha256_file
+from aimesh.registry.kinds import Record, RecordKind, RecordRevision, S
 from aimesh.registry.service import default_actor
 from aimesh.registry.types import (
     Alias,
@@ -57,13 +65,17 @@ class RegistryClient:
             headers["X-API-Key"] = api_key
         if on_behalf is not None:  # believed with the service credential only
             headers[IDENTITY_HEADER] = on_behalf.header()
-        self._http = httpx.Client(base_url=self.url + PREFIX, timeout=timeout, headers=headers)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A call to ``path`` under the registry's own prefix (``/api/registry``)."""
+        return self._request(method, PREFIX + path, **kwargs)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -142,7 +154,7 @@ class RegistryClient:
 
     def _stream(self, path: str) -> Iterator[bytes]:
         try:
-            with self._http.stream("GET", path) as response:
+            with self._http.stream("GET", PREFIX + path) as response:
                 if response.is_error:
                     response.read()
                     _raise_for_error(response)
@@ -205,6 +217,70 @@ class RegistryClient:
             list[HistoryEntry], "GET", f"/models/{name}/history", params={"limit": limit}
         )
 
+    # -- records of every kind (aimesh.registry.kinds) ---------------------------------------
+
+    def _record_call(
+        self,
+        kind: RecordKind[Any],
+        method: str,
+        name: str | None = None,
+        tail: str = "",
+        **kwargs: Any,
+    ) -> httpx.Response:
+        path = f"/api/{kind.plural}" + ("" if name is None else f"/{kind.check_name(name)}") + tail
+        try:
+            return self._request(method, path, **kwargs)
+        except RouteNotFound as exc:  # a registry that does not define the kind
+            raise KindNotFound(kind.name) from exc
+
+    def _write(self, kind: RecordKind[S], name: str, spec: S, headers: dict[str, str]) -> Record[S]:
+        body = kind.dump(spec)
+        response = self._record_call(kind, "PUT", name, json=body, headers=headers)
+        return kind.record_type.model_validate_json(response.content)
+
+    def create_record(self, kind: RecordKind[S], name: str, spec: S) -> Record[S]:
+        """Create a record; ``RecordExists`` if its kind has one of that name."""
+        return self._write(kind, name, spec, {"If-None-Match": "*"})
+
+    def replace_record(
+        self, kind: RecordKind[S], name: str, spec: S, *, revision: int | None = None
+    ) -> Record[S]:
+        """Replace a record (only at ``revision``, if given: ``RecordConflict`` otherwise)."""
+        return self._write(kind, name, spec, {"If-Match": _tag(revision)})
+
+    def put_record(self, kind: RecordKind[S], name: str, spec: S) -> Record[S]:
+        """Create a record, or replace it whatever its revision."""
+        return self._write(kind, name, spec, {})
+
+    def get_record(self, kind: RecordKind[S], name: str) -> Record[S]:
+        """A record; ``RecordNotFound`` if absent."""
+        response = self._record_call(kind, "GET", name)
+        return kind.record_type.model_validate_json(response.content)
+
+    def list_records(
+        self, kind: RecordKind[S], *, limit: int = 100, after: str | None = None
+    ) -> list[Record[S]]:
+        """Up to ``limit`` records of a kind, by name, after the name ``after``."""
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = kind.check_name(after)
+        response = self._record_call(kind, "GET", params=params)
+        return [kind.record_type.model_validate(item) for item in _array(response)]
+
+    def record_history(
+        self, kind: RecordKind[S], name: str, *, limit: int = 100
+    ) -> list[RecordRevision[S]]:
+        """A record's newest revisions, newest first (kept after it is deleted)."""
+        response = self._record_call(kind, "GET", name, "/history", params={"limit": limit})
+        return [kind.revision_type.model_validate(item) for item in _array(response)]
+
+    def delete_record(
+        self, kind: RecordKind[Any], name: str, *, revision: int | None = None
+    ) -> None:
+        """Delete a record (only at ``revision``, if given: ``RecordConflict`` otherwise)."""
+        headers = {} if revision is None else {"If-Match": _tag(revision)}
+        self._record_call(kind, "DELETE", name, headers=headers)
+
     # -- API keys ---------------------------------------------------------------------------
 
     def create_key(self, spec: KeyCreate) -> NewKey:
@@ -223,6 +299,18 @@ class RegistryClient:
         """The active keys with their digests (needs the service credential)."""
         digests = self._call(list[KeyDigest], "GET", "/keys/digests")
         return [KeyEntry(d.name, d.sha256, frozenset(d.scopes)) for d in digests]
+
+
+def _array(response: httpx.Response) -> list[Any]:
+    found = response.json()
+    if not isinstance(found, list):
+        raise StoreUnavailable("the registry answered a listing with no JSON array")
+    return found
+
+
+def _tag(revision: int | None) -> str:
+    """The ``If-Match`` value of a revision (``*``: any)."""
+    return "*" if revision is None else f'"{revision}"'
 
 
 def _dump(model: BaseModel) -> Any:

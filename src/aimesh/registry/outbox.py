@@ -33,7 +33,7 @@ def to_event(event_id: str, entry: HistoryEntry) -> RegistryEvent:
     """The bus event for one recorded change."""
     return RegistryEvent(
         id=event_id,
-        kind=entry.kind,  # type: ignore[arg-type]
+        kind=entry.kind,
         action=entry.action,  # type: ignore[arg-type]
         model=entry.model,
         version=entry.version,

@@ -17,6 +17,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from aimesh import runtimes
 from aimesh.auth import LOCAL_OPERATOR, Identity, KeyEntry, check_key_name, hash_key, new_key
@@ -24,6 +25,7 @@ from aimesh.config import Settings
 from aimesh.errors import AimeshError, ArtifactNotFound, TrustDisabled, UnsafeArtifact
 from aimesh.protocol import Signature
 from aimesh.registry.artifacts import ArtifactStore
+from aimesh.registry.kinds import Expect, Record, RecordKind, RecordRevision, S
 from aimesh.registry.store import RegistryStore
 from aimesh.registry.types import (
     Alias,
@@ -334,6 +336,75 @@ class LocalRegistry:
     def history(self, name: str, *, limit: int = 100) -> list[HistoryEntry]:
         """The newest changes to a model."""
         return self.store.history(name, limit=limit)
+
+    # -- records of every kind (aimesh.registry.kinds) ---------------------------------------
+
+    def write_record(
+        self,
+        kind: RecordKind[S],
+        name: str,
+        spec: S,
+        *,
+        expect: Expect,
+        actor: str | None = None,
+    ) -> tuple[Record[S], bool]:
+        """Create or replace a record as ``expect`` allows; the record, and if it was created."""
+        written = self.store.write_record(kind, name, spec, actor or self.actor, expect=expect)
+        self._changed()
+        return written
+
+    def create_record(
+        self, kind: RecordKind[S], name: str, spec: S, *, actor: str | None = None
+    ) -> Record[S]:
+        """Create a record; ``RecordExists`` if its kind has one of that name."""
+        return self.write_record(kind, name, spec, expect="absent", actor=actor)[0]
+
+    def replace_record(
+        self,
+        kind: RecordKind[S],
+        name: str,
+        spec: S,
+        *,
+        revision: int | None = None,
+        actor: str | None = None,
+    ) -> Record[S]:
+        """Replace a record (only at ``revision``, if given: ``RecordConflict`` otherwise)."""
+        expect: Expect = "present" if revision is None else revision
+        return self.write_record(kind, name, spec, expect=expect, actor=actor)[0]
+
+    def put_record(
+        self, kind: RecordKind[S], name: str, spec: S, *, actor: str | None = None
+    ) -> Record[S]:
+        """Create a record, or replace it whatever its revision."""
+        return self.write_record(kind, name, spec, expect=None, actor=actor)[0]
+
+    def get_record(self, kind: RecordKind[S], name: str) -> Record[S]:
+        """A record; ``RecordNotFound`` if absent."""
+        return self.store.get_record(kind, name)
+
+    def list_records(
+        self, kind: RecordKind[S], *, limit: int = 100, after: str | None = None
+    ) -> list[Record[S]]:
+        """Up to ``limit`` records of a kind, by name, after the name ``after``."""
+        return self.store.list_records(kind, limit=limit, after=after)
+
+    def record_history(
+        self, kind: RecordKind[S], name: str, *, limit: int = 100
+    ) -> list[RecordRevision[S]]:
+        """A record's newest revisions, newest first (kept after it is deleted)."""
+        return self.store.record_history(kind, name, limit=limit)
+
+    def delete_record(
+        self,
+        kind: RecordKind[Any],
+        name: str,
+        *,
+        revision: int | None = None,
+        actor: str | None = None,
+    ) -> None:
+        """Delete a record (only at ``revision``, if given: ``RecordConflict`` otherwise)."""
+        self.store.delete_record(kind, name, actor or self.actor, revision=revision)
+        self._changed()
 
     # -- API keys ---------------------------------------------------------------------------
 

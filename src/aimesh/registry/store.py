@@ -31,7 +31,8 @@ from aimesh.errors import (
     foreign_message,
 )
 from aimesh.protocol import STORED_INT_MAX, Signature, whole_number
-from aimesh.registry import migrate
+from aimesh.registry import migrate, records
+from aimesh.registry.kinds import Expect, Record, RecordKind, RecordRevision, S
 from aimesh.registry.tables import (
     AliasRow,
     ApiKeyRow,
@@ -338,24 +339,73 @@ class RegistryStore:
     def list_aliases(self, name: str) -> list[Alias]:
         """A model's aliases, by name."""
         with self._transaction() as s:
-            model = _model_row(s, name)
-            rows = s.execute(
-                sa.select(AliasRow, VersionRow.version)
-                .join(VersionRow, VersionRow.id == AliasRow.version_id)
-                .where(AliasRow.model_id == model.id)
-                .order_by(AliasRow.name)
-            ).all()
-            return [_alias(name, a, v) for a, v in rows]
+            return _list_aliases(s, _model_row(s, name))
+
+    # -- records of every kind (aimesh.registry.kinds) --------------------------------------
+
+    def write_record(
+        self, kind: RecordKind[S], name: str, spec: S, actor: str, *, expect: Expect
+    ) -> tuple[Record[S], bool]:
+        """Create or replace a record as ``expect`` allows; the record, and if it was created.
+
+        ``expect``: ``absent`` (create: :class:`RecordExists` if there is one), ``present``
+        (replace: :class:`RecordNotFound` if there is none), a revision (replace at exactly
+        that one: :class:`RecordConflict` otherwise), None (either).
+        """
+        try:
+            return self._write_record(kind, name, spec, actor, expect)
+        except IntegrityError:
+            # Another writer created it between our look and our insert: it exists now,
+            # so the second attempt replaces it or refuses as ``expect`` says.
+            return self._write_record(kind, name, spec, actor, expect)
+
+    def _write_record(
+        self, kind: RecordKind[S], name: str, spec: S, actor: str, expect: Expect
+    ) -> tuple[Record[S], bool]:
+        with self._transaction() as s:
+            record, action = records.write(
+                s, kind, name, spec, expect=expect, actor=actor, state=_State(s)
+            )
+            _record(s, kind.name, action, name, actor=actor, data={"revision": record.revision})
+            return record, action == "created"
+
+    def get_record(self, kind: RecordKind[S], name: str) -> Record[S]:
+        """A record; :class:`RecordNotFound` if absent."""
+        with self._transaction() as s:
+            return records.get(s, kind, name)
+
+    def list_records(
+        self, kind: RecordKind[S], *, limit: int = 100, after: str | None = None
+    ) -> list[Record[S]]:
+        """Up to ``limit`` records of a kind by name, after the name ``after``."""
+        with self._transaction() as s:
+            return records.listing(s, kind, limit=limit, after=after)
+
+    def record_history(
+        self, kind: RecordKind[S], name: str, *, limit: int = 100
+    ) -> list[RecordRevision[S]]:
+        """A record's newest revisions, newest first (kept after it is deleted)."""
+        with self._transaction() as s:
+            return records.history(s, kind, name, limit=limit)
+
+    def delete_record(
+        self, kind: RecordKind[Any], name: str, actor: str, *, revision: int | None = None
+    ) -> int:
+        """Delete a record (only at ``revision``, if given); the revision of the delete."""
+        with self._transaction() as s:
+            deleted = records.delete(s, kind, name, expect=revision, actor=actor)
+            _record(s, kind.name, "deleted", name, actor=actor, data={"revision": deleted})
+            return deleted
 
     # -- history and outbox ---------------------------------------------------------------
 
     def history(self, name: str, *, limit: int = 100) -> list[HistoryEntry]:
-        """The newest changes to a model, newest first."""
+        """The newest changes to a model (itself, its versions and aliases), newest first."""
         with self._transaction() as s:
             _model_row(s, name)
             rows = s.scalars(
                 sa.select(EventRow)
-                .where(EventRow.model == name, EventRow.kind != "key")
+                .where(EventRow.model == name, EventRow.kind.in_(_MODEL_EVENTS))
                 .order_by(EventRow.seq.desc())
                 .limit(limit)
             ).all()
@@ -458,6 +508,29 @@ class RegistryStore:
 
 
 # -- helpers, each used inside an open transaction ------------------------------------------
+
+_MODEL_EVENTS = ("model", "version", "alias")
+"""The event kinds of a model's own history (a record of another kind may share its name)."""
+
+
+class _State:
+    """The registry as a kind's validate hook sees it: read-only, inside the write's
+    transaction (:class:`~aimesh.registry.kinds.RegistryState`)."""
+
+    def __init__(self, s: Session) -> None:
+        self._s = s
+
+    def get_model(self, name: str) -> ModelInfo:
+        return _model_info(self._s, _model_row(self._s, name))
+
+    def get_version(self, name: str, ref: str | int) -> ModelVersion:
+        return _version(self._s, name, _resolve(self._s, _model_row(self._s, name), ref))
+
+    def list_aliases(self, name: str) -> list[Alias]:
+        return _list_aliases(self._s, _model_row(self._s, name))
+
+    def find_record(self, kind: RecordKind[S], name: str) -> Record[S] | None:
+        return records.find(self._s, kind, name)
 
 
 def _record(
@@ -567,6 +640,16 @@ def _move_alias(s: Session, model: ModelRow, alias: str, target: VersionRow, act
         data={"previous": previous},
     )
     return _alias(model.name, row, target.version)
+
+
+def _list_aliases(s: Session, model: ModelRow) -> list[Alias]:
+    rows = s.execute(
+        sa.select(AliasRow, VersionRow.version)
+        .join(VersionRow, VersionRow.id == AliasRow.version_id)
+        .where(AliasRow.model_id == model.id)
+        .order_by(AliasRow.name)
+    ).all()
+    return [_alias(model.name, a, v) for a, v in rows]
 
 
 def _aliases_by_model(s: Session, model_ids: list[int]) -> dict[int, dict[str, int]]:

@@ -133,6 +133,36 @@ class EventRow(Base):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
 
 
+class RecordRow(Base):
+    """The current record of each kind and name (:mod:`aimesh.registry.kinds`)."""
+
+    __tablename__ = "records"
+
+    kind: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    revision: Mapped[int] = mapped_column(sa.BigInteger)
+    spec: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(sa.String(256))
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(sa.String(256))
+
+
+class RecordRevisionRow(Base):
+    """Every revision of every record, deletes included: its history, and the counter a
+    re-created record's revisions go on from."""
+
+    __tablename__ = "record_revisions"
+
+    kind: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    revision: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    action: Mapped[str] = mapped_column(sa.String(16))
+    spec: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(sa.String(256))
+
+
 class ApiKeyRow(Base):
     """An API key: its sha256 (never the key), its scopes, who made and who revoked it.
 

@@ -188,9 +188,11 @@ def service_app(
 
 @contextlib.asynccontextmanager
 async def announced(
-    settings: Settings, kind: ServiceKind, public_url: str | None
+    settings: Settings, kind: ServiceKind, public_url: str | None, *, apis: Sequence[str] = ()
 ) -> AsyncIterator[None]:
     """Keep a discovery entry (``kind``, at ``public_url``) while inside; none without a URL.
+
+    ``apis`` names what else the service answers under ``/api/<name>`` besides its kind.
 
     The entry is kept by a background task that outlives outages of the bus (see
     :func:`aimesh.bus.announce`): a service starts whether or not the bus is there.
@@ -198,7 +200,7 @@ async def announced(
     if public_url is None:
         yield
         return
-    describe = describe_service(kind, kind, rest_url=public_url)
+    describe = describe_service(kind, kind, rest_url=public_url, apis=apis)
     task = asyncio.create_task(
         announce(settings, describe, interval_s=settings.serving.heartbeat_s), name="announce"
     )

@@ -16,6 +16,7 @@ from grpc import StatusCode
 
 from aimesh.errors import (
     AimeshError,
+    AliasMoved,
     ArtifactError,
     ArtifactTampered,
     ArtifactTooLarge,
@@ -31,6 +32,8 @@ from aimesh.errors import (
     OriginRefused,
     Overloaded,
     QueryTooLarge,
+    RecordConflict,
+    RecordExists,
     RequestTooLarge,
     RuntimeUnavailable,
     Unauthorized,
@@ -57,6 +60,10 @@ GRPC_STATUS: Mapping[type[AimeshError], StatusCode] = {
     MethodNotAllowed: StatusCode.UNIMPLEMENTED,
     Conflict: StatusCode.FAILED_PRECONDITION,
     ModelExists: StatusCode.ALREADY_EXISTS,
+    RecordExists: StatusCode.ALREADY_EXISTS,
+    # A concurrent change: re-read and retry (gRPC's rule for a failed optimistic write).
+    RecordConflict: StatusCode.ABORTED,
+    AliasMoved: StatusCode.ABORTED,
     JobFailed: StatusCode.ABORTED,
     ArtifactError: StatusCode.INVALID_ARGUMENT,
     ArtifactTooLarge: StatusCode.RESOURCE_EXHAUSTED,
