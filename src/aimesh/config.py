@@ -938,13 +938,18 @@ def _default_workers() -> list[WorkerSpec]:
 
 
 class ServicesSettings(BaseModel):
-    """What `aimesh up` starts, in this order: registry, lake, jobs, models, workers, gateway."""
+    """What `aimesh up` starts, in this order: registry, lake, jobs, models, workers, the
+    rollout controller, gateway."""
 
     model_config = ConfigDict(extra="forbid")
 
     registry: bool = Field(default=True, description="Run the registry service.")
     lake: bool = Field(default=True, description="Run the lake service (/api/lake).")
     jobs: bool = Field(default=True, description="Run the jobs service (/api/jobs).")
+    controller: bool = Field(
+        default=True,
+        description="Run the rollout controller (judges canaries, promotes or rolls back).",
+    )
     gateway: bool = Field(default=True, description="Run the gateway.")
     models: list[ModelServiceSpec] = Field(default_factory=list, description="Model services.")
     workers: list[WorkerSpec] = Field(

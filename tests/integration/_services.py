@@ -47,6 +47,12 @@ class Model:
 '''
 """A trusted Python model (push it with ``trusted=True``): input x [-1, 1], output y = 2x."""
 
+FAILING_MODEL = ECHO_MODEL.replace(
+    "        time.sleep(float(inputs[\"x\"][0, 0]))\n",
+    "        raise RuntimeError(\"this version is broken on purpose\")\n",
+)
+"""A trusted Python model with echo's signature that fails every call (a bad canary)."""
+
 
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on now."""
@@ -197,6 +203,17 @@ class Home:
             [kind, "serve", "--port", str(port)],
             env=self.env,
             log=self.settings.home_dir / f"{kind}-{port}.log",
+            http=f"http://127.0.0.1:{port}",
+            ready_path="/health",
+        )
+
+    def controller(self) -> Service:
+        """``aimesh controller`` with its health on a free port (ready once on the bus)."""
+        port = free_port()
+        return start(
+            ["controller", "--port", str(port)],
+            env=self.env,
+            log=self.settings.home_dir / f"controller-{port}.log",
             http=f"http://127.0.0.1:{port}",
             ready_path="/health",
         )

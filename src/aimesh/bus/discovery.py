@@ -38,7 +38,9 @@ class ServiceInstance(msgspec.Struct, frozen=True, kw_only=True):
     """One running service instance, as the discovery bucket records it."""
 
     id: str
-    kind: Literal["model", "registry", "gateway", "worker", "pipeline", "jobs", "lake"]
+    kind: Literal[
+        "model", "registry", "gateway", "worker", "pipeline", "jobs", "lake", "controller"
+    ]
     name: str
     rest_url: str | None = None
     grpc_address: str | None = None

@@ -36,6 +36,7 @@ def _register() -> None:
     # Imported here so that `aimesh --help` stays quick and each group stays in its own module.
     from aimesh.cli import (
         bus,
+        controller,
         demo,
         doctor,
         gateway,
@@ -45,6 +46,7 @@ def _register() -> None:
         local,
         models,
         registry,
+        rollout,
         serve,
         train,
     )
@@ -56,6 +58,9 @@ def _register() -> None:
     app.add_typer(gateway.app, name="gateway")
     app.add_typer(jobs.app, name="jobs")
     app.add_typer(lake.app, name="lake")
+    app.add_typer(rollout.app, name="rollout")
+    app.command("controller")(controller.controller)
+    app.command("breakers")(controller.breakers)
     app.command("worker")(jobs.worker)
     app.command("serve")(serve.serve)
     app.command("train")(train.train)

@@ -13,15 +13,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
 
 from aimesh.config import Settings
-from aimesh.errors import AimeshError, StoreUnavailable
-from aimesh.registry import Registry, open_registry
+from aimesh.errors import AimeshError, RecordNotFound, StoreUnavailable
+from aimesh.registry import ROLLOUTS, Record, Registry, open_registry
+from aimesh.rollouts import Rollout
 
 __all__ = ["RegistryCatalog"]
 
 log = logging.getLogger("aimesh.gateway")
 
+_T = TypeVar("_T")
+_PAGE = 500
 CACHE_S = 2.0
 # A gateway asks quick questions: a registry that takes longer is as good as absent.
 _REQUEST_TIMEOUT_S = 5.0
@@ -94,6 +99,40 @@ class RegistryCatalog:
         except Exception as exc:  # a store failure of any kind means: cannot be asked now
             raise StoreUnavailable("the registry cannot be asked now; try again shortly") from exc
 
+    async def rollout(self, model: str) -> tuple[int, Rollout] | None:
+        """``model``'s stored traffic policy with its revision, or None (never cached)."""
+        return await asyncio.to_thread(self._rollout_sync, model)
+
+    async def rollouts(self) -> list[tuple[int, Rollout]]:
+        """Every stored traffic policy with its revision."""
+        return await asyncio.to_thread(self._rollouts_sync)
+
+    def _rollout_sync(self, model: str) -> tuple[int, Rollout] | None:
+        try:
+            record = self._guarded(lambda registry: registry.get_record(ROLLOUTS, model))
+        except RecordNotFound:
+            return None
+        return record.revision, record.spec
+
+    def _rollouts_sync(self) -> list[tuple[int, Rollout]]:
+        found: list[tuple[int, Rollout]] = []
+        after: str | None = None
+        while True:
+            page = self._guarded(partial(_page, after=after))
+            found += [(record.revision, record.spec) for record in page]
+            if len(page) < _PAGE:
+                return found
+            after = page[-1].name
+
+    def _guarded(self, ask: Callable[[Registry], _T]) -> _T:
+        registry = self._open()
+        try:
+            return ask(registry)
+        except AimeshError:
+            raise
+        except Exception as exc:  # a store failure of any kind means: cannot be asked now
+            raise StoreUnavailable("the registry cannot be asked now; try again shortly") from exc
+
     def _open(self) -> Registry:
         with self._lock:
             return self._registry or self._open_locked()
@@ -117,6 +156,10 @@ class RegistryCatalog:
             self._registry = open_registry(settings)
             log.info("asking the registry %s about unserved models", url or "in this home")
         return self._registry
+
+
+def _page(registry: Registry, *, after: str | None) -> list[Record[Rollout]]:
+    return registry.list_records(ROLLOUTS, limit=_PAGE, after=after)
 
 
 def _retrieve(future: asyncio.Future[str | None]) -> None:

@@ -41,7 +41,13 @@ from aimesh.gateway.metrics import GatewayMetrics
 from aimesh.gateway.openapi import MergedOpenApi, gateway_document
 from aimesh.gateway.rest import GatewayApp
 from aimesh.gateway.routing import Router, RoutingTable
-from aimesh.gateway.watch import DiscoveryWatch, forget_on_registry_events, publish_figures
+from aimesh.gateway.traffic import TrafficTable
+from aimesh.gateway.watch import (
+    DiscoveryWatch,
+    forget_on_registry_events,
+    publish_figures,
+    refresh_traffic,
+)
 from aimesh.observability import cancel_and_wait, run_service, stop_on_signals
 from aimesh.registry import KeyWatch
 from aimesh.resilience import Resilience
@@ -102,7 +108,8 @@ async def run_gateway(
         if g.resilience.enabled
         else None
     )
-    core = ModelCore(router, policy, resilience=resilience)
+    traffic = TrafficTable(catalog.rollout, catalog.rollouts)
+    core = ModelCore(router, policy, resilience=resilience, traffic=traffic)
     # Keys may be made at any time: the document always says how to present one.
     openapi = MergedOpenApi(gateway_document(auth=True), auth=True)
     registry_fallback = _configured_registry(settings)
@@ -157,7 +164,16 @@ async def run_gateway(
     describe = _describer(g.host, http_port, grpc_port, gateway_id)
     follower = asyncio.create_task(
         _follow_bus(
-            settings, table, catalog, changed, ready, describe, deferrer, connection, figures
+            settings,
+            table,
+            catalog,
+            changed,
+            ready,
+            describe,
+            deferrer,
+            connection,
+            figures,
+            traffic,
         ),
         name="gateway-bus",
     )
@@ -177,6 +193,7 @@ async def run_gateway(
     await _step("draining REST", serving)
     await _step("closing gRPC channels", grpc_gateway.close())
     client.close()
+    await _step("stopping traffic fetches", traffic.close())
     await _step("closing the registry", asyncio.to_thread(catalog.close))
     log.info("gateway stopped")
 
@@ -239,6 +256,7 @@ async def _follow_bus(
     deferrer: Deferrer,
     connection: list[Bus | None],
     figures: FigureBook,
+    traffic: TrafficTable,
 ) -> None:
     """Connect to the bus (retrying), then watch discovery and registry events until cancelled.
 
@@ -253,7 +271,10 @@ async def _follow_bus(
     watch = DiscoveryWatch(bus, table, on_change=changed)
     tasks = [
         asyncio.create_task(watch.run(), name="discovery-watch"),
-        asyncio.create_task(forget_on_registry_events(bus, catalog), name="registry-events"),
+        asyncio.create_task(
+            forget_on_registry_events(bus, catalog, traffic), name="registry-events"
+        ),
+        asyncio.create_task(refresh_traffic(traffic), name="traffic-refresh"),
         asyncio.create_task(publish_figures(bus, figures), name="figures"),
     ]
     registration: Registration | None = None

@@ -25,9 +25,20 @@ from aimesh.bus import discovery_bucket as open_discovery_bucket
 from aimesh.errors import AimeshError
 from aimesh.gateway.catalog import RegistryCatalog
 from aimesh.gateway.routing import RoutingTable
+from aimesh.gateway.traffic import TrafficTable
+from aimesh.registry import ROLLOUTS
 from aimesh.rollouts import FIGURES_EVERY_S, FIGURES_SUBJECT, FigureBook
 
-__all__ = ["DiscoveryWatch", "forget_on_registry_events", "publish_figures"]
+__all__ = [
+    "TRAFFIC_REFRESH_S",
+    "DiscoveryWatch",
+    "forget_on_registry_events",
+    "publish_figures",
+    "refresh_traffic",
+]
+
+TRAFFIC_REFRESH_S = 30.0
+"""How often a gateway reads every traffic policy, besides following their events."""
 
 log = logging.getLogger("aimesh.gateway")
 
@@ -153,15 +164,25 @@ class DiscoveryWatch:
             was_connected = connected
 
 
-async def forget_on_registry_events(bus: Bus, catalog: RegistryCatalog) -> None:
-    """Drop the catalog's cached answers about a model whenever the registry changes it."""
+async def forget_on_registry_events(
+    bus: Bus, catalog: RegistryCatalog, traffic: TrafficTable | None = None
+) -> None:
+    """Drop the catalog's cached answers about a model whenever the registry changes it,
+    and fetch a model's traffic policy again when its rollout record changes. Each time
+    the subscription starts (again), every policy is read afresh: events published while
+    it was away are not replayed."""
     backoff = 0.5
     while True:
         try:
             async with await subscribe_events(bus) as events:
                 backoff = 0.5
+                if traffic is not None:
+                    await _load(traffic)
                 async for event in events:
-                    catalog.forget(event.model)
+                    if event.kind == ROLLOUTS.name and traffic is not None:
+                        traffic.refresh(event.model)
+                    else:
+                        catalog.forget(event.model)
         except (AimeshError, nats.errors.Error, TimeoutError) as exc:
             log.warning("not following registry events: %s; trying again", exc)
         await asyncio.sleep(backoff)
@@ -183,3 +204,17 @@ async def publish_figures(bus: Bus, book: FigureBook, *, every_s: float = FIGURE
 
 def _token(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text) or "gateway"
+
+
+async def _load(traffic: TrafficTable) -> None:
+    try:
+        await traffic.load()
+    except AimeshError as exc:
+        log.warning("traffic policies not read (%s); the next refresh will", exc.message)
+
+
+async def refresh_traffic(traffic: TrafficTable, *, every_s: float = TRAFFIC_REFRESH_S) -> None:
+    """Read every traffic policy again every ``every_s``: mends what a lost event left."""
+    while True:
+        await asyncio.sleep(every_s)
+        await _load(traffic)

@@ -1,8 +1,9 @@
 """What ``aimesh up`` will run: one :class:`ProcessSpec` per process, in start order.
 
-The order is registry, lake, jobs, model replicas, workers, gateway: each stage may need
-the ones before (model services load from the registry's store; training workers read the
-lake and push to the registry; the gateway routes to all of them). Ports are settled here,
+The order is registry, lake, jobs, model replicas, workers, the rollout controller,
+gateway: each stage may need the ones before (model services load from the registry's
+store; training workers read the lake and push to the registry; the controller judges
+rollouts by the registry; the gateway routes to all of them). Ports are settled here,
 once: the configured ones for the registry, lake, jobs and gateway, free ones for each model
 replica and each worker's health route, kept across restarts so that clients find a
 restarted process again.
@@ -21,7 +22,9 @@ from aimesh.local.state import ProcessKind, ProcessState, logs_dir
 from aimesh.runtimes import share_of_cores
 
 # The stages, in start order; stopping walks them backwards.
-STAGES: tuple[ProcessKind, ...] = ("registry", "lake", "jobs", "model", "worker", "gateway")
+STAGES: tuple[ProcessKind, ...] = (
+    "registry", "lake", "jobs", "model", "worker", "controller", "gateway",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,23 @@ def plan_stack(settings: Settings) -> list[ProcessSpec]:
     share = model_threads(settings)
     for worker in settings.services.workers:
         specs += _workers(worker, ports, logs, settings.jobs.threads or share)
+    if settings.services.controller:
+        host = "127.0.0.1"  # the health route is for the supervisor on this machine
+        port = ports.free(host, "controller")
+        specs.append(
+            ProcessSpec(
+                name="controller",
+                service="controller",
+                replica=1,
+                kind="controller",
+                args=("controller", "--host", host, "--port", str(port)),
+                host=host,
+                http_port=port,
+                grpc_port=None,
+                ready_path="/health",
+                log_file=logs / "controller.log",
+            )
+        )
     if settings.services.gateway:
         gateway = settings.gateway
         port = ports.fixed("gateway.port", gateway.host, gateway.port)

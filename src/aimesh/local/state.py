@@ -27,7 +27,7 @@ log = logging.getLogger("aimesh.local")
 STATE_FILE = "stack.json"
 LOCK_FILE = "stack.lock"
 
-ProcessKind = Literal["registry", "lake", "jobs", "model", "worker", "gateway"]
+ProcessKind = Literal["registry", "lake", "jobs", "model", "worker", "controller", "gateway"]
 ProcessPhase = Literal["starting", "ready", "restarting", "stopping", "stopped"]
 StackPhase = Literal["starting", "running", "stopping"]
 

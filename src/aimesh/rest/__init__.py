@@ -46,6 +46,7 @@ from aimesh.rest.guard import (
 )
 from aimesh.rest.inflight import InFlight, Slot
 from aimesh.rest.openapi import OPERATION_METHODS, document_errors, statuses_of
+from aimesh.rest.probe import ProbeApp, guard_of, serve_probe
 from aimesh.rest.readiness import Check, Readiness, ReadinessReport, bus_check
 from aimesh.rest.service import announced, service_app
 from aimesh.rest.status import HTTP_STATUS, error_headers, retry_after, shown_message, status_of
@@ -67,6 +68,7 @@ __all__ = [
     "InFlight",
     "Message",
     "MethodNotAllowed",
+    "ProbeApp",
     "Readiness",
     "ReadinessReport",
     "Receive",
@@ -85,6 +87,7 @@ __all__ = [
     "document_errors",
     "error_body",
     "error_headers",
+    "guard_of",
     "header",
     "host_name",
     "identity",
@@ -100,6 +103,7 @@ __all__ = [
     "retry_after",
     "route_scope",
     "scope_of",
+    "serve_probe",
     "service_app",
     "shown_message",
     "status_of",

@@ -21,20 +21,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from aimesh.auth import Keyring
 from aimesh.bus import Bus, Lease
 from aimesh.errors import AimeshError, Conflict, LeaseHeld
 from aimesh.registry import ROLLOUTS, Record, Registry
+from aimesh.rest import ASGIScope, Guard, ProbeApp, Readiness, Receive, Send, bus_check
 from aimesh.rollouts.analysis import judge
 from aimesh.rollouts.figures import FIGURES_SUBJECT, Report, Tally
 from aimesh.rollouts.policy import Canary, Rollout
 
-__all__ = ["LEASE_KEY", "Controller"]
+__all__ = ["LEASE_KEY", "Controller", "controller_probe"]
 
 log = logging.getLogger("aimesh.rollouts")
 
@@ -59,7 +65,7 @@ class Controller:
         clock: Callable[[], datetime] = _now,
     ) -> None:
         self._registry = registry
-        self._bus = bus
+        self.bus = bus
         self._tick_s = tick_s
         self._clock = clock
         self.tally = Tally()
@@ -69,11 +75,15 @@ class Controller:
         ] = {}
         self.decisions = 0
         """Decisions written so far."""
+        self.active = False
+        """Whether it holds the lease and judges now (else it stands by)."""
+        self.ticks = 0
+        """Ticks run while active."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work while holding the lease, wait for it otherwise, until ``stop`` is set."""
         while not stop.is_set():
-            lease = Lease(self._bus, LEASE_KEY, what="the rollout controller")
+            lease = Lease(self.bus, LEASE_KEY, what="the rollout controller")
             try:
                 await lease.acquire()
             except (LeaseHeld, AimeshError) as exc:
@@ -91,7 +101,8 @@ class Controller:
                 self._starts.clear()
 
     async def _work(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
-        sub = await self._bus.nc.subscribe(f"{FIGURES_SUBJECT}.>", cb=self._heard)
+        sub = await self.bus.nc.subscribe(f"{FIGURES_SUBJECT}.>", cb=self._heard)
+        self.active = True
         try:
             while not stop.is_set() and not lost.is_set():
                 try:
@@ -101,6 +112,7 @@ class Controller:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._tick_s)
         finally:
+            self.active = False
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
@@ -109,6 +121,7 @@ class Controller:
 
     async def tick(self) -> None:
         """Judge every running canary once."""
+        self.ticks += 1
         records = await asyncio.to_thread(self._running)
         snapshot = self.tally.snapshot()
         seen = set()
@@ -180,3 +193,44 @@ class Controller:
             decision.reason,
             extra={"model": after.model, "action": decision.action, "figures": decision.figures},
         )  # fmt: skip
+
+
+class _Figures(Collector):
+    """The controller's counters, read when scraped."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        c = self.controller
+        decisions = CounterMetricFamily(
+            "aimesh_controller_decisions", "Rollout decisions written by this controller."
+        )
+        decisions.add_metric([], c.decisions)
+        yield decisions
+        active = GaugeMetricFamily(
+            "aimesh_controller_active", "1 while this controller holds the lease and judges."
+        )
+        active.add_metric([], 1.0 if c.active else 0.0)
+        yield active
+
+
+def controller_probe(controller: Controller, keyring: Keyring, guard: Guard) -> ProbeApp:
+    """The controller's health (the bus; its role in the body) and metrics."""
+    metrics = CollectorRegistry(auto_describe=True)
+    metrics.register(_Figures(controller))
+    readiness = Readiness()
+    readiness.require("bus", bus_check(lambda: controller.bus))
+    return _RoleProbe(controller, readiness, metrics, keyring, guard=guard)
+
+
+class _RoleProbe(ProbeApp):
+    """A probe whose health body says whether the controller is active or standing by."""
+
+    def __init__(self, controller: Controller, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._controller = controller
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        self.facts["role"] = "active" if self._controller.active else "standby"
+        await super().__call__(scope, receive, send)

@@ -1,0 +1,180 @@
+"""Canary rollouts on real processes: a registry, model services, two gateways, controllers.
+
+One stack serves the module: ``echo`` 1 (the champion, followed by one service), 2 (broken
+on purpose: every call fails) and 3 (good), each version served; two gateways; the rollout
+controller. Canaries are started with the CLI as a user would, and traffic is sent through
+a gateway until the controller decides: the bad canary is rolled back within its first
+interval and never had more than its step's share; the good one is promoted step by step,
+across a controller killed mid-rollout.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import httpx
+import numpy as np
+import pytest
+from _services import (
+    ECHO_MODEL,
+    FAILING_MODEL,
+    WAIT_S,
+    Home,
+    Service,
+    run_aimesh,
+    wait_for,
+)
+
+from aimesh.registry import ROLLOUTS, push_model
+
+BODY = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [0.0]}]}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Home:
+    root = tmp_path_factory.mktemp("rollouts")
+    h = Home.create(root, nats_url, np.zeros((1, 1)))
+    registry = h.registry(allow_code_artifacts=True)
+    good, bad = root / "echo.py", root / "bad.py"
+    good.write_text(ECHO_MODEL)
+    bad.write_text(FAILING_MODEL)
+    push_model(registry, "echo", good, trusted=True, aliases=["champion"])  # 1
+    push_model(registry, "echo", bad, trusted=True)  # 2: fails every call
+    push_model(registry, "echo", good, trusted=True, description="good")  # 3
+    h.publish(registry)
+    registry.close()
+    return h
+
+
+@pytest.fixture(scope="module")
+def stack(home: Home) -> Iterator[dict[str, Service]]:
+    running: dict[str, Service] = {}
+    try:
+        running["registry"] = home.registry_service()
+        for name, ref in (("champion", "echo@champion"), ("two", "echo@2"), ("three", "echo@3")):
+            running[name] = home.serve(ref)
+        running["gateway"] = home.gateway()
+        running["gateway2"] = home.gateway()
+        running["controller"] = home.controller()
+        yield running
+    finally:
+        for service in reversed(running.values()):
+            service.stop(signal.SIGKILL if service.proc.poll() is None else signal.SIGTERM)
+
+
+def _rollout(home: Home) -> dict[str, object]:
+    found: dict[str, object] = json.loads(
+        run_aimesh(home.env, "rollout", "status", "echo", "--json").stdout
+    )
+    return found
+
+
+class Traffic:
+    """Requests sent through a gateway, and what answered each (arm, status, version)."""
+
+    def __init__(self, gateway: Service) -> None:
+        self.client = httpx.Client(base_url=gateway.http, timeout=30)
+        self.seen: list[tuple[str | None, int, str | None]] = []
+
+    def send(self, path: str = "/v2/models/echo/infer", n: int = 20) -> None:
+        for _ in range(n):
+            r = self.client.post(path, json=BODY)
+            version = r.json().get("model_version") if r.status_code == 200 else None
+            self.seen.append((r.headers.get("x-aimesh-rollout-arm"), r.status_code, version))
+
+    def until(self, done: Callable[[], bool]) -> bool:
+        """Send traffic until ``done`` (asked between rounds) or WAIT_S passes."""
+        return wait_for(lambda: self.send() or done(), timeout=2 * WAIT_S)
+
+
+def _state(home: Home) -> str:
+    status = _rollout(home)["spec"]["status"]  # type: ignore[index]
+    return str(status["state"])  # type: ignore[index]
+
+
+def test_a_bad_canary_rolls_back_and_a_good_one_is_promoted(
+    home: Home, stack: dict[str, Service]
+) -> None:
+    traffic = Traffic(stack["gateway"])
+    traffic.send(n=5)
+    assert {(arm, status) for arm, status, _ in traffic.seen} == {(None, 200)}  # no policy yet
+
+    # The broken version 2 as a canary at 20%: rolled back on its first errors.
+    run_aimesh(home.env, "rollout", "start", "echo", "--candidate", "2", "--steps", "20,100",
+               "--interval", "30s", "--min-requests", "20", "--max-error-rate", "0.05")  # fmt: skip
+    before = len(traffic.seen)
+    assert traffic.until(lambda: _state(home) == "rolled_back"), _rollout(home)
+    during = traffic.seen[before:]
+    arms = Counter(arm for arm, _, _ in during)
+    assert arms["candidate"] <= 0.2 * len(during) + 10, arms  # its share, and a tolerance
+    assert all(status == 200 for arm, status, _ in during if arm == "baseline")
+    decision = _rollout(home)["spec"]["status"]["decisions"][-1]  # type: ignore[index]
+    assert decision["action"] == "rolled_back" and decision["figures"]["candidate_errors"] >= 1
+    # Rolled back: the alias's requests go where the alias is, every one answered.
+    assert wait_for(lambda: (traffic.send(n=5), traffic.seen[-1])[1][0] == "stable")
+    traffic.send(n=20)
+    assert set(traffic.seen[-20:]) == {("stable", 200, "1")}
+
+    # The good version 3, step by step; the controller killed after the first step, a
+    # second one continues from the recorded step to the promotion.
+    run_aimesh(home.env, "rollout", "start", "echo", "--candidate", "3", "--steps", "10,50,100",
+               "--interval", "2s", "--min-requests", "5", "--max-inconclusive", "50")  # fmt: skip
+    status = lambda: _rollout(home)["spec"]["status"]  # noqa: E731
+    assert traffic.until(lambda: status()["step"] >= 1), _rollout(home)  # type: ignore[index]
+    stack["controller"].stop(signal.SIGKILL)
+    stack["controller"] = home.controller()
+    assert traffic.until(lambda: _state(home) == "promoted"), _rollout(home)
+    actions = [d["action"] for d in status()["decisions"]]  # type: ignore[index]
+    assert actions[-3:] == ["step", "step", "promoted"], actions
+    registry = home.registry()
+    try:
+        assert registry.get_version("echo", "champion").version == 3
+        record = registry.get_record(ROLLOUTS, "echo")
+        assert record.spec.status.weight == 100
+    finally:
+        registry.close()
+    # The follower serves version 3 now, through both gateways.
+    for gateway in ("gateway", "gateway2"):
+        other = Traffic(stack[gateway])
+        assert wait_for(lambda o=other: (o.send(n=1), o.seen[-1])[1] == ("stable", 200, "3"))
+
+
+def test_bad_rollouts_are_refused_and_change_nothing(home: Home, stack: dict[str, Service]) -> None:
+    registry = home.registry()
+    try:
+        champion = registry.get_version("echo", "champion").version
+        before = registry.record_history(ROLLOUTS, "echo", limit=1000)
+    finally:
+        registry.close()
+    cases = [
+        (["start", "nope", "--candidate", "2"], "model_not_found"),
+        (["start", "echo", "--candidate", "9"], "version_not_found"),
+        (["start", "echo", "--candidate", str(champion)], "the candidate is the baseline"),
+        (["start", "echo", "--candidate", "2", "--alias", "gone"], "alias_not_found"),
+        (["start", "echo", "--candidate", "2", "--steps", "50,20,100"], "increase"),
+        (["start", "echo", "--candidate", "2", "--steps", "5,50"], "last step"),
+        (["start", "echo", "--candidate", "2", "--max-error-rate", "3"], "less than or equal"),
+        (["start", "echo", "--candidate", "2", "--interval", "soon"], "not a duration"),
+        (["ab", "echo", "--split", "1=50,3=40"], "sum to 90"),
+        (["ab", "echo", "--split", "1=50,x"], "VERSION=PERCENT"),
+        (["ab", "echo", "--split", "1=50,3=50", "--sticky-header", "a b"], "pattern"),
+        (["shadow", "echo", "--candidate", "2", "--percent", "0"], "greater than"),
+    ]
+    for args, says in cases:
+        result = run_aimesh(home.env, "rollout", *args, ok=False)
+        assert result.returncode != 0, args
+        assert says.lower() in (result.stdout + result.stderr).lower(), (args, result.stderr)
+    # What a finished or absent rollout cannot do.
+    for action in ("pause", "resume", "promote"):
+        result = run_aimesh(home.env, "rollout", action, "echo", ok=False)
+        assert result.returncode != 0
+        assert "rollout_state" in result.stderr or "record_not_found" in result.stderr
+    registry = home.registry()
+    try:
+        assert registry.record_history(ROLLOUTS, "echo", limit=1000) == before
+        assert registry.get_version("echo", "champion").version == champion
+    finally:
+        registry.close()
