@@ -517,6 +517,21 @@ def test_event_refuses_a_model_name_that_would_break_its_subject(model: str) -> 
         event(model)
 
 
+def test_a_record_kinds_event_is_one_any_process_can_decode() -> None:
+    """Kinds are defined in code, so a subscriber may not know one: it decodes it all the same."""
+    sent = RegistryEvent(
+        kind="pipeline", action="updated", model="fraud-check", actor="t", data={"revision": 3}
+    )
+    assert sent.subject() == "aimesh.events.registry.pipeline.updated.fraud-check"
+    assert msgspec.json.decode(msgspec.json.encode(sent), type=RegistryEvent) == sent
+    for kind in ["Pipeline", "a.b", "a*", "a>", "", "x" * 33, "_x"]:
+        with pytest.raises(ValueError, match="lowercase token"):
+            RegistryEvent(kind=kind, action="created", model="m", actor="t")
+        wire = msgspec.json.encode(sent).replace(b'"pipeline"', msgspec.json.encode(kind))
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.json.decode(wire, type=RegistryEvent)
+
+
 def test_event_refuses_a_time_without_zone() -> None:
     with pytest.raises(ValueError, match="time zone"):
         event(at=datetime(2024, 1, 1))

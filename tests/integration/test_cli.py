@@ -72,6 +72,21 @@ def test_push_list_show_alias_locally(cli: Cli, fraud_skops: Path) -> None:
     assert dest.read_bytes() == fraud_skops.read_bytes()
 
 
+def test_rollback_moves_the_alias_back_or_says_why_not(cli: Cli, fraud_skops: Path) -> None:
+    for _ in range(2):
+        cli("models", "push", "fraud", str(fraud_skops), "--alias", "champion")
+    refused = cli("models", "rollback", "fraud", "--from", "1", ok=False)
+    assert refused.returncode == 1 and "alias_moved" in refused.stderr
+    out = cli("models", "rollback", "fraud").stdout
+    assert "fraud@champion -> version 1 (rolled back from 2)" in out
+    assert "champion->1" in cli("models", "list").stdout
+    none = cli("models", "rollback", "fraud", "--alias", "champion", ok=False)
+    assert none.returncode == 1 and "no_previous_version" in none.stderr
+    assert "Traceback" not in none.stderr and len(none.stderr.strip().splitlines()) == 1
+    unknown = cli("models", "rollback", "fraud", "-a", "nobody", ok=False)
+    assert unknown.returncode == 1 and "alias_not_found" in unknown.stderr
+
+
 def test_bad_input_is_one_red_line_and_exit_1(cli: Cli, fraud_skops: Path, tmp_path: Path) -> None:
     cli("models", "push", "fraud", str(fraud_skops))
     unknown = cli("models", "show", "ghost", ok=False)
@@ -161,6 +176,30 @@ def test_cli_against_a_running_registry_publishes_events(
     assert "champion" in cli("models", "list").stdout
     # The client's home holds no registry of its own: everything went through the service.
     assert not (tmp_path / "client-home" / "registry.db").exists()
+
+
+def test_cli_rollback_through_a_running_registry_is_announced(
+    registry_service: str, tmp_path: Path, fraud_skops: Path, nats_url: str
+) -> None:
+    cli = Cli(tmp_path / "client-home", env={"AIMESH_REGISTRY__URL": registry_service})
+    for _ in range(2):
+        cli("models", "push", "fraud", str(fraud_skops), "--alias", "champion")
+
+    async def rollback() -> tuple[str, RegistryEvent | None]:
+        async with await connect(nats_url, timeout=2, name="test") as bus:
+            subject = "aimesh.events.registry.alias.moved.fraud"
+            events = await subscribe_events(bus, subject)
+            done = await asyncio.to_thread(cli, "models", "rollback", "fraud", "--from", "2")
+            async with events, asyncio.timeout(10):
+                async for event in events:
+                    return done.stdout, event
+        return done.stdout, None
+
+    out, event = asyncio.run(rollback())
+    assert "fraud@champion -> version 1 (rolled back from 2)" in out
+    assert event is not None and event.version == 1 and event.alias == "champion"
+    assert event.data == {"previous": 2, "rollback": True, "from": 2, "to": 1}
+    assert event.actor.startswith("operator")  # who, as the service recorded it
 
 
 def _evil_pickle(sentinel: Path) -> bytes:

@@ -179,6 +179,31 @@ def test_an_alias_routes_to_the_version_it_names(home: Home, gateway: Service) -
     assert (r.status_code, r.json()["model_version"]) == (200, "1")
 
 
+def test_a_rollback_reaches_the_gateway_through_the_alias_events(
+    home: Home, gateway: Service
+) -> None:
+    url = f"{gateway.http}/v2/models/fraud/versions/champion/infer"
+    body = _body(home.x[:2])
+
+    def answers(version: str) -> bool:
+        r = httpx.post(url, json=body, headers=AS_USER)
+        return r.status_code == 200 and r.json()["model_version"] == version
+
+    registry = home.registry()
+    try:
+        registry.set_alias("fraud", "champion", 2)
+        home.publish(registry)
+        assert wait_for(lambda: answers("2"))
+        back = registry.rollback_alias("fraud", "champion")
+        home.publish(registry)
+        assert (back.version, back.previous) == (1, 2)
+        assert wait_for(lambda: answers("1"))
+    finally:
+        registry.set_alias("fraud", "champion", 1)  # as the module's other tests expect
+        home.publish(registry)
+        registry.close()
+
+
 def test_binary_tensors_and_tritonclient_pass_through_unchanged(
     home: Home, gateway: Service
 ) -> None:

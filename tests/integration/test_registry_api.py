@@ -78,6 +78,29 @@ def test_alias_moves_are_recorded_with_the_actor(client: TestClient, fraud_skops
     assert client.get(f"{API}/models/fraud/aliases").json() == []
 
 
+def test_rollback_moves_the_alias_back_and_says_so(client: TestClient, fraud_skops: Path) -> None:
+    _push(client, fraud_skops, aliases=["champion"])
+    _push(client, fraud_skops, aliases=["champion"])
+    rollback = f"{API}/models/fraud/aliases/champion/rollback"
+    moved = client.post(rollback, json={"from_version": 1})
+    assert (moved.status_code, moved.json()["code"]) == (409, "alias_moved"), moved.text
+    r = client.post(rollback, headers={"X-Aimesh-Actor": "ann"})  # no body: no expectation
+    assert r.status_code == 200, r.text
+    assert (r.json()["version"], r.json()["previous"], r.json()["updated_by"]) == (
+        1,
+        2,
+        "operator (ann)",
+    )
+    last = client.get(f"{API}/models/fraud/history").json()[0]
+    assert (last["kind"], last["action"], last["version"]) == ("alias", "moved", 1)
+    assert last["data"] == {"previous": 2, "rollback": True, "from": 2, "to": 1}
+    before = client.get(f"{API}/models/fraud/history").json()
+    again = client.post(rollback, json={"from_version": 1})
+    assert (again.status_code, again.json()["code"]) == (409, "no_previous_version")
+    assert client.get(f"{API}/models/fraud/history").json() == before
+    assert client.get(f"{API}/models/fraud/versions/champion").json()["version"] == 1
+
+
 def test_metrics_archive_and_update(client: TestClient, fraud_skops: Path) -> None:
     _push(client, fraud_skops, metrics={"auc": 0.9})
     r = client.post(f"{API}/models/fraud/versions/1/metrics", json={"f1": 0.4})
@@ -107,6 +130,24 @@ def test_metrics_archive_and_update(client: TestClient, fraud_skops: Path) -> No
         ("PUT", "/models/fraud/aliases/champion", {"version": 9}, 404, "version_not_found"),
         ("PUT", "/models/fraud/aliases/champion", {"version": "x"}, 400, "invalid_request"),
         ("PUT", "/models/fraud/aliases/bad!alias", {"version": 1}, 400, "invalid_name"),
+        ("POST", "/models/fraud/aliases/champion/rollback", None, 404, "alias_not_found"),
+        ("POST", "/models/ghost/aliases/champion/rollback", None, 404, "model_not_found"),
+        ("POST", "/models/fraud/aliases/bad!alias/rollback", None, 400, "invalid_name"),
+        (
+            "POST",
+            "/models/fraud/aliases/champion/rollback",
+            {"from_version": 0},
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/models/fraud/aliases/champion/rollback",
+            {"from_version": "x"},
+            400,
+            "invalid_request",
+        ),
+        ("POST", "/models/fraud/aliases/champion/rollback", {"to": 1}, 400, "invalid_request"),
         ("POST", "/models", {"name": "fraud"}, 409, "model_exists"),
         ("POST", "/models", {"name": "../etc"}, 400, "invalid_name"),
         ("POST", "/models", {}, 400, "invalid_request"),

@@ -23,7 +23,7 @@ def test_migration_0003_adds_the_key_table_to_an_older_database(database_url: st
         assert RegistryStore(engine).key_entries() == []
         RegistryStore.open(database_url).close()
         with engine.connect() as c:
-            assert current_revision(c) == head_revision() == "0003"
+            assert current_revision(c) == head_revision()
         assert "api_keys" in sa.inspect(engine).get_table_names()
         with engine.begin() as c:
             command.downgrade(alembic_config(c), "0002_trust")

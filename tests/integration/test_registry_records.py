@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from _kinds import GADGET, WIDGET, WidgetSpec, kinds_registered
+from alembic import command
 
 from _bad_paths import BAD_NAMES
 from aimesh.bus import RegistryEvent, connect, declare_topology, subscribe_events
@@ -33,7 +35,9 @@ from aimesh.registry import (
     record_kinds,
     register_kind,
 )
+from aimesh.registry.migrate import alembic_config, current_revision, head_revision
 from aimesh.registry.outbox import publish_pending, to_event
+from aimesh.registry.store import create_engine
 
 SPEC = WidgetSpec(model="fraud", version=1, weight=10.0)
 TOKEN_BREAKERS = ["a.b", "a*", "a>", "a b", ""]
@@ -76,6 +80,26 @@ def _everything(store: RegistryStore) -> list[Any]:
             found.append(record)
             found.extend(store.record_history(kind, record.name))
     return found
+
+
+def test_migration_0004_adds_the_record_tables_to_an_older_database(database_url: str) -> None:
+    engine = create_engine(database_url)
+    tables = {"records", "record_revisions"}
+    try:
+        with engine.begin() as c:
+            command.upgrade(alembic_config(c), "0003")
+        assert not tables & set(sa.inspect(engine).get_table_names())
+        store = RegistryStore.open(database_url)
+        store.create_model(ModelCreate(name="fraud"), "t")
+        assert store.write_record(WIDGET, "w1", WidgetSpec(model="fraud"), "t", expect=None)
+        store.close()
+        with engine.connect() as c:
+            assert current_revision(c) == head_revision() == "0004_records"
+        with engine.begin() as c:
+            command.downgrade(alembic_config(c), "0003")
+        assert not tables & set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
 
 
 def test_a_record_is_created_read_listed_and_announced(fraud: RegistryStore) -> None:

@@ -9,11 +9,13 @@ import pytest
 import sqlalchemy as sa
 
 from aimesh.errors import (
+    AliasMoved,
     AliasNotFound,
     InvalidName,
     MetricExists,
     ModelExists,
     ModelNotFound,
+    NoPreviousVersion,
     VersionArchived,
     VersionNotFound,
 )
@@ -156,6 +158,96 @@ def test_alias_moves_atomically_and_records_who(store: RegistryStore) -> None:
     # A failed move changes nothing.
     with pytest.raises(VersionNotFound):
         store.set_alias("fraud", "champion", 7, "eve")
+    assert store.get_version("fraud", "champion").version == 2
+
+
+def _three_moves(store: RegistryStore) -> None:
+    """fraud at versions 1-4; champion moved to 1, then 2, then 3."""
+    store.create_model(ModelCreate(name="fraud"), "t")
+    for _ in range(4):
+        _push(store)
+    for number in (1, 2, 3):
+        store.set_alias("fraud", "champion", number, "ann")
+
+
+def test_rollback_walks_the_alias_back_one_move_at_a_time(store: RegistryStore) -> None:
+    _three_moves(store)
+    back = store.rollback_alias("fraud", "champion", "bob")
+    assert (back.version, back.previous, back.updated_by) == (2, 3, "bob")
+    assert store.get_version("fraud", "champion").version == 2
+    moved = store.history("fraud", limit=1)[0]
+    assert (moved.kind, moved.action, moved.version, moved.actor) == ("alias", "moved", 2, "bob")
+    assert moved.data == {"previous": 3, "rollback": True, "from": 3, "to": 2}
+    assert store.rollback_alias("fraud", "champion", "bob").version == 1
+    before = store.history("fraud")
+    with pytest.raises(NoPreviousVersion):
+        store.rollback_alias("fraud", "champion", "bob")
+    assert store.history("fraud") == before
+    assert store.get_version("fraud", "champion").version == 1
+    # A move after rollbacks is undone first; a move that changes nothing is not one.
+    store.set_alias("fraud", "champion", 4, "cy")
+    store.set_alias("fraud", "champion", 4, "cy")
+    assert store.rollback_alias("fraud", "champion", "bob").version == 1
+    with pytest.raises(NoPreviousVersion):
+        store.rollback_alias("fraud", "champion", "bob")
+
+
+def test_rollback_refuses_clearly_and_changes_nothing(store: RegistryStore) -> None:
+    _three_moves(store)
+    store.set_alias("fraud", "challenger", 4, "ann")
+    store.delete_alias("fraud", "challenger", "ann")
+    store.set_alias("fraud", "challenger", 4, "ann")  # what came before its delete is gone
+    before = store.history("fraud")
+    with pytest.raises(AliasMoved) as moved:
+        store.rollback_alias("fraud", "champion", "bob", from_version=2)
+    assert (moved.value.expected, moved.value.version) == (2, 3)
+    for call, error in [
+        (lambda: store.rollback_alias("fraud", "challenger", "bob"), NoPreviousVersion),
+        (lambda: store.rollback_alias("fraud", "nobody", "bob"), AliasNotFound),
+        (lambda: store.rollback_alias("ghost", "champion", "bob"), ModelNotFound),
+        (lambda: store.rollback_alias("fraud", "bad alias!", "bob"), InvalidName),
+        (lambda: store.rollback_alias("fraud", "latest", "bob"), InvalidName),
+    ]:
+        with pytest.raises(error):
+            call()
+    assert store.history("fraud") == before
+    store.set_alias("fraud", "champion", 4, "ann")
+    store.set_alias("fraud", "champion", 3, "ann")  # 4 is served by nothing else now...
+    store.set_alias("fraud", "challenger", 1, "ann")
+    store.archive_version("fraud", 4, "ann")  # ...and archived: no alias may point at it
+    before = store.history("fraud")
+    with pytest.raises(VersionArchived):
+        store.rollback_alias("fraud", "champion", "bob")
+    assert store.history("fraud") == before
+    assert store.get_version("fraud", "champion").version == 3
+
+
+def test_concurrent_rollbacks_from_one_version_move_it_once(
+    store: RegistryStore, database_url: str
+) -> None:
+    _three_moves(store)
+    other = RegistryStore.open(database_url)  # another process, in effect
+    outcomes: list[object] = []
+    lock = threading.Lock()
+
+    def roll(s: RegistryStore) -> None:
+        try:
+            result: object = s.rollback_alias("fraud", "champion", "bob", from_version=3).version
+        except AliasMoved as exc:
+            result = exc
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=roll, args=(s,)) for s in (store, other) * 3]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        other.close()
+    assert sorted(map(str, outcomes)).count("2") == 1
+    assert sum(isinstance(o, AliasMoved) for o in outcomes) == 5
     assert store.get_version("fraud", "champion").version == 2
 
 

@@ -256,6 +256,33 @@ def test_alias_move_under_load_fails_no_request_and_switches_version(home: Home)
     assert "1" not in versions[first_new + 32 :]
 
 
+def test_a_rollback_switches_a_service_following_the_alias_back(home: Home) -> None:
+    registry = home.registry()
+    registry.set_alias("fraud", "champion", 1)
+    registry.set_alias("fraud", "champion", 2)
+    home.publish(registry)
+    following = home.serve("fraud@champion")
+    body = _body(home.x[:2])
+
+    def serves(version: str) -> bool:
+        r = httpx.post(f"{following.http}/v2/models/fraud/infer", json=body)
+        return r.status_code == 200 and r.json()["model_version"] == version
+
+    try:
+        assert _wait_for(lambda: serves("2"))
+        back = registry.rollback_alias("fraud", "champion")
+        home.publish(registry)
+        assert (back.version, back.previous) == (1, 2)
+        assert _wait_for(lambda: serves("1"))
+        ready = httpx.get(f"{following.http}/v2/models/fraud/versions/1/ready")
+        assert ready.status_code == 200
+    finally:
+        registry.set_alias("fraud", "champion", 1)
+        home.publish(registry)
+        registry.close()
+        following.stop()
+
+
 def _instances(nats_url: str) -> list[ServiceInstance]:
     async def main() -> list[ServiceInstance]:
         async with await connect(nats_url, timeout=2, name="test") as bus:

@@ -1,4 +1,4 @@
-"""``aimesh models``: push, list, show, alias, archive, history, download."""
+"""``aimesh models``: push, list, show, alias, rollback, archive, history, download."""
 
 from __future__ import annotations
 
@@ -195,6 +195,29 @@ def alias(
             raise InvalidRequest("give the VERSION to point the alias at, or --delete")
         moved = registry.set_alias(name, alias_name, version)
     console.print(f"{name}@{moved.name} -> version {moved.version}")
+
+
+@app.command()
+@handle_errors
+def rollback(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias_name: Annotated[
+        str, typer.Option("--alias", "-a", metavar="ALIAS", help="The alias to move back.")
+    ] = "champion",
+    from_version: Annotated[
+        int | None,
+        typer.Option(
+            "--from", min=1, help="Only if the alias points at this version now (else refused)."
+        ),
+    ] = None,
+) -> None:
+    """Move ALIAS back to the version it held before (atomically, recorded); services and
+    gateways following it switch within a second. Again: one more move back."""
+    with _registry(publishes=True) as registry:
+        moved = registry.rollback_alias(name, alias_name, from_version=from_version)
+    console.print(
+        f"{name}@{moved.name} -> version {moved.version} (rolled back from {moved.previous})"
+    )
 
 
 @app.command()

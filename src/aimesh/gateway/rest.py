@@ -561,6 +561,8 @@ class GatewayApp:
             candidates = (self.registry_fallback,)
         if not candidates:
             raise NoInstance(f"no {service!r} service is running", service=service)
+        if candidates[0].kind == "registry":
+            outcome.route = "registry"  # a record kind's API, announced by the registry
         method = scope["method"].encode()
         response = await call_upstream(
             candidates,

@@ -27,6 +27,7 @@ from aimesh.registry.types import (
     SHA256_HEX,
     Alias,
     AliasMove,
+    AliasRollback,
     ArtifactInfo,
     GarbageReport,
     HistoryEntry,
@@ -207,6 +208,27 @@ def set_alias(
     reg: Reg, name: Name, alias: AliasName, move: AliasMove, caller: Caller, actor: Actor = None
 ) -> Alias:
     return reg.set_alias(name, alias, move.version, actor=actor_of(caller, actor))
+
+
+@router.post(
+    "/models/{name}/aliases/{alias}/rollback",
+    summary="Point an alias back at the version it held before",
+    description="Atomic and recorded (an alias `moved` event whose data says `rollback`, "
+    "`from` and `to`): each rollback undoes the newest move not undone yet. 409 "
+    "`no_previous_version` when the history holds none, `alias_moved` when `from_version` "
+    "is given and the alias points elsewhere, `version_archived` when the one before is.",
+    responses=error_responses(409),
+)
+def rollback_alias(
+    reg: Reg,
+    name: Name,
+    alias: AliasName,
+    caller: Caller,
+    expected: AliasRollback | None = None,
+    actor: Actor = None,
+) -> Alias:
+    from_version = expected.from_version if expected is not None else None
+    return reg.rollback_alias(name, alias, from_version=from_version, actor=actor_of(caller, actor))
 
 
 @router.delete("/models/{name}/aliases/{alias}", status_code=204, summary="Remove an alias")

@@ -28,6 +28,7 @@ from aimesh.registry.service import default_actor
 from aimesh.registry.types import (
     Alias,
     AliasMove,
+    AliasRollback,
     ArtifactInfo,
     GarbageReport,
     HistoryEntry,
@@ -202,6 +203,12 @@ class RegistryClient:
         """Point an alias at a version."""
         body = _dump(AliasMove(version=number))
         return self._call(Alias, "PUT", f"/models/{name}/aliases/{alias}", json=body)
+
+    def rollback_alias(self, name: str, alias: str, *, from_version: int | None = None) -> Alias:
+        """Point an alias back at the version it held before (atomically, in the registry)."""
+        body = _dump(AliasRollback(from_version=from_version))
+        path = f"/models/{name}/aliases/{alias}/rollback"
+        return self._call(Alias, "POST", path, json=body)
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove an alias."""

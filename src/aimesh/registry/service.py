@@ -324,6 +324,21 @@ class LocalRegistry:
         self._changed()
         return moved
 
+    def rollback_alias(
+        self,
+        name: str,
+        alias: str,
+        *,
+        from_version: int | None = None,
+        actor: str | None = None,
+    ) -> Alias:
+        """Point an alias back at the version it held before (see the store's method)."""
+        moved = self.store.rollback_alias(
+            name, alias, actor or self.actor, from_version=from_version
+        )
+        self._changed()
+        return moved
+
     def delete_alias(self, name: str, alias: str, *, actor: str | None = None) -> None:
         """Remove an alias."""
         self.store.delete_alias(name, alias, actor or self.actor)

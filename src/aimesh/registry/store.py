@@ -19,12 +19,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aimesh.auth import KeyEntry
 from aimesh.errors import (
+    AliasMoved,
     AliasNotFound,
     KeyExists,
     KeyNotFound,
     MetricExists,
     ModelExists,
     ModelNotFound,
+    NoPreviousVersion,
     StoreUnavailable,
     VersionArchived,
     VersionNotFound,
@@ -325,6 +327,35 @@ class RegistryStore:
             model = _model_row(s, name)
             return _move_alias(s, model, alias, _version_row(s, model, number), actor)
 
+    def rollback_alias(
+        self, name: str, alias: str, actor: str, *, from_version: int | None = None
+    ) -> Alias:
+        """Point ``alias`` back at the version it held before, atomically, recording it.
+
+        "Before" is read from the alias's history: each rollback undoes the newest move
+        not undone yet, so rolling back twice goes two moves back (moves that changed
+        nothing, and history from before the alias was last deleted, do not count).
+        :class:`NoPreviousVersion` when there is none; with ``from_version``,
+        :class:`AliasMoved` unless the alias points there now. The alias row is locked
+        from the look at its history to the move, so no concurrent move slips between.
+        The move is an ``alias moved`` event like any other (followers switch), its data
+        saying ``rollback``, ``from`` and ``to``.
+        """
+        check_alias_name(alias)
+        with self._transaction() as s:
+            model = _model_row(s, name)
+            row = s.get(AliasRow, (model.id, alias), with_for_update=True)
+            if row is None:
+                raise AliasNotFound(f"model {name!r} has no alias {alias!r}", alias=alias)
+            current = s.get_one(VersionRow, row.version_id).version
+            if from_version is not None and from_version != current:
+                raise AliasMoved(name, alias, from_version, current)
+            target = _version_before(s, name, alias)
+            if target is None:
+                raise NoPreviousVersion(name, alias)
+            back = {"rollback": True, "from": current, "to": target}
+            return _move_alias(s, model, alias, _version_row(s, model, target), actor, back)
+
     def delete_alias(self, name: str, alias: str, actor: str) -> None:
         """Remove an alias."""
         with self._transaction() as s:
@@ -609,7 +640,14 @@ def _resolve(s: Session, model: ModelRow, ref: str | int) -> VersionRow:
     return s.get_one(VersionRow, alias.version_id)
 
 
-def _move_alias(s: Session, model: ModelRow, alias: str, target: VersionRow, actor: str) -> Alias:
+def _move_alias(
+    s: Session,
+    model: ModelRow,
+    alias: str,
+    target: VersionRow,
+    actor: str,
+    data: dict[str, Any] | None = None,
+) -> Alias:
     if target.archived:
         raise VersionArchived(
             f"{model.name}@{target.version} is archived; an alias cannot point at it",
@@ -637,9 +675,33 @@ def _move_alias(s: Session, model: ModelRow, alias: str, target: VersionRow, act
         version=target.version,
         alias=alias,
         actor=actor,
-        data={"previous": previous},
+        data={"previous": previous, **(data or {})},
     )
-    return _alias(model.name, row, target.version)
+    return _alias(model.name, row, target.version, previous=previous)
+
+
+def _version_before(s: Session, model: str, alias: str) -> int | None:
+    """The version an alias held before its newest move not undone by a rollback."""
+    rows = s.execute(
+        sa.select(EventRow.action, EventRow.version, EventRow.data)
+        .where(EventRow.model == model, EventRow.kind == "alias", EventRow.alias == alias)
+        .order_by(EventRow.seq.desc())
+        .execution_options(yield_per=100)
+    )
+    undone = 0
+    for action, version, data in rows:
+        if action == "deleted":
+            return None  # what came before a delete is another alias's story
+        previous = data.get("previous")
+        if data.get("rollback"):
+            undone += 1
+        elif previous == version:
+            continue  # a move to where it was changes nothing to undo
+        elif undone:
+            undone -= 1
+        else:
+            return previous if isinstance(previous, int) else None
+    return None
 
 
 def _list_aliases(s: Session, model: ModelRow) -> list[Alias]:
@@ -711,13 +773,14 @@ def _version(s: Session, model: str, row: VersionRow) -> ModelVersion:
     )
 
 
-def _alias(model: str, row: AliasRow, version: int) -> Alias:
+def _alias(model: str, row: AliasRow, version: int, *, previous: int | None = None) -> Alias:
     return Alias(
         model=model,
         name=row.name,
         version=version,
         updated_at=row.updated_at,
         updated_by=row.updated_by,
+        previous=previous,
     )
 
 

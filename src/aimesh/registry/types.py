@@ -182,6 +182,23 @@ class Alias(_Frozen):
     version: int
     updated_at: datetime
     updated_by: str
+    previous: int | None = Field(
+        default=None,
+        description="In the answer to a move or a rollback: the version it pointed at "
+        "before (None when it was new, and in listings).",
+    )
+
+
+class AliasRollback(_Frozen):
+    """What a client may send to roll an alias back: the version it expects it at now."""
+
+    from_version: int | None = Field(
+        default=None,
+        ge=1,
+        le=STORED_INT_MAX,
+        description="Roll back only if the alias points at this version now (409 "
+        "alias_moved otherwise): what the caller saw was not moved meanwhile.",
+    )
 
 
 class ModelInfo(_Frozen):
