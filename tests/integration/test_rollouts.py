@@ -10,10 +10,10 @@ across a controller killed mid-rollout.
 
 from __future__ import annotations
 
-import json
 import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -29,6 +29,7 @@ from _services import (
 )
 
 from aimesh.registry import ROLLOUTS, push_model
+from aimesh.rollouts import Rollout
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [0.0]}]}
 
@@ -65,81 +66,88 @@ def stack(home: Home) -> Iterator[dict[str, Service]]:
             service.stop(signal.SIGKILL if service.proc.poll() is None else signal.SIGTERM)
 
 
-def _rollout(home: Home) -> dict[str, object]:
-    found: dict[str, object] = json.loads(
-        run_aimesh(home.env, "rollout", "status", "echo", "--json").stdout
-    )
-    return found
+def _record(home: Home) -> Rollout:
+    registry = home.registry()
+    try:
+        return registry.get_record(ROLLOUTS, "echo").spec
+    finally:
+        registry.close()
 
 
 class Traffic:
-    """Requests sent through a gateway, and what answered each (arm, status, version)."""
+    """Requests sent through a gateway (8 at a time), and what answered each: the policy's
+    arm, the status, the version."""
 
     def __init__(self, gateway: Service) -> None:
         self.client = httpx.Client(base_url=gateway.http, timeout=30)
+        self.pool = ThreadPoolExecutor(8)
         self.seen: list[tuple[str | None, int, str | None]] = []
 
-    def send(self, path: str = "/v2/models/echo/infer", n: int = 20) -> None:
-        for _ in range(n):
-            r = self.client.post(path, json=BODY)
-            version = r.json().get("model_version") if r.status_code == 200 else None
-            self.seen.append((r.headers.get("x-aimesh-rollout-arm"), r.status_code, version))
+    def _one(self, path: str) -> tuple[str | None, int, str | None]:
+        r = self.client.post(path, json=BODY)
+        version = r.json().get("model_version") if r.status_code == 200 else None
+        return r.headers.get("x-aimesh-rollout-arm"), r.status_code, version
+
+    def send(self, path: str = "/v2/models/echo/infer", n: int = 40) -> None:
+        self.seen += self.pool.map(self._one, [path] * n)
 
     def until(self, done: Callable[[], bool]) -> bool:
-        """Send traffic until ``done`` (asked between rounds) or WAIT_S passes."""
+        """Send traffic until ``done`` (asked between rounds) or twice WAIT_S pass."""
         return wait_for(lambda: self.send() or done(), timeout=2 * WAIT_S)
 
-
-def _state(home: Home) -> str:
-    status = _rollout(home)["spec"]["status"]  # type: ignore[index]
-    return str(status["state"])  # type: ignore[index]
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.client.close()
 
 
 def test_a_bad_canary_rolls_back_and_a_good_one_is_promoted(
     home: Home, stack: dict[str, Service]
 ) -> None:
     traffic = Traffic(stack["gateway"])
-    traffic.send(n=5)
+    traffic.send(n=8)
     assert {(arm, status) for arm, status, _ in traffic.seen} == {(None, 200)}  # no policy yet
 
     # The broken version 2 as a canary at 20%: rolled back on its first errors.
     run_aimesh(home.env, "rollout", "start", "echo", "--candidate", "2", "--steps", "20,100",
                "--interval", "30s", "--min-requests", "20", "--max-error-rate", "0.05")  # fmt: skip
     before = len(traffic.seen)
-    assert traffic.until(lambda: _state(home) == "rolled_back"), _rollout(home)
+    assert traffic.until(lambda: _record(home).status.state == "rolled_back"), _record(home)
     during = traffic.seen[before:]
     arms = Counter(arm for arm, _, _ in during)
-    assert arms["candidate"] <= 0.2 * len(during) + 10, arms  # its share, and a tolerance
+    assert arms["candidate"] <= 0.2 * len(during) + 16, arms  # its share, and a tolerance
     assert all(status == 200 for arm, status, _ in during if arm == "baseline")
-    decision = _rollout(home)["spec"]["status"]["decisions"][-1]  # type: ignore[index]
-    assert decision["action"] == "rolled_back" and decision["figures"]["candidate_errors"] >= 1
+    decision = _record(home).status.decisions[-1]
+    assert decision.action == "rolled_back" and decision.figures["candidate_errors"] >= 1
     # Rolled back: the alias's requests go where the alias is, every one answered.
-    assert wait_for(lambda: (traffic.send(n=5), traffic.seen[-1])[1][0] == "stable")
-    traffic.send(n=20)
-    assert set(traffic.seen[-20:]) == {("stable", 200, "1")}
+    assert wait_for(lambda: (traffic.send(n=8), traffic.seen[-1])[1][0] == "stable")
+    traffic.send()
+    assert set(traffic.seen[-40:]) == {("stable", 200, "1")}
 
-    # The good version 3, step by step; the controller killed after the first step, a
-    # second one continues from the recorded step to the promotion.
-    run_aimesh(home.env, "rollout", "start", "echo", "--candidate", "3", "--steps", "10,50,100",
-               "--interval", "2s", "--min-requests", "5", "--max-inconclusive", "50")  # fmt: skip
-    status = lambda: _rollout(home)["spec"]["status"]  # noqa: E731
-    assert traffic.until(lambda: status()["step"] >= 1), _rollout(home)  # type: ignore[index]
+    # The good version 3, step by step (latency is the unit tests' business: not judged
+    # here, on a busy machine); the controller killed after the first step, a second one
+    # continues from the recorded step to the promotion.
+    run_aimesh(home.env, "rollout", "start", "echo", "--candidate", "3", "--steps", "25,50,100",
+               "--interval", "2s", "--min-requests", "5", "--max-p99-ratio", "100",
+               "--max-inconclusive", "50")  # fmt: skip
+    assert traffic.until(lambda: _record(home).status.step >= 1), _record(home)
     stack["controller"].stop(signal.SIGKILL)
     stack["controller"] = home.controller()
-    assert traffic.until(lambda: _state(home) == "promoted"), _rollout(home)
-    actions = [d["action"] for d in status()["decisions"]]  # type: ignore[index]
-    assert actions[-3:] == ["step", "step", "promoted"], actions
+    assert traffic.until(lambda: _record(home).status.state == "promoted"), _record(home)
+    actions = [d.action for d in _record(home).status.decisions]
+    assert [a for a in actions if a != "inconclusive"][-4:] == [
+        "started", "step", "step", "promoted",
+    ], actions  # fmt: skip
     registry = home.registry()
     try:
         assert registry.get_version("echo", "champion").version == 3
-        record = registry.get_record(ROLLOUTS, "echo")
-        assert record.spec.status.weight == 100
     finally:
         registry.close()
     # The follower serves version 3 now, through both gateways.
     for gateway in ("gateway", "gateway2"):
         other = Traffic(stack[gateway])
         assert wait_for(lambda o=other: (o.send(n=1), o.seen[-1])[1] == ("stable", 200, "3"))
+        other.close()
+    traffic.close()
 
 
 def test_bad_rollouts_are_refused_and_change_nothing(home: Home, stack: dict[str, Service]) -> None:

@@ -62,6 +62,14 @@ SOON = T0 + timedelta(seconds=10)
             LATER,
             ("rolled_back", 0, "rolled_back"),
         ),
+        # Sub-floor latencies are equal: 1.5 ms against 0.3 ms is no 5x.
+        (
+            _rollout(),
+            _interval(200, ms=1.5),
+            _interval(2000, ms=0.3),
+            LATER,
+            ("step", 50, "running"),
+        ),
         # The last step passed: promoted, without a baseline to ask at 100%.
         (_rollout(step=2), _interval(500), _interval(0), LATER, ("promoted", 100, "promoted")),
         # Not running: never judged.

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
-from aimesh.errors import AimeshError, InvalidRequest, Overloaded
+from aimesh.errors import AimeshError, CircuitOpen, InvalidRequest, Overloaded
 from aimesh.rest.asgi import (
     CLIENT_GONE,
     REQUEST_ID,
@@ -82,10 +82,12 @@ def log_failure(logger: logging.Logger, exc: AimeshError, status: int, request_i
 
     A server error is logged with its stack and the foreign error behind it; a client error
     only when a foreign error lies behind it (its text, which the body does not quote). A
-    full service (:class:`~aimesh.errors.Overloaded`) is no fault: a warning, no stack.
+    full service (:class:`~aimesh.errors.Overloaded`) or an open circuit
+    (:class:`~aimesh.errors.CircuitOpen`) is no fault of this one: a warning, no stack (the
+    breaker's opening was logged once, with its figures).
     """
     extra = {"code": exc.code, "request_id": request_id}
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Overloaded | CircuitOpen):
         logger.warning("request %s refused: %s (%s)", request_id, exc.message, exc.code,
                        extra=extra)  # fmt: skip
     elif status >= 500:

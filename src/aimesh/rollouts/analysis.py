@@ -16,7 +16,11 @@ so, or None while there is nothing to decide yet. The rules, in order:
    interval *inconclusive*; ``max_inconclusive`` of those in a row pause the rollout, and
    the status says why.
 3. **Latency.** The candidate's p99 over the baseline's past ``max_p99_ratio`` rolls back.
-   At 100% the baseline has no traffic: its p99 from the step before stands in.
+   A p99 of fewer than :data:`P99_MIN_REQUESTS` answers is their slowest one, noise (a
+   first call that warms a cache): with fewer on either side latency is not judged, and the
+   decision says so. Latencies under :data:`P99_FLOOR_S` count as that floor, so that a
+   1 ms against a 0.1 ms answer is no "10x". At 100% the baseline has no traffic: its p99
+   from the step before stands in.
 4. Otherwise the step passes: the next step's weight, or, after the last, *promoted* (the
    controller then moves the alias to the candidate).
 
@@ -30,7 +34,12 @@ from datetime import datetime
 from aimesh.rollouts.figures import Interval
 from aimesh.rollouts.policy import Canary, Decision, Rollout
 
-__all__ = ["figures_of", "judge"]
+__all__ = ["P99_FLOOR_S", "P99_MIN_REQUESTS", "figures_of", "judge"]
+
+P99_MIN_REQUESTS = 100
+"""Answers each side needs in an interval for its p99 to be judged."""
+P99_FLOOR_S = 0.002
+"""Latencies below this count as this when p99s are compared (2 ms)."""
 
 
 def figures_of(candidate: Interval, baseline: Interval) -> dict[str, float]:
@@ -98,9 +107,15 @@ def judge(
             step_started=now, reason=reason,
         )  # fmt: skip
     candidate_p99 = candidate.quantile(0.99)
-    baseline_p99 = baseline.quantile(0.99) if baseline.requests else _last_baseline_p99(rollout)
-    if candidate_p99 is not None and baseline_p99:
-        ratio = candidate_p99 / baseline_p99
+    if baseline.requests:
+        baseline_p99 = baseline.quantile(0.99) if _answered(baseline) >= P99_MIN_REQUESTS else None
+    else:
+        baseline_p99 = _last_baseline_p99(rollout)
+    latency = ""
+    if candidate_p99 is None or _answered(candidate) < P99_MIN_REQUESTS or not baseline_p99:
+        latency = f"; p99 not judged (under {P99_MIN_REQUESTS} answers)"
+    else:
+        ratio = max(candidate_p99, P99_FLOOR_S) / max(baseline_p99, P99_FLOOR_S)
         figures["p99_ratio"] = ratio
         figures.setdefault("baseline_p99_ms", baseline_p99 * 1000.0)
         if ratio > policy.max_p99_ratio:
@@ -112,15 +127,19 @@ def judge(
     if status.step + 1 >= len(policy.steps):
         return _decide(
             rollout, now, "promoted", figures, state="promoted", weight=100,
-            reason=f"every step passed (error rate {rate:.2%} at {weight}%)",
+            reason=f"every step passed (error rate {rate:.2%} at {weight}%{latency})",
         )  # fmt: skip
     following = policy.steps[status.step + 1]
     return _decide(
         rollout, now, "step", figures, step=status.step + 1, weight=following,
         inconclusive=0, step_started=now,
-        reason=f"step {status.step + 1} passed at {weight}% (error rate {rate:.2%}); "
-        f"now {following}%",
+        reason=f"step {status.step + 1} passed at {weight}% (error rate {rate:.2%}"
+        f"{latency}); now {following}%",
     )  # fmt: skip
+
+
+def _answered(interval: Interval) -> int:
+    return sum(interval.latency.values())
 
 
 def _over(candidate: Interval, policy: Canary) -> bool:
