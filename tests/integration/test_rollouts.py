@@ -10,6 +10,8 @@ across a controller killed mid-rollout.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,8 +30,9 @@ from _services import (
     wait_for,
 )
 
+from aimesh.bus import connect
 from aimesh.registry import ROLLOUTS, push_model
-from aimesh.rollouts import Rollout
+from aimesh.rollouts import FIGURES_SUBJECT, Interval, Rollout, Tally
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [0.0]}]}
 
@@ -78,8 +81,9 @@ class Traffic:
     """Requests sent through a gateway (8 at a time), and what answered each: the policy's
     arm, the status, the version."""
 
-    def __init__(self, gateway: Service) -> None:
+    def __init__(self, gateway: Service, path: str = "/v2/models/echo/infer") -> None:
         self.client = httpx.Client(base_url=gateway.http, timeout=30)
+        self.path = path
         self.pool = ThreadPoolExecutor(8)
         self.seen: list[tuple[str | None, int, str | None]] = []
 
@@ -88,8 +92,8 @@ class Traffic:
         version = r.json().get("model_version") if r.status_code == 200 else None
         return r.headers.get("x-aimesh-rollout-arm"), r.status_code, version
 
-    def send(self, path: str = "/v2/models/echo/infer", n: int = 40) -> None:
-        self.seen += self.pool.map(self._one, [path] * n)
+    def send(self, n: int = 40) -> None:
+        self.seen += self.pool.map(self._one, [self.path] * n)
 
     def until(self, done: Callable[[], bool]) -> bool:
         """Send traffic until ``done`` (asked between rounds) or twice WAIT_S pass."""
@@ -186,3 +190,56 @@ def test_bad_rollouts_are_refused_and_change_nothing(home: Home, stack: dict[str
         assert registry.get_version("echo", "champion").version == champion
     finally:
         registry.close()
+
+
+def _figures(nats_url: str, version: str) -> Interval:
+    """``echo`` at ``version`` as every gateway counts it (cumulative), from their reports."""
+
+    async def hear() -> Interval:
+        tally = Tally()
+        async with await connect(nats_url, timeout=5, name="test") as bus:
+            sub = await bus.nc.subscribe(f"{FIGURES_SUBJECT}.>")
+            try:
+                # Every gateway publishes once a second: two seconds hear each one.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2.5):
+                        async for msg in sub.messages:
+                            tally.hear(msg.data)
+            finally:
+                await sub.unsubscribe()
+        return Tally.interval({}, tally.snapshot(), "echo", version)
+
+    return asyncio.run(hear())
+
+
+def test_shadow_traffic_never_changes_an_answer(
+    home: Home, stack: dict[str, Service], nats_url: str
+) -> None:
+    registry = home.registry()
+    try:
+        champion = str(registry.get_version("echo", "champion").version)
+    finally:
+        registry.close()
+    traffic = Traffic(stack["gateway"], "/v2/models/echo/versions/champion/infer")
+    # Copies to the broken version 2: it fails each one; no client sees it.
+    run_aimesh(home.env, "rollout", "shadow", "echo", "--candidate", "2")
+    assert wait_for(lambda: (traffic.send(), _figures(nats_url, "2").errors)[1] > 0)
+    assert set(traffic.seen) == {(None, 200, champion)}
+    # A shadow that hangs (its process stopped) holds no client up.
+    stack["two"].proc.send_signal(signal.SIGSTOP)
+    try:
+        traffic.send(n=80)
+    finally:
+        stack["two"].proc.send_signal(signal.SIGCONT)
+    assert set(traffic.seen) == {(None, 200, champion)}
+    # Another shadow needs the first one ended; copies to a good version agree.
+    refused = run_aimesh(home.env, "rollout", "shadow", "echo", "--candidate", "3", ok=False)
+    assert "rollout_state" in refused.stderr
+    run_aimesh(home.env, "rollout", "abort", "echo")
+    run_aimesh(home.env, "rollout", "shadow", "echo", "--candidate", "3")
+    assert wait_for(lambda: (traffic.send(), _figures(nats_url, "3"))[1].compared > 0)
+    figures = _figures(nats_url, "3")
+    assert figures.agreed == figures.compared and figures.mean_abs_diff == 0.0
+    assert set(traffic.seen) == {(None, 200, champion)}
+    run_aimesh(home.env, "rollout", "abort", "echo")
+    traffic.close()

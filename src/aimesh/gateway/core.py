@@ -59,6 +59,8 @@ class Plan:
     target: Target
     arm: str | None = None
     """The traffic policy's arm that answers (None: no policy chose the version)."""
+    shadow: Target | None = None
+    """Where a copy of the call goes, to be compared (a shadow policy's share of calls)."""
 
 
 def _success(result: object) -> Outcome:
@@ -109,7 +111,12 @@ class ModelCore:
         """Where a call to ``model`` naming ``version`` goes; ``headers`` (lower-case
         names) carry a sticky policy's user key. Raises what :meth:`Router.target` does."""
         arms = self.traffic.get(model) if self.traffic is not None else None
-        if arms is not None and arms.applies_to(version):
+        if arms is None or not arms.applies_to(version):
+            return Plan(await self.router.target(model, version))
+        shadow = None
+        if arms.shadow is not None and arms.copies(self._rand):
+            shadow = self.router.table.match(model, arms.shadow)
+        if arms.splits:
             key = None
             if arms.header is not None or arms.cookie is not None:
                 key = sticky_key(arms.header, arms.cookie, headers)
@@ -117,9 +124,9 @@ class ModelCore:
             if choice is not None:
                 target = self.router.table.match(model, choice.version)
                 if target is not None:
-                    return Plan(target, choice.arm)
+                    return Plan(target, choice.arm, shadow)
                 log.debug("version %s of %s is picked but unserved", choice.version, model)
-        return Plan(await self.router.target(model, version))
+        return Plan(await self.router.target(model, version), None, shadow)
 
     def fallback_for(self, model: str) -> Fallback | None:
         """The fallback ``model``'s calls declare (``gateway.resilience.routes``), if any."""

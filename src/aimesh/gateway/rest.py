@@ -63,6 +63,7 @@ from aimesh.gateway.instances import InstancePolicy, Upstream
 from aimesh.gateway.metrics import GATEWAY, GatewayMetrics
 from aimesh.gateway.openapi import MergedOpenApi
 from aimesh.gateway.routing import Router, Target
+from aimesh.gateway.shadow import Shadows
 from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.jobs import encode_job
 from aimesh.protocol import InferenceRequest, TensorSpec, check_inputs, rest_codec
@@ -117,7 +118,8 @@ class _Outcome:
     """What the metrics say of one request; filled in as it goes."""
 
     __slots__ = (
-        "arm", "failure", "fallback", "model", "route", "started", "status", "upstream", "version",
+        "arm", "failure", "fallback", "live", "model", "route", "started", "status", "upstream",
+        "version",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -131,6 +133,8 @@ class _Outcome:
         """How the call failed without an answer (a timeout, no connection)."""
         self.fallback = False
         """Whether a fallback answered instead."""
+        self.live: asyncio.Future[tuple[int, bytes] | None] | None = None
+        """Where the live answer goes for a shadow copy to be compared with."""
         self.route = "unknown"
         self.upstream = GATEWAY
         self.status = 500
@@ -171,6 +175,7 @@ class GatewayApp:
         guard: Guard | None = None,
         core: ModelCore | None = None,
         figures: FigureBook | None = None,
+        shadows: Shadows | None = None,
     ) -> None:
         self.guard = guard or Guard()
         """Browser origins and Host names (:mod:`aimesh.rest.guard`)."""
@@ -181,6 +186,8 @@ class GatewayApp:
         """Plans model calls (traffic policy, routing) and runs them."""
         self.figures = figures or FigureBook("gateway")
         """Inference outcomes per model version, shared with the rollout controller."""
+        self.shadows = shadows or Shadows(self.core, self.figures)
+        """Copies of calls to a shadow version, compared with the live answers."""
         self.keyring = keyring
         self.metrics = metrics
         self.openapi = openapi
@@ -235,6 +242,8 @@ class GatewayApp:
             if not outcome.started:
                 await respond(send, 500, gateway_internal_error(head.request_id), head.request_id)
         finally:
+            if outcome.live is not None and not outcome.live.done():
+                outcome.live.set_result(None)  # no whole answer to compare the shadow's with
             elapsed = time.perf_counter() - started
             self.metrics.observe(
                 outcome.route, "rest", outcome.upstream, str(outcome.status), elapsed
@@ -346,6 +355,11 @@ class GatewayApp:
             return
         upstream_path = path + query(scope)
         method = b"POST" if allowed == "POST" else b"GET"
+        if plan.shadow is not None and outcome.model is not None:
+            shadow_path = model_path(name, plan.shadow.version, b"/infer") + query(scope)
+            outcome.live = self.shadows.copy(
+                name, plan.shadow, self._answer(shadow_path, head.forward, body)
+            )
         fallback = self.core.fallback_for(name) if outcome.model is not None else None
         try:
             response = await self.core.call(
@@ -499,6 +513,19 @@ class GatewayApp:
 
         return exchange
 
+    def _answer(
+        self, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> Callable[[Upstream], Awaitable[tuple[int, bytes]]]:
+        """An exchange that POSTs ``body`` and reads the whole answer (a shadow copy)."""
+        exchange = self._exchange(b"POST", target, headers, body, None)
+
+        async def whole(upstream: Upstream) -> tuple[int, bytes]:
+            response = await exchange(upstream)
+            answer = response.take() if response.complete else await response.body(self.timeout)
+            return response.status, answer
+
+        return whole
+
     def _not_sent(self, upstream: Upstream, exc: NotSent) -> None:
         self.metrics.upstream_error(upstream.label, "refused")
         log.info("instance %s did not take a request (%s); trying another", upstream.label, exc)
@@ -522,6 +549,8 @@ class GatewayApp:
         if response.complete or (length is not None and int(length) <= _BUFFER_LIMIT):
             # Whole before the first byte goes out: an upstream lost mid-body is still a 502.
             body = response.take() if response.complete else await response.body(self.timeout)
+            if outcome.live is not None and not outcome.live.done():
+                outcome.live.set_result((response.status, body))
             if length is None:
                 headers.append((b"content-length", str(len(body)).encode()))
             await send(

@@ -194,6 +194,7 @@ async def run_gateway(
     await _step("closing gRPC channels", grpc_gateway.close())
     client.close()
     await _step("stopping traffic fetches", traffic.close())
+    await _step("stopping shadow copies", app.shadows.close())
     await _step("closing the registry", asyncio.to_thread(catalog.close))
     log.info("gateway stopped")
 

@@ -66,9 +66,9 @@ class Arms:
                 arms.append(_Arm(route, float(weight), salt, Choice(route, name)))
         self._arms = tuple(arms)
         self._total = sum(a.weight for a in arms)
-        self.alias = policy.alias if isinstance(policy, Canary) else None
-        """The alias whose requests the policy shares too (a canary's), besides the
-        requests naming no version."""
+        self.alias = policy.alias if isinstance(policy, Canary | Shadow) else None
+        """The alias whose requests the policy shares (a canary) or copies (a shadow) too,
+        besides the requests naming no version."""
 
     @property
     def splits(self) -> bool:

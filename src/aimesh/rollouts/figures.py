@@ -80,6 +80,14 @@ class VersionCounts(msgspec.Struct, kw_only=True):
     timeout: int = 0
     connection: int = 0
     fallbacks: int = 0
+    compared: int = 0
+    """Shadow answers compared with the live one (a shadow version's counts)."""
+    agreed: int = 0
+    """Of those, the ones agreeing on the top class."""
+    abs_diff: float = 0.0
+    """The sum over comparisons of their mean absolute difference."""
+    dropped: int = 0
+    """Copies not sent: the gateway had as many shadow calls in flight as it allows."""
     latency: dict[int, int] = msgspec.field(default_factory=dict)
     """Requests per latency bucket (answered ones: ok, client, upstream)."""
 
@@ -119,12 +127,7 @@ class FigureBook:
         fallback: bool = False,
     ) -> None:
         """Count one request answered (or not) by ``model`` at ``version``."""
-        versions = self._models.get(model)
-        if versions is None:
-            versions = self._models[model] = {}
-        counts = versions.get(version)
-        if counts is None:
-            counts = versions[version] = VersionCounts()
+        counts = self.counts(model, version)
         counts.count(outcome, seconds)
         if fallback:
             counts.fallbacks += 1
@@ -133,6 +136,23 @@ class FigureBook:
     def empty(self) -> bool:
         """Whether nothing was counted yet."""
         return not self._models
+
+    def counts(self, model: str, version: str) -> VersionCounts:
+        """The counts of ``model`` at ``version`` (made at first use)."""
+        versions = self._models.get(model)
+        if versions is None:
+            versions = self._models[model] = {}
+        counts = versions.get(version)
+        if counts is None:
+            counts = versions[version] = VersionCounts()
+        return counts
+
+    def compared(self, model: str, version: str, agreed: bool, mean_abs_diff: float) -> None:
+        """Count one shadow answer compared with the live one."""
+        counts = self.counts(model, version)
+        counts.compared += 1
+        counts.agreed += agreed
+        counts.abs_diff += mean_abs_diff
 
     def report(self) -> Report:
         """The book as it stands, to publish."""
@@ -160,6 +180,22 @@ class Interval:
     client: int
     fallbacks: int
     latency: Mapping[int, int]
+    compared: int = 0
+    """Shadow answers compared with the live ones."""
+    agreed: int = 0
+    """Of those, the ones agreeing on the top class."""
+    abs_diff: float = 0.0
+    dropped: int = 0
+
+    @property
+    def agreement(self) -> float | None:
+        """Agreed over compared; None without comparisons."""
+        return self.agreed / self.compared if self.compared else None
+
+    @property
+    def mean_abs_diff(self) -> float | None:
+        """The mean absolute difference of the shadow's scores; None without comparisons."""
+        return self.abs_diff / self.compared if self.compared else None
 
     @property
     def error_rate(self) -> float | None:
@@ -207,7 +243,9 @@ class Tally:
         before: Mapping[str, Report], after: Mapping[str, Report], model: str, version: str
     ) -> Interval:
         """``version``'s figures between two snapshots, summed over gateways."""
-        sums = dict.fromkeys((*_CLASSES, "fallbacks"), 0)
+        sums: dict[str, float] = dict.fromkeys(
+            (*_CLASSES, "fallbacks", "compared", "agreed", "abs_diff", "dropped"), 0
+        )
         latency: dict[int, int] = {}
         for gateway, report in after.items():
             now = report.models.get(model, {}).get(version)
@@ -223,11 +261,15 @@ class Tally:
                 gained = count - (then.latency.get(bucket, 0) if then else 0)
                 if gained:
                     latency[bucket] = latency.get(bucket, 0) + gained
-        errors = sums["upstream"] + sums["timeout"] + sums["connection"]
+        errors = int(sums["upstream"] + sums["timeout"] + sums["connection"])
         return Interval(
-            requests=sums["ok"] + errors,
+            requests=int(sums["ok"]) + errors,
             errors=errors,
-            client=sums["client"],
-            fallbacks=sums["fallbacks"],
+            client=int(sums["client"]),
+            fallbacks=int(sums["fallbacks"]),
             latency=latency,
+            compared=int(sums["compared"]),
+            agreed=int(sums["agreed"]),
+            abs_diff=sums["abs_diff"],
+            dropped=int(sums["dropped"]),
         )

@@ -169,6 +169,11 @@ class Shadow(_Strict):
 
     type: Literal["shadow"] = "shadow"
     candidate: int = Field(ge=1, description="The version that gets the copies.")
+    alias: str = Field(
+        default="champion",
+        pattern=ALIAS_NAME.pattern,
+        description="Calls naming this alias are copied too, besides those naming no version.",
+    )
     percent: float = Field(
         default=100.0, gt=0.0, le=100.0, description="Percent of requests copied to it."
     )
