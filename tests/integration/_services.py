@@ -48,8 +48,8 @@ class Model:
 """A trusted Python model (push it with ``trusted=True``): input x [-1, 1], output y = 2x."""
 
 FAILING_MODEL = ECHO_MODEL.replace(
-    "        time.sleep(float(inputs[\"x\"][0, 0]))\n",
-    "        raise RuntimeError(\"this version is broken on purpose\")\n",
+    '        time.sleep(float(inputs["x"][0, 0]))\n',
+    '        raise RuntimeError("this version is broken on purpose")\n',
 )
 """A trusted Python model with echo's signature that fails every call (a bad canary)."""
 

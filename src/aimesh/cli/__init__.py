@@ -64,7 +64,7 @@ def _register() -> None:
     app.command("worker")(jobs.worker)
     app.command("serve")(serve.serve)
     app.command("train")(train.train)
-    app.command("demo")(demo.demo)
+    app.add_typer(demo.app, name="demo")
     app.command("doctor")(doctor.doctor)
     for command in (local.up, local.status, local.logs, local.down, local.init):
         app.command()(command)

@@ -268,8 +268,13 @@ def _write_project(config: Settings) -> Path:
     return path
 
 
+app = typer.Typer(help="Walk-throughs of the platform on the embedded defaults.")
+
+
+@app.callback(invoke_without_command=True)
 @handle_errors
 def demo(
+    ctx: typer.Context,
     rows: Annotated[int, typer.Option(help="Rows of synthetic fraud data to train on.")] = 20_000,
     once: Annotated[
         bool, typer.Option("--once", help="Stop the stack after the predictions.")
@@ -280,7 +285,10 @@ def demo(
     Ingests synthetic fraud data into the lake, trains fraud on a worker through a training
     job and aliases it champion, runs the stack (registry, lake, jobs, 2 replicas, workers,
     gateway), predicts through the gateway over REST, gRPC and async REST.
+    `aimesh demo rollout`: canaries decided by the controller on their own.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from aimesh.bus import ensure_bus, redact_url
     from aimesh.cli.local import show_stack
     from aimesh.cli.models import versions_table
@@ -377,3 +385,12 @@ def demo(
         with console.status("stopping the stack"):
             stop_stack(home, timeout_s=STACK_STOP_S, settings=stack)
         console.print("stopped the stack (the bus keeps running: `aimesh bus stop`)")
+
+
+def _rollout_demo() -> None:
+    from aimesh.cli.demo_rollout import rollout
+
+    app.command("rollout")(rollout)
+
+
+_rollout_demo()
