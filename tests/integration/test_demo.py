@@ -75,3 +75,27 @@ def test_demo_ingests_trains_on_a_worker_runs_the_stack_and_predicts_three_ways(
             capture_output=True,
             timeout=60,
         )
+
+
+@pytest.mark.timeout(600)
+def test_demo_rollout_rolls_a_broken_canary_back_and_promotes_a_good_one(tmp_path: Path) -> None:
+    """``aimesh demo rollout`` as the README shows it: decisions printed, no client failed,
+    and nothing left running (its stack and its own bus stopped)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMESH_")}
+    env |= {"AIMESH_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "aimesh", "demo", "rollout", "--interval", "3"],
+        env=env, capture_output=True, text=True, timeout=500, cwd=tmp_path,
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    assert "rolled_back" in out and "error rate 100.00%" in out
+    assert out.count("step ") >= 2 and "every step passed" in out
+    clients = next(line for line in out.splitlines() if line.startswith("clients"))
+    assert " x 200" in clients and " x 5" not in clients and "no answer" not in clients, clients
+    home = tmp_path / "home" / "demo-rollout" / "home"
+    status = subprocess.run(
+        [sys.executable, "-m", "aimesh", "bus", "status"],
+        env={**env, "AIMESH_HOME": str(home)}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "no embedded bus is running" in (status.stdout + status.stderr).lower(), status.stdout

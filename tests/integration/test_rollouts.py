@@ -119,7 +119,8 @@ def test_a_bad_canary_rolls_back_and_a_good_one_is_promoted(
     during = traffic.seen[before:]
     arms = Counter(arm for arm, _, _ in during)
     assert arms["candidate"] <= 0.2 * len(during) + 16, arms  # its share, and a tolerance
-    assert all(status == 200 for arm, status, _ in during if arm == "baseline")
+    # A failing candidate costs its callers nothing: its calls fall back to the baseline.
+    assert {status for _, status, _ in during} == {200}
     decision = _record(home).status.decisions[-1]
     assert decision.action == "rolled_back" and decision.figures["candidate_errors"] >= 1
     # Rolled back: the alias's requests go where the alias is, every one answered.

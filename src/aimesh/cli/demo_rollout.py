@@ -1,8 +1,9 @@
 """``aimesh demo rollout``: canaries on a stack of their own, decided by the controller.
 
-In a home of its own (``HOME/demo-rollout``) on the embedded bus, it registers three
-versions of ``fraud``: 1, the champion; 2, a model that fails every call (its weights do
-not fit its inputs: a broken build); 3, a good retrain. It runs a stack (registry, the
+In a home of its own (``HOME/demo-rollout/home``, with its own embedded bus, stopped at the
+end), it registers three
+versions of ``fraud``: 1, the champion; 2, a model that fails every call (a corrupt
+build: its intercept is text); 3, a good retrain. It runs a stack (registry, the
 three versions, the rollout controller, the gateway), sends steady traffic through the
 gateway, and starts two canaries as ``aimesh rollout start`` would: version 2, rolled back
 by the controller on its first errors, and version 3, promoted step by step. Each decision
@@ -12,6 +13,7 @@ is printed with the figures that drove it; the stack stops at the end.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -67,7 +69,7 @@ def _versions(config: Settings, folder: Path) -> None:
             return
         good = LogisticRegression(max_iter=300).fit(x, y)
         broken = LogisticRegression(max_iter=300).fit(x, y)
-        broken.coef_ = broken.coef_[:, :-1]  # 29 weights for 30 inputs: every call fails
+        broken.intercept_ = np.array(["broken"])  # a corrupt build: every call fails
         retrain = LogisticRegression(max_iter=300, C=0.5).fit(x, y)
         for number, model in enumerate((good, broken, retrain), start=1):
             path = folder / f"fraud-{number}.skops"
@@ -169,19 +171,21 @@ def rollout(
     gateway) in HOME/demo-rollout on the embedded bus, sends traffic through the gateway,
     and prints every decision of the controller with its figures.
     """
-    from aimesh.bus import ensure_bus
+    from aimesh.bus import ensure_bus, stop_embedded_bus
     from aimesh.cli.local import show_stack
     from aimesh.config import load_settings
     from aimesh.local import STAGES, stack_report, start_detached, stop_stack
     from aimesh.registry import service_credential
 
-    config = settings()
-    ensure_bus(config)
-    folder = config.home_dir / "demo-rollout"
+    folder = settings().home_dir / "demo-rollout"
     folder.mkdir(parents=True, exist_ok=True)
     project = folder / "aimesh.yaml"
     project.write_text(PROJECT.format(home=folder / "home"))
+    # The demo's stack lives in a home of its own, whatever AIMESH_HOME says (it would win
+    # over the project file): its processes inherit this.
+    os.environ["AIMESH_HOME"] = str(folder / "home")
     stack = load_settings(project)
+    ensure_bus(stack)
     with console.status("registering fraud 1 (champion), 2 (broken), 3 (retrained)"):
         _versions(stack, folder)
     home = stack.home_dir
@@ -209,5 +213,6 @@ def rollout(
         if (first, second) != ("rolled_back", "promoted"):
             raise typer.Exit(1)
     finally:
-        with console.status("stopping the stack"):
+        with console.status("stopping the stack and its bus"):
             stop_stack(home, timeout_s=120.0, settings=stack)
+            stop_embedded_bus(stack)

@@ -61,6 +61,9 @@ class Plan:
     """The traffic policy's arm that answers (None: no policy chose the version)."""
     shadow: Target | None = None
     """Where a copy of the call goes, to be compared (a shadow policy's share of calls)."""
+    fallback: Fallback | None = None
+    """What answers if the call fails: for a canary's candidate, its alias (the baseline),
+    so that a failing candidate costs its callers nothing but the figures it earns."""
 
 
 def _success(result: object) -> Outcome:
@@ -124,12 +127,19 @@ class ModelCore:
             if choice is not None:
                 target = self.router.table.match(model, choice.version)
                 if target is not None:
-                    return Plan(target, choice.arm, shadow)
+                    fallback = None
+                    if choice.arm == "candidate" and arms.alias is not None:
+                        fallback = Fallback(version=arms.alias)
+                    return Plan(target, choice.arm, shadow, fallback)
                 log.debug("version %s of %s is picked but unserved", choice.version, model)
         return Plan(await self.router.target(model, version), None, shadow)
 
-    def fallback_for(self, model: str) -> Fallback | None:
-        """The fallback ``model``'s calls declare (``gateway.resilience.routes``), if any."""
+    def fallback_for(self, model: str, plan: Plan | None = None) -> Fallback | None:
+        """The fallback of a call to ``model``: the plan's own (a canary's candidate falls
+        back to the baseline), else the model's (``gateway.resilience.routes``), if any.
+        Without the resilience layer there is none."""
+        if self.resilience is not None and plan is not None and plan.fallback is not None:
+            return plan.fallback
         resilience = self.resilience
         return resilience.settings.fallback_for(model) if resilience is not None else None
 

@@ -343,6 +343,9 @@ class GatewayApp:
         outcome.arm = plan.arm
         if suffix == b"/infer" and deferred is None:
             outcome.model = name
+            # Counted for the version planned, even if no instance of it is reached (an
+            # open circuit); the instance that answers says its own.
+            outcome.version = served_version(target)
         if target.version == version:
             path = scope.get("raw_path") or scope["path"].encode()
         else:  # an alias resolved here: name the version (or none) the instance knows
@@ -360,7 +363,7 @@ class GatewayApp:
             outcome.live = self.shadows.copy(
                 name, plan.shadow, self._answer(shadow_path, head.forward, body)
             )
-        fallback = self.core.fallback_for(name) if outcome.model is not None else None
+        fallback = self.core.fallback_for(name, plan) if outcome.model is not None else None
         try:
             response = await self.core.call(
                 outcome.route,
@@ -402,10 +405,11 @@ class GatewayApp:
             await respond(send, 200, answer, head.request_id, JSON, [marked])
             return
         model = fallback.model or name
-        plan = await self.core.plan(model, fallback.version, scope["headers"])
-        path = model_path(model, plan.target.version, b"/infer") + query(scope)
+        # Straight to the fallback's version: no traffic policy picks again.
+        target = await self.core.router.target(model, fallback.version)
+        path = model_path(model, target.version, b"/infer") + query(scope)
         response = await self.core.call(
-            "infer", plan.target, self._exchange(b"POST", path, head.forward, body, None),
+            "infer", target, self._exchange(b"POST", path, head.forward, body, None),
             kind=_HTTP, on_not_sent=self._not_sent,
         )  # fmt: skip
         await self._relay(send, response, head, outcome, extra=[marked])
