@@ -38,6 +38,7 @@ def test_the_plan_starts_each_stage_in_order_on_distinct_ports(tmp_path: Path) -
         ("fraud.2", "model"),
         ("worker-inference.1", "worker"),
         ("worker-training.1", "worker"),
+        ("controller", "controller"),
         ("gateway", "gateway"),
     ]
     ports = [p.http_port for p in plan] + [p.grpc_port for p in plan if p.grpc_port]
@@ -50,6 +51,9 @@ def test_the_plan_starts_each_stage_in_order_on_distinct_ports(tmp_path: Path) -
     assert replica.args[:2] == ("serve", "fraud@champion") and "--no-batching" in replica.args
     assert replica.ready_url == f"http://127.0.0.1:{replica.http_port}/v2/health/ready"
     assert replica.log_file == settings.home_dir / "logs" / "fraud.1.log"
+    controller = plan[7]
+    assert controller.args[:2] == ("controller", "--host") and controller.host == "127.0.0.1"
+    assert controller.ready_url == f"http://127.0.0.1:{controller.http_port}/health"
 
 
 def _option(args: tuple[str, ...], name: str) -> str:
@@ -79,6 +83,7 @@ def test_two_services_of_one_model_are_named_by_their_selector(tmp_path: Path) -
         registry=False,
         lake=False,
         jobs=False,
+        controller=False,
         gateway=False,
         workers=[],
         models=[{"ref": "fraud@champion"}, {"ref": "fraud@challenger"}, {"ref": "churn"}],
@@ -93,7 +98,7 @@ def test_two_services_of_one_model_are_named_by_their_selector(tmp_path: Path) -
 def test_workers_scale_by_replicas_and_a_kind_is_declared_once(tmp_path: Path) -> None:
     settings = _settings(
         tmp_path,
-        registry=False, lake=False, jobs=False, gateway=False,
+        registry=False, lake=False, jobs=False, controller=False, gateway=False,
         workers=[{"kind": "scoring", "replicas": 2, "handler": "mine:score"}],
     )  # fmt: skip
     plan = plan_stack(settings)

@@ -50,9 +50,9 @@ def controller(
 
 async def _run(config: Settings, host: str, port: int | None) -> int:
     from aimesh.bus import announce, describe_service, open_bus
+    from aimesh.controller import Controller, controller_probe
     from aimesh.observability import cancel_and_wait, stop_on_signals
     from aimesh.registry import KeyWatch, open_registry
-    from aimesh.rollouts.controller import Controller, controller_probe
 
     stop = asyncio.Event()
     stop_on_signals(stop.set, what="the controller", grace_s=10.0)

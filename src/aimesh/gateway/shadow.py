@@ -21,8 +21,7 @@ from aimesh.errors import AimeshError, UpstreamTimeout
 from aimesh.gateway.core import ModelCore
 from aimesh.gateway.instances import Upstream
 from aimesh.gateway.routing import Target
-from aimesh.rollouts import FigureBook, OutcomeClass, class_of
-from aimesh.rollouts.shadow import compare_bodies
+from aimesh.rollouts import FigureBook, OutcomeClass, class_of, compare_bodies
 
 __all__ = ["SHADOW_LIMIT", "Shadows"]
 

@@ -36,9 +36,7 @@ from aimesh.bus import Bus, Lease
 from aimesh.errors import AimeshError, Conflict, LeaseHeld
 from aimesh.registry import ROLLOUTS, Record, Registry
 from aimesh.rest import ASGIScope, Guard, ProbeApp, Readiness, Receive, Send, bus_check
-from aimesh.rollouts.analysis import judge
-from aimesh.rollouts.figures import FIGURES_SUBJECT, Report, Tally
-from aimesh.rollouts.policy import Canary, Rollout
+from aimesh.rollouts import FIGURES_SUBJECT, Canary, Report, Rollout, Tally, judge
 
 __all__ = ["LEASE_KEY", "Controller", "controller_probe"]
 
