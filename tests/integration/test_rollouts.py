@@ -242,5 +242,7 @@ def test_shadow_traffic_never_changes_an_answer(
     figures = _figures(nats_url, "3")
     assert figures.agreed == figures.compared and figures.mean_abs_diff == 0.0
     assert set(traffic.seen) == {(None, 200, champion)}
+    shown = run_aimesh(home.env, "rollout", "status", "echo").stdout
+    assert "live figures" in shown and "100.0% of" in shown, shown
     run_aimesh(home.env, "rollout", "abort", "echo")
     traffic.close()

@@ -7,10 +7,11 @@ second, and the controller (``aimesh controller``, run by ``aimesh up``) moves c
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import getpass
 import json
 import re
-import time
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -19,19 +20,24 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from aimesh.cli._app import console, handle_errors
+from aimesh.cli._app import console, handle_errors, settings
 from aimesh.cli.models import JsonFlag, _registry
-from aimesh.errors import InvalidRequest, RecordNotFound
+from aimesh.config import Settings
+from aimesh.errors import AimeshError, InvalidRequest, RecordNotFound
 from aimesh.registry import ROLLOUTS, Record, Registry
 from aimesh.rollouts import (
     ACTIONS,
+    FIGURES_EVERY_S,
+    FIGURES_SUBJECT,
     FINISHED,
     Canary,
     Policy,
+    Report,
     Rollout,
     Shadow,
     Split,
     Sticky,
+    Tally,
     started,
 )
 
@@ -102,8 +108,11 @@ def start(
     sticky_header: StickyHeader = None,
     sticky_cookie: StickyCookie = None,
 ) -> None:
-    """Start a canary: CANDIDATE takes a growing share of ALIAS's traffic, judged at each
-    step against the version ALIAS holds; promoted after the last, rolled back on errors."""
+    """Start a canary: CANDIDATE takes a growing share of ALIAS's traffic.
+
+    Each step is judged against the version ALIAS holds by the rollout controller:
+    promoted after the last step, rolled back on errors or slowness.
+    """
     try:
         percents = [int(p) for p in steps.split(",")]
     except ValueError as exc:
@@ -202,20 +211,23 @@ def status(
     json_out: JsonFlag = False,
 ) -> None:
     """Where a rollout stands: its policy, step and weights, and the decision log."""
+    config = settings()
     with _registry() as registry:
         if json_out:
             console.print_json(registry.get_record(ROLLOUTS, model).model_dump_json())
             return
+        record = registry.get_record(ROLLOUTS, model)
+        before, after = _hear_figures(config)
         if not watch:
-            _print(registry.get_record(ROLLOUTS, model))
+            console.print(_view(record, _figures_table(record.spec, before, after)))
             return
-        with Live(_view(registry.get_record(ROLLOUTS, model)), console=console) as live:
+        with Live(_view(record), console=console) as live:
             while True:
                 record = registry.get_record(ROLLOUTS, model)
-                live.update(_view(record))
+                live.update(_view(record, _figures_table(record.spec, before, after)))
                 if record.spec.status.state in FINISHED:
                     return
-                time.sleep(1.0)
+                before, after = after, _hear_figures(config)[1]
 
 
 @app.command("list")
@@ -274,7 +286,60 @@ def _weights(rollout: Rollout) -> str:
     return ", ".join(f"v{v} {w}%" for v, w in sorted(weights.items()))
 
 
-def _view(record: Record[Rollout]) -> Group:
+def _hear_figures(config: Settings) -> tuple[dict[str, Report], dict[str, Report]]:
+    """The gateways' figures at the start and at the end of a second of listening (every
+    gateway publishes once a second); empty when the bus cannot be reached."""
+    from aimesh.bus import open_bus
+
+    async def hear() -> tuple[dict[str, Report], dict[str, Report]]:
+        tally = Tally()
+        first: dict[str, Report] = {}
+        try:
+            async with await open_bus(config, name="aimesh-rollout", timeout=2.0) as bus:
+                sub = await bus.nc.subscribe(f"{FIGURES_SUBJECT}.>")
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(FIGURES_EVERY_S * 1.2):
+                            async for msg in sub.messages:
+                                tally.hear(msg.data)
+                                if not first:
+                                    first = tally.snapshot()
+                finally:
+                    await sub.unsubscribe()
+        except AimeshError:
+            return {}, {}
+        return first, tally.snapshot()
+
+    return asyncio.run(hear())
+
+
+def _figures_table(
+    rollout: Rollout, before: dict[str, Report], after: dict[str, Report]
+) -> Table | None:
+    """Each version's figures as the gateways count them: since they started, and the
+    request rate over the last second."""
+    if not after:
+        return None
+    versions = sorted({v for r in after.values() for v in r.models.get(rollout.model, {})})
+    title = f"live figures ({len(after)} gateways)"
+    table = Table("version", "requests", "req/s", "error rate", "client 4xx", "p99 ms",
+                  "fallbacks", "shadow agreement", title=title)  # fmt: skip
+    for version in versions:
+        whole = Tally.interval({}, after, rollout.model, version)
+        recent = Tally.interval(before, after, rollout.model, version)
+        p99 = whole.quantile(0.99)
+        rate = whole.error_rate
+        agreement = whole.agreement
+        table.add_row(
+            version or "-", str(whole.requests), f"{recent.requests:g}",
+            "-" if rate is None else f"{rate:.2%}", str(whole.client),
+            "-" if p99 is None else f"{p99 * 1000:.1f}", str(whole.fallbacks),
+            "-" if agreement is None else f"{agreement:.1%} of {whole.compared}",
+        )  # fmt: skip
+    return table
+
+
+def _view(record: Record[Rollout], figures: Table | None = None) -> Group:
     rollout = record.spec
     policy = rollout.policy
     head = Table.grid(padding=(0, 2))
@@ -292,7 +357,7 @@ def _view(record: Record[Rollout]) -> Group:
     log = Table("when", "decision", "weight", "reason", "by", title="decisions")
     for d in rollout.status.decisions:
         log.add_row(d.at.strftime("%H:%M:%S"), d.action, f"{d.weight}%", d.reason, d.actor)
-    return Group(head, log)
+    return Group(head, log) if figures is None else Group(head, figures, log)
 
 
 def _print(record: Record[Rollout]) -> None:
