@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -40,7 +41,20 @@ BODY = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [0
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Home:
     root = tmp_path_factory.mktemp("rollouts")
-    h = Home.create(root, nats_url, np.zeros((1, 1)))
+    # The "slow" model's calls: slow at 0.3 s, a breaker over 6 calls opening after 4, open
+    # 1 s, 2 probes; a static fallback answer. Every other model keeps the defaults.
+    routes = {
+        "slow": {
+            "breaker": {"window_size": 6, "min_calls": 4, "slow_call_s": 0.3, "open_s": 1.0,
+                        "probes": 2},
+            "retry": {"attempts": 1},
+            "fallback": {"outputs": [{"name": "y", "datatype": "FP64", "shape": [1, 1],
+                                      "data": [-1.0]}]},
+        }
+    }  # fmt: skip
+    h = Home.create(
+        root, nats_url, np.zeros((1, 1)), AIMESH_GATEWAY__RESILIENCE__ROUTES=json.dumps(routes)
+    )
     registry = h.registry(allow_code_artifacts=True)
     good, bad = root / "echo.py", root / "bad.py"
     good.write_text(ECHO_MODEL)
@@ -48,6 +62,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Home:
     push_model(registry, "echo", good, trusted=True, aliases=["champion"])  # 1
     push_model(registry, "echo", bad, trusted=True)  # 2: fails every call
     push_model(registry, "echo", good, trusted=True, description="good")  # 3
+    push_model(registry, "slow", good, trusted=True)  # slow on demand: sleeps x seconds
     h.publish(registry)
     registry.close()
     return h
@@ -58,7 +73,11 @@ def stack(home: Home) -> Iterator[dict[str, Service]]:
     running: dict[str, Service] = {}
     try:
         running["registry"] = home.registry_service()
-        for name, ref in (("champion", "echo@champion"), ("two", "echo@2"), ("three", "echo@3")):
+        refs = (
+            ("champion", "echo@champion"), ("two", "echo@2"), ("three", "echo@3"),
+            ("slow", "slow@1"),
+        )  # fmt: skip
+        for name, ref in refs:
             running[name] = home.serve(ref)
         running["gateway"] = home.gateway()
         running["gateway2"] = home.gateway()
@@ -151,6 +170,13 @@ def test_a_bad_canary_rolls_back_and_a_good_one_is_promoted(
     for gateway in ("gateway", "gateway2"):
         other = Traffic(stack[gateway])
         assert wait_for(lambda o=other: (o.send(n=1), o.seen[-1])[1] == ("stable", 200, "3"))
+        other.close()
+    # Rolled back by hand: the alias's previous version answers through both gateways.
+    said = run_aimesh(home.env, "models", "rollback", "echo").stdout
+    assert "version 1 (rolled back from 3)" in said, said
+    for gateway in ("gateway", "gateway2"):
+        other = Traffic(stack[gateway], "/v2/models/echo/versions/champion/infer")
+        assert wait_for(lambda o=other: (o.send(n=1), o.seen[-1])[1][1:] == (200, "1"))
         other.close()
     traffic.close()
 
@@ -246,3 +272,34 @@ def test_shadow_traffic_never_changes_an_answer(
     assert "live figures" in shown and "100.0% of" in shown, shown
     run_aimesh(home.env, "rollout", "abort", "echo")
     traffic.close()
+
+
+def test_a_slow_model_trips_its_breaker_the_fallback_answers_and_it_closes_again(
+    home: Home, stack: dict[str, Service]
+) -> None:
+    gateway = stack["gateway"].http
+    url = f"{gateway}/v2/models/slow/infer"
+
+    def call(seconds: float) -> httpx.Response:
+        body = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [seconds]}]}
+        return httpx.post(url, json=body, timeout=30)
+
+    def breaker() -> dict[str, object]:
+        report = httpx.get(f"{gateway}/breakers", timeout=5).json()
+        found = [b for b in report["breakers"] if b["model"] == "slow"]
+        return found[0] if found else {}
+
+    assert call(0.0).json()["outputs"][0]["data"] == [0.0]
+    # Slow calls (0.4 s, past slow_call_s) answer, until the breaker has seen enough of them.
+    answers = [call(0.4) for _ in range(4)]
+    assert [r.status_code for r in answers] == [200] * 4
+    assert breaker()["state"] == "open", breaker()
+    # Open: the fallback answers at once, marked; the model is not called.
+    fallen = call(0.4)
+    assert fallen.status_code == 200 and fallen.headers["x-aimesh-fallback"] == "static"
+    assert fallen.json()["outputs"][0]["data"] == [-1.0]
+    # Recovered: after open_s, quick probes close the breaker through half-open.
+    assert wait_for(lambda: call(0.0).headers.get("x-aimesh-fallback") is None, timeout=10)
+    assert wait_for(lambda: (call(0.0), breaker())[1].get("state") == "closed", timeout=10)
+    shown = run_aimesh(home.env, "breakers", "--gateway", gateway).stdout
+    assert "slow" in shown and "closed" in shown, shown

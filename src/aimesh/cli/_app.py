@@ -37,6 +37,16 @@ Insecure = Annotated[
 ]
 """The option of every serving command that accepts an exposed, keyless bind."""
 
+ProbeHost = Annotated[str, typer.Option(help="Address of --port's health and metrics routes.")]
+"""The bind of an API-less process's health and metrics (a worker, the controller)."""
+ProbePort = Annotated[
+    int | None,
+    typer.Option(
+        min=0, max=65535, help="Serve /health and /metrics on this port (0: any free one)."
+    ),
+]
+"""Its port (unset: no health and metrics served)."""
+
 
 def set_config_file(path: Path | None) -> None:
     """Remember the project file given with the global ``-f`` option."""

@@ -10,7 +10,16 @@ import httpx
 import typer
 from rich.table import Table
 
-from aimesh.cli._app import Insecure, check_exposure, console, err_console, handle_errors, settings
+from aimesh.cli._app import (
+    Insecure,
+    ProbeHost,
+    ProbePort,
+    check_exposure,
+    console,
+    err_console,
+    handle_errors,
+    settings,
+)
 from aimesh.config import Settings
 from aimesh.errors import BusUnavailable
 from aimesh.rest import guard_of, serve_probe
@@ -20,15 +29,8 @@ log = logging.getLogger("aimesh.rollouts")
 
 @handle_errors
 def controller(
-    host: Annotated[
-        str, typer.Option(help="Address of --port's health and metrics routes.")
-    ] = "127.0.0.1",
-    port: Annotated[
-        int | None,
-        typer.Option(
-            min=0, max=65535, help="Serve /health and /metrics on this port (0: any free one)."
-        ),
-    ] = None,
+    host: ProbeHost = "127.0.0.1",
+    port: ProbePort = None,
     insecure: Insecure = False,
 ) -> None:
     """Run the rollout controller until Ctrl-C: judge running canaries and move them on.

@@ -17,6 +17,8 @@ from rich.table import Table
 
 from aimesh.cli._app import (
     Insecure,
+    ProbeHost,
+    ProbePort,
     check_exposure,
     console,
     err_console,
@@ -376,15 +378,8 @@ def worker(
             "or a built-in one: noop, sleep, training, inference)."
         ),
     ] = None,
-    host: Annotated[
-        str, typer.Option(help="Address of --port's health and metrics routes.")
-    ] = "127.0.0.1",
-    port: Annotated[
-        int | None,
-        typer.Option(
-            min=0, max=65535, help="Serve /health and /metrics on this port (0: any free one)."
-        ),
-    ] = None,
+    host: ProbeHost = "127.0.0.1",
+    port: ProbePort = None,
     threads: Annotated[
         int | None,
         typer.Option(min=1, max=1024, help="Native threads for models (default: jobs.threads)."),

@@ -24,9 +24,13 @@ def started(model: str, policy: Policy, actor: str, now: datetime) -> Rollout:
     """A new rollout of ``policy`` on ``model``, as it begins: a canary at its first step."""
     weight = policy.steps[0] if isinstance(policy, Canary) else 0
     decision = Decision(
-        at=now, action="started", step=0, weight=weight, actor=actor,
+        at=now,
+        action="started",
+        step=0,
+        weight=weight,
+        actor=actor,
         reason=f"{policy.type} started",
-    )  # fmt: skip
+    )
     status = RolloutStatus(state="running", step=0, weight=weight, step_started=now)
     return Rollout(model=model, policy=policy, status=status.deciding(decision))
 
@@ -34,30 +38,37 @@ def started(model: str, policy: Policy, actor: str, now: datetime) -> Rollout:
 def pause(rollout: Rollout, actor: str, now: datetime) -> Rollout:
     """Hold a running canary at its step: its weight stays, nothing is judged."""
     _need(rollout, "pause", {"running"}, canary=True)
-    return _decided(rollout, "paused", actor, now, "paused by an operator", state="paused")
+    return rollout.decided("paused", now, "paused by an operator", actor=actor, state="paused")
 
 
 def resume(rollout: Rollout, actor: str, now: datetime) -> Rollout:
     """Judge a paused canary again, its interval beginning now."""
     _need(rollout, "resume", {"paused"}, canary=True)
-    return _decided(
-        rollout, "resumed", actor, now, "resumed by an operator",
-        state="running", inconclusive=0, step_started=now,
-    )  # fmt: skip
+    return rollout.decided(
+        "resumed",
+        now,
+        "resumed by an operator",
+        actor=actor,
+        state="running",
+        inconclusive=0,
+        step_started=now,
+    )
 
 
 def abort(rollout: Rollout, actor: str, now: datetime) -> Rollout:
     """End a policy at once: a canary's candidate gets no more requests (weight 0)."""
     _need(rollout, "abort", {"running", "paused"})
-    return _decided(rollout, "aborted", actor, now, "aborted by an operator", state="aborted",
-                    weight=0)  # fmt: skip
+    return rollout.decided(
+        "aborted", now, "aborted by an operator", actor=actor, state="aborted", weight=0
+    )
 
 
 def promote(rollout: Rollout, actor: str, now: datetime) -> Rollout:
     """End a canary with its candidate promoted now, whatever step it was at."""
     _need(rollout, "promote", {"running", "paused"}, canary=True)
-    return _decided(rollout, "promoted", actor, now, "promoted by an operator",
-                    state="promoted", weight=100)  # fmt: skip
+    return rollout.decided(
+        "promoted", now, "promoted by an operator", actor=actor, state="promoted", weight=100
+    )
 
 
 ACTIONS: dict[str, Action] = {"pause": pause, "resume": resume, "abort": abort, "promote": promote}
@@ -69,30 +80,13 @@ def _need(rollout: Rollout, action: str, states: set[str], *, canary: bool = Fal
     if canary and kind != "canary":
         raise RolloutStateConflict(
             f"{rollout.model}'s policy is a {kind}, and only a canary can {action}",
-            model=rollout.model, state=rollout.status.state,
-        )  # fmt: skip
+            model=rollout.model,
+            state=rollout.status.state,
+        )
     if rollout.status.state not in states:
         over = " (it is over)" if rollout.status.state in FINISHED else ""
         raise RolloutStateConflict(
             f"cannot {action} {rollout.model}'s {kind}: it is {rollout.status.state}{over}",
-            model=rollout.model, state=rollout.status.state,
-        )  # fmt: skip
-
-
-def _decided(
-    rollout: Rollout, action: str, actor: str, now: datetime, reason: str, **changes: object
-) -> Rollout:
-    status = rollout.status
-    weight = changes.pop("weight", status.weight)
-    assert isinstance(weight, int)
-    decision = Decision.model_validate(
-        {
-            "at": now,
-            "action": action,
-            "step": status.step,
-            "weight": weight,
-            "reason": reason,
-            "actor": actor,
-        }
-    )
-    return rollout.model_copy(update={"status": status.deciding(decision, **changes)})
+            model=rollout.model,
+            state=rollout.status.state,
+        )

@@ -32,7 +32,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from aimesh.rollouts.figures import Interval
-from aimesh.rollouts.policy import Canary, Decision, Rollout
+from aimesh.rollouts.policy import Canary, Rollout
 
 __all__ = ["P99_FLOOR_S", "P99_MIN_REQUESTS", "figures_of", "judge"]
 
@@ -81,11 +81,15 @@ def judge(
         ended and candidate.requests >= policy.min_requests and _over(candidate, policy)
     ):
         rate = candidate.error_rate or 0.0
-        return _decide(
-            rollout, now, "rolled_back", figures, state="rolled_back", weight=0,
+        return rollout.decided(
+            "rolled_back",
+            now,
+            figures=figures,
+            state="rolled_back",
+            weight=0,
             reason=f"error rate {rate:.2%} over {candidate.requests} requests is past "
             f"{policy.max_error_rate:.2%}",
-        )  # fmt: skip
+        )
     if not ended:
         return None
     weight = policy.steps[status.step]
@@ -98,14 +102,24 @@ def judge(
             f"{baseline.requests} on the baseline; {policy.min_requests} each needed)"
         )
         if count >= policy.max_inconclusive:
-            return _decide(
-                rollout, now, "paused", figures, state="paused", inconclusive=count,
-                weight=weight, reason=f"{reason}, {count} intervals in a row: paused",
-            )  # fmt: skip
-        return _decide(
-            rollout, now, "inconclusive", figures, inconclusive=count, weight=weight,
-            step_started=now, reason=reason,
-        )  # fmt: skip
+            return rollout.decided(
+                "paused",
+                now,
+                figures=figures,
+                state="paused",
+                inconclusive=count,
+                weight=weight,
+                reason=f"{reason}, {count} intervals in a row: paused",
+            )
+        return rollout.decided(
+            "inconclusive",
+            now,
+            figures=figures,
+            inconclusive=count,
+            weight=weight,
+            step_started=now,
+            reason=reason,
+        )
     candidate_p99 = candidate.quantile(0.99)
     if baseline.requests:
         baseline_p99 = baseline.quantile(0.99) if _answered(baseline) >= P99_MIN_REQUESTS else None
@@ -119,23 +133,36 @@ def judge(
         figures["p99_ratio"] = ratio
         figures.setdefault("baseline_p99_ms", baseline_p99 * 1000.0)
         if ratio > policy.max_p99_ratio:
-            return _decide(
-                rollout, now, "rolled_back", figures, state="rolled_back", weight=0,
+            return rollout.decided(
+                "rolled_back",
+                now,
+                figures=figures,
+                state="rolled_back",
+                weight=0,
                 reason=f"p99 {ratio:.2f}x the baseline's is past {policy.max_p99_ratio:.2f}x",
-            )  # fmt: skip
+            )
     rate = candidate.error_rate or 0.0
     if status.step + 1 >= len(policy.steps):
-        return _decide(
-            rollout, now, "promoted", figures, state="promoted", weight=100,
+        return rollout.decided(
+            "promoted",
+            now,
+            figures=figures,
+            state="promoted",
+            weight=100,
             reason=f"every step passed (error rate {rate:.2%} at {weight}%{latency})",
-        )  # fmt: skip
+        )
     following = policy.steps[status.step + 1]
-    return _decide(
-        rollout, now, "step", figures, step=status.step + 1, weight=following,
-        inconclusive=0, step_started=now,
+    return rollout.decided(
+        "step",
+        now,
+        figures=figures,
+        step=status.step + 1,
+        weight=following,
+        inconclusive=0,
+        step_started=now,
         reason=f"step {status.step + 1} passed at {weight}% (error rate {rate:.2%}"
         f"{latency}); now {following}%",
-    )  # fmt: skip
+    )
 
 
 def _answered(interval: Interval) -> int:
@@ -153,32 +180,6 @@ def _last_baseline_p99(rollout: Rollout) -> float | None:
         if value:
             return value / 1000.0
     return None
-
-
-def _decide(
-    rollout: Rollout,
-    now: datetime,
-    action: str,
-    figures: dict[str, float],
-    *,
-    weight: int,
-    reason: str,
-    **changes: object,
-) -> Rollout:
-    status = rollout.status
-    step = changes.get("step", status.step)
-    assert isinstance(step, int)
-    decision = Decision.model_validate(
-        {
-            "at": now,
-            "action": action,
-            "step": step,
-            "weight": weight,
-            "reason": reason,
-            "figures": figures,
-        }
-    )
-    return rollout.model_copy(update={"status": status.deciding(decision, **changes)})
 
 
 def _ms(seconds: float | None) -> float | None:

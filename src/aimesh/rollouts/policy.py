@@ -228,6 +228,28 @@ class Rollout(_Strict):
     policy: Policy
     status: RolloutStatus = Field(default_factory=RolloutStatus)
 
+    def decided(
+        self,
+        action: str,
+        now: datetime,
+        reason: str,
+        *,
+        weight: int | None = None,
+        actor: str = "controller",
+        figures: dict[str, float] | None = None,
+        **changes: object,
+    ) -> Rollout:
+        """This rollout after a decision: recorded with who, why and its figures; the
+        status takes ``weight`` (unchanged if None) and ``changes`` (a new ``step``...)."""
+        status = self.status
+        step = changes.get("step", status.step)
+        fields = {
+            "at": now, "action": action, "step": step, "reason": reason, "actor": actor,
+            "weight": status.weight if weight is None else weight, "figures": figures or {},
+        }  # fmt: skip
+        decision = Decision.model_validate(fields)
+        return self.model_copy(update={"status": status.deciding(decision, **changes)})
+
     @property
     def active(self) -> bool:
         """Whether the policy shares traffic now (a finished canary does not)."""
