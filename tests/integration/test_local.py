@@ -108,7 +108,13 @@ def _project(home: Path, nats_url: str, folder: Path, services: dict[str, Any]) 
                 "bus": {"url": nats_url},
                 "registry": {"port": _free_port()},
                 "serving": {"drain_timeout_s": 2},
-                "services": {"lake": False, "jobs": False, "workers": [], **services},
+                "services": {
+                    "lake": False,
+                    "jobs": False,
+                    "controller": False,
+                    "workers": [],
+                    **services,
+                },
             }
         )
     )
@@ -359,6 +365,7 @@ def test_a_killed_bus_is_not_ready_then_restarted_and_loses_no_job(bus_stack: Bu
         "registry": "ready",
         "jobs": "not ready",
         "worker-noop.1": "not ready",
+        "controller": "not ready",
         "gateway": "not ready",
     }
     assert jobs.status_code == 503 and jobs.json()["checks"]["bus"].startswith("lost the bus")

@@ -251,7 +251,7 @@ def test_an_unregistered_kind_is_refused(fraud: RegistryStore) -> None:
 
 
 def test_kind_definitions_are_checked_once_at_registration() -> None:
-    assert [k.name for k in record_kinds()] == ["gadget", "widget"]
+    assert [k.name for k in record_kinds()] == ["gadget", "rollout", "widget"]
     assert register_kind(WIDGET) is WIDGET  # again: no change
     with pytest.raises(ValueError, match="registered already"):
         register_kind(RecordKind(name="widget", plural="others", spec=WidgetSpec))

@@ -61,19 +61,23 @@ async def _run(config: Settings, host: str, port: int | None) -> int:
     bus = await open_bus(config, name="controller")
     registry = await asyncio.to_thread(open_registry, config)
     work = Controller(registry, bus)
-    describe = describe_service("controller", "controller")
-    tasks = [
-        asyncio.create_task(
-            announce(config, describe, interval_s=config.serving.heartbeat_s), name="announce"
-        )
-    ]
+    tasks: list[asyncio.Task[None]] = []
+    rest_url = None
     if port is not None:
         keys = KeyWatch(config)
         tasks.append(asyncio.create_task(keys.run(), name="controller-keys"))
         probe = controller_probe(work, keys.keyring, guard_of(config.auth))
         served, bound = await serve_probe(probe, host, port, name="controller")
         tasks.append(served)
-        log.info("controller health on http://%s:%d/health", host, bound)
+        rest_url = f"http://{host}:{bound}"
+        log.info("controller health on %s/health", rest_url)
+    # Its entry names the health port, as a worker's does (`aimesh status` finds it by it).
+    describe = describe_service("controller", "controller", rest_url=rest_url)
+    tasks.append(
+        asyncio.create_task(
+            announce(config, describe, interval_s=config.serving.heartbeat_s), name="announce"
+        )
+    )
     try:
         await work.run(stop)
         return work.decisions

@@ -26,9 +26,9 @@ log = logging.getLogger("aimesh.gateway")
 
 
 # Every other kind with a REST address is a service under /api/<name>/... (registry, lake,
-# jobs, and those to come); models go through /v2; gateways and workers (their REST address
-# is health and metrics) are not proxied at all.
-_NOT_SERVICES = frozenset({"model", "gateway", "worker"})
+# jobs, and those to come); models go through /v2; gateways, workers and the controller
+# (their REST address is health and metrics) are not proxied at all.
+_NOT_SERVICES = frozenset({"model", "gateway", "worker", "controller"})
 
 
 _Place = tuple[str, str, tuple[str, int] | None, str | None, tuple[str, ...]]
