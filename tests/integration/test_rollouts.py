@@ -206,11 +206,18 @@ def test_bad_rollouts_are_refused_and_change_nothing(home: Home, stack: dict[str
         result = run_aimesh(home.env, "rollout", *args, ok=False)
         assert result.returncode != 0, args
         assert says.lower() in (result.stdout + result.stderr).lower(), (args, result.stderr)
-    # What a finished or absent rollout cannot do.
+    # What a finished or absent rollout cannot do, by the CLI and through the gateway.
     for action in ("pause", "resume", "promote"):
         result = run_aimesh(home.env, "rollout", action, "echo", ok=False)
         assert result.returncode != 0
         assert "rollout_state" in result.stderr or "record_not_found" in result.stderr
+    actions = f"{stack['gateway'].http}/api/rollouts/echo/actions"
+    refused = httpx.post(f"{actions}/abort", timeout=10)
+    assert (refused.status_code, refused.json()["code"]) in {
+        (409, "rollout_state"), (404, "record_not_found"),
+    }  # fmt: skip
+    unknown = httpx.post(f"{actions}/explode", timeout=10)
+    assert (unknown.status_code, unknown.json()["code"]) == (400, "invalid_request"), unknown.text
     registry = home.registry()
     try:
         assert registry.record_history(ROLLOUTS, "echo", limit=1000) == before

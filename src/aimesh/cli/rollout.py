@@ -26,7 +26,6 @@ from aimesh.config import Settings
 from aimesh.errors import AimeshError, InvalidRequest, RecordNotFound
 from aimesh.registry import ROLLOUTS, Record, Registry
 from aimesh.rollouts import (
-    ACTIONS,
     FIGURES_EVERY_S,
     FIGURES_SUBJECT,
     FINISHED,
@@ -164,14 +163,9 @@ def shadow(
 
 
 def _act(model: str, action: str) -> None:
+    """One of the rollout kind's actions, as ``POST /api/rollouts/{model}/actions/...``."""
     with _registry(publishes=True) as registry:
-        record = registry.get_record(ROLLOUTS, model)
-        after = ACTIONS[action](record.spec, _actor(), datetime.now(UTC))
-        if action == "promote":
-            policy = after.policy
-            assert isinstance(policy, Canary)
-            registry.set_alias(model, policy.alias, policy.candidate)
-        record = registry.replace_record(ROLLOUTS, model, after, revision=record.revision)
+        record = registry.act_on_record(ROLLOUTS, model, action)
     _print(record)
 
 

@@ -12,8 +12,7 @@ gateway published (:class:`~aimesh.rollouts.Tally`), and for each running canary
 :func:`~aimesh.rollouts.judge` with the figures since its step began. A decision is
 written with the revision it was judged at (a change by an operator in between wins: the
 controller judges again on the next tick). A promotion moves the canary's alias to the
-candidate first, then records it; a controller that dies in between leaves the canary at
-its last step, judged again by its successor (moving the alias once more changes nothing).
+candidate in the transaction that records it (:data:`aimesh.registry.ROLLOUTS`).
 """
 
 from __future__ import annotations
@@ -178,9 +177,8 @@ class Controller:
         policy = after.policy
         assert isinstance(policy, Canary)
         decision = after.status.decisions[-1]
-        if after.status.state == "promoted":
-            self._registry.set_alias(after.model, policy.alias, policy.candidate)
         try:
+            # A promotion moves the alias in the same transaction (the rollout kind's hook).
             self._registry.replace_record(ROLLOUTS, after.model, after, revision=record.revision)
         except Conflict:
             log.info("controller: %s changed meanwhile; judged again next tick", after.model)

@@ -259,6 +259,14 @@ class RegistryClient:
         """Create a record, or replace it whatever its revision."""
         return self._write(kind, name, spec, {})
 
+    def act_on_record(
+        self, kind: RecordKind[S], name: str, action: str, *, revision: int | None = None
+    ) -> Record[S]:
+        """Run one of the kind's actions on the record (only at ``revision``, if given)."""
+        headers = {} if revision is None else {"If-Match": _tag(revision)}
+        response = self._record_call(kind, "POST", name, f"/actions/{action}", headers=headers)
+        return kind.record_type.model_validate_json(response.content)
+
     def get_record(self, kind: RecordKind[S], name: str) -> Record[S]:
         """A record; ``RecordNotFound`` if absent."""
         response = self._record_call(kind, "GET", name)

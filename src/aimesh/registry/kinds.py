@@ -40,9 +40,12 @@ from aimesh.registry.types import Alias, ModelInfo, ModelVersion
 
 __all__ = [
     "KIND_NAME",
+    "ActionCall",
+    "ActionState",
     "Expect",
     "Record",
     "RecordAction",
+    "RecordActionFn",
     "RecordKind",
     "RecordRevision",
     "RecordWrite",
@@ -129,6 +132,16 @@ class RegistryState(Protocol):
         ...
 
 
+class ActionState(RegistryState, Protocol):
+    """The registry as a kind's hooks see it inside a write's transaction: read it, and
+    make the changes the record's own change implies (a canary entering ``promoted`` moves
+    its alias): both are written, or neither."""
+
+    def move_alias(self, name: str, alias: str, number: int) -> Alias:
+        """Point ``alias`` of model ``name`` at version ``number`` (recorded, published)."""
+        ...
+
+
 @dataclass(frozen=True)
 class RecordWrite(Generic[S]):
     """What a kind's validate hook is shown of one create or replace."""
@@ -137,7 +150,21 @@ class RecordWrite(Generic[S]):
     spec: S
     current: Record[S] | None
     """The record as it is before this write (None: it is being created)."""
-    state: RegistryState
+    state: ActionState
+
+
+@dataclass(frozen=True)
+class ActionCall(Generic[S]):
+    """What a kind's action is shown: the record as it is, who acts, when."""
+
+    record: Record[S]
+    actor: str
+    now: datetime
+    state: ActionState
+
+
+RecordActionFn = Callable[[ActionCall[S]], S]
+"""A named change of a record: the spec it becomes (raise an AimeshError to refuse)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,7 +175,9 @@ class RecordKind(Generic[S]):
     it must keep reading every spec it ever stored (new fields need defaults).
     ``validate``, when given, runs inside the write's transaction, after the name, the spec
     and the expected revision were checked and before anything is written; it raises an
-    :class:`~aimesh.errors.AimeshError` to refuse the write (nothing is then written).
+    :class:`~aimesh.errors.AimeshError` to refuse the write (nothing is then written), and
+    may make the changes the write implies through its state (``move_alias``), which
+    commit with it or not at all.
     """
 
     name: str
@@ -167,6 +196,10 @@ class RecordKind(Generic[S]):
     validate: Callable[[RecordWrite[S]], None] | None = None
     write_errors: tuple[int, ...] = ()
     """HTTP statuses ``validate`` may answer beyond 400, 404 and 409, for the document."""
+    actions: dict[str, RecordActionFn[S]] = field(default_factory=dict)
+    """Named changes (``pause``, ``promote``...): ``POST /api/<plural>/{name}/actions/{action}``
+    and :meth:`~aimesh.registry.Registry.act_on_record`, each run on the record as it is,
+    in one transaction with the write (and the validate hook) it makes."""
     record_type: type[Record[S]] = field(init=False, repr=False)
     """``Record[spec]`` under the kind's own schema name (``RolloutRecord``)."""
     revision_type: type[RecordRevision[S]] = field(init=False, repr=False)

@@ -14,13 +14,13 @@ from sqlalchemy.orm import Session
 
 from aimesh.errors import RecordConflict, RecordExists, RecordNotFound
 from aimesh.registry.kinds import (
+    ActionState,
     Expect,
     Record,
     RecordAction,
     RecordKind,
     RecordRevision,
     RecordWrite,
-    RegistryState,
     S,
     registered,
 )
@@ -37,7 +37,7 @@ def write(
     *,
     expect: Expect,
     actor: str,
-    state: RegistryState,
+    state: ActionState,
 ) -> tuple[Record[S], RecordAction]:
     """Create or replace a record as ``expect`` allows, after the kind's validate hook.
 

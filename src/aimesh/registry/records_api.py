@@ -146,6 +146,23 @@ def record_router(kind: RecordKind[Any]) -> APIRouter:
     def history(reg: Reg, name: str, limit: Limit = 100) -> Any:
         return reg.record_history(kind, name, limit=limit)
 
+    def act(
+        reg: Reg,
+        caller: Caller,
+        name: str,
+        action: str,
+        response: Response,
+        if_match: IfMatch = None,
+        actor: Actor = None,
+    ) -> Any:
+        expect = _revision_of(if_match) if if_match is not None else "present"
+        revision = None if expect == "present" else expect
+        done = reg.act_on_record(
+            kind, name, action, revision=revision, actor=actor_of(caller, actor)
+        )
+        response.headers["ETag"] = _etag(done.revision)
+        return done
+
     router.add_api_route(
         "",
         _typed(list_records, after=after_type),
@@ -185,6 +202,23 @@ def record_router(kind: RecordKind[Any]) -> APIRouter:
         responses=error_responses(409),
         openapi_extra=write,
     )
+    if kind.actions:
+        names = tuple(sorted(kind.actions))
+        action_type = Annotated[
+            Literal[names],  # type: ignore[valid-type]
+            Path(description=f"One of the {kind.name}'s actions: {', '.join(names)}."),
+        ]
+        router.add_api_route(
+            "/{name}/actions/{action}",
+            _typed(act, name=name_type, action=action_type),
+            methods=["POST"],
+            response_model=record,
+            summary=f"Run an action on a {kind.name} ({', '.join(names)})",
+            description=f"{about}The record as the action left it (its revision in ETag). "
+            'If-Match: "N" acts only at revision N.',
+            responses=error_responses(409, *kind.write_errors),
+            openapi_extra=write,
+        )
     router.add_api_route(
         "/{name}/history",
         _typed(history, name=name_type),

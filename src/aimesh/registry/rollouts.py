@@ -5,15 +5,24 @@ against the registry inside its transaction (:func:`_check`): the model exists; 
 version the policy names exists and is not archived; a canary's alias exists and, for a
 new canary, holds its baseline; and a model whose policy still runs is not given another
 (abort it first) - only its status may change (the controller's steps, an operator's
-pause). Every change is a revision in the record's history and an event on the bus, which
-the gateways follow to apply the policy within a second.
+pause). A canary entering ``promoted`` moves its alias to the candidate in the same
+transaction. Its actions (``POST /api/rollouts/{model}/actions/{action}``): pause, resume,
+abort, promote (:data:`aimesh.rollouts.ACTIONS`). Every change is a revision in the
+record's history and an event on the bus, which the gateways follow to apply the policy
+within a second.
 """
 
 from __future__ import annotations
 
 from aimesh.errors import AliasNotFound, InvalidRequest, RolloutStateConflict, VersionArchived
-from aimesh.registry.kinds import RecordKind, RecordWrite, register_kind
-from aimesh.rollouts import Canary, Rollout, Shadow, Split
+from aimesh.registry.kinds import (
+    ActionCall,
+    RecordActionFn,
+    RecordKind,
+    RecordWrite,
+    register_kind,
+)
+from aimesh.rollouts import ACTIONS, Canary, Rollout, Shadow, Split
 
 __all__ = ["ROLLOUTS"]
 
@@ -61,6 +70,26 @@ def _check(write: RecordWrite[Rollout]) -> None:
                 f"the baseline is version {policy.baseline}, but {policy.alias!r} holds "
                 f"version {aliases[policy.alias]}"
             )
+    promoted = rollout.status.state == "promoted"
+    if (
+        isinstance(policy, Canary)
+        and promoted
+        and current is not None
+        and not renewed
+        and current.spec.status.state != "promoted"
+    ):
+        # Promoted, by the controller or an operator: the alias moves with the record.
+        state.move_alias(write.name, policy.alias, policy.candidate)
+
+
+def _action(name: str) -> RecordActionFn[Rollout]:
+    change = ACTIONS[name]
+
+    def act(call: ActionCall[Rollout]) -> Rollout:
+        return change(call.record.spec, call.actor, call.now)
+
+    act.__doc__ = change.__doc__
+    return act
 
 
 ROLLOUTS: RecordKind[Rollout] = register_kind(
@@ -71,6 +100,7 @@ ROLLOUTS: RecordKind[Rollout] = register_kind(
         description="A model's traffic policy (an A/B split, a canary, a shadow) and, for "
         "a canary, where it stands: its step, weight and every decision with its figures.",
         validate=_check,
+        actions={name: _action(name) for name in ACTIONS},
     )
 )
 """Traffic policies, one per model; see the module."""

@@ -393,6 +393,20 @@ class LocalRegistry:
         """Create a record, or replace it whatever its revision."""
         return self.write_record(kind, name, spec, expect=None, actor=actor)[0]
 
+    def act_on_record(
+        self,
+        kind: RecordKind[S],
+        name: str,
+        action: str,
+        *,
+        revision: int | None = None,
+        actor: str | None = None,
+    ) -> Record[S]:
+        """Run one of the kind's actions on the record (see the store's)."""
+        done = self.store.act_on_record(kind, name, action, actor or self.actor, revision=revision)
+        self._changed()
+        return done
+
     def get_record(self, kind: RecordKind[S], name: str) -> Record[S]:
         """A record; ``RecordNotFound`` if absent."""
         return self.store.get_record(kind, name)

@@ -21,12 +21,14 @@ from aimesh.auth import KeyEntry
 from aimesh.errors import (
     AliasMoved,
     AliasNotFound,
+    InvalidRequest,
     KeyExists,
     KeyNotFound,
     MetricExists,
     ModelExists,
     ModelNotFound,
     NoPreviousVersion,
+    RecordConflict,
     StoreUnavailable,
     VersionArchived,
     VersionNotFound,
@@ -34,7 +36,15 @@ from aimesh.errors import (
 )
 from aimesh.protocol import STORED_INT_MAX, Signature, whole_number
 from aimesh.registry import migrate, records
-from aimesh.registry.kinds import Expect, Record, RecordKind, RecordRevision, S
+from aimesh.registry.kinds import (
+    ActionCall,
+    Expect,
+    Record,
+    RecordKind,
+    RecordRevision,
+    S,
+    registered,
+)
 from aimesh.registry.tables import (
     AliasRow,
     ApiKeyRow,
@@ -395,10 +405,40 @@ class RegistryStore:
     ) -> tuple[Record[S], bool]:
         with self._transaction() as s:
             record, action = records.write(
-                s, kind, name, spec, expect=expect, actor=actor, state=_State(s)
+                s, kind, name, spec, expect=expect, actor=actor, state=_ActionState(s, actor)
             )
             _record(s, kind.name, action, name, actor=actor, data={"revision": record.revision})
             return record, action == "created"
+
+    def act_on_record(
+        self,
+        kind: RecordKind[S],
+        name: str,
+        action: str,
+        actor: str,
+        *,
+        revision: int | None = None,
+    ) -> Record[S]:
+        """Run the kind's ``action`` on the record and write what it returns, in one
+        transaction with what the action itself moved (an alias). :class:`RecordConflict`
+        if it is not at ``revision`` (when given) or changes meanwhile; ``InvalidRequest``
+        for an action the kind has not."""
+        run = registered(kind).actions.get(action)
+        if run is None:
+            known = ", ".join(sorted(kind.actions)) or "none"
+            raise InvalidRequest(f"a {kind.name} has no action {action!r} (it has: {known})")
+        with self._transaction() as s:
+            current = records.get(s, kind, name)
+            if revision is not None and current.revision != revision:
+                raise RecordConflict(kind.name, name, revision, current.revision)
+            state = _ActionState(s, actor)
+            spec = run(ActionCall(record=current, actor=actor, now=utcnow(), state=state))
+            record, done = records.write(
+                s, kind, name, spec, expect=current.revision, actor=actor, state=state
+            )
+            data: dict[str, Any] = {"revision": record.revision, "action": action}
+            _record(s, kind.name, done, name, actor=actor, data=data)
+            return record
 
     def get_record(self, kind: RecordKind[S], name: str) -> Record[S]:
         """A record; :class:`RecordNotFound` if absent."""
@@ -562,6 +602,20 @@ class _State:
 
     def find_record(self, kind: RecordKind[S], name: str) -> Record[S] | None:
         return records.find(self._s, kind, name)
+
+
+class _ActionState(_State):
+    """The registry as a kind's action sees it: :class:`_State`, and alias moves made in
+    the action's transaction (:class:`~aimesh.registry.kinds.ActionState`)."""
+
+    def __init__(self, s: Session, actor: str) -> None:
+        super().__init__(s)
+        self._actor = actor
+
+    def move_alias(self, name: str, alias: str, number: int) -> Alias:
+        check_alias_name(alias)
+        model = _model_row(self._s, name)
+        return _move_alias(self._s, model, alias, _version_row(self._s, model, number), self._actor)
 
 
 def _record(
