@@ -443,6 +443,71 @@ def test_bad_input_errors_of_the_model_pass_through(gateway: Service) -> None:
     assert r.status_code == 400
 
 
+# -- deadlines --------------------------------------------------------------------------------
+
+
+def _echo(x: float) -> dict[str, object]:
+    """An echo request: the model sleeps ``x`` seconds (a negative one fails it: 500)."""
+    return {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [x]}]}
+
+
+def test_a_deadline_travels_to_the_model_which_gives_up_with_its_caller(
+    services: dict[str, Service], gateway: Service
+) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    echo = services["echo"]
+    url = f"{gateway.http}/v2/models/echo/infer"
+
+    def given_up() -> float:  # the model service's own count of requests it gave up on
+        with_deadline = {"status": "deadline_exceeded", "protocol": "rest"}
+        return _metric(echo, "aimesh_inference_requests_total", **with_deadline)
+
+    before = given_up()
+    try:
+        # The model would answer in 2 s; the caller waits 300 ms.
+        r = httpx.post(url, json=_echo(2.0), headers={**AS_USER, "x-aimesh-deadline-ms": "300"})
+        assert (r.status_code, r.json()["code"]) == (504, "deadline_exceeded"), r.text
+        # The model service was told, and gave up too (else it would have answered 200).
+        assert wait_for(lambda: given_up() > before)
+        after_rest = given_up()
+        # Over gRPC the call's own deadline is the deadline (transcoded: the header again).
+        x = np.array([[2.0]])
+        inp = grpcclient.InferInput("x", [1, 1], "FP64")
+        inp.set_data_from_numpy(x)
+        client = grpcclient.InferenceServerClient(gateway.grpc)
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("echo", [inp], headers=dict(GRPC_USER), client_timeout=0.3)
+        client.close()
+        assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        assert wait_for(lambda: given_up() > after_rest)
+    finally:
+        # The model's one thread sleeps on: wait for it, so that later tests find it free.
+        assert httpx.post(url, json=_echo(0.0), headers=AS_USER, timeout=60).status_code == 200
+    # A deadline passed already: no model is called for it.
+    r = httpx.post(url, json=_echo(-1.0), headers={**AS_USER, "x-aimesh-deadline-ms": "0"})
+    assert (r.status_code, r.json()["code"]) == (504, "deadline_exceeded"), r.text
+    # A deadline that says nothing is a clear 400, before any model is called.
+    for bad in ("soon", "-1", "1.5"):
+        r = httpx.post(url, json=_echo(0.0), headers={**AS_USER, "x-aimesh-deadline-ms": bad})
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_request"), r.text
+        assert "x-aimesh-deadline-ms must be the whole milliseconds" in r.json()["error"]
+
+
+def test_the_model_service_refuses_a_request_whose_deadline_passed_without_running_it(
+    services: dict[str, Service],
+) -> None:
+    url = f"{services['echo'].http}/v2/models/echo/infer"
+    # x = -1 fails the model (500) if it runs: a 504 says it never did.
+    r = httpx.post(url, json=_echo(-1.0), headers={**AS_USER, "x-aimesh-deadline-ms": "0"})
+    assert (r.status_code, r.json()["code"]) == (504, "deadline_exceeded"), r.text
+    assert "not run" in r.json()["error"]
+    assert httpx.post(url, json=_echo(-1.0), headers=AS_USER).status_code == 500
+    r = httpx.post(url, json=_echo(0.0), headers={**AS_USER, "x-aimesh-deadline-ms": "x"})
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_request"), r.text
+
+
 # -- aggregation ------------------------------------------------------------------------------
 
 

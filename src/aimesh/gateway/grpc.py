@@ -5,7 +5,9 @@ travel as OIP binary data both ways, so nothing is lost, and the instance's REST
 far less CPU than a second gRPC hop (measured: about a third less per call, gateway and
 model together). ``ModelMetadata`` and ``ModelReady`` (and ``ModelInfer`` to an instance
 without a REST address) are forwarded as raw bytes to its gRPC address. Requests are parsed
-only to read the model's name and version. ``ServerLive``, ``ServerReady`` and
+only to read the model's name and version. A call's deadline goes on: as the gRPC
+deadline of a raw forward, as ``x-aimesh-deadline-ms`` over REST (the time the attempt has
+left, never beyond the gateway's upstream timeout). ``ServerLive``, ``ServerReady`` and
 ``ServerMetadata`` are answered by the gateway, open (no key needed) as on REST. An
 upstream's error keeps its code and message; the gateway's own errors map by the one table
 :data:`aimesh.protocol.grpc.GRPC_STATUS`.
@@ -43,7 +45,7 @@ from aimesh.gateway.routing import Router
 from aimesh.gateway.upstream import NotSent
 from aimesh.protocol import grpc as pb
 from aimesh.protocol import rest_codec
-from aimesh.resilience import Outcome, classify_exception
+from aimesh.resilience import DEADLINE_HEADER, Outcome, classify_exception, deadline_header_value
 from aimesh.rest import Readiness, retry_after, status_of
 from aimesh.rollouts import ARM_HEADER, FigureBook, OutcomeClass
 
@@ -52,6 +54,7 @@ __all__ = ["GrpcGateway"]
 SERVICE = "inference.GRPCInferenceService"
 log = logging.getLogger("aimesh.gateway.grpc")
 _HEADER_LENGTH = b"inference-header-content-length"
+_DEADLINE = DEADLINE_HEADER.encode()
 
 # Said by gRPC when no connection could be made: the request never left.
 _NOT_CONNECTED = ("failed to connect", "connection refused", "(shutting_down)")
@@ -112,7 +115,7 @@ class GrpcGateway:
         self.router = router
         self.client = client
         self.policy = policy
-        self.core = core or ModelCore(router, policy)
+        self.core = core or ModelCore(router, policy, call_timeout_s=upstream_timeout_s)
         self.figures = figures or FigureBook("gateway")
         self.keyring = keyring
         self.metrics = metrics
@@ -190,26 +193,24 @@ class GrpcGateway:
             if target.version != version:  # an alias: name the version the instance knows
                 _set_version(method, message, target.version or "")
                 request = message.SerializeToString()
-            timeout = self.timeout
-            remaining = context.time_remaining()
-            if remaining is not None:
-                timeout = min(timeout, max(remaining, 0.001))
+            deadline = self.core.deadline(left_s=context.time_remaining())
 
             # ModelInfer goes over REST where it can (see the module's docstring).
             rest = _rest_request(message) if method == "ModelInfer" else None
             path = model_path(name, target.version, b"/infer")
 
-            async def exchange(upstream: Upstream) -> bytes:
+            async def exchange(upstream: Upstream, timeout_s: float) -> bytes:
                 nonlocal upstream_label, answered
                 upstream_label = upstream.label
                 answered = upstream.version
                 if rest is not None and upstream.rest is not None:
-                    return await self._infer_over_rest(upstream, path, *rest, metadata, timeout)
-                return await self._send(upstream, method, request, metadata, timeout)
+                    return await self._infer_over_rest(upstream, path, *rest, metadata, timeout_s)
+                return await self._send(upstream, method, request, metadata, timeout_s)
 
             return await self.core.call(
-                route, target, exchange, kind=_GRPC, on_not_sent=self._not_sent
-            )
+                route, target, exchange, kind=_GRPC, on_not_sent=self._not_sent,
+                deadline=deadline,
+            )  # fmt: skip
         except _UpstreamStatus as exc:
             status = exc.code.name
             await context.abort(exc.code, exc.details)
@@ -307,9 +308,11 @@ class GrpcGateway:
         metadata: list[tuple[str, str]],
         timeout: float,
     ) -> bytes:
-        """ModelInfer through the instance's REST port: cheaper than a second gRPC hop."""
+        """ModelInfer through the instance's REST port: cheaper than a second gRPC hop; the
+        time the call has left goes in the ``x-aimesh-deadline-ms`` header."""
         assert upstream.rest is not None
         headers = [(key.encode(), value.encode()) for key, value in metadata]
+        headers.append((_DEADLINE, deadline_header_value(timeout).encode()))
         if header_length is None:
             headers.append((b"content-type", b"application/json"))
         else:

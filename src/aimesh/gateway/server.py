@@ -109,7 +109,10 @@ async def run_gateway(
         else None
     )
     traffic = TrafficTable(catalog.rollout, catalog.rollouts)
-    core = ModelCore(router, policy, resilience=resilience, traffic=traffic)
+    core = ModelCore(
+        router, policy, call_timeout_s=g.upstream_timeout_s, resilience=resilience,
+        traffic=traffic,
+    )  # fmt: skip
     # Keys may be made at any time: the document always says how to present one.
     openapi = MergedOpenApi(gateway_document(auth=True), auth=True)
     registry_fallback = _configured_registry(settings)

@@ -15,12 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 from aimesh.errors import AimeshError, UpstreamTimeout
 from aimesh.gateway.core import ModelCore
-from aimesh.gateway.instances import Upstream
 from aimesh.gateway.routing import Target
+from aimesh.gateway.upstream import Exchange
 from aimesh.rollouts import FigureBook, OutcomeClass, class_of
 from aimesh.rollouts.shadow import compare_bodies
 
@@ -46,7 +45,7 @@ class Shadows:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def copy(
-        self, model: str, target: Target, exchange: Callable[[Upstream], Awaitable[Answer]]
+        self, model: str, target: Target, exchange: Exchange[Answer]
     ) -> asyncio.Future[Answer | None] | None:
         """Send a copy to ``target`` (``exchange`` makes the call and reads the answer).
 
@@ -68,7 +67,7 @@ class Shadows:
         model: str,
         version: str,
         target: Target,
-        exchange: Callable[[Upstream], Awaitable[Answer]],
+        exchange: Exchange[Answer],
         live: asyncio.Future[Answer | None],
     ) -> None:
         started = time.perf_counter()
