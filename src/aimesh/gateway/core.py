@@ -154,6 +154,12 @@ class ModelCore:
         resilience = self.resilience
         return resilience.settings.fallback_for(model) if resilience is not None else None
 
+    async def fallback_target(self, model: str, fallback: Fallback) -> Target:
+        """Where ``fallback`` (another version, or another model) of a call to ``model``
+        goes: straight there, no traffic policy picks again. Raises what
+        :meth:`Router.target` does; a static fallback has no target."""
+        return await self.router.target(fallback.model or model, fallback.version)
+
     def falls_back(
         self,
         deadline: Deadline | None,

@@ -64,7 +64,7 @@ from aimesh.gateway.instances import InstancePolicy, Upstream
 from aimesh.gateway.metrics import GATEWAY, GatewayMetrics
 from aimesh.gateway.openapi import MergedOpenApi
 from aimesh.gateway.routing import Router, Target
-from aimesh.gateway.shadow import Shadows
+from aimesh.gateway.shadow import Answer, Shadows, rest_copy
 from aimesh.gateway.upstream import Exchange, NotSent, call_upstream
 from aimesh.jobs import encode_job
 from aimesh.protocol import InferenceRequest, TensorSpec, check_inputs, rest_codec
@@ -137,7 +137,7 @@ class _Outcome:
         """How the call failed without an answer (a timeout, no connection)."""
         self.fallback = False
         """Whether a fallback answered instead."""
-        self.live: asyncio.Future[tuple[int, bytes] | None] | None = None
+        self.live: asyncio.Future[Answer | None] | None = None
         """Where the live answer goes for a shadow copy to be compared with."""
         self.route = "unknown"
         self.upstream = GATEWAY
@@ -191,6 +191,8 @@ class GatewayApp:
         self.figures = figures or FigureBook("gateway")
         """Inference outcomes per model version, shared with the rollout controller."""
         self.shadows = shadows or Shadows(self.core, self.figures)
+        """Copies of calls to a shadow version, compared with the live answers (one for
+        every adapter of the gateway)."""
         """Copies of calls to a shadow version, compared with the live answers."""
         self.keyring = keyring
         self.metrics = metrics
@@ -368,7 +370,7 @@ class GatewayApp:
         if plan.shadow is not None and outcome.model is not None:
             shadow_path = model_path(name, plan.shadow.version, b"/infer") + query(scope)
             outcome.live = self.shadows.copy(
-                name, plan.shadow, self._answer(shadow_path, head.forward, body)
+                name, plan.shadow, rest_copy(self.client, shadow_path, head.forward, body)
             )
         fallback = self.core.fallback_for(name, plan) if outcome.model is not None else None
         try:
@@ -407,16 +409,16 @@ class GatewayApp:
     ) -> None:
         """Answer a failed inference call with ``name``'s fallback, marked in a header."""
         outcome.fallback = True
+        if outcome.live is not None and not outcome.live.done():
+            outcome.live.set_result(None)  # the fallback's answer is not the version's
         marked = (_FALLBACK, fallback_header_value(fallback).encode())
         if fallback.outputs is not None:
             outcome.status = 200
             answer = static_answer(name, fallback)
             await respond(send, 200, answer, head.request_id, JSON, [marked])
             return
-        model = fallback.model or name
-        # Straight to the fallback's version: no traffic policy picks again.
-        target = await self.core.router.target(model, fallback.version)
-        path = model_path(model, target.version, b"/infer") + query(scope)
+        target = await self.core.fallback_target(name, fallback)
+        path = model_path(target.model, target.version, b"/infer") + query(scope)
         response = await self.core.call(
             "infer", target, self._exchange(b"POST", path, head.forward, body, None),
             kind=_HTTP, on_not_sent=self._not_sent, deadline=deadline,
@@ -526,26 +528,13 @@ class GatewayApp:
                 reason = "timeout" if isinstance(exc, UpstreamTimeout) else "broken"
                 self.metrics.upstream_error(upstream.label, reason)
                 raise
-            if response.status == 503 and b'"shutting_down"' in response.peek():
+            if response.shutting_down():
                 # A draining replica refuses before doing anything: safe to send elsewhere.
                 response.abandon()
                 raise NotSent("the instance is shutting down")
             return response
 
         return exchange
-
-    def _answer(
-        self, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> Exchange[tuple[int, bytes]]:
-        """An exchange that POSTs ``body`` and reads the whole answer (a shadow copy)."""
-        exchange = self._exchange(b"POST", target, headers, body, None)
-
-        async def whole(upstream: Upstream, timeout_s: float) -> tuple[int, bytes]:
-            response = await exchange(upstream, timeout_s)
-            answer = response.take() if response.complete else await response.body(timeout_s)
-            return response.status, answer
-
-        return whole
 
     def _not_sent(self, upstream: Upstream, exc: NotSent) -> None:
         self.metrics.upstream_error(upstream.label, "refused")
@@ -571,7 +560,7 @@ class GatewayApp:
             # Whole before the first byte goes out: an upstream lost mid-body is still a 502.
             body = response.take() if response.complete else await response.body(self.timeout)
             if outcome.live is not None and not outcome.live.done():
-                outcome.live.set_result((response.status, body))
+                outcome.live.set_result(Answer.of(response, body))
             if length is None:
                 headers.append((b"content-length", str(len(body)).encode()))
             await send(

@@ -31,6 +31,7 @@ from aimesh.rollouts.policy import (
     Split,
     Sticky,
 )
+from aimesh.rollouts.shadow import Comparison, compare_bodies
 
 __all__ = [
     "ACTIONS",
@@ -41,6 +42,7 @@ __all__ = [
     "Arms",
     "Canary",
     "Choice",
+    "Comparison",
     "Decision",
     "FigureBook",
     "Interval",
@@ -56,6 +58,7 @@ __all__ = [
     "Tally",
     "abort",
     "class_of",
+    "compare_bodies",
     "figures_of",
     "judge",
     "pause",
