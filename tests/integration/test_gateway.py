@@ -1,8 +1,9 @@
 """The gateway in front of real model services and a real registry, on the session's NATS.
 
 One gateway (with API keys) serves the module: REST and gRPC equal direct calls, load
-spreads, a killed replica is routed around, auth, limits, 404 vs 503, aggregation, the
-registry proxy, the merged OpenAPI document (fuzzed by the gate: tests/fuzz/run.py), metrics.
+spreads, a killed replica is routed around, an A/B split keeps each user on one version,
+auth, limits, 404 vs 503, deadlines that travel to the model, aggregation, the registry
+proxy, the merged OpenAPI document (fuzzed by the gate: tests/fuzz/run.py), metrics.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -32,10 +34,11 @@ from _services import ECHO_MODEL, Home, Service, free_port, push_fraud_models, w
 from aimesh import runtimes
 from aimesh.bus import EmbeddedNats, ServiceInstance, connect, discovery_bucket
 from aimesh.config import RegistrySettings, Settings
-from aimesh.errors import Forbidden, Unauthorized
-from aimesh.registry import ModelCreate, Registry, open_registry, push_model
+from aimesh.errors import Forbidden, RecordNotFound, Unauthorized
+from aimesh.registry import ROLLOUTS, ModelCreate, Registry, open_registry, push_model
 from aimesh.registry.app import create_app
 from aimesh.registry.client import RegistryClient
+from aimesh.rollouts import Split, Sticky, started
 
 
 def _sha(key: str) -> str:
@@ -352,6 +355,77 @@ def _both_used(gateway: Service, replicas: list[Service], url: str) -> bool:
         for r in replicas
     ]
     return min(used) > 0
+
+
+# -- traffic policies -------------------------------------------------------------------------
+
+Answered = tuple[int, str | None, str | None]
+"""A status, the version that answered (``model_version``), the policy's arm (a header)."""
+
+
+async def _as_users(
+    url: str, body: object, users: list[str], times: int
+) -> dict[str, list[Answered]]:
+    """Send ``times`` requests as each of ``users`` (``x-user-id``), interleaved, 32 at once."""
+    seen: dict[str, list[Answered]] = {user: [] for user in users}
+    limit = asyncio.Semaphore(32)
+    async with httpx.AsyncClient(headers=AS_USER, timeout=30) as client:
+
+        async def one(user: str) -> None:
+            async with limit:
+                r = await client.post(url, json=body, headers={"x-user-id": user})
+            version = r.json().get("model_version") if r.status_code == 200 else None
+            seen[user].append((r.status_code, version, r.headers.get("x-aimesh-rollout-arm")))
+
+        await asyncio.gather(*(one(user) for _ in range(times) for user in users))
+    return seen
+
+
+def test_an_ab_split_keeps_every_user_on_one_version(home: Home, gateway: Service) -> None:
+    url = f"{gateway.http}/v2/models/fraud/infer"
+    body = _body(home.x[:1])
+
+    def an_arm() -> str | None:
+        r = httpx.post(url, json=body, headers=AS_USER)
+        assert r.status_code == 200, r.text
+        return r.headers.get("x-aimesh-rollout-arm")
+
+    split = Split(weights={1: 50, 2: 50}, sticky=Sticky(header="x-user-id"))
+    registry = home.registry()
+    try:
+        registry.create_record(
+            ROLLOUTS, "fraud", started("fraud", split, "test", datetime.now(UTC))
+        )
+        home.publish(registry)
+        assert wait_for(lambda: an_arm() is not None)
+        users = [f"user-{i}" for i in range(50)]
+        seen = asyncio.run(_as_users(url, body, users, 20))
+        for user, answers in seen.items():
+            assert len(answers) == 20 and {status for status, _, _ in answers} == {200}, answers
+            versions = {version for _, version, _ in answers}
+            assert len(versions) == 1, (user, answers)  # one user, one version, every time
+            assert {arm for _, _, arm in answers} == {f"version-{versions.pop()}"}, answers
+        # 50 users measure a 50/50 split to ±7 points only (one standard deviation): the
+        # share is measured over 1,000 users (±1.6), one request each for the others.
+        others = asyncio.run(_as_users(url, body, [f"user-{i}" for i in range(50, 1000)], 1))
+        chosen = Counter(answers[0][1] for answers in (seen | others).values())
+        assert set(chosen) == {"1", "2"} and abs(chosen["1"] - 500) <= 50, chosen
+    finally:
+        with contextlib.suppress(RecordNotFound):
+            registry.delete_record(ROLLOUTS, "fraud")
+        home.publish(registry)
+        registry.close()
+        wait_for(lambda: an_arm() is None)  # the module's other tests route as before
+    # The policy gone: no arm, and one user's requests go to any instance of the model.
+    assert an_arm() is None
+    answered: set[str] = set()
+    one_user = {**AS_USER, "x-user-id": "user-0"}
+
+    def both_versions_answer() -> bool:
+        answered.add(httpx.post(url, json=body, headers=one_user).json()["model_version"])
+        return answered == {"1", "2"}
+
+    assert wait_for(both_versions_answer), answered
 
 
 # -- auth and limits --------------------------------------------------------------------------
