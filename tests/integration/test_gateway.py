@@ -1,8 +1,9 @@
 """The gateway in front of real model services and a real registry, on the session's NATS.
 
 One gateway (with API keys) serves the module: REST and gRPC equal direct calls, load
-spreads, a killed replica is routed around, auth, limits, 404 vs 503, aggregation, the
-registry proxy, the merged OpenAPI document (fuzzed by the gate: tests/fuzz/run.py), metrics.
+spreads, a killed replica is routed around, an A/B split keeps each user on one version,
+auth, limits, 404 vs 503, deadlines that travel to the model, aggregation, the registry
+proxy, the merged OpenAPI document (fuzzed by the gate: tests/fuzz/run.py), metrics.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -32,10 +34,11 @@ from _services import ECHO_MODEL, Home, Service, free_port, push_fraud_models, w
 from aimesh import runtimes
 from aimesh.bus import EmbeddedNats, ServiceInstance, connect, discovery_bucket
 from aimesh.config import RegistrySettings, Settings
-from aimesh.errors import Forbidden, Unauthorized
-from aimesh.registry import ModelCreate, Registry, open_registry, push_model
+from aimesh.errors import Forbidden, RecordNotFound, Unauthorized
+from aimesh.registry import ROLLOUTS, ModelCreate, Registry, open_registry, push_model
 from aimesh.registry.app import create_app
 from aimesh.registry.client import RegistryClient
+from aimesh.rollouts import Split, Sticky, started
 
 
 def _sha(key: str) -> str:
@@ -354,6 +357,77 @@ def _both_used(gateway: Service, replicas: list[Service], url: str) -> bool:
     return min(used) > 0
 
 
+# -- traffic policies -------------------------------------------------------------------------
+
+Answered = tuple[int, str | None, str | None]
+"""A status, the version that answered (``model_version``), the policy's arm (a header)."""
+
+
+async def _as_users(
+    url: str, body: object, users: list[str], times: int
+) -> dict[str, list[Answered]]:
+    """Send ``times`` requests as each of ``users`` (``x-user-id``), interleaved, 32 at once."""
+    seen: dict[str, list[Answered]] = {user: [] for user in users}
+    limit = asyncio.Semaphore(32)
+    async with httpx.AsyncClient(headers=AS_USER, timeout=30) as client:
+
+        async def one(user: str) -> None:
+            async with limit:
+                r = await client.post(url, json=body, headers={"x-user-id": user})
+            version = r.json().get("model_version") if r.status_code == 200 else None
+            seen[user].append((r.status_code, version, r.headers.get("x-aimesh-rollout-arm")))
+
+        await asyncio.gather(*(one(user) for _ in range(times) for user in users))
+    return seen
+
+
+def test_an_ab_split_keeps_every_user_on_one_version(home: Home, gateway: Service) -> None:
+    url = f"{gateway.http}/v2/models/fraud/infer"
+    body = _body(home.x[:1])
+
+    def an_arm() -> str | None:
+        r = httpx.post(url, json=body, headers=AS_USER)
+        assert r.status_code == 200, r.text
+        return r.headers.get("x-aimesh-rollout-arm")
+
+    split = Split(weights={1: 50, 2: 50}, sticky=Sticky(header="x-user-id"))
+    registry = home.registry()
+    try:
+        registry.create_record(
+            ROLLOUTS, "fraud", started("fraud", split, "test", datetime.now(UTC))
+        )
+        home.publish(registry)
+        assert wait_for(lambda: an_arm() is not None)
+        users = [f"user-{i}" for i in range(50)]
+        seen = asyncio.run(_as_users(url, body, users, 20))
+        for user, answers in seen.items():
+            assert len(answers) == 20 and {status for status, _, _ in answers} == {200}, answers
+            versions = {version for _, version, _ in answers}
+            assert len(versions) == 1, (user, answers)  # one user, one version, every time
+            assert {arm for _, _, arm in answers} == {f"version-{versions.pop()}"}, answers
+        # 50 users measure a 50/50 split to ±7 points only (one standard deviation): the
+        # share is measured over 1,000 users (±1.6), one request each for the others.
+        others = asyncio.run(_as_users(url, body, [f"user-{i}" for i in range(50, 1000)], 1))
+        chosen = Counter(answers[0][1] for answers in (seen | others).values())
+        assert set(chosen) == {"1", "2"} and abs(chosen["1"] - 500) <= 50, chosen
+    finally:
+        with contextlib.suppress(RecordNotFound):
+            registry.delete_record(ROLLOUTS, "fraud")
+        home.publish(registry)
+        registry.close()
+        wait_for(lambda: an_arm() is None)  # the module's other tests route as before
+    # The policy gone: no arm, and one user's requests go to any instance of the model.
+    assert an_arm() is None
+    answered: set[str] = set()
+    one_user = {**AS_USER, "x-user-id": "user-0"}
+
+    def both_versions_answer() -> bool:
+        answered.add(httpx.post(url, json=body, headers=one_user).json()["model_version"])
+        return answered == {"1", "2"}
+
+    assert wait_for(both_versions_answer), answered
+
+
 # -- auth and limits --------------------------------------------------------------------------
 
 
@@ -441,6 +515,71 @@ def test_bad_input_errors_of_the_model_pass_through(gateway: Service) -> None:
     assert (r.status_code, r.json()["code"]) == (400, "shape_mismatch")
     r = httpx.post(f"{gateway.http}/v2/models/fraud/infer", content=b"{", headers=AS_USER)
     assert r.status_code == 400
+
+
+# -- deadlines --------------------------------------------------------------------------------
+
+
+def _echo(x: float) -> dict[str, object]:
+    """An echo request: the model sleeps ``x`` seconds (a negative one fails it: 500)."""
+    return {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [x]}]}
+
+
+def test_a_deadline_travels_to_the_model_which_gives_up_with_its_caller(
+    services: dict[str, Service], gateway: Service
+) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    echo = services["echo"]
+    url = f"{gateway.http}/v2/models/echo/infer"
+
+    def given_up() -> float:  # the model service's own count of requests it gave up on
+        with_deadline = {"status": "deadline_exceeded", "protocol": "rest"}
+        return _metric(echo, "aimesh_inference_requests_total", **with_deadline)
+
+    before = given_up()
+    try:
+        # The model would answer in 2 s; the caller waits 300 ms.
+        r = httpx.post(url, json=_echo(2.0), headers={**AS_USER, "x-aimesh-deadline-ms": "300"})
+        assert (r.status_code, r.json()["code"]) == (504, "deadline_exceeded"), r.text
+        # The model service was told, and gave up too (else it would have answered 200).
+        assert wait_for(lambda: given_up() > before)
+        after_rest = given_up()
+        # Over gRPC the call's own deadline is the deadline (transcoded: the header again).
+        x = np.array([[2.0]])
+        inp = grpcclient.InferInput("x", [1, 1], "FP64")
+        inp.set_data_from_numpy(x)
+        client = grpcclient.InferenceServerClient(gateway.grpc)
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("echo", [inp], headers=dict(GRPC_USER), client_timeout=0.3)
+        client.close()
+        assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        assert wait_for(lambda: given_up() > after_rest)
+    finally:
+        # The model's one thread sleeps on: wait for it, so that later tests find it free.
+        assert httpx.post(url, json=_echo(0.0), headers=AS_USER, timeout=60).status_code == 200
+    # A deadline passed already: no model is called for it.
+    r = httpx.post(url, json=_echo(-1.0), headers={**AS_USER, "x-aimesh-deadline-ms": "0"})
+    assert (r.status_code, r.json()["code"]) == (504, "deadline_exceeded"), r.text
+    # A deadline that says nothing is a clear 400, before any model is called.
+    for bad in ("soon", "-1", "1.5"):
+        r = httpx.post(url, json=_echo(0.0), headers={**AS_USER, "x-aimesh-deadline-ms": bad})
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_request"), r.text
+        assert "x-aimesh-deadline-ms must be the whole milliseconds" in r.json()["error"]
+
+
+def test_the_model_service_refuses_a_request_whose_deadline_passed_without_running_it(
+    services: dict[str, Service],
+) -> None:
+    url = f"{services['echo'].http}/v2/models/echo/infer"
+    # x = -1 fails the model (500) if it runs: a 504 says it never did.
+    r = httpx.post(url, json=_echo(-1.0), headers={**AS_USER, "x-aimesh-deadline-ms": "0"})
+    assert (r.status_code, r.json()["code"]) == (504, "deadline_exceeded"), r.text
+    assert "not run" in r.json()["error"]
+    assert httpx.post(url, json=_echo(-1.0), headers=AS_USER).status_code == 500
+    r = httpx.post(url, json=_echo(0.0), headers={**AS_USER, "x-aimesh-deadline-ms": "x"})
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_request"), r.text
 
 
 # -- aggregation ------------------------------------------------------------------------------

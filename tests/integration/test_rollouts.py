@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -181,6 +182,52 @@ def test_a_bad_canary_rolls_back_and_a_good_one_is_promoted(
     traffic.close()
 
 
+def _grpc_infer(gateway: Service, version: str = "") -> tuple[str, dict[str, str]]:
+    """A ModelInfer of echo (x = 0) through ``gateway`` with tritonclient's gRPC stubs: the
+    version that answered, and the initial metadata (the arm, a fallback) it came with."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="echo", model_version=version)
+    request.inputs.add(name="x", datatype="FP64", shape=[1, 1])
+    request.raw_input_contents.append(np.zeros((1, 1)).tobytes())
+    with grpc.insecure_channel(gateway.grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        response, call = stub.ModelInfer.with_call(request, timeout=30)
+    return response.model_version, dict(call.initial_metadata())
+
+
+def test_a_grpc_call_to_a_failing_candidate_is_answered_by_the_baseline_marked(
+    home: Home, stack: dict[str, Service]
+) -> None:
+    registry = home.registry()
+    try:
+        baseline = str(registry.get_version("echo", "champion").version)
+    finally:
+        registry.close()
+    # The broken version 2 as a canary on half the calls, never judged while this runs.
+    run_aimesh(home.env, "rollout", "start", "echo", "--candidate", "2", "--steps", "50,100",
+               "--interval", "1h", "--min-requests", "999999", "--max-error-rate", "1")  # fmt: skip
+    try:
+        seen: list[tuple[str, dict[str, str]]] = []
+
+        def the_candidate_was_planned() -> bool:
+            seen.append(_grpc_infer(stack["gateway"]))  # a failed call would raise here
+            return seen[-1][1].get("x-aimesh-rollout-arm") == "candidate"
+
+        assert wait_for(the_candidate_was_planned), seen
+        for _ in range(8):
+            seen.append(_grpc_infer(stack["gateway"]))
+        # Every call answered by the baseline: the candidate's fell back to it, marked.
+        assert {version for version, _ in seen} == {baseline}
+        for _, metadata in seen:
+            marked = metadata.get("x-aimesh-fallback")
+            arm = metadata.get("x-aimesh-rollout-arm")
+            assert marked == ("version:champion" if arm == "candidate" else None), metadata
+        assert {m.get("x-aimesh-rollout-arm") for _, m in seen[-8:]} <= {"candidate", "baseline"}
+    finally:
+        run_aimesh(home.env, "rollout", "abort", "echo")
+
+
 def test_bad_rollouts_are_refused_and_change_nothing(home: Home, stack: dict[str, Service]) -> None:
     registry = home.registry()
     try:
@@ -275,6 +322,18 @@ def test_shadow_traffic_never_changes_an_answer(
     figures = _figures(nats_url, "3")
     assert figures.agreed == figures.compared and figures.mean_abs_diff == 0.0
     assert set(traffic.seen) == {(None, 200, champion)}
+    # gRPC calls are copied too, and compared (their answers are binary tensors).
+    grpc_seen: list[tuple[str, dict[str, str]]] = []
+    compared = figures.compared
+
+    def compared_again() -> bool:
+        grpc_seen.append(_grpc_infer(stack["gateway"], "champion"))
+        return _figures(nats_url, "3").compared > compared
+
+    assert wait_for(compared_again)
+    figures = _figures(nats_url, "3")
+    assert figures.agreed == figures.compared and figures.mean_abs_diff == 0.0
+    assert {version for version, _ in grpc_seen} == {champion}
     shown = run_aimesh(home.env, "rollout", "status", "echo").stdout
     assert "live figures" in shown and "100.0% of" in shown, shown
     run_aimesh(home.env, "rollout", "abort", "echo")

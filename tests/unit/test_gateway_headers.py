@@ -49,9 +49,12 @@ def test_headers_forwarded_drop_hop_by_hop_and_keep_credentials() -> None:
             (b"x-request-id", b"req-7"),
             (b"traceparent", GOOD.encode()),
             (b"tracestate", b"vendor=1"),
+            (b"x-aimesh-deadline-ms", b"250"),
         ]
     )
     assert head.content_length == 12
+    # The deadline is read, and sent on as the time left when each call is made.
+    assert head.deadline == b"250"
     assert (head.api_key, head.authorization) == ("secret", "Bearer secret")
     assert head.on_behalf == "alice;read"
     # Every service checks the caller's key again: it goes on unchanged.

@@ -12,6 +12,7 @@ from aimesh.bus import ServiceInstance
 from aimesh.errors import (
     AimeshError,
     AliasNotFound,
+    DeadlineExceeded,
     ModelNotFound,
     NoInstance,
     StoreUnavailable,
@@ -19,6 +20,7 @@ from aimesh.errors import (
     VersionNotFound,
 )
 from aimesh.gateway import LeastOutstanding, NotSent, Router, RoutingTable, Upstream, call_upstream
+from aimesh.resilience import Deadline
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -271,9 +273,9 @@ def test_call_upstream_moves_on_while_not_sent_and_counts_outstanding() -> None:
     tried: list[str] = []
     skipped: list[str] = []
 
-    async def exchange(upstream: Upstream) -> str:
+    async def exchange(upstream: Upstream, timeout_s: float) -> str:
         tried.append(upstream.label)
-        assert upstream.outstanding == 1
+        assert upstream.outstanding == 1 and timeout_s == 30.0
         if len(tried) < 3:
             raise NotSent("refused")
         return upstream.label
@@ -283,6 +285,7 @@ def test_call_upstream_moves_on_while_not_sent_and_counts_outstanding() -> None:
             candidates,
             exchange,
             policy=LeastOutstanding(),
+            timeout_s=30.0,
             on_not_sent=lambda u, _: skipped.append(u.label),
             clock=lambda: 10.0,
         )
@@ -293,18 +296,44 @@ def test_call_upstream_moves_on_while_not_sent_and_counts_outstanding() -> None:
 
 
 def test_call_upstream_gives_up_when_no_instance_takes_it_and_passes_other_errors() -> None:
-    async def refused(upstream: Upstream) -> str:
+    async def refused(upstream: Upstream, timeout_s: float) -> str:
         raise NotSent("refused")
 
     with pytest.raises(UpstreamError, match="no instance could be reached"):
-        asyncio.run(call_upstream(ups(0, 0), refused, policy=LeastOutstanding()))
+        asyncio.run(call_upstream(ups(0, 0), refused, policy=LeastOutstanding(), timeout_s=1.0))
 
     calls: list[str] = []
 
-    async def broken(upstream: Upstream) -> str:
+    async def broken(upstream: Upstream, timeout_s: float) -> str:
         calls.append(upstream.label)
         raise UpstreamError("reset mid-answer")  # it may have run: never sent again
 
     with pytest.raises(UpstreamError, match="reset"):
-        asyncio.run(call_upstream(ups(0, 0), broken, policy=LeastOutstanding()))
+        asyncio.run(call_upstream(ups(0, 0), broken, policy=LeastOutstanding(), timeout_s=1.0))
     assert len(calls) == 1
+
+
+def test_call_upstream_cuts_each_timeout_to_the_deadline_and_sends_none_past_it() -> None:
+    now = [10.0]
+    timeouts: list[float] = []
+
+    async def exchange(upstream: Upstream, timeout_s: float) -> str:
+        timeouts.append(timeout_s)
+        now[0] += 0.5  # the refusal took half a second
+        if len(timeouts) == 1:
+            raise NotSent("refused")
+        return upstream.label
+
+    def call(deadline: Deadline) -> str:
+        calling = call_upstream(
+            ups(0, 0), exchange, policy=LeastOutstanding(), timeout_s=30.0,
+            deadline=deadline, clock=lambda: now[0],
+        )  # fmt: skip
+        return asyncio.run(calling)
+
+    call(Deadline(11.25))
+    assert timeouts == [1.25, 0.75]  # what is left of the deadline, at each attempt
+    timeouts.clear()
+    with pytest.raises(DeadlineExceeded):
+        call(Deadline(now[0]))
+    assert timeouts == []  # nothing sent once it has passed

@@ -107,7 +107,7 @@ def _router() -> Router:
 async def _the_plan_follows_the_policy_sticky_per_user() -> None:
     stored = Stored()
     traffic = TrafficTable(stored.fetch, stored.fetch_all)
-    core = ModelCore(_router(), LeastOutstanding(), traffic=traffic)
+    core = ModelCore(_router(), LeastOutstanding(), call_timeout_s=30.0, traffic=traffic)
     stored.records["fraud"] = (1, _split(v1=50, v2=50))
     await traffic.load()
     chosen: dict[int, set[str | None]] = {}
@@ -133,7 +133,9 @@ def test_the_plan_follows_the_policy_sticky_per_user() -> None:
 async def _a_canary_shares_its_alias_and_an_unserved_pick_is_answered_as_before() -> None:
     stored = Stored()
     traffic = TrafficTable(stored.fetch, stored.fetch_all)
-    core = ModelCore(_router(), LeastOutstanding(), traffic=traffic, rand=lambda: 0.0)
+    core = ModelCore(
+        _router(), LeastOutstanding(), call_timeout_s=30.0, traffic=traffic, rand=lambda: 0.0
+    )
     canary = Canary(baseline=1, candidate=2)
     stored.records["fraud"] = (
         1,
@@ -161,7 +163,7 @@ def test_a_canary_shares_its_alias_and_an_unserved_pick_is_answered_as_before() 
 async def _a_shadow_alone_changes_no_route(policy: Shadow) -> None:
     stored = Stored()
     traffic = TrafficTable(stored.fetch, stored.fetch_all)
-    core = ModelCore(_router(), LeastOutstanding(), traffic=traffic)
+    core = ModelCore(_router(), LeastOutstanding(), call_timeout_s=30.0, traffic=traffic)
     stored.records["fraud"] = (1, Rollout(model="fraud", policy=policy))
     await traffic.load()
     plan = await core.plan("fraud", None, [])

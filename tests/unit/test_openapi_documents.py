@@ -170,3 +170,20 @@ def test_services_name_no_schema_two_ways(documents: dict[str, dict[str, Any]]) 
     for name in (*SERVICES, "gateway"):
         for key, schema in documents[name].get("components", {}).get("schemas", {}).items():
             assert seen.setdefault(key, schema) == schema, f"{name} redefines {key}"
+
+
+@pytest.mark.parametrize("name", ["model", "gateway"])
+def test_every_infer_operation_documents_the_deadline_header(
+    documents: dict[str, dict[str, Any]], name: str
+) -> None:
+    infers = [
+        (path, operation)
+        for path, method, operation, _ in _operations(documents[name])
+        if path.endswith("/infer") or path == "/v2/aggregate"
+    ]
+    assert len(infers) >= 2
+    for path, operation in infers:
+        headers = {p["name"]: p for p in operation["parameters"] if p["in"] == "header"}
+        assert headers["x-aimesh-deadline-ms"]["schema"]["type"] == "integer"
+        # Past it, a 504 (an aggregate says so per model, in its 200).
+        assert "504" in operation["responses"] or path == "/v2/aggregate"

@@ -17,6 +17,12 @@ through :meth:`ModelCore.call`, and converts the answer back. The stages, in ord
    bulkhead, in that order) when ``gateway.resilience.enabled``; else
    :func:`~aimesh.gateway.upstream.call_upstream` alone (an instance chosen by the
    instance policy, others tried while a request was certainly not sent).
+
+A call's **deadline** is the caller's (:meth:`ModelCore.deadline`: the
+``x-aimesh-deadline-ms`` header on REST, the call's own deadline on gRPC), never beyond
+the gateway's upstream timeout. Each attempt's timeout is cut to what is left of it, and
+the exchange passes that time on to the instance (the header, or the gRPC deadline), so
+that a model service never works on a request the gateway has given up on.
 """
 
 from __future__ import annotations
@@ -30,18 +36,20 @@ from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
 from aimesh.config import Fallback
-from aimesh.errors import UpstreamError
+from aimesh.errors import DeadlineExceeded, UpstreamError, UpstreamTimeout
 from aimesh.gateway.instances import REFUSED_PENALTY_S, InstancePolicy, Upstream
 from aimesh.gateway.routing import Router, Target
 from aimesh.gateway.traffic import TrafficTable
 from aimesh.gateway.upstream import Exchange, NotSent, call_upstream
 from aimesh.resilience import (
+    DEADLINE_HEADER,
     BreakerKey,
     CallRules,
     Deadline,
     Outcome,
     Resilience,
     classify_exception,
+    should_fall_back,
 )
 from aimesh.rollouts import sticky_key
 
@@ -94,6 +102,7 @@ class ModelCore:
         router: Router,
         policy: InstancePolicy,
         *,
+        call_timeout_s: float,
         traffic: TrafficTable | None = None,
         resilience: Resilience | None = None,
         rand: Callable[[], float] = random.random,
@@ -101,6 +110,8 @@ class ModelCore:
     ) -> None:
         self.router = router
         self.policy = policy
+        self.call_timeout_s = call_timeout_s
+        """The longest wait for an upstream's answer (``gateway.upstream_timeout_s``)."""
         self.traffic = traffic
         self.resilience = resilience
         """Breakers, ejection, retries, bulkheads; None: calls go without them."""
@@ -143,6 +154,51 @@ class ModelCore:
         resilience = self.resilience
         return resilience.settings.fallback_for(model) if resilience is not None else None
 
+    async def fallback_target(self, model: str, fallback: Fallback) -> Target:
+        """Where ``fallback`` (another version, or another model) of a call to ``model``
+        goes: straight there, no traffic policy picks again. Raises what
+        :meth:`Router.target` does; a static fallback has no target."""
+        return await self.router.target(fallback.model or model, fallback.version)
+
+    def falls_back(
+        self,
+        deadline: Deadline | None,
+        error: BaseException | None = None,
+        kind: CallKind[Any] | None = None,
+    ) -> bool:
+        """Whether a failed call that has a fallback (:meth:`fallback_for`) goes to it: its
+        caller's ``deadline`` has not passed (a fallback's answer would reach no one), and
+        the failure is the upstream's: an ``error`` that :func:`should_fall_back` takes,
+        judged as the adapter's ``kind`` judges errors, or, without one, a failed answer
+        (a 5xx)."""
+        if deadline is not None and deadline.expired(self._clock()):
+            return False
+        return error is None or should_fall_back(
+            error, kind.classify_error if kind is not None else classify_exception
+        )
+
+    def deadline(
+        self, header: str | bytes | None = None, left_s: float | None = None
+    ) -> Deadline | None:
+        """The deadline of a call whose caller set one: in the ``x-aimesh-deadline-ms``
+        ``header`` (REST), or as the time ``left_s`` of its own deadline (gRPC); never beyond
+        the gateway's upstream timeout. None when the caller set none (each attempt then
+        has the route's timeout). Raises :class:`~aimesh.errors.InvalidRequest` for a
+        header that is not whole milliseconds, :class:`DeadlineExceeded` for a deadline
+        passed already (no call is made for it, nor counted against a version)."""
+        if header is None and left_s is None:
+            return None
+        now = self._clock()
+        own = Deadline.after(self.call_timeout_s, now)
+        if header is not None:
+            deadline = Deadline.from_header(header, now)
+        else:
+            assert left_s is not None
+            deadline = Deadline.after(left_s, now)
+        if deadline.expired(now):
+            raise DeadlineExceeded("the request's deadline had passed when it came")
+        return deadline.earliest(own)
+
     async def call(
         self,
         route: str,
@@ -156,21 +212,26 @@ class ModelCore:
     ) -> T:
         """Run ``exchange`` on one of ``target``'s instances, for ``route`` (``infer``,
         ``metadata``...): through the resilience layer when there is one, judged as
-        ``kind`` says. Raises :class:`UpstreamError` when no instance could be reached,
+        ``kind`` says; each attempt within the route's timeout, cut to what is left of
+        ``deadline``. Raises :class:`UpstreamError` when no instance could be reached,
         :class:`~aimesh.errors.CircuitOpen` or :class:`~aimesh.errors.Overloaded` when the
-        breaker or every bulkhead refused, and what the exchange raised."""
+        breaker or every bulkhead refused, :class:`DeadlineExceeded` when the deadline
+        passed before an answer came, and what the exchange raised."""
         resilience = self.resilience
+        clock = self._clock
+        if deadline is not None:
+            exchange = _within(exchange, deadline, clock)
         if resilience is None:
             return await call_upstream(
-                target.candidates, exchange, policy=self.policy, on_not_sent=on_not_sent
-            )
+                target.candidates, exchange, policy=self.policy, timeout_s=self.call_timeout_s,
+                deadline=deadline, on_not_sent=on_not_sent, clock=clock,
+            )  # fmt: skip
         key = BreakerKey(route, target.model, served_version(target) or "")
-        clock = self._clock
 
         async def attempt(upstream: Upstream, timeout_s: float) -> T:
             upstream.outstanding += 1
             try:
-                return await exchange(upstream)
+                return await exchange(upstream, timeout_s)
             except NotSent as exc:
                 upstream.refused_until = clock() + REFUSED_PENALTY_S
                 if on_not_sent is not None:
@@ -203,6 +264,23 @@ class ModelCore:
                 discard=kind.discard,
             )
         return found
+
+
+def _within(exchange: Exchange[T], deadline: Deadline, clock: Callable[[], float]) -> Exchange[T]:
+    """``exchange``, its timeout said as the deadline passing when the deadline cut it."""
+
+    async def timed(upstream: Upstream, timeout_s: float) -> T:
+        cut = deadline.at - clock() <= timeout_s
+        try:
+            return await exchange(upstream, timeout_s)
+        except UpstreamTimeout as exc:
+            if not cut:
+                raise
+            raise DeadlineExceeded(
+                f"no answer within the request's deadline ({DEADLINE_HEADER})"
+            ) from exc
+
+    return timed
 
 
 def _instance_key(upstream: Upstream) -> str:

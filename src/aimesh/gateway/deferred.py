@@ -48,6 +48,7 @@ from aimesh.gateway.routing import RoutingTable
 from aimesh.gateway.upstream import NotSent, call_upstream
 from aimesh.jobs import Blob, Job, JobClient, JobContext, JobData, JobSpec, input_key, result_path
 from aimesh.protocol import MODEL_NAME, VERSION_REF
+from aimesh.resilience import DEADLINE_HEADER, deadline_header_value
 
 __all__ = [
     "KIND",
@@ -79,6 +80,7 @@ _ERROR = msgspec.json.Decoder(dict[str, Any])
 # Answers that say "not now" rather than "never": retried like a 5xx.
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 _IDENTITY = IDENTITY_HEADER.encode()
+_DEADLINE = DEADLINE_HEADER.encode()
 
 
 class InferencePayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -319,11 +321,13 @@ async def inference_job(ctx: JobContext) -> dict[str, Any]:
     headers += [(b"x-api-key", await caller.credential()), (_IDENTITY, submitter)]
     target = payload.path.encode()
 
-    async def exchange(upstream: Upstream) -> tuple[int, bytes, Blob]:
+    async def exchange(upstream: Upstream, timeout_s: float) -> tuple[int, bytes, Blob]:
         assert upstream.rest is not None  # candidates() keeps REST instances only
         pool = caller.client.pool(*upstream.rest)
-        response = await pool.request(b"POST", target, headers, request.body, timeout=timeout)
-        body = await response.body(timeout)
+        # The model gives up when the job's attempt does.
+        sent = [*headers, (_DEADLINE, deadline_header_value(timeout_s).encode())]
+        response = await pool.request(b"POST", target, sent, request.body, timeout=timeout_s)
+        body = await response.body(timeout_s)
         if response.status == 503 and b'"shutting_down"' in body:
             raise NotSent("the instance is shutting down")
         kept = [
@@ -337,7 +341,9 @@ async def inference_job(ctx: JobContext) -> dict[str, Any]:
 
     candidates = await caller.candidates(payload.model, payload.version)
     ctx.progress(0.1, "sent to the model")
-    status, body, blob = await call_upstream(candidates, exchange, policy=caller.policy)
+    status, body, blob = await call_upstream(
+        candidates, exchange, policy=caller.policy, timeout_s=timeout
+    )
     if status >= 400:
         raise _model_error(status, body)
     try:

@@ -1,21 +1,30 @@
 """The gateway's gRPC adapter: ``inference.GRPCInferenceService`` in front of every model.
 
-``ModelInfer`` goes to the chosen instance's REST port, transcoded: the request's tensors
-travel as OIP binary data both ways, so nothing is lost, and the instance's REST path costs
-far less CPU than a second gRPC hop (measured: about a third less per call, gateway and
-model together). ``ModelMetadata`` and ``ModelReady`` (and ``ModelInfer`` to an instance
-without a REST address) are forwarded as raw bytes to its gRPC address. Requests are parsed
-only to read the model's name and version. ``ServerLive``, ``ServerReady`` and
-``ServerMetadata`` are answered by the gateway, open (no key needed) as on REST. An
-upstream's error keeps its code and message; the gateway's own errors map by the one table
-:data:`aimesh.protocol.grpc.GRPC_STATUS`.
+``ModelInfer`` goes to the chosen instance's REST port, transcoded
+(:mod:`aimesh.gateway.transcode`): the request's tensors travel as OIP binary data both
+ways, so nothing is lost, and the instance's REST path costs far less CPU than a second
+gRPC hop (measured: about a third less per call, gateway and model together).
+``ModelMetadata`` and ``ModelReady`` (and ``ModelInfer`` to an instance without a REST
+address) are forwarded as raw bytes to its gRPC address. Requests are parsed only to read
+the model's name and version. A call's deadline goes on: as the gRPC deadline of a raw
+forward, as ``x-aimesh-deadline-ms`` over REST (the time the attempt has left, never
+beyond the gateway's upstream timeout).
+
+Model calls are planned and run by the core (:class:`~aimesh.gateway.core.ModelCore`) as
+REST's are: the traffic policy's arm goes back in the initial metadata
+(``x-aimesh-rollout-arm``); a failed ``ModelInfer`` goes to its fallback by the same rules
+(a canary's candidate to its alias, a route's declared fallback), the answer marked in the
+initial metadata (``x-aimesh-fallback``); a shadow policy's share of ``ModelInfer`` calls
+is copied to the shadow version (:class:`~aimesh.gateway.shadow.Shadows`) and compared.
+``ServerLive``, ``ServerReady`` and ``ServerMetadata`` are answered by the gateway, open
+(no key needed) as on REST. An upstream's error keeps its code and message; the gateway's
+own errors map by the one table :data:`aimesh.protocol.grpc.GRPC_STATUS`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -30,20 +39,34 @@ from aimesh.errors import (
     InvalidRequest,
     UpstreamError,
     UpstreamTimeout,
-    error_from_body,
-    foreign_message,
 )
 from aimesh.gateway._asgi import model_path
-from aimesh.gateway.core import CallKind, ModelCore
+from aimesh.gateway.core import CallKind, ModelCore, served_version
 from aimesh.gateway.headers import new_request_id, traceparent_for, valid_traceparent
 from aimesh.gateway.http1 import HttpClient
 from aimesh.gateway.instances import InstancePolicy, Upstream
 from aimesh.gateway.metrics import GATEWAY, GatewayMetrics
-from aimesh.gateway.routing import Router
-from aimesh.gateway.upstream import NotSent
+from aimesh.gateway.routing import Router, Target
+from aimesh.gateway.shadow import Answer, Shadows, rest_copy
+from aimesh.gateway.transcode import (
+    error_of,
+    infer_response,
+    rest_headers,
+    rest_request,
+    static_response,
+)
+from aimesh.gateway.upstream import Exchange, NotSent
 from aimesh.protocol import grpc as pb
-from aimesh.protocol import rest_codec
-from aimesh.resilience import Outcome, classify_exception
+from aimesh.resilience import (
+    DEADLINE_HEADER,
+    FALLBACK_HEADER,
+    Deadline,
+    Fallback,
+    Outcome,
+    classify_exception,
+    deadline_header_value,
+    fallback_header_value,
+)
 from aimesh.rest import Readiness, retry_after, status_of
 from aimesh.rollouts import ARM_HEADER, FigureBook, OutcomeClass
 
@@ -51,7 +74,7 @@ __all__ = ["GrpcGateway"]
 
 SERVICE = "inference.GRPCInferenceService"
 log = logging.getLogger("aimesh.gateway.grpc")
-_HEADER_LENGTH = b"inference-header-content-length"
+_DEADLINE = DEADLINE_HEADER.encode()
 
 # Said by gRPC when no connection could be made: the request never left.
 _NOT_CONNECTED = ("failed to connect", "connection refused", "(shutting_down)")
@@ -108,12 +131,15 @@ class GrpcGateway:
         readiness: Readiness,
         core: ModelCore | None = None,
         figures: FigureBook | None = None,
+        shadows: Shadows | None = None,
     ) -> None:
         self.router = router
         self.client = client
         self.policy = policy
-        self.core = core or ModelCore(router, policy)
+        self.core = core or ModelCore(router, policy, call_timeout_s=upstream_timeout_s)
         self.figures = figures or FigureBook("gateway")
+        self.shadows = shadows or Shadows(self.core, self.figures)
+        """Shadow copies of ModelInfer calls (shared with the REST adapter)."""
         self.keyring = keyring
         self.metrics = metrics
         self.timeout = upstream_timeout_s
@@ -175,41 +201,49 @@ class GrpcGateway:
     async def _model_call(self, method: str, request: bytes, context: Context) -> bytes:
         started = time.perf_counter()
         route = _ROUTES[method]
-        upstream_label = GATEWAY
-        answered: str | None = None  # the version of the instance it went to last
+        seen = _Seen()
         name = ""
         status = "OK"
         metadata: list[tuple[str, str]] = []
+        live: asyncio.Future[Answer | None] | None = None
         try:
             metadata = self._check(context)
             message, name, version = _parse(method, request)
+            deadline = self.core.deadline(left_s=context.time_remaining())
             plan = await self.core.plan(name, version, _as_headers(context))
             target = plan.target
-            if plan.arm is not None:
-                await context.send_initial_metadata(((ARM_HEADER, plan.arm),))
+            infer = method == "ModelInfer"
+            if infer:
+                # Counted for the version planned, even if no instance of it is reached (an
+                # open circuit); the instance that answers says its own.
+                seen.model, seen.version = name, served_version(target)
             if target.version != version:  # an alias: name the version the instance knows
-                _set_version(method, message, target.version or "")
+                _set_target(method, message, name, target.version or "")
                 request = message.SerializeToString()
-            timeout = self.timeout
-            remaining = context.time_remaining()
-            if remaining is not None:
-                timeout = min(timeout, max(remaining, 0.001))
-
             # ModelInfer goes over REST where it can (see the module's docstring).
-            rest = _rest_request(message) if method == "ModelInfer" else None
-            path = model_path(name, target.version, b"/infer")
-
-            async def exchange(upstream: Upstream) -> bytes:
-                nonlocal upstream_label, answered
-                upstream_label = upstream.label
-                answered = upstream.version
-                if rest is not None and upstream.rest is not None:
-                    return await self._infer_over_rest(upstream, path, *rest, metadata, timeout)
-                return await self._send(upstream, method, request, metadata, timeout)
-
-            return await self.core.call(
-                route, target, exchange, kind=_GRPC, on_not_sent=self._not_sent
-            )
+            rest = rest_request(message) if infer else None
+            if rest is not None and plan.shadow is not None:
+                live = self._copy(name, plan.shadow, rest, metadata)
+            fallback = self.core.fallback_for(name, plan) if infer else None
+            initial = [] if plan.arm is None else [(ARM_HEADER, plan.arm)]
+            exchange = self._exchange(method, request, rest, target, metadata, seen, live)
+            try:
+                answer = await self.core.call(
+                    route, target, exchange, kind=_GRPC, on_not_sent=self._not_sent,
+                    deadline=deadline,
+                )  # fmt: skip
+            except (AimeshError, _UpstreamStatus) as exc:
+                if fallback is None or not self.core.falls_back(deadline, exc, _GRPC):
+                    raise
+                log.info("%s failed (%s); its fallback answers", name, exc)
+                seen.failure = "timeout" if _timed_out(exc) else "upstream"
+                seen.fallback = True
+                answer = await self._fall_back(method, message, rest, name, fallback, metadata,
+                                               deadline)  # fmt: skip
+                initial.append((FALLBACK_HEADER, fallback_header_value(fallback)))
+            if initial:
+                await context.send_initial_metadata(initial)
+            return answer
         except _UpstreamStatus as exc:
             status = exc.code.name
             await context.abort(exc.code, exc.details)
@@ -226,10 +260,77 @@ class GrpcGateway:
             await context.abort(grpc.StatusCode.INTERNAL, pb.internal_details(request_id))
             raise
         finally:
+            if live is not None and not live.done():
+                live.set_result(None)  # no answer to compare the shadow's with
             elapsed = time.perf_counter() - started
-            self.metrics.observe(route, "grpc", upstream_label, status, elapsed)
-            if method == "ModelInfer" and answered is not None:
-                self.figures.count(name, answered, _CLASS_OF.get(status, "client"), elapsed)
+            self.metrics.observe(route, "grpc", seen.upstream, status, elapsed)
+            if seen.model is not None and seen.version is not None:
+                failure = seen.failure or _CLASS_OF.get(status, "client")
+                self.figures.count(
+                    seen.model, seen.version, failure, elapsed, fallback=seen.fallback
+                )
+
+    def _exchange(
+        self,
+        method: str,
+        request: bytes,
+        rest: tuple[bytes, int | None] | None,
+        target: Target,
+        metadata: list[tuple[str, str]],
+        seen: _Seen | None,
+        live: asyncio.Future[Answer | None] | None,
+    ) -> Exchange[bytes]:
+        """Sends the call to an instance of ``target``: over REST when it is a ModelInfer
+        (``rest``: its transcoded body) and the instance has a REST port, else as it came;
+        says where it went in ``seen``, and hands the answer to ``live`` (a shadow's)."""
+        path = model_path(target.model, target.version, b"/infer")
+
+        async def exchange(upstream: Upstream, timeout_s: float) -> bytes:
+            if seen is not None:
+                seen.upstream = upstream.label
+                seen.version = upstream.version
+            if rest is not None and upstream.rest is not None:
+                body, length = rest
+                return await self._infer_over_rest(
+                    upstream, path, body, length, metadata, timeout_s, live
+                )
+            return await self._send(upstream, method, request, metadata, timeout_s)
+
+        return exchange
+
+    async def _fall_back(
+        self,
+        method: str,
+        message: Any,
+        rest: tuple[bytes, int | None] | None,
+        name: str,
+        fallback: Fallback,
+        metadata: list[tuple[str, str]],
+        deadline: Deadline | None,
+    ) -> bytes:
+        """The answer of ``name``'s fallback to a failed ModelInfer, as REST's: a static
+        answer, or the call sent to the fallback's version or model."""
+        if fallback.outputs is not None:
+            return static_response(name, fallback)
+        target = await self.core.fallback_target(name, fallback)
+        _set_target(method, message, target.model, target.version or "")
+        request = message.SerializeToString()
+        exchange = self._exchange(method, request, rest, target, metadata, None, None)
+        return await self.core.call(
+            "infer", target, exchange, kind=_GRPC, on_not_sent=self._not_sent, deadline=deadline
+        )
+
+    def _copy(
+        self,
+        name: str,
+        shadow: Target,
+        rest: tuple[bytes, int | None],
+        metadata: list[tuple[str, str]],
+    ) -> asyncio.Future[Answer | None] | None:
+        """Send a shadow copy of a ModelInfer (its transcoded body, as REST sends one)."""
+        path = model_path(name, shadow.version, b"/infer")
+        headers = rest_headers(metadata, rest[1])
+        return self.shadows.copy(name, shadow, rest_copy(self.client, path, headers, rest[0]))
 
     def _check(self, context: Context) -> list[tuple[str, str]]:
         """Authorize the call; return the metadata to forward (request id, trace context, and
@@ -306,15 +407,14 @@ class GrpcGateway:
         header_length: int | None,
         metadata: list[tuple[str, str]],
         timeout: float,
+        live: asyncio.Future[Answer | None] | None = None,
     ) -> bytes:
-        """ModelInfer through the instance's REST port: cheaper than a second gRPC hop."""
+        """ModelInfer through the instance's REST port: cheaper than a second gRPC hop; the
+        time the call has left goes in the ``x-aimesh-deadline-ms`` header. The answer, as
+        the instance gave it, goes to ``live`` (a shadow copy's to compare with)."""
         assert upstream.rest is not None
-        headers = [(key.encode(), value.encode()) for key, value in metadata]
-        if header_length is None:
-            headers.append((b"content-type", b"application/json"))
-        else:
-            headers.append((b"content-type", b"application/octet-stream"))
-            headers.append((_HEADER_LENGTH, str(header_length).encode()))
+        headers = rest_headers(metadata, header_length)
+        headers.append((_DEADLINE, deadline_header_value(timeout).encode()))
         pool = self.client.pool(*upstream.rest)
         try:
             response = await pool.request(b"POST", path, headers, body, timeout=timeout)
@@ -324,20 +424,14 @@ class GrpcGateway:
             self.metrics.upstream_error(upstream.label, reason)
             raise
         if response.status != 200:
-            error = _error_of(response.status, answer)
+            error = error_of(response.status, answer)
             if error.code == "shutting_down":
                 raise NotSent(error.message)
             raise error
-        length = response.header(_HEADER_LENGTH)
-        try:
-            decoded = rest_codec.decode_response(
-                answer, header_length=int(length) if length is not None else None
-            )
-        except (InvalidRequest, ValueError) as exc:
-            raise UpstreamError(
-                f"the instance answered an unreadable response: {foreign_message(exc)}"
-            ) from exc
-        serialized: bytes = pb.response_to_pb(decoded).SerializeToString()
+        whole = Answer.of(response, answer)
+        serialized = infer_response(answer, whole.header_length)
+        if live is not None and not live.done():
+            live.set_result(whole)
         return serialized
 
     def _call(self, address: str, method: str) -> aio.UnaryUnaryMultiCallable[bytes, bytes]:
@@ -406,28 +500,36 @@ def _parse(method: str, request: bytes) -> tuple[Any, str, str | None]:
     return message, name, version or None
 
 
-def _rest_request(message: Any) -> tuple[bytes, int | None]:
-    """The OIP REST body for a ModelInferRequest: tensors as binary data, outputs asked so."""
-    request = pb.request_from_pb(message)
-    # Binary both ways: exact, and no JSON number formatting on either side.
-    request.parameters = {**request.parameters, "binary_data_output": True}
-    return rest_codec.encode_request(request, binary=True)
-
-
-def _error_of(status: int, body: bytes) -> AimeshError:
-    """The error an instance answered over REST, as the class the gRPC status comes from."""
-    try:
-        found = json.loads(body)
-        return error_from_body(str(found["code"]), str(found["error"]))
-    except (ValueError, KeyError, TypeError):
-        return UpstreamError(f"the instance answered HTTP {status}")
-
-
-def _set_version(method: str, message: Any, version: str) -> None:
+def _set_target(method: str, message: Any, model: str, version: str) -> None:
+    """Name ``model`` at ``version`` in the request ``message`` (the instance's own terms)."""
     if method == "ModelInfer":
-        message.model_version = version
+        message.model_name, message.model_version = model, version
     else:
-        message.version = version
+        message.name, message.version = model, version
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a failed call failed for want of time (a fallback then counts a timeout)."""
+    if isinstance(exc, _UpstreamStatus):
+        return exc.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    return isinstance(exc, UpstreamTimeout)
+
+
+class _Seen:
+    """What the metrics and the live figures say of one call; filled in as it goes."""
+
+    __slots__ = ("failure", "fallback", "model", "upstream", "version")
+
+    def __init__(self) -> None:
+        self.upstream = GATEWAY
+        """The instance it went to last."""
+        self.model: str | None = None
+        """The model a ModelInfer went to (counted in the live figures; other calls not)."""
+        self.version: str | None = None
+        """The version of the instance it went to last."""
+        self.failure: OutcomeClass | None = None
+        """How the call failed when a fallback answered instead."""
+        self.fallback = False
 
 
 async def _abort(context: Context, exc: AimeshError, request_id: str) -> None:

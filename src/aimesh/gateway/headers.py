@@ -2,8 +2,9 @@
 
 One pass over the headers finds the request id, the W3C trace context, the credentials, the
 length and what the edge checks (Host, Origin, Content-Type), and builds the list forwarded
-upstream: everything but hop-by-hop headers and what this hop re-makes. The caller's
-credentials go on unchanged: every service checks them again on its own port. A request
+upstream: everything but hop-by-hop headers and what this hop re-makes (the request's
+deadline, ``x-aimesh-deadline-ms``, is sent on as the time left when the call is made).
+The caller's credentials go on unchanged: every service checks them again on its own port. A request
 without an ``x-request-id`` gets one; one without a valid ``traceparent`` starts a trace
 whose id is the request id, so logs and traces meet.
 """
@@ -15,6 +16,7 @@ import re
 from collections.abc import Iterable
 
 from aimesh.auth import IDENTITY_HEADER
+from aimesh.resilience import DEADLINE_HEADER
 
 __all__ = ["RequestHead", "new_request_id", "traceparent_for", "valid_traceparent"]
 
@@ -28,11 +30,13 @@ _NOT_FORWARDED = frozenset(
         b"host", b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
         b"te", b"trailer", b"transfer-encoding", b"upgrade", b"expect", b"content-length",
         b"x-request-id", b"traceparent",
+        DEADLINE_HEADER.encode(),  # re-made: the time left when each call is made
         b"origin",  # judged here (aimesh.rest.guard); an upstream would judge it by its own Host
     }
 )  # fmt: skip
 _MAX_REQUEST_ID = 128
 _IDENTITY = IDENTITY_HEADER.encode()
+_DEADLINE = DEADLINE_HEADER.encode()
 
 
 def new_request_id() -> str:
@@ -80,6 +84,7 @@ class RequestHead:
         "authorization",
         "content_length",
         "content_type",
+        "deadline",
         "forward",
         "host",
         "idempotency_key",
@@ -107,6 +112,8 @@ class RequestHead:
         self.prefer: bytes | None = None
         """The ``Prefer`` header (``respond-async`` asks for an async call), passed on too."""
         self.idempotency_key: str | None = None
+        self.deadline: bytes | None = None
+        """The ``x-aimesh-deadline-ms`` header as sent (read by the routes that honour it)."""
         self.forward: list[tuple[bytes, bytes]] = []
         """The headers to send upstream, request id and traceparent included."""
 
@@ -143,6 +150,8 @@ class RequestHead:
                 head.origin = value
             elif name == b"content-length":
                 head.content_length = int(value) if value.isdigit() else None
+            elif name == _DEADLINE:
+                head.deadline = value
         if request_id and len(request_id) <= _MAX_REQUEST_ID and _printable(request_id):
             head.request_id = request_id.decode("latin-1")
             generated = False

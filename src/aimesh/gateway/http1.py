@@ -69,6 +69,11 @@ class UpstreamResponse:
         """The body received so far, left in place."""
         return b"".join(self._chunks)
 
+    def shutting_down(self) -> bool:
+        """Whether this is a draining replica's refusal (503 ``shutting_down``): it did
+        nothing with the request, which another instance may take."""
+        return self.status == 503 and b'"shutting_down"' in self.peek()
+
     def header(self, name: bytes) -> bytes | None:
         """The first value of a (lower-case) header."""
         for key, value in self.headers:

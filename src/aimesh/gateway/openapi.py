@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aimesh.protocol import (
+    DEADLINE_PARAMETER,
     INFER_OK_RESPONSE,
     INFER_REQUEST_SCHEMA,
     METRICS_RESPONSE,
@@ -96,7 +97,7 @@ _ACCEPTED = {
 def _infer(summary: str) -> dict[str, Any]:
     return {
         "summary": summary,
-        "parameters": _ASYNC_PARAMETERS,
+        "parameters": [DEADLINE_PARAMETER, *_ASYNC_PARAMETERS],
         "requestBody": infer_request_body(),
         "responses": {
             "200": INFER_OK_RESPONSE,
@@ -110,6 +111,7 @@ _AGGREGATE = {
     "summary": "Run one request on several models in parallel",
     "description": "Each model's OIP response, or its error, under its reference; "
     "`complete` is false when any model failed.",
+    "parameters": [DEADLINE_PARAMETER],
     "requestBody": {
         "required": True,
         "content": {

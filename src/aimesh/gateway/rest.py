@@ -25,6 +25,7 @@ from aimesh.config import Fallback
 from aimesh.errors import (
     AimeshError,
     BusUnavailable,
+    DeadlineExceeded,
     InvalidRequest,
     NoInstance,
     UpstreamError,
@@ -63,17 +64,19 @@ from aimesh.gateway.instances import InstancePolicy, Upstream
 from aimesh.gateway.metrics import GATEWAY, GatewayMetrics
 from aimesh.gateway.openapi import MergedOpenApi
 from aimesh.gateway.routing import Router, Target
-from aimesh.gateway.shadow import Shadows
-from aimesh.gateway.upstream import NotSent, call_upstream
+from aimesh.gateway.shadow import Answer, Shadows, rest_copy
+from aimesh.gateway.upstream import Exchange, NotSent, call_upstream
 from aimesh.jobs import encode_job
 from aimesh.protocol import InferenceRequest, TensorSpec, check_inputs, rest_codec
 from aimesh.registry import record_kinds
 from aimesh.resilience import (
+    DEADLINE_HEADER,
     FALLBACK_HEADER,
+    Deadline,
     Outcome,
     classify_status,
+    deadline_header_value,
     fallback_header_value,
-    should_fall_back,
 )
 from aimesh.rest import (
     DOCS_ASSETS_URL,
@@ -99,6 +102,7 @@ _DROP_FROM_RESPONSE = frozenset(
 _BUFFER_LIMIT = 1 << 20
 _ARM = ARM_HEADER.encode()
 _FALLBACK = FALLBACK_HEADER.encode()
+_DEADLINE = DEADLINE_HEADER.encode()
 # Model versions whose inputs are kept for the async check; past it the table starts over.
 _INPUTS_KEPT = 1024
 _SERVER_METADATA = json.dumps(
@@ -133,7 +137,7 @@ class _Outcome:
         """How the call failed without an answer (a timeout, no connection)."""
         self.fallback = False
         """Whether a fallback answered instead."""
-        self.live: asyncio.Future[tuple[int, bytes] | None] | None = None
+        self.live: asyncio.Future[Answer | None] | None = None
         """Where the live answer goes for a shadow copy to be compared with."""
         self.route = "unknown"
         self.upstream = GATEWAY
@@ -182,11 +186,13 @@ class GatewayApp:
         self.router = router
         self.client = client
         self.policy = policy
-        self.core = core or ModelCore(router, policy)
+        self.core = core or ModelCore(router, policy, call_timeout_s=upstream_timeout_s)
         """Plans model calls (traffic policy, routing) and runs them."""
         self.figures = figures or FigureBook("gateway")
         """Inference outcomes per model version, shared with the rollout controller."""
         self.shadows = shadows or Shadows(self.core, self.figures)
+        """Copies of calls to a shadow version, compared with the live answers (one for
+        every adapter of the gateway)."""
         """Copies of calls to a shadow version, compared with the live answers."""
         self.keyring = keyring
         self.metrics = metrics
@@ -231,6 +237,8 @@ class GatewayApp:
             outcome.status = status = status_of(exc)
             if isinstance(exc, UpstreamError):
                 outcome.failure = "timeout" if isinstance(exc, UpstreamTimeout) else "connection"
+            elif isinstance(exc, DeadlineExceeded):
+                outcome.failure = "timeout"  # the version did not answer within the deadline
             if outcome.started:
                 log.warning("response cut short: %s", exc.message)
                 return
@@ -337,6 +345,7 @@ class GatewayApp:
             check_infer_type(head.content_type)
             deferred = async_request(scope["query_string"], head.prefer, head.idempotency_key)
         caller = self._check(scope, head, "infer")
+        deadline = self.core.deadline(head.deadline)
         body = await self._body(head, receive) if allowed == "POST" else b""
         plan = await self.core.plan(name, version, scope["headers"])
         target = plan.target
@@ -361,7 +370,7 @@ class GatewayApp:
         if plan.shadow is not None and outcome.model is not None:
             shadow_path = model_path(name, plan.shadow.version, b"/infer") + query(scope)
             outcome.live = self.shadows.copy(
-                name, plan.shadow, self._answer(shadow_path, head.forward, body)
+                name, plan.shadow, rest_copy(self.client, shadow_path, head.forward, body)
             )
         fallback = self.core.fallback_for(name, plan) if outcome.model is not None else None
         try:
@@ -371,18 +380,19 @@ class GatewayApp:
                 self._exchange(method, upstream_path, head.forward, body, outcome),
                 kind=_HTTP,
                 on_not_sent=self._not_sent,
+                deadline=deadline,
             )
         except AimeshError as exc:
-            if fallback is None or not should_fall_back(exc):
+            if fallback is None or not self.core.falls_back(deadline, exc):
                 raise
             log.info("%s failed (%s); its fallback answers", name, exc.message)
             outcome.failure = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream"
-            await self._fall_back(send, scope, head, outcome, name, fallback, body)
+            await self._fall_back(send, scope, head, outcome, name, fallback, body, deadline)
             return
-        if fallback is not None and response.status >= 500:
+        if fallback is not None and response.status >= 500 and self.core.falls_back(deadline):
             response.abandon()
             outcome.failure = "upstream"
-            await self._fall_back(send, scope, head, outcome, name, fallback, body)
+            await self._fall_back(send, scope, head, outcome, name, fallback, body, deadline)
             return
         await self._relay(send, response, head, outcome)
 
@@ -395,22 +405,23 @@ class GatewayApp:
         name: str,
         fallback: Fallback,
         body: bytes,
+        deadline: Deadline | None,
     ) -> None:
         """Answer a failed inference call with ``name``'s fallback, marked in a header."""
         outcome.fallback = True
+        if outcome.live is not None and not outcome.live.done():
+            outcome.live.set_result(None)  # the fallback's answer is not the version's
         marked = (_FALLBACK, fallback_header_value(fallback).encode())
         if fallback.outputs is not None:
             outcome.status = 200
             answer = static_answer(name, fallback)
             await respond(send, 200, answer, head.request_id, JSON, [marked])
             return
-        model = fallback.model or name
-        # Straight to the fallback's version: no traffic policy picks again.
-        target = await self.core.router.target(model, fallback.version)
-        path = model_path(model, target.version, b"/infer") + query(scope)
+        target = await self.core.fallback_target(name, fallback)
+        path = model_path(target.model, target.version, b"/infer") + query(scope)
         response = await self.core.call(
             "infer", target, self._exchange(b"POST", path, head.forward, body, None),
-            kind=_HTTP, on_not_sent=self._not_sent,
+            kind=_HTTP, on_not_sent=self._not_sent, deadline=deadline,
         )  # fmt: skip
         await self._relay(send, response, head, outcome, extra=[marked])
 
@@ -493,42 +504,37 @@ class GatewayApp:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         outcome: _Outcome | None,
-    ) -> Callable[[Upstream], Awaitable[UpstreamResponse]]:
-        async def exchange(upstream: Upstream) -> UpstreamResponse:
+        *,
+        model: bool = True,
+    ) -> Exchange[UpstreamResponse]:
+        """Sends the request to an instance; to a model's (``model``), with the time it has
+        left (the attempt's timeout) in the ``x-aimesh-deadline-ms`` header."""
+
+        async def exchange(upstream: Upstream, timeout_s: float) -> UpstreamResponse:
             address = upstream.rest
             if address is None:
                 raise NotSent("the instance has no REST address")
             if outcome is not None:
                 outcome.upstream = upstream.label
                 outcome.version = upstream.version
+            sent = headers
+            if model:
+                sent = [*headers, (_DEADLINE, deadline_header_value(timeout_s).encode())]
             try:
                 response = await self.client.pool(address[0], address[1]).request(
-                    method, target, headers, body, timeout=self.timeout
+                    method, target, sent, body, timeout=timeout_s
                 )
             except UpstreamError as exc:
                 reason = "timeout" if isinstance(exc, UpstreamTimeout) else "broken"
                 self.metrics.upstream_error(upstream.label, reason)
                 raise
-            if response.status == 503 and b'"shutting_down"' in response.peek():
+            if response.shutting_down():
                 # A draining replica refuses before doing anything: safe to send elsewhere.
                 response.abandon()
                 raise NotSent("the instance is shutting down")
             return response
 
         return exchange
-
-    def _answer(
-        self, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> Callable[[Upstream], Awaitable[tuple[int, bytes]]]:
-        """An exchange that POSTs ``body`` and reads the whole answer (a shadow copy)."""
-        exchange = self._exchange(b"POST", target, headers, body, None)
-
-        async def whole(upstream: Upstream) -> tuple[int, bytes]:
-            response = await exchange(upstream)
-            answer = response.take() if response.complete else await response.body(self.timeout)
-            return response.status, answer
-
-        return whole
 
     def _not_sent(self, upstream: Upstream, exc: NotSent) -> None:
         self.metrics.upstream_error(upstream.label, "refused")
@@ -554,7 +560,7 @@ class GatewayApp:
             # Whole before the first byte goes out: an upstream lost mid-body is still a 502.
             body = response.take() if response.complete else await response.body(self.timeout)
             if outcome.live is not None and not outcome.live.done():
-                outcome.live.set_result((response.status, body))
+                outcome.live.set_result(Answer.of(response, body))
             if length is None:
                 headers.append((b"content-length", str(len(body)).encode()))
             await send(
@@ -601,9 +607,10 @@ class GatewayApp:
             candidates,
             self._exchange(
                 b"GET" if method == b"HEAD" else method, raw_target(scope), head.forward, body,
-                outcome,
+                outcome, model=False,
             ),
             policy=self.policy,
+            timeout_s=self.timeout,
             on_not_sent=self._not_sent,
         )  # fmt: skip
         await self._relay(send, response, head, outcome)
@@ -681,9 +688,10 @@ class GatewayApp:
         self, send: Send, head: RequestHead, outcome: _Outcome, body: bytes
     ) -> None:
         request = aggregate.parse_aggregate(body)
+        deadline = self.core.deadline(head.deadline)
         headers = [(b"content-type", JSON), *head.forward_tracing, *head.forward_credentials]
         results = await asyncio.gather(
-            *(self._aggregate_one(m, request.body, headers) for m in request.members)
+            *(self._aggregate_one(m, request.body, headers, deadline) for m in request.members)
         )
         merged = aggregate.merge(
             {m.label: r for m, r in zip(request.members, results, strict=True)}
@@ -692,7 +700,11 @@ class GatewayApp:
         await respond(send, 200, merged, head.request_id)
 
     async def _aggregate_one(
-        self, member: aggregate.Member, body: bytes, headers: list[tuple[bytes, bytes]]
+        self,
+        member: aggregate.Member,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+        deadline: Deadline | None,
     ) -> aggregate.Outcome:
         try:
             target = (await self.core.plan(member.name, member.version, headers)).target
@@ -703,6 +715,7 @@ class GatewayApp:
                 self._exchange(b"POST", path, headers, body, None),
                 kind=_HTTP,
                 on_not_sent=self._not_sent,
+                deadline=deadline,
             )
             answer = response.take() if response.complete else await response.body(self.timeout)
             return aggregate.outcome_of(response.status, response.header(b"content-type"), answer)

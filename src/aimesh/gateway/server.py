@@ -41,6 +41,7 @@ from aimesh.gateway.metrics import GatewayMetrics
 from aimesh.gateway.openapi import MergedOpenApi, gateway_document
 from aimesh.gateway.rest import GatewayApp
 from aimesh.gateway.routing import Router, RoutingTable
+from aimesh.gateway.shadow import Shadows
 from aimesh.gateway.traffic import TrafficTable
 from aimesh.gateway.watch import (
     DiscoveryWatch,
@@ -109,7 +110,10 @@ async def run_gateway(
         else None
     )
     traffic = TrafficTable(catalog.rollout, catalog.rollouts)
-    core = ModelCore(router, policy, resilience=resilience, traffic=traffic)
+    core = ModelCore(
+        router, policy, call_timeout_s=g.upstream_timeout_s, resilience=resilience,
+        traffic=traffic,
+    )  # fmt: skip
     # Keys may be made at any time: the document always says how to present one.
     openapi = MergedOpenApi(gateway_document(auth=True), auth=True)
     registry_fallback = _configured_registry(settings)
@@ -120,18 +124,19 @@ async def run_gateway(
     readiness.require("discovery", lambda: None if ready.is_set() else "not listed yet")
     deferrer = Deferrer(settings.jobs)
 
+    shadows = Shadows(core, figures)
     app = GatewayApp(
         router=router, client=client, policy=policy, keyring=keys.keyring,
         metrics=metrics, openapi=openapi, max_request_bytes=g.max_request_bytes,
         upstream_timeout_s=g.upstream_timeout_s, readiness=readiness,
         registry_fallback=registry_fallback, deferrer=deferrer,
-        guard=Guard.from_settings(settings.auth), figures=figures, core=core,
+        guard=Guard.from_settings(settings.auth), figures=figures, core=core, shadows=shadows,
     )  # fmt: skip
     grpc_gateway = GrpcGateway(
         router=router, client=client, policy=policy, keyring=keys.keyring,
         metrics=metrics, upstream_timeout_s=g.upstream_timeout_s,
         max_message_bytes=g.max_request_bytes, readiness=readiness, core=core,
-        figures=figures,
+        figures=figures, shadows=shadows,
     )  # fmt: skip
     grpc_server, grpc_port = await start_grpc(
         grpc_gateway, g.host, g.grpc_port, max_message_bytes=g.max_request_bytes
@@ -194,7 +199,7 @@ async def run_gateway(
     await _step("closing gRPC channels", grpc_gateway.close())
     client.close()
     await _step("stopping traffic fetches", traffic.close())
-    await _step("stopping shadow copies", app.shadows.close())
+    await _step("stopping shadow copies", shadows.close())
     await _step("closing the registry", asyncio.to_thread(catalog.close))
     log.info("gateway stopped")
 

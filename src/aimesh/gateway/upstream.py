@@ -1,10 +1,11 @@
 """The one function every call to an upstream goes through: :func:`call_upstream`.
 
 It picks an instance with the policy, counts the request as outstanding there, runs the
-protocol's exchange (HTTP or gRPC) and, when the request never reached the instance
-(:class:`NotSent`: refused, a stale connection, a replica draining), tries another one.
-This is the one place to wrap with the resilience layer of the ROADMAP (deadline, retry,
-breaker, bulkhead, in that order), for both protocols at once.
+protocol's exchange (HTTP or gRPC) within the call's timeout (never beyond the request's
+deadline) and, when the request never reached the instance (:class:`NotSent`: refused, a
+stale connection, a replica draining), tries another one. The resilience layer
+(:class:`~aimesh.resilience.Resilience`: deadline, retry, breaker, bulkhead, in that order)
+runs the same exchanges in its place when it is on (:class:`~aimesh.gateway.core.ModelCore`).
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from aimesh.errors import UpstreamError
+from aimesh.errors import DeadlineExceeded, UpstreamError
 from aimesh.gateway.instances import REFUSED_PENALTY_S, InstancePolicy, Upstream
+from aimesh.resilience import Deadline
 
 __all__ = ["Exchange", "NotSent", "call_upstream"]
 
 T = TypeVar("T")
 
-Exchange = Callable[[Upstream], Awaitable[T]]
-"""Sends the request to one instance and returns its answer; raises :class:`NotSent`
-when the instance certainly did not process it."""
+Exchange = Callable[[Upstream, float], Awaitable[T]]
+"""Sends the request to one instance, waiting ``timeout_s`` (the second argument) at most,
+and returns its answer; raises :class:`NotSent` when the instance certainly did not
+process it. The timeout is what the instance has left too: an HTTP exchange sends it in
+the ``x-aimesh-deadline-ms`` header, a gRPC one as the call's deadline."""
 
 
 class NotSent(Exception):
@@ -34,21 +38,33 @@ async def call_upstream(
     exchange: Exchange[T],
     *,
     policy: InstancePolicy,
+    timeout_s: float,
+    deadline: Deadline | None = None,
     on_not_sent: Callable[[Upstream, NotSent], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> T:
-    """Run ``exchange`` on one of ``candidates`` (never empty), moving on while it is not sent.
+    """Run ``exchange`` on one of ``candidates`` (never empty), moving on while it is not sent;
+    each attempt within ``timeout_s``, cut to what is left of ``deadline``.
 
-    Raises :class:`UpstreamError` when no candidate could be reached; errors of the exchange
-    itself (timeouts, broken answers) pass through, since the request may have been run.
+    Raises :class:`UpstreamError` when no candidate could be reached,
+    :class:`DeadlineExceeded` when the deadline passed before an attempt; errors of the
+    exchange itself (timeouts, broken answers) pass through, since the request may have
+    been run.
     """
     remaining = candidates
     while True:
         now = clock()
+        timeout = timeout_s
+        if deadline is not None:
+            if deadline.expired(now):
+                raise DeadlineExceeded(
+                    "the request's deadline passed before an upstream was called"
+                )
+            timeout = deadline.timeout(timeout_s, now)
         upstream = policy.choose(remaining, now)
         upstream.outstanding += 1
         try:
-            return await exchange(upstream)
+            return await exchange(upstream, timeout)
         except NotSent as exc:
             upstream.refused_until = now + REFUSED_PENALTY_S
             if on_not_sent is not None:

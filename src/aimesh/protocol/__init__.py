@@ -13,6 +13,7 @@ from aimesh.protocol.inference import (
 from aimesh.protocol.names import ALIAS_NAME, MODEL_NAME, VERSION_REF
 from aimesh.protocol.numbers import STORED_INT_MAX, whole_number
 from aimesh.protocol.openapi import (
+    DEADLINE_PARAMETER,
     ERROR_REF,
     ERROR_SCHEMA,
     INFER_OK_RESPONSE,
@@ -38,6 +39,7 @@ from aimesh.protocol.tensors import (
 __all__ = [
     "ALIAS_NAME",
     "DATATYPE_TO_NUMPY",
+    "DEADLINE_PARAMETER",
     "ERROR_REF",
     "ERROR_SCHEMA",
     "INFER_OK_RESPONSE",

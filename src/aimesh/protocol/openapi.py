@@ -9,6 +9,7 @@ from typing import Any, get_args
 
 from aimesh.protocol.names import MODEL_NAME, VERSION_REF
 from aimesh.protocol.tensors import Datatype
+from aimesh.resilience import DEADLINE_HEADER
 
 TENSOR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -77,6 +78,20 @@ INFER_OK_RESPONSE: dict[str, Any] = {
     },
 }
 """An inference's 200, as the model service and the gateway answer it."""
+
+
+DEADLINE_PARAMETER: dict[str, Any] = {
+    "name": DEADLINE_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 0, "maximum": 9_999_999_999},
+    "description": "The request's deadline: the whole milliseconds its caller still waits. "
+    "Each hop cuts its own timeout to it and sends what is left on (over gRPC, the call's "
+    "own deadline does the same); a request whose deadline has passed is refused at once "
+    "(504 `deadline_exceeded`), its model never run. Not whole milliseconds: 400 "
+    "`invalid_request`.",
+}
+"""The header of an inference's deadline, as the model service and the gateway read it."""
 
 
 def json_content(schema: dict[str, Any], description: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from aimesh.resilience.breaker import (
     Permit,
 )
 from aimesh.resilience.bulkhead import Bulkheads
-from aimesh.resilience.deadline import DEADLINE_HEADER, Deadline
+from aimesh.resilience.deadline import DEADLINE_HEADER, Deadline, deadline_header_value
 from aimesh.resilience.events import Listener, StateChange
 from aimesh.resilience.executor import Attempt, CallRules, Resilience, first_candidate
 from aimesh.resilience.fallback import FALLBACK_HEADER, fallback_header_value, should_fall_back
@@ -59,6 +59,7 @@ __all__ = [
     "backoff_s",
     "classify_exception",
     "classify_status",
+    "deadline_header_value",
     "fallback_header_value",
     "first_candidate",
     "should_fall_back",

@@ -14,10 +14,16 @@ from dataclasses import dataclass
 
 from aimesh.errors import InvalidRequest
 
-__all__ = ["DEADLINE_HEADER", "Deadline"]
+__all__ = ["DEADLINE_HEADER", "Deadline", "deadline_header_value"]
 
 DEADLINE_HEADER = "x-aimesh-deadline-ms"
 """The HTTP header of a request's deadline: whole milliseconds left when it was sent."""
+
+
+def deadline_header_value(left_s: float) -> str:
+    """The ``x-aimesh-deadline-ms`` value of ``left_s`` seconds left (rounded down)."""
+    return str(math.floor(left_s * 1000.0)) if left_s > 0.0 else "0"
+
 
 # Up to ~115 days: the header is a time left, not an epoch, and a longer one is an error.
 _MAX_DIGITS = 10
@@ -67,7 +73,7 @@ class Deadline:
 
     def header_value(self, now: float) -> str:
         """The ``x-aimesh-deadline-ms`` value to send at ``now`` (rounded down)."""
-        return str(math.floor(self.remaining(now) * 1000.0))
+        return deadline_header_value(self.at - now)
 
     def grpc_timeout(self, now: float) -> float:
         """The ``timeout`` (seconds) of a gRPC call made at ``now`` so that its deadline is

@@ -9,6 +9,8 @@ and the figures per version can tell a fallback's answer from the model's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aimesh.config import Fallback
 from aimesh.errors import CircuitOpen, DeadlineExceeded, Overloaded, RateLimited
 from aimesh.resilience.outcomes import Outcome, classify_exception
@@ -31,16 +33,19 @@ def fallback_header_value(fallback: Fallback) -> str:
     return f"model:{fallback.model}{at}"
 
 
-def should_fall_back(error: BaseException) -> bool:
+def should_fall_back(
+    error: BaseException, classify: Callable[[BaseException], Outcome] = classify_exception
+) -> bool:
     """Whether a call that ended in ``error`` goes to the route's fallback.
 
-    Yes for the upstream's faults (timeouts, connection and upstream errors), an open
-    circuit and full bulkheads; no for what the client caused (a bad request, its own rate
-    limit) and for a passed deadline (the caller has given up). A 5xx answer relayed as a
-    result falls back too: the caller checks ``classify_status(status) is FAILURE``.
+    Yes for the upstream's faults (timeouts, connection and upstream errors, as ``classify``
+    judges them: a protocol adapter passes its own), an open circuit and full bulkheads; no
+    for what the client caused (a bad request, its own rate limit) and for a passed
+    deadline (the caller has given up). A 5xx answer relayed as a result falls back too:
+    the caller checks ``classify_status(status) is FAILURE``.
     """
     if isinstance(error, (DeadlineExceeded, RateLimited)):
         return False
     if isinstance(error, (CircuitOpen, Overloaded)):
         return True
-    return classify_exception(error) is Outcome.FAILURE
+    return classify(error) is Outcome.FAILURE

@@ -50,10 +50,20 @@ def compare(live: InferenceResponse, shadow: InferenceResponse) -> Comparison | 
     return Comparison(agreed, float(every.mean()) if every.size else 0.0)
 
 
-def compare_bodies(live: bytes, shadow: bytes) -> Comparison | None:
-    """:func:`compare` of two JSON answers; None when either cannot be read."""
+def compare_bodies(
+    live: bytes,
+    shadow: bytes,
+    *,
+    live_header_length: int | None = None,
+    shadow_header_length: int | None = None,
+) -> Comparison | None:
+    """:func:`compare` of two OIP REST answers, JSON or (with the length of their JSON
+    header) binary tensors; None when either cannot be read."""
     try:
-        return compare(rest_codec.decode_response(live), rest_codec.decode_response(shadow))
+        return compare(
+            rest_codec.decode_response(live, header_length=live_header_length),
+            rest_codec.decode_response(shadow, header_length=shadow_header_length),
+        )
     except (InvalidRequest, ValueError):
         return None
 

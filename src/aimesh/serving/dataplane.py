@@ -1,12 +1,17 @@
 """The model service's core: OIP v2 operations on the hosted model, with no HTTP or gRPC.
 
 The REST and gRPC adapters decode a request, call :class:`DataPlane`, encode the answer;
-they do nothing else. Limits live here so both protocols share them.
+they do nothing else. Limits live here so both protocols share them, the caller's deadline
+among them: each adapter reads it (the ``x-aimesh-deadline-ms`` header, the gRPC call's
+deadline) and the data plane refuses a request whose deadline has passed without running
+the model, and waits for the model no longer than the deadline allows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 from aimesh.errors import (
     DeadlineExceeded,
@@ -16,6 +21,7 @@ from aimesh.errors import (
     VersionNotFound,
 )
 from aimesh.protocol import InferenceRequest, InferenceResponse, ModelMetadata, ServerMetadata
+from aimesh.resilience import Deadline
 from aimesh.serving.host import ModelHost
 from aimesh.serving.model import ServedModel
 
@@ -27,10 +33,19 @@ EXTENSIONS = ["binary_tensor_data"]
 class DataPlane:
     """Answers the Open Inference Protocol for the one model its host serves."""
 
-    def __init__(self, host: ModelHost, *, max_concurrency: int, request_timeout_s: float) -> None:
+    def __init__(
+        self,
+        host: ModelHost,
+        *,
+        max_concurrency: int,
+        request_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.host = host
         self.max_concurrency = max_concurrency
         self.request_timeout_s = request_timeout_s
+        self.clock = clock
+        """The monotonic clock deadlines are read against (:meth:`deadline`)."""
         self._in_flight = 0
         self._draining = False
         self._idle = asyncio.Event()
@@ -84,10 +99,36 @@ class DataPlane:
 
     # -- inference --------------------------------------------------------------------------
 
+    def deadline(
+        self, header: str | bytes | None = None, left_s: float | None = None
+    ) -> Deadline | None:
+        """The caller's deadline: from its ``x-aimesh-deadline-ms`` ``header`` (REST) or the
+        time ``left_s`` of its gRPC deadline; None when it set none. Raises
+        :class:`~aimesh.errors.InvalidRequest` for a header that is not whole milliseconds."""
+        if header is not None:
+            return Deadline.from_header(header, self.clock())
+        if left_s is not None:
+            return Deadline.after(left_s, self.clock())
+        return None
+
     async def infer(
-        self, name: str, version: str | None, request: InferenceRequest
+        self,
+        name: str,
+        version: str | None,
+        request: InferenceRequest,
+        deadline: Deadline | None = None,
     ) -> InferenceResponse:
-        """Run one inference within the concurrency limit and the request timeout."""
+        """Run one inference within the concurrency limit and the request timeout, cut to
+        the caller's ``deadline``; a request whose deadline has passed is refused at once
+        (:class:`DeadlineExceeded`), the model never run for it."""
+        timeout = self.request_timeout_s
+        if deadline is not None:
+            now = self.clock()
+            if deadline.expired(now):
+                raise DeadlineExceeded(
+                    "the caller's deadline had passed when the request came: the model was not run"
+                )
+            timeout = deadline.timeout(timeout, now)
         if self._draining:
             raise ShuttingDown("the service is shutting down; retry on another replica")
         if self._in_flight >= self.max_concurrency:
@@ -98,9 +139,14 @@ class DataPlane:
         self._in_flight += 1
         self._idle.clear()
         try:
-            async with asyncio.timeout(self.request_timeout_s):
+            async with asyncio.timeout(timeout):
                 return await model.infer(request)
         except TimeoutError as exc:
+            if timeout < self.request_timeout_s:
+                raise DeadlineExceeded(
+                    f"no answer within the caller's deadline ({timeout * 1000:.0f} ms left)",
+                    timeout=round(timeout, 3),
+                ) from exc
             raise DeadlineExceeded(
                 f"no answer within {self.request_timeout_s:g}s", timeout=self.request_timeout_s
             ) from exc

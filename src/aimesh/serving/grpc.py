@@ -1,7 +1,8 @@
 """The model service's gRPC adapter: ``inference.GRPCInferenceService`` over :class:`DataPlane`.
 
-Each method converts the message, calls the data plane, converts back. Errors become gRPC
-status codes by the one table :data:`aimesh.protocol.grpc.GRPC_STATUS`.
+Each method converts the message, calls the data plane, converts back. A ``ModelInfer``
+call's own gRPC deadline is the inference's deadline. Errors become gRPC status codes by
+the one table :data:`aimesh.protocol.grpc.GRPC_STATUS`.
 """
 
 from __future__ import annotations
@@ -109,9 +110,11 @@ class InferenceServicer(pb.GRPCInferenceServiceServicer):
             nonlocal status, version
             try:
                 self._check(context)
+                deadline = self.plane.deadline(left_s=context.time_remaining())
                 response = await self.plane.infer(
-                    request.model_name, request.model_version or None, pb.request_from_pb(request)
-                )
+                    request.model_name, request.model_version or None, pb.request_from_pb(request),
+                    deadline,
+                )  # fmt: skip
             except AimeshError as exc:
                 status = exc.code
                 raise

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from aimesh.protocol import (
+    DEADLINE_PARAMETER,
     INFER_OK_RESPONSE,
     METRICS_RESPONSE,
     error_responses,
@@ -21,6 +22,7 @@ from aimesh.rest import SCOPE_KEY, document_errors
 
 _INFER = {
     "summary": "Run inference",
+    "parameters": [DEADLINE_PARAMETER],
     "requestBody": infer_request_body(),
     "responses": {
         "200": INFER_OK_RESPONSE,

@@ -2,7 +2,9 @@
 
 No web framework on this path: routing is a split of the path, bodies are decoded with
 msgspec-based codecs, and each route converts, calls :class:`DataPlane`, converts back.
-This is the inference hot path; the benchmark under ``bench/`` keeps it honest.
+An inference's ``x-aimesh-deadline-ms`` header (the milliseconds its caller still waits)
+is its deadline. This is the inference hot path; the benchmark under ``bench/`` keeps it
+honest.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from aimesh.auth import IDENTITY_HEADER, Keyring, Scope, key_from_headers
 from aimesh.errors import AimeshError, InvalidRequest
 from aimesh.protocol import rest_codec, whole_number
+from aimesh.resilience import DEADLINE_HEADER
 from aimesh.rest import (
     DOCS_ASSETS_URL,
     JSON,
@@ -48,6 +51,7 @@ from aimesh.serving.openapi import OPENAPI_DOCUMENT
 log = logging.getLogger("aimesh.serving.rest")
 
 HEADER_LENGTH = b"inference-header-content-length"
+_DEADLINE = DEADLINE_HEADER.encode()
 _IDENTITY = IDENTITY_HEADER.encode()
 
 
@@ -208,12 +212,14 @@ class RestApp:
         served_version = version or "?"
         try:
             check_infer_type(_content_type(scope))
+            # Read before the body: the time left counts from when the request came.
+            deadline = self.plane.deadline(header(scope, _DEADLINE))
             body = await read_body(receive, declared_length(scope), self.max_request_bytes)
             header_length = header(scope, HEADER_LENGTH)
             request = rest_codec.decode_request(
                 body, header_length=_parse_length(header_length) if header_length else None
             )
-            response = await self.plane.infer(name, version, request)
+            response = await self.plane.infer(name, version, request, deadline)
             served_version = response.model_version or served_version
             payload, json_length = rest_codec.encode_response(
                 response, binary=rest_codec.binary_outputs_requested(request)
