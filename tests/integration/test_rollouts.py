@@ -34,7 +34,7 @@ from _services import (
 
 from aimesh.bus import connect
 from aimesh.registry import ROLLOUTS, push_model
-from aimesh.rollouts import FIGURES_SUBJECT, Interval, Rollout, Tally
+from aimesh.rollouts import FIGURES_EVERY_S, FIGURES_SUBJECT, Interval, Rollout, Tally
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [0.0]}]}
 
@@ -235,24 +235,42 @@ def test_bad_rollouts_are_refused_and_change_nothing(home: Home, stack: dict[str
         before = registry.record_history(ROLLOUTS, "echo", limit=1000)
     finally:
         registry.close()
+    # As a user types them: each refused with its reason.
     cases = [
         (["start", "nope", "--candidate", "2"], "model_not_found"),
-        (["start", "echo", "--candidate", "9"], "version_not_found"),
         (["start", "echo", "--candidate", str(champion)], "the candidate is the baseline"),
-        (["start", "echo", "--candidate", "2", "--alias", "gone"], "alias_not_found"),
-        (["start", "echo", "--candidate", "2", "--steps", "50,20,100"], "increase"),
-        (["start", "echo", "--candidate", "2", "--steps", "5,50"], "last step"),
-        (["start", "echo", "--candidate", "2", "--max-error-rate", "3"], "less than or equal"),
         (["start", "echo", "--candidate", "2", "--interval", "soon"], "not a duration"),
         (["ab", "echo", "--split", "1=50,3=40"], "sum to 90"),
-        (["ab", "echo", "--split", "1=50,x"], "VERSION=PERCENT"),
-        (["ab", "echo", "--split", "1=50,3=50", "--sticky-header", "a b"], "pattern"),
-        (["shadow", "echo", "--candidate", "2", "--percent", "0"], "greater than"),
     ]
     for args, says in cases:
         result = run_aimesh(home.env, "rollout", *args, ok=False)
         assert result.returncode != 0, args
         assert says.lower() in (result.stdout + result.stderr).lower(), (args, result.stderr)
+    # As a client sends them through the gateway: a clear 4xx each.
+    url = f"{stack['gateway'].http}/api/rollouts/echo"
+    canary = {"type": "canary", "baseline": champion, "candidate": 2}
+    bodies = [
+        ({**canary, "candidate": 9}, "version_not_found"),
+        ({**canary, "alias": "gone"}, "alias_not_found"),
+        ({**canary, "baseline": 2, "candidate": champion}, "invalid_request"),  # not the alias's
+        ({**canary, "steps": [50, 20, 100]}, "invalid_request"),
+        ({**canary, "steps": [5, 50]}, "invalid_request"),
+        ({**canary, "max_error_rate": 3}, "invalid_request"),
+        ({"type": "split", "weights": {"1": 50, "x": 50}}, "invalid_request"),
+        (
+            {"type": "split", "weights": {"1": 50, "3": 50}, "sticky": {"header": "a b"}},
+            "invalid_request",
+        ),
+        ({"type": "shadow", "candidate": 2, "percent": 0}, "invalid_request"),
+        ({"type": "rainbow"}, "invalid_request"),
+    ]
+    for policy, code in bodies:
+        spec = {"model": "echo", "policy": policy}
+        answer = httpx.put(url, json=spec, timeout=10)
+        assert 400 <= answer.status_code < 500, (policy, answer.text)
+        assert answer.json()["code"] == code, (policy, answer.text)
+    wrong = httpx.put(f"{url}x", json={"model": "echo", "policy": canary}, timeout=10)
+    assert wrong.status_code in (400, 404), wrong.text  # a record under another model's name
     # What a finished or absent rollout cannot do, by the CLI and through the gateway.
     for action in ("pause", "resume", "promote"):
         result = run_aimesh(home.env, "rollout", action, "echo", ok=False)
@@ -281,9 +299,9 @@ def _figures(nats_url: str, version: str) -> Interval:
         async with await connect(nats_url, timeout=5, name="test") as bus:
             sub = await bus.nc.subscribe(f"{FIGURES_SUBJECT}.>")
             try:
-                # Every gateway publishes once a second: two seconds hear each one.
+                # Every gateway publishes once a second: that and a little hears each one.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(2.5):
+                    async with asyncio.timeout(FIGURES_EVERY_S * 1.3):
                         async for msg in sub.messages:
                             tally.hear(msg.data)
             finally:
