@@ -33,8 +33,8 @@ lock:  ## re-resolve requirements.lock to the newest releases pyproject's ranges
 run: $(STAMP)  ## the demo on the embedded defaults (bus, registry, the fraud model)
 	$(BIN)/aimesh demo
 
-test: $(STAMP)  ## the whole test suite, on the locked dependencies
-	$(BIN)/pytest
+test: $(STAMP)  ## the whole test suite, on the locked dependencies (a module per worker, at most 4 at once)
+	$(BIN)/pytest --numprocesses=auto --maxprocesses=4 --dist=loadfile
 
 test-latest:  ## the suite on the newest releases the ranges allow, in .venv-latest (drift, on purpose)
 	rm -rf $(LATEST)

@@ -22,7 +22,6 @@ from aimesh.cli._app import (
 )
 from aimesh.config import Settings
 from aimesh.errors import BusUnavailable
-from aimesh.rest import guard_of, serve_probe
 
 log = logging.getLogger("aimesh.rollouts")
 
@@ -55,6 +54,7 @@ async def _run(config: Settings, host: str, port: int | None) -> int:
     from aimesh.controller import Controller, controller_probe
     from aimesh.observability import cancel_and_wait, stop_on_signals
     from aimesh.registry import KeyWatch, open_registry
+    from aimesh.rest import guard_of, serve_probe
 
     stop = asyncio.Event()
     stop_on_signals(stop.set, what="the controller", grace_s=10.0)
