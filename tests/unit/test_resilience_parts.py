@@ -60,6 +60,7 @@ def test_a_status_counts_as_the_upstream_s_fault_only_when_5xx(
         (errors.ModelNotFound("none"), Outcome.IGNORED),
         (errors.Unauthorized("who"), Outcome.IGNORED),
         (asyncio.CancelledError(), Outcome.IGNORED),
+        (errors.DeadlineExceeded("the caller's own limit"), Outcome.IGNORED),
     ],
     ids=lambda v: type(v).__name__,
 )

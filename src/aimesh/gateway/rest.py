@@ -238,7 +238,8 @@ class GatewayApp:
             if isinstance(exc, UpstreamError):
                 outcome.failure = "timeout" if isinstance(exc, UpstreamTimeout) else "connection"
             elif isinstance(exc, DeadlineExceeded):
-                outcome.failure = "timeout"  # the version did not answer within the deadline
+                # The caller's own limit ran out: counted as the caller's, as by the breakers.
+                outcome.failure = "client"
             if outcome.started:
                 log.warning("response cut short: %s", exc.message)
                 return

@@ -41,14 +41,17 @@ def classify_status(status: int) -> Outcome:
 
 # The upstream's own faults, as the gateway's exchanges raise them; any AimeshError else
 # (a bad request found on the way, a missing model) is the caller's and ignored.
-_UPSTREAM_FAULTS = (UpstreamError, Unavailable, Overloaded, DeadlineExceeded)
+_UPSTREAM_FAULTS = (UpstreamError, Unavailable, Overloaded)
 
 
 def classify_exception(exc: BaseException) -> Outcome:
     """An exception's outcome: timeouts, connection errors and upstream errors are failures;
     an aimesh error the caller caused is ignored; a cancelled call is ignored; anything
-    else (a broken answer) is a failure."""
-    if isinstance(exc, asyncio.CancelledError):
+    else (a broken answer) is a failure. A call cut short by the caller's own deadline
+    (:class:`DeadlineExceeded`) is ignored: a client with tight deadlines says nothing of
+    the upstream's health, and must not open its breaker for everyone (a timeout within
+    the route's own limit is an ``UpstreamTimeout``: a failure)."""
+    if isinstance(exc, asyncio.CancelledError | DeadlineExceeded):
         return Outcome.IGNORED
     if isinstance(exc, AimeshError):
         return Outcome.FAILURE if isinstance(exc, _UPSTREAM_FAULTS) else Outcome.IGNORED
