@@ -36,6 +36,7 @@ from grpc import aio
 from aimesh.auth import IDENTITY_HEADER, Keyring, key_from_headers
 from aimesh.errors import (
     AimeshError,
+    DeadlineExceeded,
     InvalidRequest,
     UpstreamError,
     UpstreamTimeout,
@@ -105,6 +106,8 @@ def _judge_error(exc: BaseException) -> Outcome:
     answered over REST) or the caller's (any other status: ignored)."""
     if isinstance(exc, _UpstreamStatus):
         return FAILURE if _CLASS_OF.get(exc.code.name, "client") != "client" else IGNORED
+    if isinstance(exc, DeadlineExceeded):
+        return IGNORED  # the caller's own deadline, as classify_exception says
     if isinstance(exc, AimeshError) and not isinstance(exc, UpstreamError):
         return FAILURE if status_of(exc) >= 500 else IGNORED
     return classify_exception(exc)
