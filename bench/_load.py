@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,9 @@ class LoadResult(msgspec.Struct):
     these against the moment it did something (``bench/resilience.py``: a replica killed)."""
     last_error_ns: int = 0
     """When the last error came, the same way (0: none)."""
+    errors_by_kind: dict[str, int] = msgspec.field(default_factory=dict)
+    """Errors by kind: ``HTTP 503 circuit_open`` (the status and the answer's code), a
+    gRPC status, or what happened to the connection."""
 
 
 @dataclass
@@ -75,6 +79,7 @@ class Window:
     examples: list[str] = field(default_factory=list)
     first_error_ns: int = 0
     last_error_ns: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
 
     def record(self, sent_ns: int, ok: bool, detail: object) -> None:
         """Count one answer (or failure) that arrived now."""
@@ -90,8 +95,21 @@ class Window:
         if not self.errors:
             self.first_error_ns = self.last_error_ns
         self.errors += 1
+        text = str(detail)
+        kind = _kind(text)
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
         if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(str(detail)[:300])
+            self.examples.append(text[:300])
+
+
+_CODE = re.compile(r'"code":\s*"(\w+)"')
+
+
+def _kind(detail: str) -> str:
+    """An error's kind: what comes before the first colon, and the answer's code if any."""
+    head = detail.split(":", 1)[0][:60]
+    code = _CODE.search(detail)
+    return f"{head} {code.group(1)}" if code else head
 
 
 # -- REST -------------------------------------------------------------------------------------
@@ -295,6 +313,7 @@ def summarize(
         machine_cpu=machine_cpu,
         first_error_ns=window.first_error_ns,
         last_error_ns=window.last_error_ns,
+        errors_by_kind=window.by_kind,
     )
 
 
