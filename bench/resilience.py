@@ -15,7 +15,7 @@ killed replica stops costing clients anything, how soon a rollback reaches every
    the model services swap versions) and with replicas of fixed versions (``fraud@1``,
    ``fraud@2``: the gateways resolve the alias).
 
-    python bench/resilience.py                          # about 6 minutes
+    python bench/resilience.py                          # about 5 minutes
     python bench/resilience.py --duration 5 --rounds 1  # quicker, noisier
     python bench/resilience.py --json out.json
 
@@ -76,8 +76,8 @@ KILL_CONNECTIONS = 32
 BEFORE_KILL_S = 3.0
 AFTER_KILL_S = 15.0
 """Load goes on this long after the kill: past the 12 s in which the dead replica's
-discovery entry ages out of the gateways (twice its 6 s TTL), so that all the kill changes
-happens under load."""
+discovery entry ages out of the gateways (twice its 6 s TTL), so that everything the kill
+sets off happens under load."""
 SETTLE_S = 1.0
 """A gateway has switched once it answered the old version for this long without a miss."""
 CHAMPION_PATH = f"/v2/models/{MODEL_NAME}/versions/{ALIAS}/infer"
