@@ -60,6 +60,7 @@ bench: $(STAMP)  ## every benchmark, each printing ratios against a baseline of 
 	$(BIN)/python bench/lake.py
 	$(BIN)/python bench/async_inference.py
 	$(BIN)/python bench/stack.py
+	$(BIN)/python bench/resilience.py
 
 proto: $(STAMP)  ## regenerate the OIP gRPC stubs from proto/ (a test checks they are current)
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/gen_proto.sh

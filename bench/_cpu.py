@@ -1,11 +1,12 @@
-"""CPU time of the whole machine, from /proc/stat: how busy it was around a measurement."""
+"""CPU time from /proc: of the whole machine (how busy it was around a measurement), and of
+one process (what a server spent on it)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["machine_cpu_s"]
+__all__ = ["machine_cpu_s", "process_cpu_s"]
 
 
 def machine_cpu_s() -> float | None:
@@ -16,3 +17,15 @@ def machine_cpu_s() -> float | None:
         return None
     busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait; no guest twice
     return busy / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user and system) process ``pid`` used so far; ``None`` if unknown."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -19,7 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import cast
 
 import msgspec
-from _cpu import machine_cpu_s
+from _cpu import machine_cpu_s, process_cpu_s
 
 GRPC_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 INFER_PATH = "/v2/models/fraud/infer"
@@ -56,6 +56,15 @@ class LoadResult(msgspec.Struct):
     """The same for the server process, read from /proc (-1 when unknown)."""
     machine_cpu: float
     """The same for the whole machine (-1 when unknown): what is left is other processes."""
+    first_error_ns: int = 0
+    """When the first error (of the warm-up too) came, by ``time.perf_counter_ns`` (0: none).
+    On Linux that is CLOCK_MONOTONIC, which other processes read alike: a benchmark sets
+    these against the moment it did something (``bench/resilience.py``: a replica killed)."""
+    last_error_ns: int = 0
+    """When the last error came, the same way (0: none)."""
+    errors_by_kind: dict[str, int] = msgspec.field(default_factory=dict)
+    """Errors by kind: ``HTTP 503 circuit_open`` (the status and the answer's code), a
+    gRPC status, or what happened to the connection."""
 
 
 @dataclass
@@ -68,6 +77,9 @@ class Window:
     latencies: list[int] = field(default_factory=list)
     errors: int = 0
     examples: list[str] = field(default_factory=list)
+    first_error_ns: int = 0
+    last_error_ns: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
 
     def record(self, sent_ns: int, ok: bool, detail: object) -> None:
         """Count one answer (or failure) that arrived now."""
@@ -78,10 +90,26 @@ class Window:
             self.latencies.append(now - sent_ns)
 
     def fail(self, detail: object) -> None:
-        """Count one error, keeping the first few."""
+        """Count one error, keeping the first few, and when the first and the last came."""
+        self.last_error_ns = time.perf_counter_ns()
+        if not self.errors:
+            self.first_error_ns = self.last_error_ns
         self.errors += 1
+        text = str(detail)
+        kind = _kind(text)
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
         if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(str(detail)[:300])
+            self.examples.append(text[:300])
+
+
+_CODE = re.compile(r'"code":\s*"(\w+)"')
+
+
+def _kind(detail: str) -> str:
+    """An error's kind: what comes before the first colon, and the answer's code if any."""
+    head = detail.split(":", 1)[0][:60]
+    code = _CODE.search(detail)
+    return f"{head} {code.group(1)}" if code else head
 
 
 # -- REST -------------------------------------------------------------------------------------
@@ -216,17 +244,6 @@ async def _grpc(
 # -- the run ----------------------------------------------------------------------------------
 
 
-def _server_cpu_s(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def run(args: argparse.Namespace) -> LoadResult:
     """Warm up, measure for ``duration`` seconds, stop, and summarize."""
     body = Path(args.body).read_bytes()
@@ -235,10 +252,10 @@ async def run(args: argparse.Namespace) -> LoadResult:
     idles = await start(args.port, body, args.concurrency, window)
     await asyncio.sleep(args.warmup)
     window.opens_ns = time.perf_counter_ns()
-    cpu0, server0, machine0 = time.process_time(), _server_cpu_s(args.server_pid), machine_cpu_s()
+    cpu0, server0, machine0 = time.process_time(), process_cpu_s(args.server_pid), machine_cpu_s()
     await asyncio.sleep(args.duration)
     window.closes_ns = time.perf_counter_ns()
-    cpu1, server1, machine1 = time.process_time(), _server_cpu_s(args.server_pid), machine_cpu_s()
+    cpu1, server1, machine1 = time.process_time(), process_cpu_s(args.server_pid), machine_cpu_s()
     window.stopping = True
     _, pending = await asyncio.wait(idles, timeout=DRAIN_S)
     for future in pending:
@@ -294,6 +311,9 @@ def summarize(
         client_cpu=client_cpu_s / seconds,
         server_cpu=server_cpu,
         machine_cpu=machine_cpu,
+        first_error_ns=window.first_error_ns,
+        last_error_ns=window.last_error_ns,
+        errors_by_kind=window.by_kind,
     )
 
 

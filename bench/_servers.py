@@ -198,11 +198,14 @@ def aimesh_server(
     *,
     batching: bool,
     command: Sequence[str] = AIMESH_COMMAND,
+    ref: str = ALIAS,
+    name: str | None = None,
 ) -> Server:
-    """``aimesh serve fraud@champion`` with one worker, batching on or off."""
+    """``aimesh serve fraud@champion`` (or ``fraud@<ref>``) with one worker, batching on or
+    off; its log is ``log_dir/<name>.log`` when named."""
     http_port, grpc_port = free_port(), free_port()
     env = server_env() | {"AIMESH_HOME": str(model.home), "AIMESH_BUS__URL": bus_url}
-    argv = [*command, "serve", f"{MODEL_NAME}@{ALIAS}"]
+    argv = [*command, "serve", f"{MODEL_NAME}@{ref}"]
     argv += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--workers", "1"]
     if batching:
         argv += ["--batching", "--max-batch-size", "64", "--max-latency-ms", "2"]
@@ -210,12 +213,12 @@ def aimesh_server(
         argv += ["--no-batching"]
     label = "batching" if batching else "no-batching"
     return Server(
-        f"aimesh ({label})",
+        name or f"aimesh ({label})",
         argv,
         http_port=http_port,
         grpc_port=grpc_port,
         body=model.json_body,
-        log=log_dir / f"aimesh-{model.kind}-{label}.log",
+        log=log_dir / (f"{name}.log" if name else f"aimesh-{model.kind}-{label}.log"),
         env=env,
     )
 

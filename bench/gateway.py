@@ -35,26 +35,50 @@ BENCH_DIR = Path(__file__).resolve().parent
 CONCURRENCIES = (1, 16, 64)
 
 
-def load(server: Server, body: Path, concurrency: int, duration: float) -> LoadResult:
-    """One REST measurement by a load generator in its own process."""
+def load_argv(server: Server, body: Path, concurrency: int, duration: float) -> list[str]:
+    """The command of one REST measurement of ``server`` (one second of warm-up first)."""
     argv = [sys.executable, str(BENCH_DIR / "_load.py"), "rest", "--port", str(server.http_port)]
     argv += ["--body", str(body), "--concurrency", str(concurrency)]
     argv += ["--warmup", "1", "--duration", str(duration), "--server-pid", str(server.pid)]
+    return argv
+
+
+def load_result(returncode: int, stdout: bytes, stderr: bytes) -> LoadResult:
+    """What the load generator printed, or why it failed."""
+    if returncode != 0 or not stdout.strip():
+        raise RuntimeError(f"load generator failed: {stderr.decode()[-2000:]}")
+    return msgspec.json.decode(stdout.strip().splitlines()[-1], type=LoadResult)
+
+
+def load(server: Server, body: Path, concurrency: int, duration: float) -> LoadResult:
+    """One REST measurement by a load generator in its own process."""
+    argv = load_argv(server, body, concurrency, duration)
     done = subprocess.run(argv, capture_output=True, timeout=duration + DRAIN_S + 60, check=False)
-    if done.returncode != 0 or not done.stdout.strip():
-        raise RuntimeError(f"load generator failed: {done.stderr.decode()[-2000:]}")
-    return msgspec.json.decode(done.stdout.strip().splitlines()[-1], type=LoadResult)
+    return load_result(done.returncode, done.stdout, done.stderr)
 
 
-def gateway_server(home: Path, bus_url: str, body: bytes, log_dir: Path) -> Server:
-    """``aimesh gateway serve`` on free ports, ready once an inference through it answers."""
+def gateway_server(
+    home: Path,
+    bus_url: str,
+    body: bytes,
+    log_dir: Path,
+    *,
+    name: str = "gateway",
+    settings: dict[str, str] | None = None,
+) -> Server:
+    """``aimesh gateway serve`` on free ports, ready once an inference through it answers.
+
+    ``settings``: ``AIMESH_*`` variables this gateway alone gets (a benchmark that sets one
+    prints it beside its figures); its log is ``log_dir/<name>.log``.
+    """
     port, grpc_port = free_port(), free_port()
     env = server_env() | {"AIMESH_HOME": str(home), "AIMESH_BUS__URL": bus_url}
+    env |= settings or {}
     argv = [sys.executable, "-m", "aimesh", "gateway", "serve"]
     argv += ["--port", str(port), "--grpc-port", str(grpc_port)]
     return Server(
-        "gateway", argv, http_port=port, grpc_port=grpc_port, body=body,
-        log=log_dir / "gateway.log", env=env,
+        name, argv, http_port=port, grpc_port=grpc_port, body=body,
+        log=log_dir / f"{name}.log", env=env,
     )  # fmt: skip
 
 
