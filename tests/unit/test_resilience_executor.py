@@ -300,9 +300,9 @@ async def test_an_open_breaker_refuses_at_once_with_circuit_open() -> None:
     events: list[StateChange] = []
     up = Upstreams(clock, {"a": [500], "b": [500]})
     res = resilience(clock, events, breaker={"min_calls": 4, "window_size": 4})
-    for _ in range(2):
-        await res.call(KEY, [A, B], up, RULES)  # two attempts each
-    assert [e.new for e in events] == ["open"]
+    for _ in range(4):
+        await res.call(KEY, [A, B], up, RULES)  # every instance fails: one failed call each
+    assert [e.new for e in events if e.component == "breaker"] == ["open"]
     up.calls.clear()
     clock.now += 1.0
     with pytest.raises(CircuitOpen) as refused:
@@ -314,13 +314,43 @@ async def test_an_open_breaker_refuses_at_once_with_circuit_open() -> None:
 
 
 @run
-async def test_a_retry_never_bypasses_the_breaker_its_failure_opened() -> None:
+async def test_a_retry_asks_the_breaker_again_and_never_bypasses_it_once_open() -> None:
     clock = Clock()
-    up = Upstreams(clock, {"a": [500], "b": [200]})
-    res = resilience(clock, breaker={"min_calls": 1, "window_size": 1})
-    answer = await res.call(KEY, [A, B], up, RULES)
+    release = asyncio.Event()
+
+    async def held() -> int:
+        await release.wait()
+        return 500
+
+    up = Upstreams(clock, {"a": [held], "b": [200]})
+    res = resilience(clock)
+    call = asyncio.ensure_future(res.call(KEY, [A, B], up, RULES))
+    await asyncio.sleep(0)
+    _open(res)  # other calls, whose every instance failed, opened it meanwhile
+    release.set()
+    answer = await call
     assert answer.status == 500 and not answer.closed  # its own outcome, not CircuitOpen
-    assert up.tried == ["a"] and res.breakers.get(KEY).state is BreakerState.OPEN
+    assert up.tried == ["a"]
+
+
+@pytest.mark.parametrize("dead", [Refused("gone"), 503], ids=["refused", "5xx"])
+def test_a_dead_instance_is_ejected_and_the_version_breaker_stays_closed(
+    dead: Behaviour,
+) -> None:
+    asyncio.run(_a_dead_instance(dead))
+
+
+async def _a_dead_instance(dead: Behaviour) -> None:
+    clock = Clock()
+    events: list[StateChange] = []
+    up = Upstreams(clock, {"a": [dead], "b": [200]})
+    res = resilience(clock, events, breaker={"min_calls": 4, "window_size": 4})
+    answers = [await res.call(KEY, [A, B], up, RULES) for _ in range(12)]
+    # Every caller was answered by the live instance: the attempts that failed elsewhere
+    # were the instances' affair (a ejected), never the version's.
+    assert [a.status for a in answers] == [200] * 12
+    assert res.breakers.get(KEY).state is BreakerState.CLOSED
+    assert [(e.component, e.new) for e in events] == [("outlier", "ejected")]
 
 
 @run

@@ -22,7 +22,11 @@ instances, each attempt going through the layers in a fixed order, outermost fir
    (the breaker's permit is handed back: a call not made counts for nothing). Inside the
    breaker, so that an open breaker costs no bulkhead place.
 5. **The call**, whose outcome (``rules.classify`` for a result, ``rules.classify_error``
-   for an exception, slow by its duration) goes to the breaker and the ejection table.
+   for an exception, slow by its duration) goes to the ejection table (the instance's
+   health) and, unless it is a failure that is retried, to the breaker (the version's
+   health, as callers see it): a dead replica among live ones is ejected, its requests
+   answered by the others, and the version's breaker stays closed; a version whose every
+   instance fails opens it.
 
 A failed result (a 5xx answer) that is not retried is returned as it is; a failed one that
 is retried is handed to ``rules.discard`` when the retry goes ahead (to release a streaming
@@ -46,11 +50,11 @@ from typing import Any, Generic, TypeVar, cast
 
 from aimesh.config import ResilienceSettings
 from aimesh.errors import CircuitOpen, DeadlineExceeded, Overloaded
-from aimesh.resilience.breaker import BreakerKey, Breakers, CircuitBreaker, Permit
+from aimesh.resilience.breaker import BreakerKey, Breakers, CircuitBreaker
 from aimesh.resilience.bulkhead import Bulkheads
 from aimesh.resilience.deadline import Deadline
 from aimesh.resilience.events import Listener
-from aimesh.resilience.outcomes import FAILURE, IGNORED, SUCCESS, Outcome, classify_exception
+from aimesh.resilience.outcomes import FAILURE, SUCCESS, Outcome, classify_exception
 from aimesh.resilience.outliers import OutlierDetector
 from aimesh.resilience.retry import RetryBudget, backoff_s
 
@@ -245,10 +249,12 @@ class Resilience:
                     except Exception as exc:
                         end = clock()
                         outcome = rules.classify_error(exc)
-                        self._record(lane, permit, instance, outcome, end - now, end, candidates)
+                        self._instance(lane, instance, outcome, end, candidates)
                         sent = not rules.not_sent(exc)
                         if sent and outcome is not FAILURE:
-                            raise  # the caller's fault (or none): another attempt fares no better
+                            # The caller's fault (or none): another attempt fares no better.
+                            breaker.record(permit, outcome, end - now, end)
+                            raise
                         error, result = exc, None
                     except BaseException:  # cancelled: the call counts for nothing
                         breaker.release(permit)
@@ -256,16 +262,16 @@ class Resilience:
                     else:
                         end = clock()
                         outcome = rules.classify(value)
-                        breaker.record(permit, outcome, end - now, end)
-                        if outcome is SUCCESS:
-                            self.outliers.success(instance, end)
+                        if outcome is not FAILURE:
+                            breaker.record(permit, outcome, end - now, end)
+                            if outcome is SUCCESS:
+                                self.outliers.success(instance, end)
                             return value
-                        if outcome is IGNORED:
-                            return value
-                        self.outliers.failure(
-                            instance, end, service=lane.service, instances=len(candidates)
-                        )
+                        self._instance(lane, instance, outcome, end, candidates)
                         error, result, sent = None, value, True
+                    # A failed attempt: the version's breaker hears of it only if it is the
+                    # call's last (below); one retried elsewhere is the instance's affair.
+                    failed = (permit, outcome, end - now, end)
                 finally:
                     bulkheads.leave(instance)
                     if holding_retry:
@@ -278,12 +284,16 @@ class Resilience:
                 if not sent:
                     # Nothing ran: another instance at once, if one is left untried.
                     if all(c in tried for c in candidates):
+                        breaker.record(*failed)
                         return _last(error, result)
+                    breaker.release(failed[0])
                     continue
                 failures += 1
                 delay = self._retry_delay(lane, failures, idempotent, deadline)
                 if delay is None:
+                    breaker.record(*failed)
                     return _last(error, result)
+                breaker.release(failed[0])
                 holding_retry = True
                 if delay > 0.0:
                     await self._sleep(delay)
@@ -364,17 +374,10 @@ class Resilience:
         self.bulkheads.enter(instance, limit)
         return candidate, instance
 
-    def _record(
-        self,
-        lane: _Lane,
-        permit: Permit,
-        instance: str,
-        outcome: Outcome,
-        duration_s: float,
-        end: float,
-        candidates: Sequence[Any],
+    def _instance(
+        self, lane: _Lane, instance: str, outcome: Outcome, end: float, candidates: Sequence[Any]
     ) -> None:
-        lane.breaker.record(permit, outcome, duration_s, end)
+        """Tell the ejection table how an attempt on ``instance`` went."""
         if outcome is Outcome.SUCCESS:
             self.outliers.success(instance, end)
         elif outcome is Outcome.FAILURE:
