@@ -14,6 +14,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from typing import Self
 import numpy as np
 from _cpu import machine_cpu_s
 from _models import ALIAS, INFER_PATH, MODEL_NAME, BenchModel
+from rich.console import Console
 
 FORBIDDEN_PORT = 4222
 BENCH_DIR = Path(__file__).resolve().parent
@@ -342,3 +344,15 @@ def busy(seconds: float = 1.0) -> float:
     if before is None or after is None:
         return float("nan")
     return (after - before) / (time.monotonic() - t0) / (os.cpu_count() or 1)
+
+
+def preamble(console: Console) -> None:
+    """What every wrk benchmark does first: wrk must be there, SIGTERM stops the run, and
+    the environment and the machine's load are printed beside the figures to come."""
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (Debian: apt-get install wrk)")
+    interrupt_on_sigterm()
+    console.print(
+        "the product as shipped; variables of this shell not passed to it: " + dropped_variables()
+    )
+    console.print(f"other processes used {busy():.0%} of the CPUs before the run")

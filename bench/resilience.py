@@ -34,7 +34,6 @@ import http.client
 import json
 import os
 import resource
-import shutil
 import signal
 import statistics
 import subprocess
@@ -50,10 +49,8 @@ from _models import ALIAS, MODEL_NAME, BenchModel, prepare
 from _servers import (
     Server,
     aimesh_server,
-    busy,
-    dropped_variables,
-    interrupt_on_sigterm,
     post,
+    preamble,
     server_env,
     workdir,
 )
@@ -600,14 +597,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
     console = Console()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed (Debian: apt-get install wrk)")
-    interrupt_on_sigterm()
-    console.print(
-        "the product as shipped; variables of this shell not passed to it: " + dropped_variables()
-    )
+    preamble(console)
     console.print(f"given to the gateway marked 'off' only: {OFF_LABEL}")
-    console.print(f"other processes used {busy():.0%} of the CPUs before the run")
     with workdir(args.keep, "aimesh-bench-resilience-") as folder, contextlib.ExitStack() as exits:
         with console.status("training the fraud model; versions 1 and 2"):
             model = prepare("lr", folder)

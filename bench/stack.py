@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from _servers import busy, dropped_variables, interrupt_on_sigterm, server_env, workdir
+from _servers import preamble, server_env, workdir
 from rich.console import Console
 from rich.table import Table
 
@@ -201,13 +200,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
     console = Console()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed (Debian: apt-get install wrk)")
-    interrupt_on_sigterm()
-    console.print(
-        "the product as shipped; variables of this shell not passed to it: " + dropped_variables()
-    )
-    console.print(f"other processes used {busy():.0%} of the CPUs before the run")
+    preamble(console)
     results: list[WrkResult] = []
     with workdir(args.keep, "aimesh-bench-stack-") as folder:
         demo = start_stack(folder, console)

@@ -27,6 +27,7 @@ that a model service never works on a request the gateway has given up on.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -53,7 +54,7 @@ from aimesh.resilience import (
 )
 from aimesh.rollouts import sticky_key
 
-__all__ = ["CallKind", "ModelCore", "Plan", "breakers_report", "served_version", "static_answer"]
+__all__ = ["CallKind", "ModelCore", "Plan", "breakers_report", "static_answer"]
 
 log = logging.getLogger("aimesh.gateway")
 
@@ -140,7 +141,7 @@ class ModelCore:
                 if target is not None:
                     fallback = None
                     if choice.arm == "candidate" and arms.alias is not None:
-                        fallback = Fallback(version=arms.alias)
+                        fallback = _to_alias(arms.alias)
                     return Plan(target, choice.arm, shadow, fallback)
                 log.debug("version %s of %s is picked but unserved", choice.version, model)
         return Plan(await self.router.target(model, version), None, shadow)
@@ -226,7 +227,7 @@ class ModelCore:
                 target.candidates, exchange, policy=self.policy, timeout_s=self.call_timeout_s,
                 deadline=deadline, on_not_sent=on_not_sent, clock=clock,
             )  # fmt: skip
-        key = BreakerKey(route, target.model, served_version(target) or "")
+        key = BreakerKey(route, target.model, target.served or "")
 
         async def attempt(upstream: Upstream, timeout_s: float) -> T:
             upstream.outstanding += 1
@@ -283,17 +284,14 @@ def _within(exchange: Exchange[T], deadline: Deadline, clock: Callable[[], float
     return timed
 
 
+@functools.cache
+def _to_alias(alias: str) -> Fallback:
+    """The fallback to ``alias`` (one object per alias: not validated again per call)."""
+    return Fallback(version=alias)
+
+
 def _instance_key(upstream: Upstream) -> str:
     return upstream.key
-
-
-def served_version(target: Target) -> str | None:
-    """The one version ``target``'s call reaches: the one it names, or the one all its
-    instances serve; None while instances of several versions (or unknown) may answer."""
-    if target.version is not None:
-        return target.version
-    versions = {upstream.version for upstream in target.candidates}
-    return versions.pop() if len(versions) == 1 else None
 
 
 def breakers_report(resilience: Resilience | None) -> bytes:

@@ -42,7 +42,7 @@ from aimesh.errors import (
     UpstreamTimeout,
 )
 from aimesh.gateway._asgi import model_path
-from aimesh.gateway.core import CallKind, ModelCore, served_version
+from aimesh.gateway.core import CallKind, ModelCore
 from aimesh.gateway.headers import new_request_id, traceparent_for, valid_traceparent
 from aimesh.gateway.http1 import HttpClient
 from aimesh.gateway.instances import InstancePolicy, Upstream
@@ -219,7 +219,7 @@ class GrpcGateway:
             if infer:
                 # Counted for the version planned, even if no instance of it is reached (an
                 # open circuit); the instance that answers says its own.
-                seen.model, seen.version = name, served_version(target)
+                seen.model, seen.version = name, target.served
             if target.version != version:  # an alias: name the version the instance knows
                 _set_target(method, message, name, target.version or "")
                 request = message.SerializeToString()

@@ -54,7 +54,6 @@ from aimesh.gateway.core import (
     CallKind,
     ModelCore,
     breakers_report,
-    served_version,
     static_answer,
 )
 from aimesh.gateway.deferred import AsyncRequest, Deferrer, async_request
@@ -355,7 +354,7 @@ class GatewayApp:
             outcome.model = name
             # Counted for the version planned, even if no instance of it is reached (an
             # open circuit); the instance that answers says its own.
-            outcome.version = served_version(target)
+            outcome.version = target.served
         if target.version == version:
             path = scope.get("raw_path") or scope["path"].encode()
         else:  # an alias resolved here: name the version (or none) the instance knows
@@ -463,7 +462,7 @@ class GatewayApp:
         are checked without a round trip. An instance that cannot say leaves the check to
         the job (the model checks every call anyway).
         """
-        served = served_version(target)
+        served = target.served
         key = (target.model, served) if served is not None else None
         specs = self._inputs.get(key) if key is not None else None
         if specs is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -49,6 +49,17 @@ class Target:
     candidates: Sequence[Upstream]
     version: str | None
     """The version to name to the instance (``None``: whatever it serves)."""
+    served: str | None = field(init=False, compare=False)
+    """The one version a call reaches: the one named, or the one every instance serves;
+    None while instances of several versions (or unknown) may answer. Worked out once per
+    target (the routing table keeps targets until an instance changes), not per call."""
+
+    def __post_init__(self) -> None:
+        served = self.version
+        if served is None:
+            versions = {upstream.version for upstream in self.candidates}
+            served = versions.pop() if len(versions) == 1 else None
+        object.__setattr__(self, "served", served)
 
 
 class ModelCatalog(Protocol):
