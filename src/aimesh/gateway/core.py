@@ -150,10 +150,11 @@ class ModelCore:
         """The fallback of a call to ``model``: the plan's own (a canary's candidate falls
         back to the baseline), else the model's (``gateway.resilience.routes``), if any.
         Without the resilience layer there is none."""
-        if self.resilience is not None and plan is not None and plan.fallback is not None:
+        if self.resilience is None:
+            return None
+        if plan is not None and plan.fallback is not None:
             return plan.fallback
-        resilience = self.resilience
-        return resilience.settings.fallback_for(model) if resilience is not None else None
+        return self.resilience.settings.fallback_for(model)
 
     async def fallback_target(self, model: str, fallback: Fallback) -> Target:
         """Where ``fallback`` (another version, or another model) of a call to ``model``
